@@ -1,0 +1,51 @@
+//! The gateway's fast path. Two entry points, one translation:
+//!
+//! - `gateway_xdp`: native (driver) XDP on real NICs, where it runs before any skb exists;
+//! - `gateway_tc`: TCX ingress on veth and other virtual devices, where native XDP would switch
+//!   off the peer's TSO and cannot handle the partial checksums of locally generated packets.
+//!
+//! Both hand the packet to [`nat::translate`] through the [`packet::Packet`] trait, which hides
+//! the only real difference between the hooks: how bytes are written and checksums kept right.
+#![no_std]
+#![no_main]
+
+mod maps;
+mod nat;
+mod packet;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+
+use crate::nat::Verdict;
+
+#[xdp]
+pub fn gateway_xdp(ctx: XdpContext) -> u32 {
+    let mut ctx = ctx;
+    match nat::translate(&mut ctx) {
+        Verdict::Pass => xdp_action::XDP_PASS,
+        Verdict::Drop => xdp_action::XDP_DROP,
+    }
+}
+
+#[classifier]
+pub fn gateway_tc(ctx: TcContext) -> i32 {
+    let mut ctx = ctx;
+    match nat::translate(&mut ctx) {
+        Verdict::Pass => TC_ACT_OK,
+        Verdict::Drop => TC_ACT_SHOT,
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any program that could reach this; it is never executed.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,206 @@
+//! What the translation needs from a hook: bounds-checked access to the frame and field
+//! rewrites that keep the IPv4 and transport checksums right.
+//!
+//! XDP sees frames as they came off the wire (full checksums), so it updates checksums itself
+//! with RFC 1624 arithmetic. TC sees skbs, whose checksum may be partial (offloaded, only the
+//! pseudo-header summed) or complete; only the kernel's csum helpers handle all those states.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    programs::{TcContext, XdpContext},
+};
+use gateway_common::checksum;
+
+/// Where the transport checksum is, and which rules it follows.
+#[derive(Clone, Copy)]
+pub enum L4Check {
+    /// TCP checksum field at this frame offset; always present.
+    Tcp(usize),
+    /// UDP checksum field at this frame offset; zero means "none" and stays zero.
+    Udp(usize),
+}
+
+impl L4Check {
+    #[inline(always)]
+    pub fn offset(self) -> usize {
+        match self {
+            L4Check::Tcp(off) | L4Check::Udp(off) => off,
+        }
+    }
+}
+
+/// The write failed (out of bounds or a helper error); the frame may be half-rewritten.
+pub struct RewriteFailed;
+
+pub trait Packet {
+    fn start(&self) -> usize;
+    fn end(&self) -> usize;
+
+    /// Makes the first `len` bytes of the frame readable through [`ptr_at`]. Returns false
+    /// when the frame is shorter.
+    fn make_readable(&mut self, len: usize) -> bool;
+
+    /// Replaces the IPv4 address at `addr_off`, fixing the IPv4 header checksum at
+    /// `ip_check_off` and the transport checksum, which covers the address in its pseudo-header.
+    fn rewrite_addr(
+        &mut self,
+        addr_off: usize,
+        ip_check_off: usize,
+        l4: L4Check,
+        old: [u8; 4],
+        new: [u8; 4],
+    ) -> Result<(), RewriteFailed>;
+
+    /// Replaces the transport port at `port_off`, fixing the transport checksum.
+    fn rewrite_port(
+        &mut self,
+        port_off: usize,
+        l4: L4Check,
+        old: [u8; 2],
+        new: [u8; 2],
+    ) -> Result<(), RewriteFailed>;
+}
+
+/// A pointer to a `T` at `offset` into the frame, if the whole `T` lies inside it. The check
+/// is the one the verifier needs to see before any direct packet access.
+#[inline(always)]
+pub fn ptr_at<P: Packet, T>(packet: &P, offset: usize) -> Option<*mut T> {
+    let start = packet.start();
+    if start + offset + core::mem::size_of::<T>() > packet.end() {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}
+
+impl Packet for XdpContext {
+    #[inline(always)]
+    fn start(&self) -> usize {
+        self.data()
+    }
+
+    #[inline(always)]
+    fn end(&self) -> usize {
+        self.data_end()
+    }
+
+    #[inline(always)]
+    fn make_readable(&mut self, len: usize) -> bool {
+        // An XDP frame's head is all there is to read.
+        self.data() + len <= self.data_end()
+    }
+
+    #[inline(always)]
+    fn rewrite_addr(
+        &mut self,
+        addr_off: usize,
+        ip_check_off: usize,
+        l4: L4Check,
+        old: [u8; 4],
+        new: [u8; 4],
+    ) -> Result<(), RewriteFailed> {
+        let addr: *mut [u8; 4] = ptr_at(self, addr_off).ok_or(RewriteFailed)?;
+        let ip_check: *mut [u8; 2] = ptr_at(self, ip_check_off).ok_or(RewriteFailed)?;
+        let l4_check: *mut [u8; 2] = ptr_at(self, l4.offset()).ok_or(RewriteFailed)?;
+        // SAFETY: all three pointers were bounds-checked against the frame just above.
+        unsafe {
+            *addr = new;
+            *ip_check = checksum::replace_u32(u16::from_be_bytes(*ip_check), old, new).to_be_bytes();
+            let check = u16::from_be_bytes(*l4_check);
+            // A direct match, not a function pointer: BPF has no indirect calls.
+            let check = match l4 {
+                L4Check::Tcp(_) => checksum::replace_u32(check, old, new),
+                L4Check::Udp(_) => checksum::udp_replace_u32(check, old, new),
+            };
+            *l4_check = check.to_be_bytes();
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn rewrite_port(
+        &mut self,
+        port_off: usize,
+        l4: L4Check,
+        old: [u8; 2],
+        new: [u8; 2],
+    ) -> Result<(), RewriteFailed> {
+        let port: *mut [u8; 2] = ptr_at(self, port_off).ok_or(RewriteFailed)?;
+        let l4_check: *mut [u8; 2] = ptr_at(self, l4.offset()).ok_or(RewriteFailed)?;
+        let (old, new) = (u16::from_be_bytes(old), u16::from_be_bytes(new));
+        // SAFETY: both pointers were bounds-checked against the frame just above.
+        unsafe {
+            *port = new.to_be_bytes();
+            let check = u16::from_be_bytes(*l4_check);
+            let check = match l4 {
+                L4Check::Tcp(_) => checksum::replace_u16(check, old, new),
+                L4Check::Udp(_) => checksum::udp_replace_u16(check, old, new),
+            };
+            *l4_check = check.to_be_bytes();
+        }
+        Ok(())
+    }
+}
+
+impl Packet for TcContext {
+    #[inline(always)]
+    fn start(&self) -> usize {
+        self.data()
+    }
+
+    #[inline(always)]
+    fn end(&self) -> usize {
+        self.data_end()
+    }
+
+    #[inline(always)]
+    fn make_readable(&mut self, len: usize) -> bool {
+        if self.data() + len <= self.data_end() {
+            return true;
+        }
+        // Headers of a non-linear skb may sit in its fragments: pull them into the head.
+        self.pull_data(len as u32).is_ok() && self.data() + len <= self.data_end()
+    }
+
+    #[inline(always)]
+    fn rewrite_addr(
+        &mut self,
+        addr_off: usize,
+        ip_check_off: usize,
+        l4: L4Check,
+        old: [u8; 4],
+        new: [u8; 4],
+    ) -> Result<(), RewriteFailed> {
+        let (l4_off, l4_flags) = l4_helper_args(l4);
+        // The helpers take the old and new values as the raw (network-order) words.
+        let from = u32::from_ne_bytes(old) as u64;
+        let to = u32::from_ne_bytes(new) as u64;
+        self.store(addr_off, &new, 0).map_err(|_| RewriteFailed)?;
+        self.l3_csum_replace(ip_check_off, from, to, 4).map_err(|_| RewriteFailed)?;
+        self.l4_csum_replace(l4_off, from, to, l4_flags | BPF_F_PSEUDO_HDR as u64 | 4)
+            .map_err(|_| RewriteFailed)
+    }
+
+    #[inline(always)]
+    fn rewrite_port(
+        &mut self,
+        port_off: usize,
+        l4: L4Check,
+        old: [u8; 2],
+        new: [u8; 2],
+    ) -> Result<(), RewriteFailed> {
+        let (l4_off, l4_flags) = l4_helper_args(l4);
+        let from = u16::from_ne_bytes(old) as u64;
+        let to = u16::from_ne_bytes(new) as u64;
+        self.store(port_off, &new, 0).map_err(|_| RewriteFailed)?;
+        self.l4_csum_replace(l4_off, from, to, l4_flags | 2).map_err(|_| RewriteFailed)
+    }
+}
+
+#[inline(always)]
+fn l4_helper_args(l4: L4Check) -> (usize, u64) {
+    match l4 {
+        L4Check::Tcp(off) => (off, 0),
+        // Leave a zero UDP checksum alone, and never produce one.
+        L4Check::Udp(off) => (off, BPF_F_MARK_MANGLED_0 as u64),
+    }
+}

@@ -1,0 +1,271 @@
+//! Loading the fast path, filling its maps, attaching it to interfaces, reading its counters.
+
+use std::fmt;
+
+use aya::{
+    Ebpf, EbpfLoader, VerifierLogLevel,
+    maps::{HashMap, PerCpuArray},
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType, Xdp,
+        tc::SchedClassifierLinkId,
+        xdp::{XdpLinkId, XdpMode as AyaXdpMode},
+    },
+};
+use gateway_common::{Counter, Endpoint, names};
+
+use crate::{
+    config::{Hook, Publish, XdpMode},
+    system,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("cannot load the BPF object: {0}")]
+    Object(#[source] aya::EbpfError),
+    #[error(
+        "the kernel verifier rejected BPF program `{program}`: {io_error}{hint}",
+        hint = if *.verbose { "" } else { " (run with --verbose for the verifier log)" }
+    )]
+    Verifier {
+        program: &'static str,
+        io_error: std::io::Error,
+        verbose: bool,
+        /// Printed by the caller, on its own lines, when `--verbose` is given.
+        log: String,
+    },
+    #[error("cannot load BPF program `{program}`: {source}")]
+    Load {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("BPF object has no {kind} `{name}` (built from a different gateway-ebpf?)")]
+    Missing { kind: &'static str, name: &'static str },
+    #[error("cannot update map `{map}`: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("cannot attach {hook} to {interface}: {source}")]
+    Attach {
+        hook: AttachedHook,
+        interface: String,
+        #[source]
+        source: ProgramError,
+    },
+}
+
+/// The hook a program ended up on, for logs and status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachedHook {
+    XdpNative,
+    XdpGeneric,
+    Tc,
+}
+
+impl fmt::Display for AttachedHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AttachedHook::XdpNative => "xdp (native)",
+            AttachedHook::XdpGeneric => "xdp (generic)",
+            AttachedHook::Tc => "tc (tcx ingress)",
+        })
+    }
+}
+
+/// One program attached to one interface. Detached by [`Dataplane::detach`], or when the
+/// `Dataplane` is dropped (the kernel also detaches when the process dies).
+#[derive(Debug)]
+pub struct Attachment {
+    pub interface: String,
+    pub hook: AttachedHook,
+    link: Link,
+}
+
+#[derive(Debug)]
+enum Link {
+    Xdp(XdpLinkId),
+    Tc(SchedClassifierLinkId),
+}
+
+/// The loaded fast path: both programs verified and loaded, maps created.
+pub struct Dataplane {
+    ebpf: Ebpf,
+}
+
+impl Dataplane {
+    /// Loads the embedded object and both programs. `verbose` keeps the verifier's log.
+    pub fn load(verbose: bool) -> Result<Dataplane, DataplaneError> {
+        Dataplane::load_object(crate::FASTPATH_OBJECT, verbose)
+    }
+
+    pub fn load_object(object: &[u8], verbose: bool) -> Result<Dataplane, DataplaneError> {
+        let level = if verbose {
+            VerifierLogLevel::VERBOSE | VerifierLogLevel::STATS
+        } else {
+            VerifierLogLevel::default()
+        };
+        let ebpf = EbpfLoader::new()
+            .verifier_log_level(level)
+            .load(object)
+            .map_err(DataplaneError::Object)?;
+        let mut dataplane = Dataplane { ebpf };
+        load_program(dataplane.xdp()?, names::PROG_XDP, verbose)?;
+        load_program(dataplane.tc()?, names::PROG_TC, verbose)?;
+        Ok(dataplane)
+    }
+
+    pub fn xdp(&mut self) -> Result<&mut Xdp, DataplaneError> {
+        program(&mut self.ebpf, names::PROG_XDP)
+    }
+
+    pub fn tc(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
+        program(&mut self.ebpf, names::PROG_TC)
+    }
+
+    /// Installs the published servers in both directions' maps.
+    pub fn publish(&mut self, publishes: &[Publish]) -> Result<(), DataplaneError> {
+        for (map_name, forward) in [(names::PUBLISH_DNAT, true), (names::PUBLISH_SNAT, false)] {
+            let map = self
+                .ebpf
+                .map_mut(map_name)
+                .ok_or(DataplaneError::Missing { kind: "map", name: map_name })?;
+            let mut map: HashMap<_, Endpoint, Endpoint> = HashMap::try_from(map)
+                .map_err(|source| DataplaneError::Map { map: map_name, source })?;
+            for publish in publishes {
+                let public = Endpoint::from_socket(publish.public, publish.protocol.number());
+                let private = Endpoint::from_socket(publish.private, publish.protocol.number());
+                let (key, value) = if forward { (public, private) } else { (private, public) };
+                map.insert(key, value, 0)
+                    .map_err(|source| DataplaneError::Map { map: map_name, source })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches the fast path to `interface` on the hook that `hook` and `xdp_mode` select.
+    ///
+    /// `Auto` puts TC on virtual devices and native XDP on NICs; a NIC whose driver has no
+    /// native XDP falls back to TC. A forced `xdp_mode` means XDP in that mode.
+    pub fn attach(
+        &mut self,
+        interface: &str,
+        hook: Hook,
+        xdp_mode: Option<XdpMode>,
+    ) -> Result<Attachment, DataplaneError> {
+        match (hook, xdp_mode) {
+            (Hook::Tc, _) => self.attach_tc(interface),
+            (Hook::Xdp, mode) | (Hook::Auto, mode @ Some(_)) => {
+                self.attach_xdp(interface, mode.unwrap_or(XdpMode::Native))
+            }
+            (Hook::Auto, None) => {
+                let driver = system::driver_info(interface);
+                match &driver {
+                    Ok(info) if !info.is_virtual() => {
+                        match self.attach_xdp(interface, XdpMode::Native) {
+                            Ok(attachment) => Ok(attachment),
+                            Err(err) => {
+                                tracing::warn!(
+                                    interface, driver = %info.driver, error = %err,
+                                    "native XDP unavailable, falling back to TC"
+                                );
+                                self.attach_tc(interface)
+                            }
+                        }
+                    }
+                    _ => {
+                        let driver = driver.map(|info| info.driver).unwrap_or_else(|err| format!("unknown ({err})"));
+                        tracing::debug!(interface, %driver, "virtual device: using TC");
+                        self.attach_tc(interface)
+                    }
+                }
+            }
+        }
+    }
+
+    fn attach_xdp(&mut self, interface: &str, mode: XdpMode) -> Result<Attachment, DataplaneError> {
+        let (flags, hook) = match mode {
+            XdpMode::Native => (AyaXdpMode::Driver, AttachedHook::XdpNative),
+            XdpMode::Generic => (AyaXdpMode::Skb, AttachedHook::XdpGeneric),
+        };
+        let link = self
+            .xdp()?
+            .attach(interface, flags)
+            .map_err(|source| DataplaneError::Attach { hook, interface: interface.to_owned(), source })?;
+        Ok(Attachment { interface: interface.to_owned(), hook, link: Link::Xdp(link) })
+    }
+
+    fn attach_tc(&mut self, interface: &str) -> Result<Attachment, DataplaneError> {
+        let hook = AttachedHook::Tc;
+        // On kernels >= 6.6 aya attaches through TCX links, which need no clsact qdisc.
+        let link = self
+            .tc()?
+            .attach(interface, TcAttachType::Ingress)
+            .map_err(|source| DataplaneError::Attach { hook, interface: interface.to_owned(), source })?;
+        Ok(Attachment { interface: interface.to_owned(), hook, link: Link::Tc(link) })
+    }
+
+    pub fn detach(&mut self, attachment: Attachment) -> Result<(), ProgramError> {
+        match attachment.link {
+            Link::Xdp(link) => self.xdp().map_err(|_| ProgramError::NotAttached)?.detach(link),
+            Link::Tc(link) => self.tc().map_err(|_| ProgramError::NotAttached)?.detach(link),
+        }
+    }
+
+    /// The fast path's counters, summed over CPUs, in [`Counter::ALL`] order.
+    pub fn counters(&self) -> Result<Vec<(Counter, u64)>, DataplaneError> {
+        let map = self
+            .ebpf
+            .map(names::STATS)
+            .ok_or(DataplaneError::Missing { kind: "map", name: names::STATS })?;
+        let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(map)
+            .map_err(|source| DataplaneError::Map { map: names::STATS, source })?;
+        Counter::ALL
+            .iter()
+            .map(|&counter| {
+                let values = stats
+                    .get(&(counter as u32), 0)
+                    .map_err(|source| DataplaneError::Map { map: names::STATS, source })?;
+                Ok((counter, values.iter().sum()))
+            })
+            .collect()
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, DataplaneError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program>,
+{
+    ebpf.program_mut(name)
+        .and_then(|program| program.try_into().ok())
+        .ok_or(DataplaneError::Missing { kind: "program", name })
+}
+
+trait Loadable {
+    fn load_program(&mut self) -> Result<(), ProgramError>;
+}
+
+impl Loadable for Xdp {
+    fn load_program(&mut self) -> Result<(), ProgramError> {
+        self.load()
+    }
+}
+
+impl Loadable for SchedClassifier {
+    fn load_program(&mut self) -> Result<(), ProgramError> {
+        self.load()
+    }
+}
+
+fn load_program(program: &mut impl Loadable, name: &'static str, verbose: bool) -> Result<(), DataplaneError> {
+    program.load_program().map_err(|source| match source {
+        ProgramError::LoadError { io_error, verifier_log } => DataplaneError::Verifier {
+            program: name,
+            io_error,
+            verbose,
+            log: verifier_log.to_string(),
+        },
+        source => DataplaneError::Load { program: name, source },
+    })
+}

@@ -1,0 +1,10 @@
+//! The gateway agent: configuration, loading and attaching the fast path, and (in later
+//! layers) the FTP ALG. The `gateway` binary in `main.rs` is a thin command line over this.
+
+pub mod config;
+pub mod dataplane;
+pub mod system;
+
+/// The BPF object built from `gateway-ebpf` by build.rs, embedded so one binary ships it all.
+pub static FASTPATH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-fastpath"));

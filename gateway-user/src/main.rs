@@ -1,0 +1,142 @@
+//! `gateway`: the agent and its command line.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::{Context as _, anyhow, bail};
+use clap::{Parser, Subcommand};
+use gateway_user::{
+    config::{Config, Hook, XdpMode},
+    dataplane::{Dataplane, DataplaneError},
+    system::{self, SysctlGuard},
+};
+use tokio::signal::unix::{SignalKind, signal};
+
+#[derive(Parser)]
+#[command(name = "gateway", version, about = "NAT gateway with an eBPF fast path and an FTP ALG")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load the fast path, attach it to the configured interfaces and run until SIGINT or
+    /// SIGTERM, then detach.
+    Run {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        /// Use XDP in this mode on both interfaces, whatever `dataplane.hook` says.
+        #[arg(long, value_enum)]
+        xdp_mode: Option<XdpMode>,
+        /// On a verifier rejection, print the verifier's log.
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Validate a configuration file and exit.
+    Check {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let result = match cli.command {
+        Command::Run { config, xdp_mode, verbose } => run(&config, xdp_mode, verbose),
+        Command::Check { config } => Config::load(&config)
+            .map(|config| println!("ok: {} publish entr{}", config.publish.len(), if config.publish.len() == 1 { "y" } else { "ies" }))
+            .map_err(Into::into),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One line that names the problem; `{:#}` joins the context chain.
+            eprintln!("gateway: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config_path: &std::path::Path, xdp_mode_flag: Option<XdpMode>, verbose: bool) -> anyhow::Result<()> {
+    let config = Config::load(config_path)?;
+    let hook = config.dataplane.hook;
+    let xdp_mode = xdp_mode_flag.or(config.dataplane.xdp_mode);
+    if xdp_mode_flag.is_some() && hook == Hook::Tc {
+        bail!("--xdp-mode conflicts with dataplane.hook = \"tc\" in {}", config_path.display());
+    }
+    let hook = if xdp_mode_flag.is_some() { Hook::Xdp } else { hook };
+
+    system::check_privileges().map_err(|why| anyhow!(why))?;
+    for (role, name) in [("inside", &config.interfaces.inside), ("outside", &config.interfaces.outside)] {
+        if system::if_index(name).is_none() {
+            bail!("interface {name:?} (interfaces.{role}) does not exist in this network namespace");
+        }
+    }
+
+    let mut dataplane = Dataplane::load(verbose).map_err(|err| {
+        if let DataplaneError::Verifier { log, verbose: true, .. } = &err {
+            eprintln!("{log}");
+        }
+        err
+    })?;
+    dataplane.publish(&config.publish)?;
+
+    let mut attachments = Vec::new();
+    for name in [&config.interfaces.inside, &config.interfaces.outside] {
+        let attachment = dataplane.attach(name, hook, xdp_mode)?;
+        tracing::info!(interface = %attachment.interface, hook = %attachment.hook, "fast path attached");
+        attachments.push(attachment);
+    }
+    // Replies of a published server leave the fast path with the public address as source. When
+    // that address is the gateway's own (the usual port forward), the kernel's forwarding path
+    // would drop them as martians; accept_local lets it route them. Restored on exit.
+    let _sysctls = [&config.interfaces.inside, &config.interfaces.outside]
+        .into_iter()
+        .map(|name| SysctlGuard::set_ipv4_conf(name, "accept_local", "1"))
+        .collect::<Result<Vec<_>, _>>()
+        .context("cannot set accept_local on the gateway's interfaces")?;
+
+    for publish in &config.publish {
+        tracing::info!(public = %publish.public, private = %publish.private, protocol = %publish.protocol, "published");
+    }
+    tracing::info!(config = %config_path.display(), "gateway running; SIGINT or SIGTERM stops it");
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let signal_name = runtime.block_on(wait_for_shutdown())?;
+    tracing::info!(signal = signal_name, "stopping");
+
+    for attachment in attachments {
+        let interface = attachment.interface.clone();
+        if let Err(err) = dataplane.detach(attachment) {
+            tracing::warn!(%interface, %err, "detach failed");
+        }
+    }
+    let counters = dataplane.counters()?;
+    let summary: Vec<String> = counters
+        .iter()
+        .filter(|(_, value)| *value > 0)
+        .map(|(counter, value)| format!("{}={value}", counter.name()))
+        .collect();
+    tracing::info!(counters = %summary.join(" "), "fast path detached");
+    Ok(())
+}
+
+async fn wait_for_shutdown() -> anyhow::Result<&'static str> {
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    Ok(tokio::select! {
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    })
+}

@@ -1,0 +1,141 @@
+//! What the agent asks of the host: privileges, interfaces, and the sysctls it must adjust.
+
+use std::{ffi::CString, fs, io, mem};
+
+/// Capability numbers from linux/capability.h.
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_BPF: u32 = 39;
+
+/// Checks that this process may load BPF programs and attach them to interfaces, so that a
+/// missing privilege is reported as such instead of as a puzzling EPERM from deep in a load.
+pub fn check_privileges() -> Result<(), String> {
+    let status = fs::read_to_string("/proc/self/status")
+        .map_err(|err| format!("cannot read /proc/self/status to check privileges: {err}"))?;
+    let effective = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .ok_or("cannot find CapEff in /proc/self/status")?;
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    let mut missing = Vec::new();
+    if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_BPF");
+    }
+    if !has(CAP_NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN");
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("insufficient privileges: missing {} (run as root)", missing.join(" and ")))
+    }
+}
+
+pub fn if_index(name: &str) -> Option<u32> {
+    let name = CString::new(name).ok()?;
+    // SAFETY: `name` is a valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => None,
+        index => Some(index),
+    }
+}
+
+/// The driver behind an interface, from `ETHTOOL_GDRVINFO` (what `ethtool -i` shows).
+#[derive(Debug, Clone)]
+pub struct DriverInfo {
+    pub driver: String,
+    /// PCI (or other bus) address; empty for virtual devices such as veth or bridges.
+    pub bus_info: String,
+}
+
+impl DriverInfo {
+    /// A device with no bus behind it is virtual: veth, bridge, dummy, tun, vxlan, ...
+    pub fn is_virtual(&self) -> bool {
+        self.bus_info.is_empty()
+    }
+}
+
+const SIOCETHTOOL: libc::c_ulong = 0x8946;
+const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
+
+#[repr(C)]
+struct EthtoolDrvinfo {
+    cmd: u32,
+    driver: [u8; 32],
+    version: [u8; 32],
+    fw_version: [u8; 32],
+    bus_info: [u8; 32],
+    erom_version: [u8; 32],
+    reserved2: [u8; 12],
+    n_priv_flags: u32,
+    n_stats: u32,
+    testinfo_len: u32,
+    eedump_len: u32,
+    regdump_len: u32,
+}
+
+#[repr(C)]
+struct IfreqData {
+    name: [u8; libc::IFNAMSIZ],
+    data: *mut libc::c_void,
+}
+
+pub fn driver_info(interface: &str) -> io::Result<DriverInfo> {
+    if interface.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "interface name too long"));
+    }
+    // SAFETY: plain socket(2) call; the descriptor is closed below on every path.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: all-zero is a valid EthtoolDrvinfo.
+    let mut info: EthtoolDrvinfo = unsafe { mem::zeroed() };
+    info.cmd = ETHTOOL_GDRVINFO;
+    let mut request = IfreqData {
+        name: [0; libc::IFNAMSIZ],
+        data: (&mut info as *mut EthtoolDrvinfo).cast(),
+    };
+    request.name[..interface.len()].copy_from_slice(interface.as_bytes());
+    // SAFETY: `request` points at a live, correctly sized ethtool_drvinfo for the call's duration.
+    let result = unsafe { libc::ioctl(fd, SIOCETHTOOL as _, &mut request) };
+    let error = io::Error::last_os_error();
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    if result < 0 {
+        return Err(error);
+    }
+    let text = |bytes: &[u8]| {
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        String::from_utf8_lossy(&bytes[..end]).into_owned()
+    };
+    Ok(DriverInfo {
+        driver: text(&info.driver),
+        bus_info: text(&info.bus_info),
+    })
+}
+
+/// Sets an IPv4 per-interface sysctl for as long as the guard lives, then puts the old value
+/// back.
+pub struct SysctlGuard {
+    path: String,
+    previous: String,
+}
+
+impl SysctlGuard {
+    pub fn set_ipv4_conf(interface: &str, key: &str, value: &str) -> io::Result<SysctlGuard> {
+        let path = format!("/proc/sys/net/ipv4/conf/{interface}/{key}");
+        let previous = fs::read_to_string(&path)?.trim().to_owned();
+        fs::write(&path, value)?;
+        Ok(SysctlGuard { path, previous })
+    }
+}
+
+impl Drop for SysctlGuard {
+    fn drop(&mut self) {
+        if let Err(err) = fs::write(&self.path, &self.previous) {
+            tracing::warn!(path = %self.path, %err, "could not restore sysctl");
+        }
+    }
+}
