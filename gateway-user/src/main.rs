@@ -95,14 +95,16 @@ fn run(config_path: &std::path::Path, xdp_mode_flag: Option<XdpMode>, verbose: b
         tracing::info!(interface = %attachment.interface, hook = %attachment.hook, "fast path attached");
         attachments.push(attachment);
     }
-    // Replies of a published server leave the fast path with the public address as source. When
-    // that address is the gateway's own (the usual port forward), the kernel's forwarding path
-    // would drop them as martians; accept_local lets it route them. Restored on exit.
-    let _sysctls = [&config.interfaces.inside, &config.interfaces.outside]
-        .into_iter()
-        .map(|name| SysctlGuard::set_ipv4_conf(name, "accept_local", "1"))
-        .collect::<Result<Vec<_>, _>>()
-        .context("cannot set accept_local on the gateway's interfaces")?;
+    // Translation happens at ingress, before the kernel routes the packet: a published
+    // server's reply reaches the stack on the inside interface already carrying the public
+    // source address, which is usually the gateway's own. The kernel drops such packets as
+    // martians unless accept_local is on, and strict reverse-path filtering drops them too
+    // (loose mode still drops sources with no route at all). Both restored on exit.
+    let mut sysctls = Vec::new();
+    for name in [&config.interfaces.inside, &config.interfaces.outside] {
+        sysctls.push(SysctlGuard::set_ipv4_conf(name, "accept_local", "1").context("cannot set accept_local")?);
+        sysctls.extend(system::relax_strict_rp_filter(name).context("cannot adjust rp_filter")?);
+    }
 
     for publish in &config.publish {
         tracing::info!(public = %publish.public, private = %publish.private, protocol = %publish.protocol, "published");

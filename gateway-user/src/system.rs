@@ -132,6 +132,25 @@ impl SysctlGuard {
     }
 }
 
+fn read_ipv4_conf(interface: &str, key: &str) -> io::Result<u32> {
+    let path = format!("/proc/sys/net/ipv4/conf/{interface}/{key}");
+    fs::read_to_string(&path)?
+        .trim()
+        .parse()
+        .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, format!("{path}: {err}")))
+}
+
+/// If reverse-path filtering on `interface` is strict (the effective value is the maximum of
+/// `all` and the interface's own), makes it loose for as long as the guard lives.
+pub fn relax_strict_rp_filter(interface: &str) -> io::Result<Option<SysctlGuard>> {
+    let effective = read_ipv4_conf("all", "rp_filter")?.max(read_ipv4_conf(interface, "rp_filter")?);
+    if effective != 1 {
+        return Ok(None);
+    }
+    tracing::info!(interface, "rp_filter strict -> loose while the gateway runs");
+    SysctlGuard::set_ipv4_conf(interface, "rp_filter", "2").map(Some)
+}
+
 impl Drop for SysctlGuard {
     fn drop(&mut self) {
         if let Err(err) = fs::write(&self.path, &self.previous) {

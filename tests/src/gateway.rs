@@ -1,0 +1,145 @@
+//! A `gateway run` process in a namespace, stopped (and its output kept) by its guard.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    sync::{Arc, Mutex, OnceLock, mpsc},
+    time::Duration,
+};
+
+use anyhow::{Context as _, anyhow, bail};
+
+use crate::netns::Netns;
+
+/// The `gateway` binary under test: `$GATEWAY_BIN` if set, else the workspace's own, brought
+/// up to date first (`cargo test` builds a test's library dependencies but not their binaries,
+/// so a stale `gateway` would otherwise be tested).
+pub fn binary() -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    if let Some(path) = std::env::var_os("GATEWAY_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    BUILT
+        .get_or_init(|| build_binary().map_err(|err| format!("{err:#}")))
+        .clone()
+        .map_err(|err| anyhow!(err))
+}
+
+fn build_binary() -> anyhow::Result<PathBuf> {
+    // target/<profile>/deps/<test binary>
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test binary is not inside a cargo target directory")?;
+    let release = profile_dir.file_name().is_some_and(|name| name == "release");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = std::process::Command::new(cargo);
+    command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "--quiet", "--package", "gateway-user", "--bin", "gateway"])
+        .env_remove("RUST_BACKTRACE");
+    if release {
+        command.arg("--release");
+    }
+    crate::run(&mut command).context("building the gateway binary for the tests")?;
+    let binary = profile_dir.join("gateway");
+    if !binary.is_file() {
+        bail!("built the gateway, but {} is missing", binary.display());
+    }
+    Ok(binary)
+}
+
+pub struct GatewayProcess {
+    child: Option<Child>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+/// The line `gateway run` logs once everything is attached.
+const READY: &str = "gateway running";
+
+impl GatewayProcess {
+    /// Starts `gateway run --config <config> <extra>` in `netns` and waits until it reports it
+    /// is running (or fails with its own error output).
+    pub fn start(netns: &Netns, config: &Path, extra: &[&str]) -> anyhow::Result<GatewayProcess> {
+        GatewayProcess::start_binary(&binary()?, netns, config, extra)
+    }
+
+    /// As [`GatewayProcess::start`], with an explicit `gateway` binary.
+    pub fn start_binary(binary: &Path, netns: &Netns, config: &Path, extra: &[&str]) -> anyhow::Result<GatewayProcess> {
+        let mut command = netns.command(binary.to_str().context("binary path is not UTF-8")?);
+        command
+            .args(["run", "--config"])
+            .arg(config)
+            .args(extra)
+            .env_remove("RUST_BACKTRACE")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().with_context(|| format!("spawn {command:?}"))?;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        for stream in [
+            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let log = log.clone();
+            let ready_tx = ready_tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if line.contains(READY) {
+                        let _ = ready_tx.send(());
+                    }
+                    if let Ok(mut log) = log.lock() {
+                        log.push(line);
+                    }
+                }
+            });
+        }
+        drop(ready_tx);
+        let mut process = GatewayProcess { child: Some(child), log };
+        match ready_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(()) => Ok(process),
+            Err(_) => {
+                let status = process.stop()?;
+                bail!("gateway did not start ({status}); its output:\n{}", process.output())
+            }
+        }
+    }
+
+    /// Everything the process wrote so far.
+    pub fn output(&self) -> String {
+        self.log.lock().map(|log| log.join("\n")).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits for it to exit (SIGKILL after 10 s). Returns its exit status.
+    pub fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let Some(mut child) = self.child.take() else { bail!("gateway already stopped") };
+        // `ip netns exec` execs the gateway, so the child's pid is the gateway's.
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        for _ in 0..200 {
+            if let Some(status) = child.try_wait()? {
+                // Let the reader threads drain the pipes.
+                std::thread::sleep(Duration::from_millis(50));
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child.kill()?;
+        Ok(child.wait()?)
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop();
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! The reference topology: a server network, the gateway, and an outside client network.
+//!
+//! ```text
+//!  ns <p>-inside          ns <p>-router (gateway)              ns <p>-outside
+//!  eth0 10.0.0.2/24 ----- veth-in 10.0.0.1/24
+//!  default via 10.0.0.1   veth-out 203.0.113.1/24 ----------- eth0 203.0.113.2/24
+//!                         ip_forward = 1, rp_filter = 1        no route to 10.0.0.0/24
+//! ```
+//!
+//! The outside client has no route to the inside network, so only translated traffic gets
+//! through. `cargo xtask lab up` builds it with the prefix `gw`; tests build private copies
+//! under unique prefixes.
+
+use std::net::Ipv4Addr;
+
+use crate::netns::Netns;
+
+pub const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+pub const ROUTER_INSIDE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+/// The router's outside address, which is also the address servers are published at.
+pub const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+
+pub const ROUTER_INSIDE_IF: &str = "veth-in";
+pub const ROUTER_OUTSIDE_IF: &str = "veth-out";
+/// The one interface of each end host.
+pub const HOST_IF: &str = "eth0";
+
+pub const DEFAULT_PREFIX: &str = "gw";
+
+/// Offload settings, which decide what kind of checksums the gateway sees and emits.
+#[derive(Debug, Clone, Copy)]
+pub struct LabOptions {
+    /// Checksum/segmentation offload on the end hosts' veths. On: they send partial checksums
+    /// and TSO super-packets, as local senders do. Off: full checksums and MTU-sized packets,
+    /// as from a wire.
+    pub endpoint_tx_offload: bool,
+    /// Offload on the router's veths. Off makes the router's kernel finish every checksum in
+    /// software from what the gateway left in the packet, so a capture at the end hosts shows
+    /// real checksums that a wrong translation would break.
+    pub router_tx_offload: bool,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        LabOptions { endpoint_tx_offload: true, router_tx_offload: true }
+    }
+}
+
+pub struct Lab {
+    pub prefix: String,
+    pub inside: Netns,
+    pub router: Netns,
+    pub outside: Netns,
+}
+
+impl Lab {
+    pub fn namespace_names(prefix: &str) -> [String; 3] {
+        [format!("{prefix}-inside"), format!("{prefix}-router"), format!("{prefix}-outside")]
+    }
+
+    /// Builds the topology. On error, whatever was created is removed again.
+    pub fn up(prefix: &str, options: LabOptions) -> anyhow::Result<Lab> {
+        let [inside, router, outside] = Lab::namespace_names(prefix);
+        let lab = Lab {
+            prefix: prefix.to_owned(),
+            inside: Netns::create(&inside)?,
+            router: Netns::create(&router)?,
+            outside: Netns::create(&outside)?,
+        };
+        // Each veth pair is created with both ends directly in their namespaces: nothing ever
+        // appears in the root namespace.
+        for (router_if, host) in [(ROUTER_INSIDE_IF, &inside), (ROUTER_OUTSIDE_IF, &outside)] {
+            crate::run(std::process::Command::new("ip").args([
+                "link", "add", router_if, "netns", &router, "type", "veth", "peer", "name", HOST_IF,
+                "netns", host,
+            ]))?;
+        }
+        lab.router.sh(&format!(
+            "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=1 net.ipv4.conf.default.rp_filter=1
+             ip addr add {ROUTER_INSIDE}/24 dev {ROUTER_INSIDE_IF}
+             ip addr add {PUBLIC}/24 dev {ROUTER_OUTSIDE_IF}
+             ip link set {ROUTER_INSIDE_IF} up
+             ip link set {ROUTER_OUTSIDE_IF} up"
+        ))?;
+        lab.inside.sh(&format!(
+            "ip addr add {SERVER}/24 dev {HOST_IF}
+             ip link set {HOST_IF} up
+             ip route add default via {ROUTER_INSIDE}"
+        ))?;
+        lab.outside.sh(&format!(
+            "ip addr add {CLIENT}/24 dev {HOST_IF}
+             ip link set {HOST_IF} up"
+        ))?;
+        if !options.endpoint_tx_offload {
+            for host in [&lab.inside, &lab.outside] {
+                host.sh(&format!("ethtool -K {HOST_IF} tx off >/dev/null"))?;
+            }
+        }
+        if !options.router_tx_offload {
+            lab.router.sh(&format!(
+                "ethtool -K {ROUTER_INSIDE_IF} tx off >/dev/null
+                 ethtool -K {ROUTER_OUTSIDE_IF} tx off >/dev/null"
+            ))?;
+        }
+        Ok(lab)
+    }
+
+    /// Leaves the namespaces in place when this value is dropped (for `cargo xtask lab up`).
+    pub fn keep(self) {
+        let Lab { inside, router, outside, .. } = self;
+        for netns in [inside, router, outside] {
+            netns.keep();
+        }
+    }
+
+    /// Removes a lab by prefix, with anything still running in it.
+    pub fn down(prefix: &str) {
+        for name in Lab::namespace_names(prefix) {
+            Netns::delete(&name);
+        }
+    }
+
+    pub fn exists(prefix: &str) -> bool {
+        Lab::namespace_names(prefix)
+            .iter()
+            .any(|name| std::path::Path::new(&format!("/run/netns/{name}")).exists())
+    }
+}
+
+/// A `gateway.toml` for the lab's router.
+pub fn gateway_config(hook: &str, publishes: &[(std::net::SocketAddrV4, std::net::SocketAddrV4, &str)]) -> String {
+    let mut text = format!(
+        "[interfaces]\ninside = \"{ROUTER_INSIDE_IF}\"\noutside = \"{ROUTER_OUTSIDE_IF}\"\n\n[dataplane]\nhook = \"{hook}\"\n"
+    );
+    for (public, private, protocol) in publishes {
+        text.push_str(&format!(
+            "\n[[publish]]\npublic = \"{public}\"\nprivate = \"{private}\"\nprotocol = \"{protocol}\"\n"
+        ));
+    }
+    text
+}

@@ -1,0 +1,86 @@
+//! The gateway's test bench: network namespaces joined by veth pairs, the reference lab
+//! topology built from them, packet capture, traffic generators and a handle on a running
+//! `gateway`. Used by the tests in `tests/tests`, and by `cargo xtask lab|demo`.
+//!
+//! Network rule: everything here lives in namespaces this code creates, joined only by veth
+//! pairs between them. Nothing is created in the root namespace, and every guard removes what
+//! it made when dropped, also when a test panics.
+
+pub mod capture;
+pub mod gateway;
+pub mod lab;
+pub mod netns;
+pub mod packet;
+pub mod transfer;
+
+use std::process::{Command, Output};
+
+use anyhow::{Context as _, bail};
+
+/// Runs a command to completion; a non-zero exit is an error that carries its stderr.
+pub fn run(command: &mut Command) -> anyhow::Result<Output> {
+    let output = command
+        .output()
+        .with_context(|| format!("cannot run {command:?}"))?;
+    if !output.status.success() {
+        bail!(
+            "{command:?} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(output)
+}
+
+/// Checks what the namespace tests need: root, and a kernel that lets us load BPF programs.
+pub fn check_environment() -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the gateway tests must run as root (they create network namespaces and load BPF programs)");
+    }
+    // The smallest possible program: proves bpf(2) works here, without our own object.
+    let insns: [u64; 2] = [
+        0x0000_0000_0000_00b7, // r0 = 0
+        0x0000_0000_0000_0095, // exit
+    ];
+    let license = c"GPL";
+    #[repr(C)]
+    #[derive(Default)]
+    struct ProgLoadAttr {
+        prog_type: u32,
+        insn_cnt: u32,
+        insns: u64,
+        license: u64,
+        log_level: u32,
+        log_size: u32,
+        log_buf: u64,
+        kern_version: u32,
+        prog_flags: u32,
+        _rest: [u64; 12],
+    }
+    let attr = ProgLoadAttr {
+        prog_type: 3, // BPF_PROG_TYPE_SCHED_CLS
+        insn_cnt: 2,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        ..Default::default()
+    };
+    // SAFETY: attr is a valid, zero-padded bpf_attr for BPF_PROG_LOAD (cmd 5).
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            5,
+            &attr as *const ProgLoadAttr,
+            std::mem::size_of::<ProgLoadAttr>(),
+        )
+    };
+    if fd < 0 {
+        bail!(
+            "this kernel refuses to load BPF programs ({}); the gateway tests need bpf(2)",
+            std::io::Error::last_os_error()
+        );
+    }
+    // SAFETY: fd was just returned to us.
+    unsafe { libc::close(fd as i32) };
+    Ok(())
+}

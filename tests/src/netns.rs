@@ -1,0 +1,130 @@
+//! Network namespaces, created with iproute2 and removed when their guard drops.
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+    thread::JoinHandle,
+};
+
+use anyhow::{Context as _, bail};
+
+/// A named network namespace (`ip netns add`), deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+    owned: bool,
+}
+
+impl Netns {
+    pub fn create(name: &str) -> anyhow::Result<Netns> {
+        if std::path::Path::new(&format!("/run/netns/{name}")).exists() {
+            bail!("network namespace {name} already exists (left over? `cargo xtask lab down` removes the lab)");
+        }
+        crate::run(Command::new("ip").args(["netns", "add", name]))?;
+        let netns = Netns { name: name.to_owned(), owned: true };
+        netns.sh("ip link set lo up")?;
+        Ok(netns)
+    }
+
+    /// A handle on an existing namespace that is not deleted on drop.
+    pub fn existing(name: &str) -> anyhow::Result<Netns> {
+        if !std::path::Path::new(&format!("/run/netns/{name}")).exists() {
+            bail!("network namespace {name} does not exist");
+        }
+        Ok(Netns { name: name.to_owned(), owned: false })
+    }
+
+    /// Stops this guard from deleting the namespace.
+    pub fn keep(mut self) {
+        self.owned = false;
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A command that runs `program` inside this namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name, program]);
+        command
+    }
+
+    /// Runs a shell command line inside the namespace; fails on a non-zero exit.
+    pub fn sh(&self, script: &str) -> anyhow::Result<String> {
+        let output = crate::run(self.command("sh").args(["-ec", script]))
+            .with_context(|| format!("in namespace {}", self.name))?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Moves the calling thread into this namespace (setns only affects the calling thread).
+    pub fn enter(&self) -> anyhow::Result<()> {
+        let path = format!("/run/netns/{}", self.name);
+        let file = File::open(&path).with_context(|| format!("open {path}"))?;
+        // SAFETY: a valid namespace fd; CLONE_NEWNET moves only this thread's network namespace.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("setns {path}"));
+        }
+        Ok(())
+    }
+
+    /// Runs `work` on a new thread inside this namespace.
+    pub fn spawn<T, F>(&self, work: F) -> JoinHandle<anyhow::Result<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> anyhow::Result<T> + Send + 'static,
+    {
+        let netns = Netns { name: self.name.clone(), owned: false };
+        std::thread::spawn(move || {
+            netns.enter()?;
+            work()
+        })
+    }
+
+    /// Kills every process still in the namespace, then deletes it.
+    pub fn delete(name: &str) {
+        if let Ok(output) = Command::new("ip").args(["netns", "pids", name]).output() {
+            for pid in String::from_utf8_lossy(&output.stdout).split_whitespace() {
+                if let Ok(pid) = pid.parse::<i32>() {
+                    // SAFETY: kill(2) on a pid inside our own test namespace.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+        let _ = Command::new("ip").args(["netns", "del", name]).output();
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if self.owned {
+            Netns::delete(&self.name);
+        }
+    }
+}
+
+/// A prefix for namespace names unique to this process and call, so tests can run in parallel:
+/// `gwt<pid>x<n>`. `cargo xtask test` removes prefixes whose process is gone.
+pub fn unique_prefix() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("gwt{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Removes the namespaces of test runs whose process no longer exists (a test killed by a
+/// timeout cannot run its own cleanup).
+pub fn remove_stale_test_namespaces() -> Vec<String> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/run/netns") else { return removed };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("gwt") else { continue };
+        let Some(pid) = rest.split('x').next().and_then(|pid| pid.parse::<u32>().ok()) else { continue };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            Netns::delete(&name);
+            removed.push(name);
+        }
+    }
+    removed
+}

@@ -1,0 +1,131 @@
+//! Reading captured frames: a one-line summary (for the demo and failure messages) and a
+//! from-scratch check of every IPv4, TCP and UDP checksum.
+
+use std::{fmt, net::Ipv4Addr};
+
+use gateway_common::{IPPROTO_TCP, IPPROTO_UDP, checksum};
+
+/// The fields of an IPv4 TCP/UDP frame that translation touches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ipv4Summary {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub proto: u8,
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// TCP flags byte (0 for UDP).
+    pub tcp_flags: u8,
+    pub payload_len: usize,
+}
+
+impl fmt::Display for Ipv4Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let proto = match self.proto {
+            IPPROTO_TCP => "tcp",
+            IPPROTO_UDP => "udp",
+            _ => "ip",
+        };
+        write!(f, "{proto} {}:{} > {}:{}", self.src, self.src_port, self.dst, self.dst_port)?;
+        if self.proto == IPPROTO_TCP {
+            let names = [(0x02, 'S'), (0x10, '.'), (0x08, 'P'), (0x01, 'F'), (0x04, 'R')];
+            let flags: String = names.iter().filter(|(bit, _)| self.tcp_flags & bit != 0).map(|(_, c)| *c).collect();
+            write!(f, " [{flags}]")?;
+        }
+        write!(f, " len {}", self.payload_len)
+    }
+}
+
+const ETH_LEN: usize = 14;
+
+/// Returns the IPv4 header and the transport segment of an Ethernet frame, if it is an
+/// unfragmented IPv4 TCP or UDP frame.
+fn split(frame: &[u8]) -> Option<(&[u8], &[u8])> {
+    if frame.len() < ETH_LEN + 20 || frame[12..14] != [0x08, 0x00] {
+        return None;
+    }
+    let ip = &frame[ETH_LEN..];
+    let ihl = ((ip[0] & 0x0f) as usize) * 4;
+    let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    if ip[0] >> 4 != 4 || ihl < 20 || total < ihl || total > ip.len() {
+        return None;
+    }
+    if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 || !matches!(ip[9], IPPROTO_TCP | IPPROTO_UDP) {
+        return None;
+    }
+    Some((&ip[..ihl], &ip[ihl..total]))
+}
+
+pub fn summarize(frame: &[u8]) -> Option<Ipv4Summary> {
+    let (ip, segment) = split(frame)?;
+    let proto = ip[9];
+    let header_len = match proto {
+        IPPROTO_TCP if segment.len() >= 20 => ((segment[12] >> 4) as usize) * 4,
+        IPPROTO_UDP if segment.len() >= 8 => 8,
+        _ => return None,
+    };
+    Some(Ipv4Summary {
+        src: Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+        dst: Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+        proto,
+        src_port: u16::from_be_bytes([segment[0], segment[1]]),
+        dst_port: u16::from_be_bytes([segment[2], segment[3]]),
+        tcp_flags: if proto == IPPROTO_TCP { segment[13] } else { 0 },
+        payload_len: segment.len().saturating_sub(header_len),
+    })
+}
+
+/// Why a frame's checksums are wrong, or `None` when they are all right (or it is not an
+/// IPv4 TCP/UDP frame).
+pub fn checksum_error(frame: &[u8]) -> Option<String> {
+    let (ip, segment) = split(frame)?;
+    let stored_ip = u16::from_be_bytes([ip[10], ip[11]]);
+    let expected_ip = checksum::ipv4_header(ip);
+    if stored_ip != expected_ip {
+        return Some(format!("IPv4 header checksum {stored_ip:#06x}, expected {expected_ip:#06x}"));
+    }
+    let proto = ip[9];
+    let check_offset = if proto == IPPROTO_TCP { 16 } else { 6 };
+    if segment.len() < check_offset + 2 {
+        return Some("transport header truncated".into());
+    }
+    let stored = u16::from_be_bytes([segment[check_offset], segment[check_offset + 1]]);
+    if proto == IPPROTO_UDP && stored == 0 {
+        return None;
+    }
+    let src = [ip[12], ip[13], ip[14], ip[15]];
+    let dst = [ip[16], ip[17], ip[18], ip[19]];
+    let expected = checksum::ipv4_transport(src, dst, proto, segment, check_offset);
+    (stored != expected).then(|| {
+        let name = if proto == IPPROTO_TCP { "TCP" } else { "UDP" };
+        format!("{name} checksum {stored:#06x}, expected {expected:#06x}")
+    })
+}
+
+/// Counts of a checksum audit over captured frames.
+#[derive(Debug, Default)]
+pub struct ChecksumAudit {
+    /// IPv4 TCP/UDP frames whose checksums were recomputed.
+    pub checked: usize,
+    /// The first few bad ones, described.
+    pub bad: Vec<String>,
+    pub bad_count: usize,
+}
+
+/// Recomputes the checksums of every received IPv4 TCP/UDP frame.
+pub fn audit_checksums<'a>(frames: impl IntoIterator<Item = &'a crate::capture::Frame>) -> ChecksumAudit {
+    let mut audit = ChecksumAudit::default();
+    for frame in frames.into_iter().filter(|frame| !frame.outgoing) {
+        if split(&frame.bytes).is_none() {
+            continue;
+        }
+        audit.checked += 1;
+        if let Some(error) = checksum_error(&frame.bytes) {
+            audit.bad_count += 1;
+            if audit.bad.len() < 5 {
+                let summary = summarize(&frame.bytes).map(|s| s.to_string()).unwrap_or_default();
+                audit.bad.push(format!("{summary}: {error}"));
+            }
+        }
+    }
+    audit
+}

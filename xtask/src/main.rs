@@ -1,0 +1,146 @@
+//! `cargo xtask <task>`: everything a developer or CI does, from a fresh machine on.
+
+mod demo;
+mod setup;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use gateway_tests::lab::{DEFAULT_PREFIX, Lab, LabOptions};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what this machine lacks to build and test the gateway (idempotent).
+    Setup,
+    /// Set up, then build the `gateway` binary (with its BPF object embedded).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build or remove the reference lab topology (network namespaces gw-inside, gw-router,
+    /// gw-outside).
+    Lab {
+        #[command(subcommand)]
+        action: LabAction,
+    },
+    /// The lab, the gateway and a real TCP transfer through a published server, explained.
+    Demo,
+    /// Set up, build, and run every test (needs root). Extra arguments go to `cargo test`.
+    Test {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        cargo_test_args: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabAction {
+    Up,
+    Down,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup => setup::run(),
+        Task::Build { release } => setup::run().and_then(|()| build_gateway(release).map(|path| {
+            println!("built {}", path.display());
+        })),
+        Task::Lab { action: LabAction::Up } => lab_up(),
+        Task::Lab { action: LabAction::Down } => {
+            Lab::down(DEFAULT_PREFIX);
+            println!("lab {DEFAULT_PREFIX} removed");
+            Ok(())
+        }
+        Task::Demo => demo::run(),
+        Task::Test { cargo_test_args } => test(&cargo_test_args),
+    };
+    if let Err(err) = result {
+        eprintln!("xtask: error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    // xtask/ is one level below the workspace root.
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn cargo() -> Command {
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command.current_dir(workspace_root());
+    // A backtrace variable in the environment buries the BPF verifier's log.
+    command.env_remove("RUST_BACKTRACE");
+    command
+}
+
+/// Builds the `gateway` binary and returns its path.
+pub fn build_gateway(release: bool) -> anyhow::Result<PathBuf> {
+    let mut command = cargo();
+    command.args(["build", "--package", "gateway-user", "--bin", "gateway"]);
+    if release {
+        command.arg("--release");
+    }
+    let status = command.status().context("cannot run cargo")?;
+    if !status.success() {
+        bail!("building the gateway failed ({status})");
+    }
+    let profile = if release { "release" } else { "debug" };
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    Ok(target_dir.join(profile).join("gateway"))
+}
+
+fn require_root(what: &str) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("{what} needs root (network namespaces and BPF); run it as root");
+    }
+    Ok(())
+}
+
+fn lab_up() -> anyhow::Result<()> {
+    require_root("cargo xtask lab up")?;
+    setup::run()?;
+    if Lab::exists(DEFAULT_PREFIX) {
+        bail!("the lab is already up (cargo xtask lab down removes it)");
+    }
+    Lab::up(DEFAULT_PREFIX, LabOptions::default())?.keep();
+    let [inside, router, outside] = Lab::namespace_names(DEFAULT_PREFIX);
+    println!(
+        "lab up: {inside} (server 10.0.0.2), {router} (gateway: veth-in 10.0.0.1, veth-out 203.0.113.1), {outside} (client 203.0.113.2)\n\
+         run the gateway:  ip netns exec {router} target/debug/gateway run --config gateway.toml\n\
+         remove it:        cargo xtask lab down"
+    );
+    Ok(())
+}
+
+fn test(cargo_test_args: &[String]) -> anyhow::Result<()> {
+    gateway_tests::check_environment()?;
+    for stale in gateway_tests::netns::remove_stale_test_namespaces() {
+        println!("removed namespace {stale} left by an earlier, killed test run");
+    }
+    setup::run()?;
+    let gateway = build_gateway(false)?;
+    let status = cargo()
+        .arg("test")
+        .args(cargo_test_args)
+        .env("GATEWAY_BIN", &gateway)
+        .status()
+        .context("cannot run cargo test")?;
+    if !status.success() {
+        bail!("tests failed ({status})");
+    }
+    Ok(())
+}
