@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config {path}: {source}")]
+    #[error("cannot read config {path}")]
     Read {
         path: PathBuf,
         #[source]
@@ -164,7 +164,7 @@ impl Config {
                     format!(" line {line}, column {column}")
                 })
                 .unwrap_or_default(),
-            message: err.message().trim().to_owned(),
+            message: err.message().trim().lines().collect::<Vec<_>>().join("; "),
         })?;
         let invalid = |message: String| ConfigError::Invalid {
             path: path.to_owned(),

@@ -20,7 +20,7 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
-    #[error("cannot load the BPF object: {0}")]
+    #[error("cannot load the BPF object")]
     Object(#[source] aya::EbpfError),
     #[error(
         "the kernel verifier rejected BPF program `{program}`: {io_error}{hint}",
@@ -33,7 +33,7 @@ pub enum DataplaneError {
         /// Printed by the caller, on its own lines, when `--verbose` is given.
         log: String,
     },
-    #[error("cannot load BPF program `{program}`: {source}")]
+    #[error("cannot load BPF program `{program}`")]
     Load {
         program: &'static str,
         #[source]
@@ -41,13 +41,13 @@ pub enum DataplaneError {
     },
     #[error("BPF object has no {kind} `{name}` (built from a different gateway-ebpf?)")]
     Missing { kind: &'static str, name: &'static str },
-    #[error("cannot update map `{map}`: {source}")]
+    #[error("cannot update map `{map}`")]
     Map {
         map: &'static str,
         #[source]
         source: aya::maps::MapError,
     },
-    #[error("cannot attach {hook} to {interface}: {source}")]
+    #[error("cannot attach {hook} to {interface}")]
     Attach {
         hook: AttachedHook,
         interface: String,
