@@ -83,14 +83,24 @@ pub fn ipv4_header(header: &[u8]) -> u16 {
 
 /// From-scratch TCP or UDP checksum over the IPv4 pseudo-header and `segment` (header with any
 /// value in its checksum field, plus payload). `check_offset` is 16 for TCP, 6 for UDP.
-pub fn ipv4_transport(src: [u8; 4], dst: [u8; 4], proto: u8, segment: &[u8], check_offset: usize) -> u16 {
+pub fn ipv4_transport(
+    src: [u8; 4],
+    dst: [u8; 4],
+    proto: u8,
+    segment: &[u8],
+    check_offset: usize,
+) -> u16 {
     let mut sum = sum_bytes(&src) + sum_bytes(&dst) + proto as u32 + segment.len() as u32;
     sum = fold(sum) as u32 + fold(sum_bytes(segment)) as u32;
     if segment.len() >= check_offset + 2 {
         sum += (!u16::from_be_bytes([segment[check_offset], segment[check_offset + 1]])) as u32;
     }
     let check = !fold(sum);
-    if proto == crate::IPPROTO_UDP && check == 0 { 0xffff } else { check }
+    if proto == crate::IPPROTO_UDP && check == 0 {
+        0xffff
+    } else {
+        check
+    }
 }
 
 #[cfg(test)]
@@ -142,7 +152,10 @@ mod tests {
                 let expect = !fold(sum_bytes(&bytes(&words)));
                 let got = replace_u16(check, old as u16, new as u16);
                 // 0x0000 and 0xffff are the same number in ones' complement.
-                assert!(got == expect || (got | expect) == 0xffff && (got & expect) == 0, "{old:#x}->{new:#x}: {got:#x} vs {expect:#x}");
+                assert!(
+                    got == expect || (got | expect) == 0xffff && (got & expect) == 0,
+                    "{old:#x}->{new:#x}: {got:#x} vs {expect:#x}"
+                );
             }
         }
     }
@@ -155,12 +168,27 @@ mod tests {
 
     #[test]
     fn transport_checksum_ignores_the_stored_value() {
-        let segment = [0x1f, 0x55, 0x23, 0x28, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0xab, 0xcd, 0, 0, b'h', b'i', b'!'];
-        let a = ipv4_transport([203, 0, 113, 2], [203, 0, 113, 1], crate::IPPROTO_TCP, &segment, 16);
+        let segment = [
+            0x1f, 0x55, 0x23, 0x28, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0xab, 0xcd, 0,
+            0, b'h', b'i', b'!',
+        ];
+        let a = ipv4_transport(
+            [203, 0, 113, 2],
+            [203, 0, 113, 1],
+            crate::IPPROTO_TCP,
+            &segment,
+            16,
+        );
         let mut zeroed = segment;
         zeroed[16] = 0;
         zeroed[17] = 0;
-        let b = ipv4_transport([203, 0, 113, 2], [203, 0, 113, 1], crate::IPPROTO_TCP, &zeroed, 16);
+        let b = ipv4_transport(
+            [203, 0, 113, 2],
+            [203, 0, 113, 1],
+            crate::IPPROTO_TCP,
+            &zeroed,
+            16,
+        );
         assert_eq!(a, b);
         // Writing the result makes the whole sum verify to zero.
         zeroed[16..18].copy_from_slice(&a.to_be_bytes());

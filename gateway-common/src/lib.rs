@@ -43,7 +43,12 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub const fn new(addr: [u8; 4], port: [u8; 2], proto: u8) -> Self {
-        Self { addr, port, proto, _pad: 0 }
+        Self {
+            addr,
+            port,
+            proto,
+            _pad: 0,
+        }
     }
 
     pub fn from_socket(socket: SocketAddrV4, proto: u8) -> Self {

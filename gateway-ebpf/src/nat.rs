@@ -62,8 +62,15 @@ fn try_translate<P: Packet>(packet: &mut P) -> Result<Counter, Counter> {
     }
     let ip: *const Ipv4Hdr = ptr_at(packet, ETH_LEN).ok_or(Counter::PassMalformed)?;
     // SAFETY: bounds-checked by ptr_at; the values are copied out before any rewrite.
-    let (vihl, frags, proto, src, dst) =
-        unsafe { ((*ip).vihl, (*ip).frags, (*ip).proto, (*ip).src_addr, (*ip).dst_addr) };
+    let (vihl, frags, proto, src, dst) = unsafe {
+        (
+            (*ip).vihl,
+            (*ip).frags,
+            (*ip).proto,
+            (*ip).src_addr,
+            (*ip).dst_addr,
+        )
+    };
     // IHL counts 32-bit words; options make it up to 60 bytes.
     let ip_len = ((vihl & 0x0f) as usize) * 4;
     if vihl >> 4 != 4 || ip_len < Ipv4Hdr::LEN {

@@ -104,7 +104,8 @@ impl Packet for XdpContext {
         // SAFETY: all three pointers were bounds-checked against the frame just above.
         unsafe {
             *addr = new;
-            *ip_check = checksum::replace_u32(u16::from_be_bytes(*ip_check), old, new).to_be_bytes();
+            *ip_check =
+                checksum::replace_u32(u16::from_be_bytes(*ip_check), old, new).to_be_bytes();
             let check = u16::from_be_bytes(*l4_check);
             // A direct match, not a function pointer: BPF has no indirect calls.
             let check = match l4 {
@@ -175,7 +176,8 @@ impl Packet for TcContext {
         let from = u32::from_ne_bytes(old) as u64;
         let to = u32::from_ne_bytes(new) as u64;
         self.store(addr_off, &new, 0).map_err(|_| RewriteFailed)?;
-        self.l3_csum_replace(ip_check_off, from, to, 4).map_err(|_| RewriteFailed)?;
+        self.l3_csum_replace(ip_check_off, from, to, 4)
+            .map_err(|_| RewriteFailed)?;
         self.l4_csum_replace(l4_off, from, to, l4_flags | BPF_F_PSEUDO_HDR as u64 | 4)
             .map_err(|_| RewriteFailed)
     }
@@ -192,7 +194,8 @@ impl Packet for TcContext {
         let from = u16::from_ne_bytes(old) as u64;
         let to = u16::from_ne_bytes(new) as u64;
         self.store(port_off, &new, 0).map_err(|_| RewriteFailed)?;
-        self.l4_csum_replace(l4_off, from, to, l4_flags | 2).map_err(|_| RewriteFailed)
+        self.l4_csum_replace(l4_off, from, to, l4_flags | 2)
+            .map_err(|_| RewriteFailed)
     }
 }
 

@@ -171,7 +171,10 @@ impl Config {
             message,
         };
 
-        for (role, name) in [("inside", &raw.interfaces.inside), ("outside", &raw.interfaces.outside)] {
+        for (role, name) in [
+            ("inside", &raw.interfaces.inside),
+            ("outside", &raw.interfaces.outside),
+        ] {
             if name.is_empty() || name.len() > MAX_IFNAME || name.contains(['/', ' ', '\0']) {
                 return Err(invalid(format!(
                     "interfaces.{role} = {name:?} is not a valid interface name (1 to {MAX_IFNAME} characters, no '/' or spaces)"
@@ -185,7 +188,9 @@ impl Config {
             )));
         }
         if raw.dataplane.hook == Hook::Tc && raw.dataplane.xdp_mode.is_some() {
-            return Err(invalid("dataplane.xdp_mode is set but dataplane.hook is \"tc\"".into()));
+            return Err(invalid(
+                "dataplane.xdp_mode is set but dataplane.hook is \"tc\"".into(),
+            ));
         }
 
         let mut publish = Vec::with_capacity(raw.publish.len());
@@ -193,10 +198,18 @@ impl Config {
         let mut by_private = HashMap::new();
         for (index, entry) in raw.publish.iter().enumerate() {
             let number = index + 1;
-            let public = parse_endpoint(&entry.public)
-                .map_err(|why| invalid(format!("publish #{number}: public = {:?}: {why}", entry.public)))?;
-            let private = parse_endpoint(&entry.private)
-                .map_err(|why| invalid(format!("publish #{number}: private = {:?}: {why}", entry.private)))?;
+            let public = parse_endpoint(&entry.public).map_err(|why| {
+                invalid(format!(
+                    "publish #{number}: public = {:?}: {why}",
+                    entry.public
+                ))
+            })?;
+            let private = parse_endpoint(&entry.private).map_err(|why| {
+                invalid(format!(
+                    "publish #{number}: private = {:?}: {why}",
+                    entry.private
+                ))
+            })?;
             if let Some(first) = by_public.insert((public, entry.protocol), number) {
                 return Err(invalid(format!(
                     "publish #{number} repeats public {public}/{} of publish #{first}",
@@ -210,7 +223,11 @@ impl Config {
                     entry.protocol
                 )));
             }
-            publish.push(Publish { public, private, protocol: entry.protocol });
+            publish.push(Publish {
+                public,
+                private,
+                protocol: entry.protocol,
+            });
         }
         if publish.len() > gateway_common::MAX_PUBLISHED as usize {
             return Err(invalid(format!(
@@ -251,7 +268,10 @@ fn parse_endpoint(text: &str) -> Result<SocketAddrV4, &'static str> {
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before.rfind('\n').map_or(before.len(), |newline| before.len() - newline - 1) + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |newline| before.len() - newline - 1)
+        + 1;
     (line, column)
 }
 
@@ -278,7 +298,9 @@ mod tests {
     }
 
     fn error(text: &str) -> String {
-        let message = parse(text).expect_err("config should be refused").to_string();
+        let message = parse(text)
+            .expect_err("config should be refused")
+            .to_string();
         assert!(!message.contains('\n'), "error must be one line: {message}");
         message
     }
@@ -308,15 +330,25 @@ mod tests {
     #[test]
     fn bad_address_is_named() {
         let message = error(&GOOD.replace("10.0.0.2:21", "10.0.0.300:21"));
-        assert!(message.contains("publish #1: private = \"10.0.0.300:21\""), "{message}");
+        assert!(
+            message.contains("publish #1: private = \"10.0.0.300:21\""),
+            "{message}"
+        );
     }
 
     #[test]
     fn duplicate_publish_is_refused() {
-        let twice = format!("{GOOD}\n[[publish]]\npublic = \"203.0.113.1:21\"\nprivate = \"10.0.0.3:21\"\nprotocol = \"tcp\"\n");
-        assert!(error(&twice).contains("publish #2 repeats public 203.0.113.1:21/tcp of publish #1"));
+        let twice = format!(
+            "{GOOD}\n[[publish]]\npublic = \"203.0.113.1:21\"\nprivate = \"10.0.0.3:21\"\nprotocol = \"tcp\"\n"
+        );
+        assert!(
+            error(&twice).contains("publish #2 repeats public 203.0.113.1:21/tcp of publish #1")
+        );
         // The same public endpoint under the other protocol is a different publish.
-        let udp = twice.replace("10.0.0.3:21\"\nprotocol = \"tcp\"", "10.0.0.3:21\"\nprotocol = \"udp\"");
+        let udp = twice.replace(
+            "10.0.0.3:21\"\nprotocol = \"tcp\"",
+            "10.0.0.3:21\"\nprotocol = \"udp\"",
+        );
         assert_eq!(parse(&udp).unwrap().publish.len(), 2);
     }
 
@@ -330,9 +362,18 @@ mod tests {
     fn bad_enum_values_and_names_are_refused() {
         assert!(error(&GOOD.replace("\"auto\"", "\"ebpf\"")).contains("unknown variant `ebpf`"));
         assert!(error(&GOOD.replace("\"tcp\"", "\"sctp\"")).contains("unknown variant `sctp`"));
-        assert!(error(&GOOD.replace("\"veth-out\"", "\"veth-in\"")).contains("two different interfaces"));
-        assert!(error(&GOOD.replace("\"veth-out\"", "\"a-name-much-too-long\"")).contains("not a valid interface name"));
+        assert!(
+            error(&GOOD.replace("\"veth-out\"", "\"veth-in\""))
+                .contains("two different interfaces")
+        );
+        assert!(
+            error(&GOOD.replace("\"veth-out\"", "\"a-name-much-too-long\""))
+                .contains("not a valid interface name")
+        );
         assert!(error(&GOOD.replace("203.0.113.1:21", "203.0.113.1:0")).contains("port 0"));
-        assert!(error(&GOOD.replace("hook = \"auto\"", "hook = \"tc\"\nxdp_mode = \"native\"")).contains("xdp_mode"));
+        assert!(
+            error(&GOOD.replace("hook = \"auto\"", "hook = \"tc\"\nxdp_mode = \"native\""))
+                .contains("xdp_mode")
+        );
     }
 }

@@ -40,7 +40,10 @@ pub enum DataplaneError {
         source: ProgramError,
     },
     #[error("BPF object has no {kind} `{name}` (built from a different gateway-ebpf?)")]
-    Missing { kind: &'static str, name: &'static str },
+    Missing {
+        kind: &'static str,
+        name: &'static str,
+    },
     #[error("cannot update map `{map}`")]
     Map {
         map: &'static str,
@@ -127,18 +130,28 @@ impl Dataplane {
     /// Installs the published servers in both directions' maps.
     pub fn publish(&mut self, publishes: &[Publish]) -> Result<(), DataplaneError> {
         for (map_name, forward) in [(names::PUBLISH_DNAT, true), (names::PUBLISH_SNAT, false)] {
-            let map = self
-                .ebpf
-                .map_mut(map_name)
-                .ok_or(DataplaneError::Missing { kind: "map", name: map_name })?;
-            let mut map: HashMap<_, Endpoint, Endpoint> = HashMap::try_from(map)
-                .map_err(|source| DataplaneError::Map { map: map_name, source })?;
+            let map = self.ebpf.map_mut(map_name).ok_or(DataplaneError::Missing {
+                kind: "map",
+                name: map_name,
+            })?;
+            let mut map: HashMap<_, Endpoint, Endpoint> =
+                HashMap::try_from(map).map_err(|source| DataplaneError::Map {
+                    map: map_name,
+                    source,
+                })?;
             for publish in publishes {
                 let public = Endpoint::from_socket(publish.public, publish.protocol.number());
                 let private = Endpoint::from_socket(publish.private, publish.protocol.number());
-                let (key, value) = if forward { (public, private) } else { (private, public) };
+                let (key, value) = if forward {
+                    (public, private)
+                } else {
+                    (private, public)
+                };
                 map.insert(key, value, 0)
-                    .map_err(|source| DataplaneError::Map { map: map_name, source })?;
+                    .map_err(|source| DataplaneError::Map {
+                        map: map_name,
+                        source,
+                    })?;
             }
         }
         Ok(())
@@ -175,7 +188,9 @@ impl Dataplane {
                         }
                     }
                     _ => {
-                        let driver = driver.map(|info| info.driver).unwrap_or_else(|err| format!("unknown ({err})"));
+                        let driver = driver
+                            .map(|info| info.driver)
+                            .unwrap_or_else(|err| format!("unknown ({err})"));
                         tracing::debug!(interface, %driver, "virtual device: using TC");
                         self.attach_tc(interface)
                     }
@@ -189,11 +204,19 @@ impl Dataplane {
             XdpMode::Native => (AyaXdpMode::Driver, AttachedHook::XdpNative),
             XdpMode::Generic => (AyaXdpMode::Skb, AttachedHook::XdpGeneric),
         };
-        let link = self
-            .xdp()?
-            .attach(interface, flags)
-            .map_err(|source| DataplaneError::Attach { hook, interface: interface.to_owned(), source })?;
-        Ok(Attachment { interface: interface.to_owned(), hook, link: Link::Xdp(link) })
+        let link =
+            self.xdp()?
+                .attach(interface, flags)
+                .map_err(|source| DataplaneError::Attach {
+                    hook,
+                    interface: interface.to_owned(),
+                    source,
+                })?;
+        Ok(Attachment {
+            interface: interface.to_owned(),
+            hook,
+            link: Link::Xdp(link),
+        })
     }
 
     fn attach_tc(&mut self, interface: &str) -> Result<Attachment, DataplaneError> {
@@ -202,31 +225,52 @@ impl Dataplane {
         let link = self
             .tc()?
             .attach(interface, TcAttachType::Ingress)
-            .map_err(|source| DataplaneError::Attach { hook, interface: interface.to_owned(), source })?;
-        Ok(Attachment { interface: interface.to_owned(), hook, link: Link::Tc(link) })
+            .map_err(|source| DataplaneError::Attach {
+                hook,
+                interface: interface.to_owned(),
+                source,
+            })?;
+        Ok(Attachment {
+            interface: interface.to_owned(),
+            hook,
+            link: Link::Tc(link),
+        })
     }
 
     pub fn detach(&mut self, attachment: Attachment) -> Result<(), ProgramError> {
         match attachment.link {
-            Link::Xdp(link) => self.xdp().map_err(|_| ProgramError::NotAttached)?.detach(link),
-            Link::Tc(link) => self.tc().map_err(|_| ProgramError::NotAttached)?.detach(link),
+            Link::Xdp(link) => self
+                .xdp()
+                .map_err(|_| ProgramError::NotAttached)?
+                .detach(link),
+            Link::Tc(link) => self
+                .tc()
+                .map_err(|_| ProgramError::NotAttached)?
+                .detach(link),
         }
     }
 
     /// The fast path's counters, summed over CPUs, in [`Counter::ALL`] order.
     pub fn counters(&self) -> Result<Vec<(Counter, u64)>, DataplaneError> {
-        let map = self
-            .ebpf
-            .map(names::STATS)
-            .ok_or(DataplaneError::Missing { kind: "map", name: names::STATS })?;
-        let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(map)
-            .map_err(|source| DataplaneError::Map { map: names::STATS, source })?;
+        let map = self.ebpf.map(names::STATS).ok_or(DataplaneError::Missing {
+            kind: "map",
+            name: names::STATS,
+        })?;
+        let stats: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(|source| DataplaneError::Map {
+                map: names::STATS,
+                source,
+            })?;
         Counter::ALL
             .iter()
             .map(|&counter| {
-                let values = stats
-                    .get(&(counter as u32), 0)
-                    .map_err(|source| DataplaneError::Map { map: names::STATS, source })?;
+                let values =
+                    stats
+                        .get(&(counter as u32), 0)
+                        .map_err(|source| DataplaneError::Map {
+                            map: names::STATS,
+                            source,
+                        })?;
                 Ok((counter, values.iter().sum()))
             })
             .collect()
@@ -239,7 +283,10 @@ where
 {
     ebpf.program_mut(name)
         .and_then(|program| program.try_into().ok())
-        .ok_or(DataplaneError::Missing { kind: "program", name })
+        .ok_or(DataplaneError::Missing {
+            kind: "program",
+            name,
+        })
 }
 
 trait Loadable {
@@ -258,14 +305,24 @@ impl Loadable for SchedClassifier {
     }
 }
 
-fn load_program(program: &mut impl Loadable, name: &'static str, verbose: bool) -> Result<(), DataplaneError> {
+fn load_program(
+    program: &mut impl Loadable,
+    name: &'static str,
+    verbose: bool,
+) -> Result<(), DataplaneError> {
     program.load_program().map_err(|source| match source {
-        ProgramError::LoadError { io_error, verifier_log } => DataplaneError::Verifier {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => DataplaneError::Verifier {
             program: name,
             io_error,
             verbose,
             log: verifier_log.to_string(),
         },
-        source => DataplaneError::Load { program: name, source },
+        source => DataplaneError::Load {
+            program: name,
+            source,
+        },
     })
 }

@@ -12,7 +12,11 @@ use gateway_user::{
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser)]
-#[command(name = "gateway", version, about = "NAT gateway with an eBPF fast path and an FTP ALG")]
+#[command(
+    name = "gateway",
+    version,
+    about = "NAT gateway with an eBPF fast path and an FTP ALG"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -50,9 +54,23 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
-        Command::Run { config, xdp_mode, verbose } => run(&config, xdp_mode, verbose),
+        Command::Run {
+            config,
+            xdp_mode,
+            verbose,
+        } => run(&config, xdp_mode, verbose),
         Command::Check { config } => Config::load(&config)
-            .map(|config| println!("ok: {} publish entr{}", config.publish.len(), if config.publish.len() == 1 { "y" } else { "ies" }))
+            .map(|config| {
+                println!(
+                    "ok: {} publish entr{}",
+                    config.publish.len(),
+                    if config.publish.len() == 1 {
+                        "y"
+                    } else {
+                        "ies"
+                    }
+                )
+            })
             .map_err(Into::into),
     };
     match result {
@@ -65,27 +83,45 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config_path: &std::path::Path, xdp_mode_flag: Option<XdpMode>, verbose: bool) -> anyhow::Result<()> {
+fn run(
+    config_path: &std::path::Path,
+    xdp_mode_flag: Option<XdpMode>,
+    verbose: bool,
+) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     let hook = config.dataplane.hook;
     let xdp_mode = xdp_mode_flag.or(config.dataplane.xdp_mode);
     if xdp_mode_flag.is_some() && hook == Hook::Tc {
-        bail!("--xdp-mode conflicts with dataplane.hook = \"tc\" in {}", config_path.display());
+        bail!(
+            "--xdp-mode conflicts with dataplane.hook = \"tc\" in {}",
+            config_path.display()
+        );
     }
-    let hook = if xdp_mode_flag.is_some() { Hook::Xdp } else { hook };
+    let hook = if xdp_mode_flag.is_some() {
+        Hook::Xdp
+    } else {
+        hook
+    };
 
     system::check_privileges().map_err(|why| anyhow!(why))?;
-    for (role, name) in [("inside", &config.interfaces.inside), ("outside", &config.interfaces.outside)] {
+    for (role, name) in [
+        ("inside", &config.interfaces.inside),
+        ("outside", &config.interfaces.outside),
+    ] {
         if system::if_index(name).is_none() {
-            bail!("interface {name:?} (interfaces.{role}) does not exist in this network namespace");
+            bail!(
+                "interface {name:?} (interfaces.{role}) does not exist in this network namespace"
+            );
         }
     }
 
-    let mut dataplane = Dataplane::load(verbose).map_err(|err| {
-        if let DataplaneError::Verifier { log, verbose: true, .. } = &err {
+    let mut dataplane = Dataplane::load(verbose).inspect_err(|err| {
+        if let DataplaneError::Verifier {
+            log, verbose: true, ..
+        } = err
+        {
             eprintln!("{log}");
         }
-        err
     })?;
     dataplane.publish(&config.publish)?;
 
@@ -102,7 +138,10 @@ fn run(config_path: &std::path::Path, xdp_mode_flag: Option<XdpMode>, verbose: b
     // (loose mode still drops sources with no route at all). Both restored on exit.
     let mut sysctls = Vec::new();
     for name in [&config.interfaces.inside, &config.interfaces.outside] {
-        sysctls.push(SysctlGuard::set_ipv4_conf(name, "accept_local", "1").context("cannot set accept_local")?);
+        sysctls.push(
+            SysctlGuard::set_ipv4_conf(name, "accept_local", "1")
+                .context("cannot set accept_local")?,
+        );
         sysctls.extend(system::relax_strict_rp_filter(name).context("cannot adjust rp_filter")?);
     }
 
@@ -136,7 +175,8 @@ fn run(config_path: &std::path::Path, xdp_mode_flag: Option<XdpMode>, verbose: b
 
 async fn wait_for_shutdown() -> anyhow::Result<&'static str> {
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
-    let mut terminate = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     Ok(tokio::select! {
         _ = interrupt.recv() => "SIGINT",
         _ = terminate.recv() => "SIGTERM",

@@ -28,7 +28,10 @@ pub fn check_privileges() -> Result<(), String> {
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(format!("insufficient privileges: missing {} (run as root)", missing.join(" and ")))
+        Err(format!(
+            "insufficient privileges: missing {} (run as root)",
+            missing.join(" and ")
+        ))
     }
 }
 
@@ -83,7 +86,10 @@ struct IfreqData {
 
 pub fn driver_info(interface: &str) -> io::Result<DriverInfo> {
     if interface.len() >= libc::IFNAMSIZ {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "interface name too long"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface name too long",
+        ));
     }
     // SAFETY: plain socket(2) call; the descriptor is closed below on every path.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
@@ -143,11 +149,15 @@ fn read_ipv4_conf(interface: &str, key: &str) -> io::Result<u32> {
 /// If reverse-path filtering on `interface` is strict (the effective value is the maximum of
 /// `all` and the interface's own), makes it loose for as long as the guard lives.
 pub fn relax_strict_rp_filter(interface: &str) -> io::Result<Option<SysctlGuard>> {
-    let effective = read_ipv4_conf("all", "rp_filter")?.max(read_ipv4_conf(interface, "rp_filter")?);
+    let effective =
+        read_ipv4_conf("all", "rp_filter")?.max(read_ipv4_conf(interface, "rp_filter")?);
     if effective != 1 {
         return Ok(None);
     }
-    tracing::info!(interface, "rp_filter strict -> loose while the gateway runs");
+    tracing::info!(
+        interface,
+        "rp_filter strict -> loose while the gateway runs"
+    );
     SysctlGuard::set_ipv4_conf(interface, "rp_filter", "2").map(Some)
 }
 

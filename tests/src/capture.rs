@@ -57,7 +57,10 @@ impl Capture {
         });
         match ready_rx.recv_timeout(Duration::from_secs(10)) {
             Ok(Ok(())) => Ok(Capture { stop, worker }),
-            Ok(Err(err)) => bail!("capture on {interface_name}: {err}", interface_name = netns.name()),
+            Ok(Err(err)) => bail!(
+                "capture on {interface_name}: {err}",
+                interface_name = netns.name()
+            ),
             Err(_) => bail!("capture thread in {} did not start", netns.name()),
         }
     }
@@ -65,7 +68,9 @@ impl Capture {
     /// Stops capturing and returns every frame seen.
     pub fn finish(self) -> anyhow::Result<Vec<Frame>> {
         self.stop.store(true, Ordering::Relaxed);
-        self.worker.join().map_err(|_| anyhow!("capture thread panicked"))?
+        self.worker
+            .join()
+            .map_err(|_| anyhow!("capture thread panicked"))?
     }
 }
 
@@ -78,7 +83,11 @@ fn open_socket(interface: &str) -> anyhow::Result<i32> {
     }
     // SAFETY: plain socket(2).
     let fd = unsafe {
-        libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, ETH_P_ALL.to_be() as i32)
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            ETH_P_ALL.to_be() as i32,
+        )
     };
     if fd < 0 {
         return Err(std::io::Error::last_os_error()).context("socket(AF_PACKET)");
@@ -91,7 +100,11 @@ fn open_socket(interface: &str) -> anyhow::Result<i32> {
         address.sll_ifindex = index as i32;
         // SAFETY: address is a valid sockaddr_ll of the given size.
         if unsafe {
-            libc::bind(fd, (&address as *const libc::sockaddr_ll).cast(), size_of::<libc::sockaddr_ll>() as u32)
+            libc::bind(
+                fd,
+                (&address as *const libc::sockaddr_ll).cast(),
+                size_of::<libc::sockaddr_ll>() as u32,
+            )
         } != 0
         {
             return Err(std::io::Error::last_os_error()).context("bind(AF_PACKET)");
@@ -99,11 +112,27 @@ fn open_socket(interface: &str) -> anyhow::Result<i32> {
         // A bulk transfer arrives faster than a test thread may drain it: a large buffer (root
         // may exceed rmem_max) keeps the capture complete.
         let buffer: libc::c_int = 256 << 20;
-        let timeout = libc::timeval { tv_sec: 0, tv_usec: 50_000 };
+        let timeout = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 50_000,
+        };
         // SAFETY: option values are valid for their size.
         unsafe {
-            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, (&buffer as *const libc::c_int).cast(), 4);
-            if libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&timeout as *const libc::timeval).cast(), size_of::<libc::timeval>() as u32) != 0 {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&buffer as *const libc::c_int).cast(),
+                4,
+            );
+            if libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                size_of::<libc::timeval>() as u32,
+            ) != 0
+            {
                 return Err(std::io::Error::last_os_error()).context("SO_RCVTIMEO");
             }
         }
@@ -126,7 +155,14 @@ fn receive_until(fd: i32, stop: &AtomicBool) -> anyhow::Result<Vec<Frame>> {
         let mut from_len = size_of::<libc::sockaddr_ll>() as u32;
         // SAFETY: buffer and address are valid for the lengths given.
         let received = unsafe {
-            libc::recvfrom(fd, buffer.as_mut_ptr().cast(), buffer.len(), 0, (&mut from as *mut libc::sockaddr_ll).cast(), &mut from_len)
+            libc::recvfrom(
+                fd,
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+                0,
+                (&mut from as *mut libc::sockaddr_ll).cast(),
+                &mut from_len,
+            )
         };
         if received < 0 {
             let err = std::io::Error::last_os_error();

@@ -33,12 +33,21 @@ fn build_binary() -> anyhow::Result<PathBuf> {
         .parent()
         .and_then(Path::parent)
         .context("test binary is not inside a cargo target directory")?;
-    let release = profile_dir.file_name().is_some_and(|name| name == "release");
+    let release = profile_dir
+        .file_name()
+        .is_some_and(|name| name == "release");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = std::process::Command::new(cargo);
     command
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["build", "--quiet", "--package", "gateway-user", "--bin", "gateway"])
+        .args([
+            "build",
+            "--quiet",
+            "--package",
+            "gateway-user",
+            "--bin",
+            "gateway",
+        ])
         .env_remove("RUST_BACKTRACE");
     if release {
         command.arg("--release");
@@ -67,7 +76,12 @@ impl GatewayProcess {
     }
 
     /// As [`GatewayProcess::start`], with an explicit `gateway` binary.
-    pub fn start_binary(binary: &Path, netns: &Netns, config: &Path, extra: &[&str]) -> anyhow::Result<GatewayProcess> {
+    pub fn start_binary(
+        binary: &Path,
+        netns: &Netns,
+        config: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<GatewayProcess> {
         let mut command = netns.command(binary.to_str().context("binary path is not UTF-8")?);
         command
             .args(["run", "--config"])
@@ -78,12 +92,20 @@ impl GatewayProcess {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = command.spawn().with_context(|| format!("spawn {command:?}"))?;
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("spawn {command:?}"))?;
         let log = Arc::new(Mutex::new(Vec::new()));
         let (ready_tx, ready_rx) = mpsc::channel();
         for stream in [
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -102,24 +124,35 @@ impl GatewayProcess {
             });
         }
         drop(ready_tx);
-        let mut process = GatewayProcess { child: Some(child), log };
+        let mut process = GatewayProcess {
+            child: Some(child),
+            log,
+        };
         match ready_rx.recv_timeout(Duration::from_secs(30)) {
             Ok(()) => Ok(process),
             Err(_) => {
                 let status = process.stop()?;
-                bail!("gateway did not start ({status}); its output:\n{}", process.output())
+                bail!(
+                    "gateway did not start ({status}); its output:\n{}",
+                    process.output()
+                )
             }
         }
     }
 
     /// Everything the process wrote so far.
     pub fn output(&self) -> String {
-        self.log.lock().map(|log| log.join("\n")).unwrap_or_default()
+        self.log
+            .lock()
+            .map(|log| log.join("\n"))
+            .unwrap_or_default()
     }
 
     /// SIGTERM, then waits for it to exit (SIGKILL after 10 s). Returns its exit status.
     pub fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let Some(mut child) = self.child.take() else { bail!("gateway already stopped") };
+        let Some(mut child) = self.child.take() else {
+            bail!("gateway already stopped")
+        };
         // `ip netns exec` execs the gateway, so the child's pid is the gateway's.
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

@@ -43,7 +43,10 @@ pub struct LabOptions {
 
 impl Default for LabOptions {
     fn default() -> Self {
-        LabOptions { endpoint_tx_offload: true, router_tx_offload: true }
+        LabOptions {
+            endpoint_tx_offload: true,
+            router_tx_offload: true,
+        }
     }
 }
 
@@ -56,7 +59,11 @@ pub struct Lab {
 
 impl Lab {
     pub fn namespace_names(prefix: &str) -> [String; 3] {
-        [format!("{prefix}-inside"), format!("{prefix}-router"), format!("{prefix}-outside")]
+        [
+            format!("{prefix}-inside"),
+            format!("{prefix}-router"),
+            format!("{prefix}-outside"),
+        ]
     }
 
     /// Builds the topology. On error, whatever was created is removed again.
@@ -72,8 +79,8 @@ impl Lab {
         // appears in the root namespace.
         for (router_if, host) in [(ROUTER_INSIDE_IF, &inside), (ROUTER_OUTSIDE_IF, &outside)] {
             crate::run(std::process::Command::new("ip").args([
-                "link", "add", router_if, "netns", &router, "type", "veth", "peer", "name", HOST_IF,
-                "netns", host,
+                "link", "add", router_if, "netns", &router, "type", "veth", "peer", "name",
+                HOST_IF, "netns", host,
             ]))?;
         }
         lab.router.sh(&format!(
@@ -108,7 +115,12 @@ impl Lab {
 
     /// Leaves the namespaces in place when this value is dropped (for `cargo xtask lab up`).
     pub fn keep(self) {
-        let Lab { inside, router, outside, .. } = self;
+        let Lab {
+            inside,
+            router,
+            outside,
+            ..
+        } = self;
         for netns in [inside, router, outside] {
             netns.keep();
         }
@@ -129,7 +141,10 @@ impl Lab {
 }
 
 /// A `gateway.toml` for the lab's router.
-pub fn gateway_config(hook: &str, publishes: &[(std::net::SocketAddrV4, std::net::SocketAddrV4, &str)]) -> String {
+pub fn gateway_config(
+    hook: &str,
+    publishes: &[(std::net::SocketAddrV4, std::net::SocketAddrV4, &str)],
+) -> String {
     let mut text = format!(
         "[interfaces]\ninside = \"{ROUTER_INSIDE_IF}\"\noutside = \"{ROUTER_OUTSIDE_IF}\"\n\n[dataplane]\nhook = \"{hook}\"\n"
     );

@@ -36,7 +36,9 @@ pub fn run(command: &mut Command) -> anyhow::Result<Output> {
 pub fn check_environment() -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("the gateway tests must run as root (they create network namespaces and load BPF programs)");
+        bail!(
+            "the gateway tests must run as root (they create network namespaces and load BPF programs)"
+        );
     }
     // The smallest possible program: proves bpf(2) works here, without our own object.
     let insns: [u64; 2] = [

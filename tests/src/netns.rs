@@ -20,10 +20,15 @@ pub struct Netns {
 impl Netns {
     pub fn create(name: &str) -> anyhow::Result<Netns> {
         if std::path::Path::new(&format!("/run/netns/{name}")).exists() {
-            bail!("network namespace {name} already exists (left over? `cargo xtask lab down` removes the lab)");
+            bail!(
+                "network namespace {name} already exists (left over? `cargo xtask lab down` removes the lab)"
+            );
         }
         crate::run(Command::new("ip").args(["netns", "add", name]))?;
-        let netns = Netns { name: name.to_owned(), owned: true };
+        let netns = Netns {
+            name: name.to_owned(),
+            owned: true,
+        };
         netns.sh("ip link set lo up")?;
         Ok(netns)
     }
@@ -33,7 +38,10 @@ impl Netns {
         if !std::path::Path::new(&format!("/run/netns/{name}")).exists() {
             bail!("network namespace {name} does not exist");
         }
-        Ok(Netns { name: name.to_owned(), owned: false })
+        Ok(Netns {
+            name: name.to_owned(),
+            owned: false,
+        })
     }
 
     /// Stops this guard from deleting the namespace.
@@ -76,7 +84,10 @@ impl Netns {
         T: Send + 'static,
         F: FnOnce() -> anyhow::Result<T> + Send + 'static,
     {
-        let netns = Netns { name: self.name.clone(), owned: false };
+        let netns = Netns {
+            name: self.name.clone(),
+            owned: false,
+        };
         std::thread::spawn(move || {
             netns.enter()?;
             work()
@@ -109,18 +120,32 @@ impl Drop for Netns {
 /// `gwt<pid>x<n>`. `cargo xtask test` removes prefixes whose process is gone.
 pub fn unique_prefix() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    format!("gwt{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "gwt{}x{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Removes the namespaces of test runs whose process no longer exists (a test killed by a
 /// timeout cannot run its own cleanup).
 pub fn remove_stale_test_namespaces() -> Vec<String> {
     let mut removed = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/run/netns") else { return removed };
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return removed;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix("gwt") else { continue };
-        let Some(pid) = rest.split('x').next().and_then(|pid| pid.parse::<u32>().ok()) else { continue };
+        let Some(rest) = name.strip_prefix("gwt") else {
+            continue;
+        };
+        let Some(pid) = rest
+            .split('x')
+            .next()
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             Netns::delete(&name);
             removed.push(name);

@@ -25,10 +25,24 @@ impl fmt::Display for Ipv4Summary {
             IPPROTO_UDP => "udp",
             _ => "ip",
         };
-        write!(f, "{proto} {}:{} > {}:{}", self.src, self.src_port, self.dst, self.dst_port)?;
+        write!(
+            f,
+            "{proto} {}:{} > {}:{}",
+            self.src, self.src_port, self.dst, self.dst_port
+        )?;
         if self.proto == IPPROTO_TCP {
-            let names = [(0x02, 'S'), (0x10, '.'), (0x08, 'P'), (0x01, 'F'), (0x04, 'R')];
-            let flags: String = names.iter().filter(|(bit, _)| self.tcp_flags & bit != 0).map(|(_, c)| *c).collect();
+            let names = [
+                (0x02, 'S'),
+                (0x10, '.'),
+                (0x08, 'P'),
+                (0x01, 'F'),
+                (0x04, 'R'),
+            ];
+            let flags: String = names
+                .iter()
+                .filter(|(bit, _)| self.tcp_flags & bit != 0)
+                .map(|(_, c)| *c)
+                .collect();
             write!(f, " [{flags}]")?;
         }
         write!(f, " len {}", self.payload_len)
@@ -49,7 +63,9 @@ fn split(frame: &[u8]) -> Option<(&[u8], &[u8])> {
     if ip[0] >> 4 != 4 || ihl < 20 || total < ihl || total > ip.len() {
         return None;
     }
-    if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 || !matches!(ip[9], IPPROTO_TCP | IPPROTO_UDP) {
+    if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0
+        || !matches!(ip[9], IPPROTO_TCP | IPPROTO_UDP)
+    {
         return None;
     }
     Some((&ip[..ihl], &ip[ihl..total]))
@@ -81,7 +97,9 @@ pub fn checksum_error(frame: &[u8]) -> Option<String> {
     let stored_ip = u16::from_be_bytes([ip[10], ip[11]]);
     let expected_ip = checksum::ipv4_header(ip);
     if stored_ip != expected_ip {
-        return Some(format!("IPv4 header checksum {stored_ip:#06x}, expected {expected_ip:#06x}"));
+        return Some(format!(
+            "IPv4 header checksum {stored_ip:#06x}, expected {expected_ip:#06x}"
+        ));
     }
     let proto = ip[9];
     let check_offset = if proto == IPPROTO_TCP { 16 } else { 6 };
@@ -112,7 +130,9 @@ pub struct ChecksumAudit {
 }
 
 /// Recomputes the checksums of every received IPv4 TCP/UDP frame.
-pub fn audit_checksums<'a>(frames: impl IntoIterator<Item = &'a crate::capture::Frame>) -> ChecksumAudit {
+pub fn audit_checksums<'a>(
+    frames: impl IntoIterator<Item = &'a crate::capture::Frame>,
+) -> ChecksumAudit {
     let mut audit = ChecksumAudit::default();
     for frame in frames.into_iter().filter(|frame| !frame.outgoing) {
         if split(&frame.bytes).is_none() {
@@ -122,7 +142,9 @@ pub fn audit_checksums<'a>(frames: impl IntoIterator<Item = &'a crate::capture::
         if let Some(error) = checksum_error(&frame.bytes) {
             audit.bad_count += 1;
             if audit.bad.len() < 5 {
-                let summary = summarize(&frame.bytes).map(|s| s.to_string()).unwrap_or_default();
+                let summary = summarize(&frame.bytes)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default();
                 audit.bad.push(format!("{summary}: {error}"));
             }
         }

@@ -99,7 +99,13 @@ pub fn tcp_transfer(
         // Wait for the client to close, so the last bytes are not cut by an early RST.
         let mut rest = [0u8; 1];
         let _ = stream.read(&mut rest);
-        Ok((peer, local, received.len(), sha256(&received), sha256(&download)))
+        Ok((
+            peer,
+            local,
+            received.len(),
+            sha256(&received),
+            sha256(&download),
+        ))
     });
     bound_rx
         .recv_timeout(Duration::from_secs(10))
@@ -117,15 +123,27 @@ pub fn tcp_transfer(
         stream.shutdown(Shutdown::Write)?;
         let mut received = Vec::with_capacity(bytes);
         stream.read_to_end(&mut received).context("client read")?;
-        Ok((local, peer, sha256(&upload), received.len(), sha256(&received)))
+        Ok((
+            local,
+            peer,
+            sha256(&upload),
+            received.len(),
+            sha256(&received),
+        ))
     });
 
-    let client = client.join().map_err(|_| anyhow!("client thread panicked"))?;
-    let server = server.join().map_err(|_| anyhow!("server thread panicked"))?;
+    let client = client
+        .join()
+        .map_err(|_| anyhow!("client thread panicked"))?;
+    let server = server
+        .join()
+        .map_err(|_| anyhow!("server thread panicked"))?;
     let (client_local, client_connected_to, upload_sent, download_len, download_received) = client?;
     let (server_saw_peer, server_local, upload_len, upload_received, download_sent) = server?;
     if upload_len != bytes || download_len != bytes {
-        bail!("short transfer: server got {upload_len} of {bytes} bytes, client got {download_len}");
+        bail!(
+            "short transfer: server got {upload_len} of {bytes} bytes, client got {download_len}"
+        );
     }
     Ok(TransferReport {
         upload_bytes: upload_len,
@@ -143,7 +161,11 @@ pub fn tcp_transfer(
 }
 
 /// Tries to open a TCP connection and says whether it succeeded; for negative controls.
-pub fn tcp_connects(client_ns: &Netns, connect: SocketAddrV4, timeout: Duration) -> anyhow::Result<bool> {
+pub fn tcp_connects(
+    client_ns: &Netns,
+    connect: SocketAddrV4,
+    timeout: Duration,
+) -> anyhow::Result<bool> {
     client_ns
         .spawn(move || Ok(TcpStream::connect_timeout(&SocketAddr::V4(connect), timeout).is_ok()))
         .join()

@@ -54,11 +54,15 @@ impl FrameSpec {
     }
 
     fn udp(src: SocketAddrV4, dst: SocketAddrV4) -> FrameSpec {
-        FrameSpec { proto: IPPROTO_UDP, payload: b"\x12\x34 query".to_vec(), ..FrameSpec::tcp(src, dst) }
+        FrameSpec {
+            proto: IPPROTO_UDP,
+            payload: b"\x12\x34 query".to_vec(),
+            ..FrameSpec::tcp(src, dst)
+        }
     }
 
     fn build(&self) -> Vec<u8> {
-        assert!(self.ip_options.len() % 4 == 0 && self.ip_options.len() <= 40);
+        assert!(self.ip_options.len().is_multiple_of(4) && self.ip_options.len() <= 40);
         let mut segment = Vec::new();
         segment.extend_from_slice(&self.src.port().to_be_bytes());
         segment.extend_from_slice(&self.dst.port().to_be_bytes());
@@ -107,8 +111,16 @@ fn loaded_dataplane() -> Dataplane {
     let mut dataplane = Dataplane::load(false).expect("load the fast path");
     dataplane
         .publish(&[
-            Publish { public: endpoint(PUBLIC, 8021), private: endpoint(SERVER, 9000), protocol: Protocol::Tcp },
-            Publish { public: endpoint(PUBLIC, 5353), private: endpoint(SERVER, 53), protocol: Protocol::Udp },
+            Publish {
+                public: endpoint(PUBLIC, 8021),
+                private: endpoint(SERVER, 9000),
+                protocol: Protocol::Tcp,
+            },
+            Publish {
+                public: endpoint(PUBLIC, 5353),
+                private: endpoint(SERVER, 53),
+                protocol: Protocol::Udp,
+            },
         ])
         .expect("publish");
     dataplane
@@ -117,7 +129,11 @@ fn loaded_dataplane() -> Dataplane {
 /// Runs one frame through one entry point; returns (verdict, frame out).
 fn run(dataplane: &mut Dataplane, hook: Hook, frame: &[u8]) -> (u32, Vec<u8>) {
     let mut out = vec![0u8; frame.len() + 512];
-    let options = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() };
+    let options = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ..Default::default()
+    };
     let result = match hook {
         Hook::Xdp => dataplane.xdp().unwrap().test_run(options),
         Hook::Tc => dataplane.tc().unwrap().test_run(options),
@@ -136,7 +152,13 @@ fn pass(hook: Hook) -> u32 {
 
 /// Asserts the frame comes out exactly as `expected` (built from scratch, so its checksums
 /// are the recomputed ones) and is passed on.
-fn assert_translates(dataplane: &mut Dataplane, hook: Hook, input: &FrameSpec, expected: &FrameSpec, what: &str) {
+fn assert_translates(
+    dataplane: &mut Dataplane,
+    hook: Hook,
+    input: &FrameSpec,
+    expected: &FrameSpec,
+    what: &str,
+) {
     let (verdict, out) = run(dataplane, hook, &input.build());
     assert_eq!(verdict, pass(hook), "{hook:?} {what}: verdict");
     assert_eq!(checksum_error(&out), None, "{hook:?} {what}: checksums");
@@ -185,7 +207,10 @@ fn ipv4_options_shift_the_transport_header() {
     longest.resize(40, 0);
     for options in [short_options, longest] {
         for hook in [Hook::Xdp, Hook::Tc] {
-            let with = |spec: FrameSpec| FrameSpec { ip_options: options.clone(), ..spec };
+            let with = |spec: FrameSpec| FrameSpec {
+                ip_options: options.clone(),
+                ..spec
+            };
             assert_translates(
                 &mut dataplane,
                 hook,
@@ -216,7 +241,10 @@ fn published_udp_keeps_a_zero_checksum_zero() {
             &FrameSpec::udp(client, endpoint(SERVER, 53)),
             "UDP DNAT",
         );
-        let no_checksum = |spec: FrameSpec| FrameSpec { udp_no_checksum: true, ..spec };
+        let no_checksum = |spec: FrameSpec| FrameSpec {
+            udp_no_checksum: true,
+            ..spec
+        };
         assert_translates(
             &mut dataplane,
             hook,
@@ -232,15 +260,32 @@ fn everything_unmatched_passes_unchanged() {
     let mut dataplane = loaded_dataplane();
     let client = endpoint(CLIENT, 40000);
     let mut cases: Vec<(Vec<u8>, &str)> = vec![
-        (FrameSpec::tcp(client, endpoint(PUBLIC, 22)).build(), "TCP to an unpublished port"),
-        (FrameSpec::udp(client, endpoint(PUBLIC, 8021)).build(), "UDP to a port published only for TCP"),
-        (FrameSpec::tcp(endpoint(SERVER, 9001), client).build(), "TCP from an unpublished server port"),
         (
-            FrameSpec { frags: 0x2000, ..FrameSpec::tcp(client, endpoint(PUBLIC, 8021)) }.build(),
+            FrameSpec::tcp(client, endpoint(PUBLIC, 22)).build(),
+            "TCP to an unpublished port",
+        ),
+        (
+            FrameSpec::udp(client, endpoint(PUBLIC, 8021)).build(),
+            "UDP to a port published only for TCP",
+        ),
+        (
+            FrameSpec::tcp(endpoint(SERVER, 9001), client).build(),
+            "TCP from an unpublished server port",
+        ),
+        (
+            FrameSpec {
+                frags: 0x2000,
+                ..FrameSpec::tcp(client, endpoint(PUBLIC, 8021))
+            }
+            .build(),
             "first fragment (MF) to a published port",
         ),
         (
-            FrameSpec { frags: 0x0010, ..FrameSpec::tcp(client, endpoint(PUBLIC, 8021)) }.build(),
+            FrameSpec {
+                frags: 0x0010,
+                ..FrameSpec::tcp(client, endpoint(PUBLIC, 8021))
+            }
+            .build(),
             "non-first fragment",
         ),
     ];
@@ -251,9 +296,13 @@ fn everything_unmatched_passes_unchanged() {
     // ARP request and an IPv6 frame.
     let mut arp = vec![0xff; 6];
     arp.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x02, 0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
-    arp.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x02, 203, 0, 113, 2, 0, 0, 0, 0, 0, 0, 203, 0, 113, 1]);
+    arp.extend_from_slice(&[
+        0x02, 0, 0, 0, 0, 0x02, 203, 0, 113, 2, 0, 0, 0, 0, 0, 0, 203, 0, 113, 1,
+    ]);
     cases.push((arp, "ARP"));
-    let mut ipv6 = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02, 0x86, 0xdd, 0x60, 0, 0, 0, 0, 0, 59, 64];
+    let mut ipv6 = vec![
+        0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02, 0x86, 0xdd, 0x60, 0, 0, 0, 0, 0, 59, 64,
+    ];
     ipv6.extend_from_slice(&[0u8; 32]);
     cases.push((ipv6, "IPv6"));
     // A TCP header cut short after the ports: nothing to translate safely.
@@ -270,7 +319,11 @@ fn everything_unmatched_passes_unchanged() {
     let counters = dataplane.counters().unwrap();
     let get = |wanted: Counter| counters.iter().find(|(c, _)| *c == wanted).unwrap().1;
     assert_eq!(get(Counter::DnatPublished) + get(Counter::SnatPublished), 0);
-    assert_eq!(get(Counter::PassUnmatched), 2 * 4, "unpublished ports and ICMP");
+    assert_eq!(
+        get(Counter::PassUnmatched),
+        2 * 4,
+        "unpublished ports and ICMP"
+    );
     assert_eq!(get(Counter::PassFragment), 2 * 2);
     assert_eq!(get(Counter::PassNotIpv4), 2 * 2);
     assert_eq!(get(Counter::PassMalformed), 2);

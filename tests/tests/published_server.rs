@@ -2,11 +2,7 @@
 //! transfer each way through the public address, checksums recomputed from scratch on every
 //! frame both end hosts receive, and a negative control once the gateway is stopped.
 
-use std::{
-    net::SocketAddrV4,
-    path::PathBuf,
-    time::Duration,
-};
+use std::{net::SocketAddrV4, path::PathBuf, time::Duration};
 
 use gateway_tests::{
     capture::Capture,
@@ -49,9 +45,16 @@ fn checksum_error_counters(netns: &Netns) -> Vec<(String, u64)> {
             for pair in lines.chunks(2) {
                 let [names, values] = pair else { continue };
                 let prefix = names.split(':').next().unwrap_or_default();
-                for (name, value) in names.split_whitespace().zip(values.split_whitespace()).skip(1) {
+                for (name, value) in names
+                    .split_whitespace()
+                    .zip(values.split_whitespace())
+                    .skip(1)
+                {
                     if name == "InCsumErrors" || name == "InHdrErrors" {
-                        found.push((format!("{prefix}.{name}"), value.parse().unwrap_or(u64::MAX)));
+                        found.push((
+                            format!("{prefix}.{name}"),
+                            value.parse().unwrap_or(u64::MAX),
+                        ));
                     }
                 }
             }
@@ -68,16 +71,28 @@ fn published_transfer(hook: &str, options: LabOptions, extra_args: &[&str], expe
     let lab = Lab::up(&prefix, options).expect("lab up");
     let public = SocketAddrV4::new(lab::PUBLIC, PUBLIC_PORT);
     let private = SocketAddrV4::new(lab::SERVER, PRIVATE_PORT);
-    let config = TempConfig::write(&prefix, &lab::gateway_config(hook, &[(public, private, "tcp")]));
+    let config = TempConfig::write(
+        &prefix,
+        &lab::gateway_config(hook, &[(public, private, "tcp")]),
+    );
 
-    let mut gateway = GatewayProcess::start(&lab.router, &config.0, extra_args).expect("start gateway");
+    let mut gateway =
+        GatewayProcess::start(&lab.router, &config.0, extra_args).expect("start gateway");
     let server_capture = Capture::start(&lab.inside, HOST_IF).expect("capture at server");
     let client_capture = Capture::start(&lab.outside, HOST_IF).expect("capture at client");
 
-    let report = tcp_transfer(&lab.inside, private, &lab.outside, public, BYTES, Duration::from_secs(30));
+    let report = tcp_transfer(
+        &lab.inside,
+        private,
+        &lab.outside,
+        public,
+        BYTES,
+        Duration::from_secs(30),
+    );
     let server_frames = server_capture.finish().expect("server capture");
     let client_frames = client_capture.finish().expect("client capture");
-    let report = report.unwrap_or_else(|err| panic!("transfer failed: {err:#}\ngateway:\n{}", gateway.output()));
+    let report = report
+        .unwrap_or_else(|err| panic!("transfer failed: {err:#}\ngateway:\n{}", gateway.output()));
 
     // The bytes arrived intact in both directions.
     assert!(report.intact(), "sha256 mismatch: {report:?}");
@@ -96,7 +111,16 @@ fn published_transfer(hook: &str, options: LabOptions, extra_args: &[&str], expe
     // What crossed each host's wire: only translated addresses, and every checksum right.
     for (name, frames, own, remote) in [
         ("server", &server_frames, private, report.client_local),
-        ("client", &client_frames, report.client_local.to_string().parse::<SocketAddrV4>().unwrap(), public.into()),
+        (
+            "client",
+            &client_frames,
+            report
+                .client_local
+                .to_string()
+                .parse::<SocketAddrV4>()
+                .unwrap(),
+            public.into(),
+        ),
     ] {
         let audit = audit_checksums(frames.iter());
         assert!(
@@ -104,10 +128,19 @@ fn published_transfer(hook: &str, options: LabOptions, extra_args: &[&str], expe
             "{name}: only {} TCP frames captured for a {BYTES}-byte transfer",
             audit.checked
         );
-        assert_eq!(audit.bad_count, 0, "{name}: {} frames with bad checksums, e.g. {:?}", audit.bad_count, audit.bad);
+        assert_eq!(
+            audit.bad_count, 0,
+            "{name}: {} frames with bad checksums, e.g. {:?}",
+            audit.bad_count, audit.bad
+        );
         for frame in frames.iter().filter(|frame| !frame.outgoing) {
-            let Some(summary) = summarize(&frame.bytes) else { continue };
-            let (src, dst) = (SocketAddrV4::new(summary.src, summary.src_port), SocketAddrV4::new(summary.dst, summary.dst_port));
+            let Some(summary) = summarize(&frame.bytes) else {
+                continue;
+            };
+            let (src, dst) = (
+                SocketAddrV4::new(summary.src, summary.src_port),
+                SocketAddrV4::new(summary.dst, summary.dst_port),
+            );
             assert!(
                 dst == own && std::net::SocketAddr::V4(src) == remote,
                 "{name} received a frame that is not of the translated connection: {summary}"
@@ -124,7 +157,10 @@ fn published_transfer(hook: &str, options: LabOptions, extra_args: &[&str], expe
     let status = gateway.stop().expect("stop gateway");
     let output = gateway.output();
     assert!(status.success(), "gateway exit {status}:\n{output}");
-    assert!(output.contains(expect_hook_log), "expected {expect_hook_log:?} in:\n{output}");
+    assert!(
+        output.contains(expect_hook_log),
+        "expected {expect_hook_log:?} in:\n{output}"
+    );
     for counter in ["dnat_published=", "snat_published="] {
         let count: u64 = output
             .split(|c: char| c.is_whitespace() || c == '"')
@@ -135,8 +171,18 @@ fn published_transfer(hook: &str, options: LabOptions, extra_args: &[&str], expe
     }
 
     // Negative control: with the gateway gone, the public endpoint leads nowhere.
-    let control = tcp_transfer(&lab.inside, private, &lab.outside, public, 1024, Duration::from_secs(3));
-    assert!(control.is_err(), "transfer succeeded without the gateway: {control:?}");
+    let control = tcp_transfer(
+        &lab.inside,
+        private,
+        &lab.outside,
+        public,
+        1024,
+        Duration::from_secs(3),
+    );
+    assert!(
+        control.is_err(),
+        "transfer succeeded without the gateway: {control:?}"
+    );
 }
 
 /// TC on veth with the end hosts' offloads on: the gateway gets TSO super-packets with partial
@@ -146,7 +192,10 @@ fn published_transfer(hook: &str, options: LabOptions, extra_args: &[&str], expe
 fn tc_translates_a_published_server_with_partial_checksums() {
     published_transfer(
         "auto",
-        LabOptions { endpoint_tx_offload: true, router_tx_offload: false },
+        LabOptions {
+            endpoint_tx_offload: true,
+            router_tx_offload: false,
+        },
         &[],
         "hook=tc (tcx ingress)",
     );
@@ -158,7 +207,10 @@ fn tc_translates_a_published_server_with_partial_checksums() {
 fn xdp_native_translates_a_published_server() {
     published_transfer(
         "xdp",
-        LabOptions { endpoint_tx_offload: false, router_tx_offload: false },
+        LabOptions {
+            endpoint_tx_offload: false,
+            router_tx_offload: false,
+        },
         &[],
         "hook=xdp (native)",
     );
@@ -169,7 +221,10 @@ fn xdp_native_translates_a_published_server() {
 fn xdp_generic_translates_a_published_server() {
     published_transfer(
         "auto",
-        LabOptions { endpoint_tx_offload: false, router_tx_offload: false },
+        LabOptions {
+            endpoint_tx_offload: false,
+            router_tx_offload: false,
+        },
         &["--xdp-mode", "generic"],
         "hook=xdp (generic)",
     );

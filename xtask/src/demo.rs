@@ -22,7 +22,9 @@ pub fn run() -> anyhow::Result<()> {
     crate::setup::run()?;
     let gateway_binary = crate::build_gateway(false)?;
     if Lab::exists(DEFAULT_PREFIX) {
-        bail!("the lab is already up; `cargo xtask lab down` first (the demo builds and removes its own)");
+        bail!(
+            "the lab is already up; `cargo xtask lab down` first (the demo builds and removes its own)"
+        );
     }
     // Ctrl-C: remove the lab (which kills the gateway inside it) before leaving.
     ctrlc::set_handler(|| {
@@ -34,13 +36,26 @@ pub fn run() -> anyhow::Result<()> {
 
     // The router's own offloads are off so its kernel writes out every checksum in full: the
     // captures at both ends can then check each one from scratch.
-    let lab = Lab::up(DEFAULT_PREFIX, LabOptions { endpoint_tx_offload: true, router_tx_offload: false })?;
+    let lab = Lab::up(
+        DEFAULT_PREFIX,
+        LabOptions {
+            endpoint_tx_offload: true,
+            router_tx_offload: false,
+        },
+    )?;
     let public = SocketAddrV4::new(lab::PUBLIC, PUBLIC_PORT);
     let private = SocketAddrV4::new(lab::SERVER, PRIVATE_PORT);
     let config_path = std::env::temp_dir().join("gateway-demo.toml");
     let config = lab::gateway_config("auto", &[(public, private, "tcp")]);
     std::fs::write(&config_path, &config).context("write the demo config")?;
-    let result = demo(&lab, &gateway_binary, &config_path, &config, public, private);
+    let result = demo(
+        &lab,
+        &gateway_binary,
+        &config_path,
+        &config,
+        public,
+        private,
+    );
     let _ = std::fs::remove_file(&config_path);
     drop(lab);
     println!("\nlab removed.");
@@ -68,24 +83,51 @@ fn demo(
 
     println!("\n== 1. Without the gateway ==");
     let reached = tcp_connects(&lab.outside, public, Duration::from_secs(2))?;
-    println!("client -> {public}: {}", if reached { "connected (unexpected!)" } else { "no connection: nothing listens there" });
+    println!(
+        "client -> {public}: {}",
+        if reached {
+            "connected (unexpected!)"
+        } else {
+            "no connection: nothing listens there"
+        }
+    );
     if reached {
         bail!("the public address answered before the gateway ran");
     }
 
-    println!("\n== 2. Start the gateway in {} ==\n{config}", lab.router.name());
+    println!(
+        "\n== 2. Start the gateway in {} ==\n{config}",
+        lab.router.name()
+    );
     let mut gateway = GatewayProcess::start_binary(binary, &lab.router, config_path, &[])?;
     print_indented(&gateway.output());
 
-    println!("\n== 3. A {} MiB transfer each way through {public} ==", BYTES >> 20);
+    println!(
+        "\n== 3. A {} MiB transfer each way through {public} ==",
+        BYTES >> 20
+    );
     let client_capture = Capture::start(&lab.outside, HOST_IF)?;
     let server_capture = Capture::start(&lab.inside, HOST_IF)?;
-    let report = tcp_transfer(&lab.inside, private, &lab.outside, public, BYTES, Duration::from_secs(30));
+    let report = tcp_transfer(
+        &lab.inside,
+        private,
+        &lab.outside,
+        public,
+        BYTES,
+        Duration::from_secs(30),
+    );
     let client_frames = client_capture.finish()?;
     let server_frames = server_capture.finish()?;
-    let report = report.with_context(|| format!("transfer failed; gateway log:\n{}", gateway.output()))?;
-    println!("client: connected from {} to {}", report.client_local, report.client_connected_to);
-    println!("server: accepted {} on {}", report.server_saw_peer, report.server_local);
+    let report =
+        report.with_context(|| format!("transfer failed; gateway log:\n{}", gateway.output()))?;
+    println!(
+        "client: connected from {} to {}",
+        report.client_local, report.client_connected_to
+    );
+    println!(
+        "server: accepted {} on {}",
+        report.server_saw_peer, report.server_local
+    );
     println!(
         "upload   {} bytes, sha256 sent {} / received {}",
         report.upload_bytes,
@@ -103,14 +145,25 @@ fn demo(
     }
 
     println!("\nThe handshake as each end saw it (the gateway rewrote the middle):");
-    println!("  {:<54} {}", "at the client (outside)", "at the server (inside)");
+    println!("  {:<54} at the server (inside)", "at the client (outside)");
     let first = |frames: &[Frame]| -> Vec<String> {
-        frames.iter().filter_map(|frame| summarize(&frame.bytes)).take(4).map(|s| s.to_string()).collect()
+        frames
+            .iter()
+            .filter_map(|frame| summarize(&frame.bytes))
+            .take(4)
+            .map(|s| s.to_string())
+            .collect()
     };
-    for (client, server) in first(&client_frames).iter().zip(first(&server_frames).iter()) {
+    for (client, server) in first(&client_frames)
+        .iter()
+        .zip(first(&server_frames).iter())
+    {
         println!("  {client:<54} {server}");
     }
-    let (client_audit, server_audit) = (audit_checksums(client_frames.iter()), audit_checksums(server_frames.iter()));
+    let (client_audit, server_audit) = (
+        audit_checksums(client_frames.iter()),
+        audit_checksums(server_frames.iter()),
+    );
     println!(
         "checksums verified from scratch: {} frames received by the client, {} by the server, {} bad",
         client_audit.checked,
@@ -121,12 +174,26 @@ fn demo(
     println!("\n== 4. Stop the gateway ==");
     let before = gateway.output().lines().count();
     let status = gateway.stop()?;
-    print_indented(&gateway.output().lines().skip(before).collect::<Vec<_>>().join("\n"));
+    print_indented(
+        &gateway
+            .output()
+            .lines()
+            .skip(before)
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
     if !status.success() {
         bail!("gateway exited with {status}");
     }
     let reached = tcp_connects(&lab.outside, public, Duration::from_secs(2))?;
-    println!("client -> {public} again: {}", if reached { "connected (unexpected!)" } else { "no connection, as before" });
+    println!(
+        "client -> {public} again: {}",
+        if reached {
+            "connected (unexpected!)"
+        } else {
+            "no connection, as before"
+        }
+    );
     Ok(())
 }
 

@@ -50,11 +50,17 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Setup => setup::run(),
-        Task::Build { release } => setup::run().and_then(|()| build_gateway(release).map(|path| {
-            println!("built {}", path.display());
-        })),
-        Task::Lab { action: LabAction::Up } => lab_up(),
-        Task::Lab { action: LabAction::Down } => {
+        Task::Build { release } => setup::run().and_then(|()| {
+            build_gateway(release).map(|path| {
+                println!("built {}", path.display());
+            })
+        }),
+        Task::Lab {
+            action: LabAction::Up,
+        } => lab_up(),
+        Task::Lab {
+            action: LabAction::Down,
+        } => {
             Lab::down(DEFAULT_PREFIX);
             println!("lab {DEFAULT_PREFIX} removed");
             Ok(())

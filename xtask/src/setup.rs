@@ -39,9 +39,16 @@ pub fn run() -> anyhow::Result<()> {
         installed.push(format!("bpf-linker {BPF_LINKER_VERSION} (LLVM {llvm})"));
     }
     if installed.is_empty() {
-        println!("setup: all present (nightly rust-src, LLVM {llvm}, bpf-linker, iproute2, ethtool) in {:.1?}", started.elapsed());
+        println!(
+            "setup: all present (nightly rust-src, LLVM {llvm}, bpf-linker, iproute2, ethtool) in {:.1?}",
+            started.elapsed()
+        );
     } else {
-        println!("setup: installed {} in {:.1?}", installed.join(", "), started.elapsed());
+        println!(
+            "setup: installed {} in {:.1?}",
+            installed.join(", "),
+            started.elapsed()
+        );
     }
     Ok(())
 }
@@ -52,7 +59,10 @@ fn output(command: &mut Command) -> anyhow::Result<String> {
         .output()
         .with_context(|| format!("cannot run {command:?}"))?;
     if !out.status.success() {
-        bail!("{command:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{command:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -72,11 +82,20 @@ fn ensure_rust_src() -> anyhow::Result<bool> {
     let mut changed = false;
     if !toolchains.lines().any(|line| line.starts_with("nightly")) {
         println!("setup: installing the nightly toolchain");
-        output(rustup().args(["toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src"]))
-            .context("the BPF programs need a nightly toolchain and it could not be installed")?;
+        output(rustup().args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))
+        .context("the BPF programs need a nightly toolchain and it could not be installed")?;
         changed = true;
     }
-    let components = output(rustup().args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
+    let components =
+        output(rustup().args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
     if !components.lines().any(|line| line.starts_with("rust-src")) {
         println!("setup: adding rust-src to the nightly toolchain");
         output(rustup().args(["component", "add", "rust-src", "--toolchain", "nightly"]))
@@ -105,11 +124,18 @@ fn package_installed(name: &str) -> bool {
 }
 
 fn ensure_packages(packages: &[String]) -> anyhow::Result<Vec<String>> {
-    let missing: Vec<&String> = packages.iter().filter(|name| !package_installed(name)).collect();
+    let missing: Vec<&String> = packages
+        .iter()
+        .filter(|name| !package_installed(name))
+        .collect();
     if missing.is_empty() {
         return Ok(Vec::new());
     }
-    let list = missing.iter().map(|name| name.as_str()).collect::<Vec<_>>().join(" ");
+    let list = missing
+        .iter()
+        .map(|name| name.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("missing Debian packages: {list}; run this as root, or: apt-get install -y {list}");
@@ -145,7 +171,9 @@ fn cargo_bin_dir() -> PathBuf {
 /// bpf-linker is usable when it runs and is linked against the nightly's LLVM major.
 fn bpf_linker_matches(llvm: u32) -> bool {
     let linker = cargo_bin_dir().join("bpf-linker");
-    let Ok(libraries) = output(Command::new("ldd").arg(&linker)) else { return false };
+    let Ok(libraries) = output(Command::new("ldd").arg(&linker)) else {
+        return false;
+    };
     libraries.contains(&format!("libLLVM.so.{llvm}")) && !libraries.contains("not found")
         || libraries.contains(&format!("libLLVM-{llvm}")) && !libraries.contains("not found")
 }
@@ -154,11 +182,21 @@ fn ensure_bpf_linker(llvm: u32) -> anyhow::Result<bool> {
     if bpf_linker_matches(llvm) {
         return Ok(false);
     }
-    println!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {llvm} (a few minutes, once)");
+    println!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {llvm} (a few minutes, once)"
+    );
     let prefix = format!("/usr/lib/llvm-{llvm}");
     let path = format!("{prefix}/bin:{}", std::env::var("PATH").unwrap_or_default());
     let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(["install", "--force", "bpf-linker", "--version", BPF_LINKER_VERSION, "--no-default-features", "--features"])
+        .args([
+            "install",
+            "--force",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--no-default-features",
+            "--features",
+        ])
         .arg(format!("llvm-{llvm}"))
         .env("LLVM_PREFIX", &prefix)
         .env("PATH", path)
@@ -172,7 +210,10 @@ fn ensure_bpf_linker(llvm: u32) -> anyhow::Result<bool> {
         );
     }
     if !bpf_linker_matches(llvm) {
-        bail!("bpf-linker was installed but is not linked against LLVM {llvm} (check `ldd {}`)", cargo_bin_dir().join("bpf-linker").display());
+        bail!(
+            "bpf-linker was installed but is not linked against LLVM {llvm} (check `ldd {}`)",
+            cargo_bin_dir().join("bpf-linker").display()
+        );
     }
     Ok(true)
 }
