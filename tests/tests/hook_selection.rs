@@ -6,7 +6,9 @@ use gateway_user::system::driver_info;
 #[test]
 fn a_veth_is_recognised_as_virtual() {
     let netns = Netns::create(&format!("{}-hook", unique_prefix())).expect("netns");
-    netns.sh("ip link add probe0 type veth peer name probe1").expect("veth");
+    netns
+        .sh("ip link add probe0 type veth peer name probe1")
+        .expect("veth");
     let info = netns
         .spawn(|| Ok(driver_info("probe0")?))
         .join()
@@ -14,6 +16,9 @@ fn a_veth_is_recognised_as_virtual() {
         .expect("driver info");
     assert_eq!(info.driver, "veth");
     assert!(info.is_virtual(), "{info:?}");
-    let missing = netns.spawn(|| Ok(driver_info("nosuchdev0").is_err())).join().expect("thread");
+    let missing = netns
+        .spawn(|| Ok(driver_info("nosuchdev0").is_err()))
+        .join()
+        .expect("thread");
     assert!(missing.expect("probe"), "a missing device must be an error");
 }

@@ -1,0 +1,17 @@
+//! The FTP ALG's protocol core, sans IO (in the manner of quinn-proto and smoltcp).
+//!
+//! Everything here is a plain function or state machine over bytes: no sockets, no BPF maps,
+//! no clocks. The agent's I/O shell feeds it what it reads from the punt ring buffer and
+//! carries out what it returns. That keeps every rule unit-testable and fuzzable.
+//!
+//! - [`line`]: cuts a direction's byte stream into lines, across segment boundaries.
+//! - [`parse`]: reads commands and replies, and the data-connection endpoints that
+//!   `PORT`/`EPRT`/`227`/`229` announce, strictly (field counts, ranges, syntax).
+//! - [`rewrite`]: produces the translated line.
+//! - [`seq`]: the sequence-number map of one direction once rewrites change its length, with
+//!   the reverse mapping for ACK numbers and SACK blocks.
+
+pub mod line;
+pub mod parse;
+pub mod rewrite;
+pub mod seq;
