@@ -10,6 +10,7 @@ pub mod checksum;
 use core::net::{Ipv4Addr, SocketAddrV4};
 
 /// IANA protocol numbers of the transports the fast path translates.
+pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
@@ -18,6 +19,10 @@ pub mod names {
     pub const PUBLISH_DNAT: &str = "PUBLISH_DNAT";
     pub const PUBLISH_SNAT: &str = "PUBLISH_SNAT";
     pub const STATS: &str = "STATS";
+    pub const SESSIONS: &str = "SESSIONS";
+    pub const MASQ_BY_PRIVATE: &str = "MASQ_BY_PRIVATE";
+    pub const MASQ_BY_PUBLIC: &str = "MASQ_BY_PUBLIC";
+    pub const NAT_CONFIG: &str = "NAT_CONFIG";
     pub const PROG_XDP: &str = "gateway_xdp";
     pub const PROG_TC: &str = "gateway_tc";
 }
@@ -65,6 +70,126 @@ impl Endpoint {
 // implicit padding (the explicit `_pad` is always written as zero).
 unsafe impl aya::Pod for Endpoint {}
 
+/// Default capacity of the session table (two entries per connection, one per direction).
+pub const DEFAULT_MAX_SESSIONS: u32 = 1 << 20;
+/// Networks and public addresses a masquerade rule can name.
+pub const MAX_MASQ_NETWORKS: usize = 8;
+pub const MAX_MASQ_ADDRESSES: usize = 8;
+/// Free-port probes per new mapping before the pool counts as exhausted (Cilium's nat.h does
+/// the same: the original port, then bounded random retries).
+pub const PORT_ALLOCATION_TRIES: u32 = 16;
+
+/// One direction of a connection as it arrives at the gateway: the session table's key.
+///
+/// For ICMP echo the identifier stands in for the ports: `src_port` = identifier in a request,
+/// `dst_port` = identifier in a reply, the other zero, so that a request's key reversed is
+/// its reply's key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub src_port: [u8; 2],
+    pub dst_port: [u8; 2],
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl FlowKey {
+    /// The key of the other direction, before any translation.
+    pub const fn reversed(&self) -> FlowKey {
+        FlowKey {
+            src: self.dst,
+            dst: self.src,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// `Session::rewrite`: which endpoint of the packet the session replaces.
+pub const REWRITE_SOURCE: u8 = 1;
+pub const REWRITE_DESTINATION: u8 = 2;
+
+/// `Session::state` bits.
+pub mod session_state {
+    /// A packet without SYN passed: the handshake is over.
+    pub const ESTABLISHED: u8 = 1;
+    /// A FIN passed in this direction.
+    pub const FIN: u8 = 2;
+    /// An RST passed in this direction.
+    pub const RST: u8 = 4;
+}
+
+/// What the fast path does to the packets of one direction of a connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Session {
+    /// The endpoint that replaces the packet's source or destination (see `rewrite`).
+    pub addr: [u8; 4],
+    pub port: [u8; 2],
+    /// `REWRITE_SOURCE` or `REWRITE_DESTINATION`.
+    pub rewrite: u8,
+    /// `session_state` bits.
+    pub state: u8,
+    /// `bpf_ktime_get_ns` of the last packet: CLOCK_MONOTONIC.
+    pub last_seen_ns: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// An IPv4 prefix, network order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Ipv4Cidr {
+    pub addr: [u8; 4],
+    pub mask: [u8; 4],
+}
+
+impl Ipv4Cidr {
+    #[inline(always)]
+    pub fn contains(&self, addr: [u8; 4]) -> bool {
+        u32::from_ne_bytes(addr) & u32::from_ne_bytes(self.mask) == u32::from_ne_bytes(self.addr)
+    }
+}
+
+/// Masquerade and timeout settings, element 0 of the `NAT_CONFIG` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NatConfig {
+    /// Inside networks whose outgoing traffic is masqueraded.
+    pub networks: [Ipv4Cidr; MAX_MASQ_NETWORKS],
+    /// Public addresses the masquerade uses; a private address always gets the same one.
+    pub addresses: [[u8; 4]; MAX_MASQ_ADDRESSES],
+    pub network_count: u32,
+    pub address_count: u32,
+    /// Public port (and ICMP identifier) range, host order, inclusive.
+    pub port_min: u16,
+    pub port_max: u16,
+    /// Non-zero: endpoint-independent filtering (any outside host may use a mapping).
+    /// Zero: address-dependent filtering (only hosts the inside endpoint has contacted).
+    pub endpoint_independent_filtering: u32,
+    pub tcp_established_timeout_ns: u64,
+    pub tcp_transitory_timeout_ns: u64,
+    pub udp_timeout_ns: u64,
+    pub icmp_timeout_ns: u64,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: as for Endpoint: repr(C), only integers and byte arrays, explicit padding zeroed.
+unsafe impl aya::Pod for FlowKey {}
+#[cfg(feature = "user")]
+// SAFETY: repr(C), integers and byte arrays; field order leaves no implicit padding.
+unsafe impl aya::Pod for Session {}
+#[cfg(feature = "user")]
+// SAFETY: repr(C), byte arrays only.
+unsafe impl aya::Pod for Ipv4Cidr {}
+#[cfg(feature = "user")]
+// SAFETY: repr(C), integers and arrays; u64 fields start 8-aligned (checked in tests).
+unsafe impl aya::Pod for NatConfig {}
+
 /// Per-CPU counters of the fast path, indexes into the `STATS` array.
 ///
 /// The agent sums them over CPUs. Every packet the programs see lands in exactly one of the
@@ -86,10 +211,22 @@ pub enum Counter {
     PassUnmatched = 5,
     /// A rewrite helper failed half-way: the packet is inconsistent and must not leave.
     DropRewriteFailed = 6,
+    /// Translated by an existing session (masquerade, either direction).
+    SessionHit = 7,
+    /// A new masqueraded connection: mapping found or allocated, two sessions created.
+    SessionCreated = 8,
+    /// A session found past its timeout and removed.
+    SessionExpired = 9,
+    /// No free public port after `PORT_ALLOCATION_TRIES` probes: the packet is dropped.
+    DropPortExhausted = 10,
+    /// The session table refused an insert.
+    DropSessionTableFull = 11,
+    /// Outside traffic to a masquerade address and port that no session or mapping admits.
+    DropUnsolicited = 12,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 7] = [
+    pub const ALL: [Counter; 13] = [
         Counter::DnatPublished,
         Counter::SnatPublished,
         Counter::PassNotIpv4,
@@ -97,6 +234,12 @@ impl Counter {
         Counter::PassFragment,
         Counter::PassUnmatched,
         Counter::DropRewriteFailed,
+        Counter::SessionHit,
+        Counter::SessionCreated,
+        Counter::SessionExpired,
+        Counter::DropPortExhausted,
+        Counter::DropSessionTableFull,
+        Counter::DropUnsolicited,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -110,6 +253,12 @@ impl Counter {
             Counter::PassFragment => "pass_fragment",
             Counter::PassUnmatched => "pass_unmatched",
             Counter::DropRewriteFailed => "drop_rewrite_failed",
+            Counter::SessionHit => "session_hit",
+            Counter::SessionCreated => "session_created",
+            Counter::SessionExpired => "session_expired",
+            Counter::DropPortExhausted => "drop_port_exhausted",
+            Counter::DropSessionTableFull => "drop_session_table_full",
+            Counter::DropUnsolicited => "drop_unsolicited",
         }
     }
 }
@@ -126,6 +275,18 @@ mod tests {
         assert_eq!(endpoint.port, [0x1f, 0x55]);
         assert_eq!(endpoint.socket(), socket);
         assert_eq!(core::mem::size_of::<Endpoint>(), 8);
+    }
+
+    #[test]
+    fn shared_layouts_have_no_hidden_padding() {
+        assert_eq!(core::mem::size_of::<FlowKey>(), 16);
+        assert_eq!(core::mem::size_of::<Session>(), 32);
+        assert_eq!(core::mem::offset_of!(NatConfig, tcp_established_timeout_ns) % 8, 0);
+        let key = FlowKey { src: [1, 2, 3, 4], dst: [5, 6, 7, 8], src_port: [0, 9], dst_port: [0, 10], proto: 6, _pad: [0; 3] };
+        assert_eq!(key.reversed().reversed(), key);
+        assert_eq!(key.reversed().src, [5, 6, 7, 8]);
+        let net = Ipv4Cidr { addr: [10, 0, 0, 0], mask: [255, 255, 255, 0] };
+        assert!(net.contains([10, 0, 0, 77]) && !net.contains([10, 0, 1, 1]));
     }
 
     #[test]

@@ -1,18 +1,45 @@
-//! The maps shared with the agent. Names and value types come from `gateway-common`.
+//! The maps shared with the agent. Names and value types come from `gateway-common`; sizes
+//! are the defaults, which the agent may override at load time.
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
-use gateway_common::{Counter, Endpoint, MAX_PUBLISHED};
+use gateway_common::{
+    Counter, DEFAULT_MAX_SESSIONS, Endpoint, FlowKey, MAX_PUBLISHED, NatConfig, Session,
+};
 
 /// Published servers, keyed by public endpoint: where to send traffic addressed to it.
 #[map(name = "PUBLISH_DNAT")]
-pub static PUBLISH_DNAT: HashMap<Endpoint, Endpoint> = HashMap::with_max_entries(MAX_PUBLISHED, 0);
+pub static PUBLISH_DNAT: HashMap<Endpoint, Endpoint> =
+    HashMap::with_max_entries(MAX_PUBLISHED, 0);
 
 /// The same servers keyed by private endpoint: which public endpoint their replies come from.
 #[map(name = "PUBLISH_SNAT")]
-pub static PUBLISH_SNAT: HashMap<Endpoint, Endpoint> = HashMap::with_max_entries(MAX_PUBLISHED, 0);
+pub static PUBLISH_SNAT: HashMap<Endpoint, Endpoint> =
+    HashMap::with_max_entries(MAX_PUBLISHED, 0);
+
+/// Masqueraded connections, one entry per direction, keyed as packets arrive. LRU: under
+/// pressure the least recently used connection goes, not new ones.
+#[map(name = "SESSIONS")]
+pub static SESSIONS: LruHashMap<FlowKey, Session> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_SESSIONS, 0);
+
+/// Endpoint-independent mapping: a private endpoint keeps its public endpoint whatever it
+/// talks to (RFC 4787/5382 REQ-1).
+#[map(name = "MASQ_BY_PRIVATE")]
+pub static MASQ_BY_PRIVATE: LruHashMap<Endpoint, Endpoint> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_SESSIONS, 0);
+
+/// Who owns each public endpoint: ports are claimed here with BPF_NOEXIST, so one public
+/// endpoint never serves two private ones (no port overloading, REQ-7).
+#[map(name = "MASQ_BY_PUBLIC")]
+pub static MASQ_BY_PUBLIC: LruHashMap<Endpoint, Endpoint> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_SESSIONS, 0);
+
+/// Masquerade and timeout settings; element 0.
+#[map(name = "NAT_CONFIG")]
+pub static NAT_CONFIG: Array<NatConfig> = Array::with_max_entries(1, 0);
 
 /// Per-CPU packet counters, indexed by [`Counter`].
 #[map(name = "STATS")]

@@ -1,15 +1,23 @@
 //! The translation itself, shared by the XDP and TC entry points.
 //!
-//! Published servers: traffic to a public endpoint is DNATed to its private server, and the
-//! server's replies are SNATed back to the public endpoint. Everything this code does not
-//! translate goes to the kernel untouched; nothing is dropped except a frame whose rewrite
-//! failed half-way, which would otherwise leave inconsistent.
+//! In order: published servers (stateless DNAT, and SNAT of their replies); then the session
+//! table (masqueraded connections, both directions); then new masqueraded connections from the
+//! inside networks; then outside traffic to a masquerade address, which a mapping may admit
+//! and is otherwise dropped as unsolicited. Everything else goes to the kernel untouched.
+//! Drops are counted by reason; nothing is dropped silently.
 
-use gateway_common::{Counter, Endpoint, IPPROTO_TCP, IPPROTO_UDP};
+use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
+use gateway_common::{
+    Counter, Endpoint, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, MAX_MASQ_ADDRESSES,
+    MAX_MASQ_NETWORKS, NatConfig, PORT_ALLOCATION_TRIES, REWRITE_DESTINATION, REWRITE_SOURCE,
+    Session, session_state,
+};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
-    maps::{PUBLISH_DNAT, PUBLISH_SNAT, count},
+    maps::{
+        MASQ_BY_PRIVATE, MASQ_BY_PUBLIC, NAT_CONFIG, PUBLISH_DNAT, PUBLISH_SNAT, SESSIONS, count,
+    },
     packet::{L4Check, Packet, ptr_at},
 };
 
@@ -30,8 +38,48 @@ const IP_FRAGMENT_MASK: u16 = 0x3fff;
 /// Offsets inside the TCP/UDP header.
 const L4_SRC_PORT: usize = 0;
 const L4_DST_PORT: usize = 2;
+const TCP_FLAGS: usize = 13;
 const TCP_CHECK: usize = 16;
 const UDP_CHECK: usize = 6;
+/// ICMP: checksum and echo identifier.
+const ICMP_CHECK: usize = 2;
+const ICMP_ID: usize = 4;
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_ECHO_REQUEST: u8 = 8;
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+
+/// BPF_NOEXIST / BPF_ANY map update flags.
+const BPF_ANY: u64 = 0;
+const BPF_NOEXIST: u64 = 1;
+
+/// What the translation needs of a parsed packet.
+struct Headers {
+    /// Frame offset of the transport header.
+    l4: usize,
+    check: L4Check,
+    /// Addresses and ports (for ICMP echo: the identifier, see `FlowKey`).
+    key: FlowKey,
+    tcp_flags: u8,
+    /// IPv4 total length, for the byte counters.
+    ip_len: u16,
+}
+
+impl Headers {
+    /// Frame offset of the port (or ICMP identifier) a rewrite of `side` changes.
+    #[inline(always)]
+    fn port_offset(&self, side: u8) -> usize {
+        if self.key.proto == IPPROTO_ICMP {
+            self.l4 + ICMP_ID
+        } else if side == REWRITE_SOURCE {
+            self.l4 + L4_SRC_PORT
+        } else {
+            self.l4 + L4_DST_PORT
+        }
+    }
+}
 
 #[inline(always)]
 pub fn translate<P: Packet>(packet: &mut P) -> Verdict {
@@ -40,7 +88,10 @@ pub fn translate<P: Packet>(packet: &mut P) -> Verdict {
     };
     count(counter);
     match counter {
-        Counter::DropRewriteFailed => Verdict::Drop,
+        Counter::DropRewriteFailed
+        | Counter::DropPortExhausted
+        | Counter::DropSessionTableFull
+        | Counter::DropUnsolicited => Verdict::Drop,
         _ => Verdict::Pass,
     }
 }
@@ -48,6 +99,59 @@ pub fn translate<P: Packet>(packet: &mut P) -> Verdict {
 /// Returns the counter that describes what happened to the packet.
 #[inline(always)]
 fn try_translate<P: Packet>(packet: &mut P) -> Result<Counter, Counter> {
+    let headers = parse(packet)?;
+    let key = headers.key;
+
+    // Published servers: stateless, both directions.
+    let endpoint = Endpoint::new(key.dst, key.dst_port, key.proto);
+    // SAFETY: map values are plain data and only read here.
+    if let Some(private) = unsafe { PUBLISH_DNAT.get(endpoint) } {
+        let private = *private;
+        rewrite(packet, &headers, REWRITE_DESTINATION, private.addr, private.port)?;
+        return Ok(Counter::DnatPublished);
+    }
+    let endpoint = Endpoint::new(key.src, key.src_port, key.proto);
+    // SAFETY: as above.
+    if let Some(public) = unsafe { PUBLISH_SNAT.get(endpoint) } {
+        let public = *public;
+        rewrite(packet, &headers, REWRITE_SOURCE, public.addr, public.port)?;
+        return Ok(Counter::SnatPublished);
+    }
+
+    let Some(config) = NAT_CONFIG.get(0) else { return Err(Counter::PassUnmatched) };
+    if config.address_count == 0 {
+        return Err(Counter::PassUnmatched);
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+
+    if let Some(session) = SESSIONS.get_ptr_mut(key) {
+        // SAFETY: a live map value; concurrent updates of these counters from two CPUs may
+        // lose an increment, which only blurs statistics.
+        let session = unsafe { &mut *session };
+        if now.saturating_sub(session.last_seen_ns) <= timeout(config, key.proto, session.state) {
+            session.last_seen_ns = now;
+            session.state |= state_bits(&headers);
+            session.packets += 1;
+            session.bytes += headers.ip_len as u64;
+            let (side, addr, port) = (session.rewrite, session.addr, session.port);
+            rewrite(packet, &headers, side, addr, port)?;
+            return Ok(Counter::SessionHit);
+        }
+        let _ = SESSIONS.remove(key);
+        count(Counter::SessionExpired);
+    }
+
+    if in_networks(config, key.src) && !in_networks(config, key.dst) {
+        return masquerade_new(packet, &headers, config, now);
+    }
+    if is_masquerade_address(config, key.dst) {
+        return admit_inbound(packet, &headers, config, now);
+    }
+    Err(Counter::PassUnmatched)
+}
+
+#[inline(always)]
+fn parse<P: Packet>(packet: &mut P) -> Result<Headers, Counter> {
     if !packet.make_readable(ETH_LEN) {
         return Err(Counter::PassMalformed);
     }
@@ -56,20 +160,13 @@ fn try_translate<P: Packet>(packet: &mut P) -> Result<Counter, Counter> {
     if u16::from_be(unsafe { (*eth).ether_type }) != ETHERTYPE_IPV4 {
         return Err(Counter::PassNotIpv4);
     }
-
     if !packet.make_readable(ETH_LEN + Ipv4Hdr::LEN) {
         return Err(Counter::PassMalformed);
     }
     let ip: *const Ipv4Hdr = ptr_at(packet, ETH_LEN).ok_or(Counter::PassMalformed)?;
     // SAFETY: bounds-checked by ptr_at; the values are copied out before any rewrite.
-    let (vihl, frags, proto, src, dst) = unsafe {
-        (
-            (*ip).vihl,
-            (*ip).frags,
-            (*ip).proto,
-            (*ip).src_addr,
-            (*ip).dst_addr,
-        )
+    let (vihl, frags, proto, src, dst, tot_len) = unsafe {
+        ((*ip).vihl, (*ip).frags, (*ip).proto, (*ip).src_addr, (*ip).dst_addr, (*ip).tot_len)
     };
     // IHL counts 32-bit words; options make it up to 60 bytes.
     let ip_len = ((vihl & 0x0f) as usize) * 4;
@@ -81,43 +178,268 @@ fn try_translate<P: Packet>(packet: &mut P) -> Result<Counter, Counter> {
     }
 
     let l4 = ETH_LEN + ip_len;
-    let l4_check = match proto {
-        IPPROTO_TCP => L4Check::Tcp(l4 + TCP_CHECK),
-        IPPROTO_UDP => L4Check::Udp(l4 + UDP_CHECK),
+    let (check, needed) = match proto {
+        IPPROTO_TCP => (L4Check::Tcp(l4 + TCP_CHECK), l4 + TCP_CHECK + 2),
+        IPPROTO_UDP => (L4Check::Udp(l4 + UDP_CHECK), l4 + UDP_CHECK + 2),
+        IPPROTO_ICMP => (L4Check::Icmp(l4 + ICMP_CHECK), l4 + ICMP_ID + 2),
         _ => return Err(Counter::PassUnmatched),
     };
-    // Both ports and the checksum field must be readable (TCP's is the furthest, at 16..18).
-    if !packet.make_readable(l4_check.offset() + 2) {
+    if !packet.make_readable(needed) {
         return Err(Counter::PassMalformed);
     }
-    let ports: *const [u8; 4] = ptr_at(packet, l4).ok_or(Counter::PassMalformed)?;
-    // SAFETY: bounds-checked by ptr_at.
+    let ports: *const [u8; 6] = ptr_at(packet, l4).ok_or(Counter::PassMalformed)?;
+    // SAFETY: bounds-checked by ptr_at (`needed` >= l4 + 6 for every protocol above).
     let ports = unsafe { *ports };
-    let src_port = [ports[0], ports[1]];
-    let dst_port = [ports[2], ports[3]];
+    let (src_port, dst_port) = match proto {
+        IPPROTO_ICMP => match ports[0] {
+            ICMP_ECHO_REQUEST => ([ports[4], ports[5]], [0, 0]),
+            ICMP_ECHO_REPLY => ([0, 0], [ports[4], ports[5]]),
+            // Errors and other ICMP messages: the kernel's (ICMP error translation is to come).
+            _ => return Err(Counter::PassUnmatched),
+        },
+        _ => ([ports[0], ports[1]], [ports[2], ports[3]]),
+    };
+    let tcp_flags = if proto == IPPROTO_TCP {
+        let flags: *const u8 = ptr_at(packet, l4 + TCP_FLAGS).ok_or(Counter::PassMalformed)?;
+        // SAFETY: bounds-checked by ptr_at.
+        unsafe { *flags }
+    } else {
+        0
+    };
+    Ok(Headers {
+        l4,
+        check,
+        key: FlowKey { src, dst, src_port, dst_port, proto, _pad: [0; 3] },
+        tcp_flags,
+        ip_len: u16::from_be_bytes(tot_len),
+    })
+}
 
-    let ip_check = ETH_LEN + IP_CHECK;
+/// Replaces the packet's source or destination address and port with `addr`/`port`.
+#[inline(always)]
+fn rewrite<P: Packet>(
+    packet: &mut P,
+    headers: &Headers,
+    side: u8,
+    addr: [u8; 4],
+    port: [u8; 2],
+) -> Result<(), Counter> {
+    let key = &headers.key;
+    let (addr_off, old_addr, old_port) = if side == REWRITE_SOURCE {
+        (ETH_LEN + IP_SRC, key.src, key.src_port)
+    } else {
+        (ETH_LEN + IP_DST, key.dst, key.dst_port)
+    };
+    if old_addr != addr {
+        packet
+            .rewrite_addr(addr_off, ETH_LEN + IP_CHECK, headers.check, old_addr, addr)
+            .map_err(|_| Counter::DropRewriteFailed)?;
+    }
+    if old_port != port {
+        packet
+            .rewrite_port(headers.port_offset(side), headers.check, old_port, port)
+            .map_err(|_| Counter::DropRewriteFailed)?;
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn state_bits(headers: &Headers) -> u8 {
+    if headers.key.proto != IPPROTO_TCP {
+        return 0;
+    }
+    let flags = headers.tcp_flags;
+    let mut bits = 0;
+    if flags & TCP_RST != 0 {
+        bits |= session_state::RST;
+    }
+    if flags & TCP_FIN != 0 {
+        bits |= session_state::FIN;
+    }
+    if flags & (TCP_SYN | TCP_RST) == 0 {
+        bits |= session_state::ESTABLISHED;
+    }
+    bits
+}
+
+/// RFC 5382 REQ-5: established TCP idles at least 2 h 4 min; handshakes and closing
+/// connections 4 min. RFC 4787: UDP at least 2 min.
+#[inline(always)]
+fn timeout(config: &NatConfig, proto: u8, state: u8) -> u64 {
+    match proto {
+        IPPROTO_TCP => {
+            let closing = state & (session_state::FIN | session_state::RST) != 0;
+            if state & session_state::ESTABLISHED != 0 && !closing {
+                config.tcp_established_timeout_ns
+            } else {
+                config.tcp_transitory_timeout_ns
+            }
+        }
+        IPPROTO_UDP => config.udp_timeout_ns,
+        _ => config.icmp_timeout_ns,
+    }
+}
+
+#[inline(always)]
+fn in_networks(config: &NatConfig, addr: [u8; 4]) -> bool {
+    let count = config.network_count as usize;
+    for index in 0..MAX_MASQ_NETWORKS {
+        if index >= count {
+            break;
+        }
+        if config.networks[index].contains(addr) {
+            return true;
+        }
+    }
+    false
+}
+
+#[inline(always)]
+fn is_masquerade_address(config: &NatConfig, addr: [u8; 4]) -> bool {
+    let count = config.address_count as usize;
+    for index in 0..MAX_MASQ_ADDRESSES {
+        if index >= count {
+            break;
+        }
+        if config.addresses[index] == addr {
+            return true;
+        }
+    }
+    false
+}
+
+/// The public endpoint of `private`: its existing mapping (endpoint-independent), else a new
+/// one on the address its private address hashes to ("paired" pooling, RFC 4787 REQ-2),
+/// keeping the private port when free, else trying random ports in the range.
+#[inline(always)]
+fn mapping(config: &NatConfig, private: Endpoint) -> Result<Endpoint, Counter> {
     // SAFETY: map values are plain data and only read here.
-    if let Some(private) = unsafe { PUBLISH_DNAT.get(Endpoint::new(dst, dst_port, proto)) } {
-        let private = *private;
-        packet
-            .rewrite_addr(ETH_LEN + IP_DST, ip_check, l4_check, dst, private.addr)
-            .map_err(|_| Counter::DropRewriteFailed)?;
-        packet
-            .rewrite_port(l4 + L4_DST_PORT, l4_check, dst_port, private.port)
-            .map_err(|_| Counter::DropRewriteFailed)?;
-        return Ok(Counter::DnatPublished);
-    }
-    // SAFETY: as above.
-    if let Some(public) = unsafe { PUBLISH_SNAT.get(Endpoint::new(src, src_port, proto)) } {
+    if let Some(public) = unsafe { MASQ_BY_PRIVATE.get(private) } {
         let public = *public;
-        packet
-            .rewrite_addr(ETH_LEN + IP_SRC, ip_check, l4_check, src, public.addr)
-            .map_err(|_| Counter::DropRewriteFailed)?;
-        packet
-            .rewrite_port(l4 + L4_SRC_PORT, l4_check, src_port, public.port)
-            .map_err(|_| Counter::DropRewriteFailed)?;
-        return Ok(Counter::SnatPublished);
+        // The reverse entry may have been evicted and the port given to someone else.
+        if let Some(owner) = unsafe { MASQ_BY_PUBLIC.get(public) }
+            && *owner == private
+        {
+            return Ok(public);
+        }
     }
-    Err(Counter::PassUnmatched)
+    let index = (u32::from_ne_bytes(private.addr) % config.address_count.max(1)) as usize;
+    let Some(&addr) = config.addresses.get(index) else { return Err(Counter::PassUnmatched) };
+    let (min, max) = (config.port_min as u32, config.port_max as u32);
+    let span = max.saturating_sub(min) + 1;
+    let original = u16::from_be_bytes(private.port) as u32;
+    for attempt in 0..PORT_ALLOCATION_TRIES {
+        let port = if attempt == 0 && original >= min && original <= max {
+            original
+        } else {
+            min + unsafe { bpf_get_prandom_u32() } % span
+        };
+        let public = Endpoint::new(addr, (port as u16).to_be_bytes(), private.proto);
+        if MASQ_BY_PUBLIC.insert(public, private, BPF_NOEXIST).is_ok() {
+            MASQ_BY_PRIVATE
+                .insert(private, public, BPF_ANY)
+                .map_err(|_| Counter::DropSessionTableFull)?;
+            return Ok(public);
+        }
+    }
+    Err(Counter::DropPortExhausted)
+}
+
+/// Installs both directions of a masqueraded connection: `outbound` is the key of the inside
+/// host's packets (private source), rewritten to `public`; the reply key is derived.
+#[inline(always)]
+fn install(outbound: FlowKey, public: Endpoint, now: u64, state: u8) -> Result<(), Counter> {
+    let reply = FlowKey {
+        src: outbound.dst,
+        dst: public.addr,
+        src_port: outbound.dst_port,
+        dst_port: public.port,
+        proto: outbound.proto,
+        _pad: [0; 3],
+    };
+    let forward = Session {
+        addr: public.addr,
+        port: public.port,
+        rewrite: REWRITE_SOURCE,
+        state,
+        last_seen_ns: now,
+        packets: 0,
+        bytes: 0,
+    };
+    let backward = Session {
+        addr: outbound.src,
+        port: outbound.src_port,
+        rewrite: REWRITE_DESTINATION,
+        ..forward
+    };
+    SESSIONS.insert(outbound, forward, BPF_ANY).map_err(|_| Counter::DropSessionTableFull)?;
+    SESSIONS.insert(reply, backward, BPF_ANY).map_err(|_| Counter::DropSessionTableFull)
+}
+
+/// A new connection from an inside network to the outside.
+#[inline(always)]
+fn masquerade_new<P: Packet>(
+    packet: &mut P,
+    headers: &Headers,
+    config: &NatConfig,
+    now: u64,
+) -> Result<Counter, Counter> {
+    let key = headers.key;
+    // Only an echo request opens an ICMP mapping.
+    if key.proto == IPPROTO_ICMP && key.dst_port != [0, 0] {
+        return Err(Counter::PassUnmatched);
+    }
+    let private = Endpoint::new(key.src, key.src_port, key.proto);
+    let public = mapping(config, private)?;
+    install(key, public, now, state_bits(headers))?;
+    let session = SESSIONS.get_ptr_mut(key).ok_or(Counter::DropSessionTableFull)?;
+    // SAFETY: the entry just inserted.
+    unsafe {
+        (*session).packets = 1;
+        (*session).bytes = headers.ip_len as u64;
+    }
+    rewrite(packet, headers, REWRITE_SOURCE, public.addr, public.port)?;
+    Ok(Counter::SessionCreated)
+}
+
+/// Outside traffic to a masquerade address with no session. With endpoint-independent
+/// filtering a mapping admits it; otherwise (address-dependent filtering, the default) only
+/// a session does. Traffic for the gateway's own sockets, and anything that is not to a port
+/// of the masquerade range, is the kernel's.
+#[inline(always)]
+fn admit_inbound<P: Packet>(
+    packet: &mut P,
+    headers: &Headers,
+    config: &NatConfig,
+    now: u64,
+) -> Result<Counter, Counter> {
+    let key = headers.key;
+    if key.proto == IPPROTO_ICMP {
+        // Echo requests to the gateway, and replies to its own pings, are the kernel's.
+        return Err(Counter::PassUnmatched);
+    }
+    let port = u16::from_be_bytes(key.dst_port);
+    if port < config.port_min || port > config.port_max || packet.local_socket_exists(&key) {
+        return Err(Counter::PassUnmatched);
+    }
+    if config.endpoint_independent_filtering == 0 {
+        return Err(Counter::DropUnsolicited);
+    }
+    let public = Endpoint::new(key.dst, key.dst_port, key.proto);
+    // SAFETY: map values are plain data and only read here.
+    let Some(private) = (unsafe { MASQ_BY_PUBLIC.get(public) }) else {
+        return Err(Counter::DropUnsolicited);
+    };
+    let private = *private;
+    let outbound = FlowKey {
+        src: private.addr,
+        dst: key.src,
+        src_port: private.port,
+        dst_port: key.src_port,
+        proto: key.proto,
+        _pad: [0; 3],
+    };
+    install(outbound, public, now, state_bits(headers))?;
+    rewrite(packet, headers, REWRITE_DESTINATION, private.addr, private.port)?;
+    Ok(Counter::SessionCreated)
 }

@@ -6,10 +6,12 @@
 //! pseudo-header summed) or complete; only the kernel's csum helpers handle all those states.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    EbpfContext,
+    bindings::{BPF_F_CURRENT_NETNS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, bpf_sock_tuple},
+    helpers::{bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp},
     programs::{TcContext, XdpContext},
 };
-use gateway_common::checksum;
+use gateway_common::{FlowKey, IPPROTO_TCP, IPPROTO_UDP, checksum};
 
 /// Where the transport checksum is, and which rules it follows.
 #[derive(Clone, Copy)]
@@ -18,13 +20,15 @@ pub enum L4Check {
     Tcp(usize),
     /// UDP checksum field at this frame offset; zero means "none" and stays zero.
     Udp(usize),
+    /// ICMP checksum field at this frame offset: no pseudo-header, so addresses are not in it.
+    Icmp(usize),
 }
 
 impl L4Check {
     #[inline(always)]
     pub fn offset(self) -> usize {
         match self {
-            L4Check::Tcp(off) | L4Check::Udp(off) => off,
+            L4Check::Tcp(off) | L4Check::Udp(off) | L4Check::Icmp(off) => off,
         }
     }
 }
@@ -50,6 +54,10 @@ pub trait Packet {
         old: [u8; 4],
         new: [u8; 4],
     ) -> Result<(), RewriteFailed>;
+
+    /// Whether a socket of the gateway's own stack owns the connection `key` belongs to
+    /// (`key` as the packet arrives: source = remote, destination = local).
+    fn local_socket_exists(&self, key: &FlowKey) -> bool;
 
     /// Replaces the transport port at `port_off`, fixing the transport checksum.
     fn rewrite_port(
@@ -90,6 +98,11 @@ impl Packet for XdpContext {
     }
 
     #[inline(always)]
+    fn local_socket_exists(&self, key: &FlowKey) -> bool {
+        socket_lookup(self.as_ptr(), key)
+    }
+
+    #[inline(always)]
     fn rewrite_addr(
         &mut self,
         addr_off: usize,
@@ -111,6 +124,7 @@ impl Packet for XdpContext {
             let check = match l4 {
                 L4Check::Tcp(_) => checksum::replace_u32(check, old, new),
                 L4Check::Udp(_) => checksum::udp_replace_u32(check, old, new),
+                L4Check::Icmp(_) => check,
             };
             *l4_check = check.to_be_bytes();
         }
@@ -133,7 +147,7 @@ impl Packet for XdpContext {
             *port = new.to_be_bytes();
             let check = u16::from_be_bytes(*l4_check);
             let check = match l4 {
-                L4Check::Tcp(_) => checksum::replace_u16(check, old, new),
+                L4Check::Tcp(_) | L4Check::Icmp(_) => checksum::replace_u16(check, old, new),
                 L4Check::Udp(_) => checksum::udp_replace_u16(check, old, new),
             };
             *l4_check = check.to_be_bytes();
@@ -160,6 +174,11 @@ impl Packet for TcContext {
         }
         // Headers of a non-linear skb may sit in its fragments: pull them into the head.
         self.pull_data(len as u32).is_ok() && self.data() + len <= self.data_end()
+    }
+
+    #[inline(always)]
+    fn local_socket_exists(&self, key: &FlowKey) -> bool {
+        socket_lookup(self.as_ptr(), key)
     }
 
     #[inline(always)]
@@ -202,8 +221,36 @@ impl Packet for TcContext {
 #[inline(always)]
 fn l4_helper_args(l4: L4Check) -> (usize, u64) {
     match l4 {
-        L4Check::Tcp(off) => (off, 0),
+        L4Check::Tcp(off) | L4Check::Icmp(off) => (off, 0),
         // Leave a zero UDP checksum alone, and never produce one.
         L4Check::Udp(off) => (off, BPF_F_MARK_MANGLED_0 as u64),
     }
+}
+
+/// `bpf_skc_lookup_tcp` / `bpf_sk_lookup_udp` in the current network namespace; the
+/// reference the helper takes is released before returning, as the verifier requires.
+#[inline(always)]
+fn socket_lookup(ctx: *mut core::ffi::c_void, key: &FlowKey) -> bool {
+    // SAFETY: all-zero is a valid bpf_sock_tuple; the IPv4 member is filled below.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    tuple.__bindgen_anon_1.ipv4.saddr = u32::from_ne_bytes(key.src);
+    tuple.__bindgen_anon_1.ipv4.daddr = u32::from_ne_bytes(key.dst);
+    tuple.__bindgen_anon_1.ipv4.sport = u16::from_ne_bytes(key.src_port);
+    tuple.__bindgen_anon_1.ipv4.dport = u16::from_ne_bytes(key.dst_port);
+    let size = core::mem::size_of::<[u32; 3]>() as u32; // sizeof(tuple.ipv4)
+    let netns = BPF_F_CURRENT_NETNS as u64;
+    // SAFETY: ctx is the program's context; tuple lives on this stack frame.
+    let socket = unsafe {
+        match key.proto {
+            IPPROTO_TCP => bpf_skc_lookup_tcp(ctx, &mut tuple, size, netns, 0),
+            IPPROTO_UDP => bpf_sk_lookup_udp(ctx, &mut tuple, size, netns, 0),
+            _ => return false,
+        }
+    };
+    if socket.is_null() {
+        return false;
+    }
+    // SAFETY: a non-null socket returned by a lookup helper must be released exactly once.
+    unsafe { bpf_sk_release(socket.cast()) };
+    true
 }

@@ -84,6 +84,81 @@ pub struct Config {
     pub interfaces: Interfaces,
     pub dataplane: Dataplane,
     pub publish: Vec<Publish>,
+    pub masquerade: Option<Masquerade>,
+    pub timeouts: Timeouts,
+    /// Capacity of the session table (entries; two per connection).
+    pub max_sessions: u32,
+}
+
+/// Source NAT of inside networks behind public addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Masquerade {
+    pub networks: Vec<Ipv4Net>,
+    pub addresses: Vec<std::net::Ipv4Addr>,
+    pub ports: std::ops::RangeInclusive<u16>,
+    pub filtering: Filtering,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Filtering {
+    /// Only hosts the inside endpoint has sent to may answer (RFC 4787 "address-dependent").
+    #[default]
+    AddressDependent,
+    /// Any outside host may reach a mapped endpoint.
+    EndpointIndependent,
+}
+
+/// An IPv4 prefix such as 10.0.0.0/24.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Net {
+    pub addr: std::net::Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Ipv4Net {
+    pub fn mask(&self) -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::from(u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0))
+    }
+}
+
+impl std::str::FromStr for Ipv4Net {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (addr, prefix) = text.split_once('/').ok_or("expected address/prefix, such as \"10.0.0.0/24\"")?;
+        let addr: std::net::Ipv4Addr = addr.parse().map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
+        let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 32).ok_or(format!("prefix {prefix:?} is not 0 to 32"))?;
+        let net = Ipv4Net { addr, prefix };
+        if u32::from(addr) & !u32::from(net.mask()) != 0 {
+            return Err(format!("{text} has host bits set (did you mean {}/{prefix}?)", std::net::Ipv4Addr::from(u32::from(addr) & u32::from(net.mask()))));
+        }
+        Ok(net)
+    }
+}
+
+impl fmt::Display for Ipv4Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Idle timeouts in seconds. Defaults are the RFC minimums: established TCP 2 h 4 min and
+/// transitory TCP 4 min (RFC 5382 REQ-5), UDP 5 min (RFC 4787 REQ-5 recommends; at least
+/// 2 min), ICMP 60 s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    pub tcp_established: u64,
+    pub tcp_transitory: u64,
+    pub udp: u64,
+    pub icmp: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts { tcp_established: 7440, tcp_transitory: 240, udp: 300, icmp: 60 }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +191,43 @@ struct RawConfig {
     dataplane: RawDataplane,
     #[serde(default)]
     publish: Vec<RawPublish>,
+    masquerade: Option<RawMasquerade>,
+    #[serde(default)]
+    timeouts: Timeouts,
+    #[serde(default)]
+    sessions: RawSessions,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMasquerade {
+    networks: Vec<String>,
+    addresses: Vec<String>,
+    #[serde(default = "default_ports")]
+    ports: String,
+    #[serde(default)]
+    filtering: Filtering,
+}
+
+fn default_ports() -> String {
+    "1024-65535".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSessions {
+    #[serde(default = "default_max_sessions")]
+    max: u32,
+}
+
+impl Default for RawSessions {
+    fn default() -> Self {
+        RawSessions { max: default_max_sessions() }
+    }
+}
+
+fn default_max_sessions() -> u32 {
+    gateway_common::DEFAULT_MAX_SESSIONS
 }
 
 #[derive(Deserialize)]
@@ -237,7 +349,26 @@ impl Config {
             )));
         }
 
+        let masquerade = raw.masquerade.as_ref().map(|raw| parse_masquerade(raw)).transpose().map_err(invalid)?;
+        let timeouts = raw.timeouts;
+        for (name, value) in [
+            ("tcp_established", timeouts.tcp_established),
+            ("tcp_transitory", timeouts.tcp_transitory),
+            ("udp", timeouts.udp),
+            ("icmp", timeouts.icmp),
+        ] {
+            if value == 0 {
+                return Err(invalid(format!("timeouts.{name} must be at least 1 second")));
+            }
+        }
+        if raw.sessions.max < 1024 {
+            return Err(invalid(format!("sessions.max = {} is below the minimum of 1024", raw.sessions.max)));
+        }
+
         Ok(Config {
+            masquerade,
+            timeouts,
+            max_sessions: raw.sessions.max,
             interfaces: Interfaces {
                 inside: raw.interfaces.inside,
                 outside: raw.interfaces.outside,
@@ -249,6 +380,33 @@ impl Config {
             publish,
         })
     }
+}
+
+fn parse_masquerade(raw: &RawMasquerade) -> Result<Masquerade, String> {
+    use gateway_common::{MAX_MASQ_ADDRESSES, MAX_MASQ_NETWORKS};
+    if raw.networks.is_empty() || raw.networks.len() > MAX_MASQ_NETWORKS {
+        return Err(format!("masquerade.networks needs 1 to {MAX_MASQ_NETWORKS} prefixes"));
+    }
+    if raw.addresses.is_empty() || raw.addresses.len() > MAX_MASQ_ADDRESSES {
+        return Err(format!("masquerade.addresses needs 1 to {MAX_MASQ_ADDRESSES} addresses"));
+    }
+    let networks = raw
+        .networks
+        .iter()
+        .map(|text| text.parse::<Ipv4Net>().map_err(|why| format!("masquerade.networks: {text:?}: {why}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let addresses = raw
+        .addresses
+        .iter()
+        .map(|text| text.parse::<std::net::Ipv4Addr>().map_err(|_| format!("masquerade.addresses: {text:?} is not an IPv4 address")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (low, high) = raw
+        .ports
+        .split_once('-')
+        .and_then(|(low, high)| Some((low.trim().parse::<u16>().ok()?, high.trim().parse::<u16>().ok()?)))
+        .filter(|(low, high)| *low >= 1 && low <= high)
+        .ok_or(format!("masquerade.ports = {:?}: expected a range such as \"1024-65535\"", raw.ports))?;
+    Ok(Masquerade { networks, addresses, ports: low..=high, filtering: raw.filtering })
 }
 
 fn parse_endpoint(text: &str) -> Result<SocketAddrV4, &'static str> {
@@ -356,6 +514,27 @@ mod tests {
     fn missing_interface_is_named() {
         let message = error(&GOOD.replace("outside = \"veth-out\"\n", ""));
         assert!(message.contains("missing field `outside`"), "{message}");
+    }
+
+    #[test]
+    fn masquerade_and_timeouts() {
+        let text = format!(
+            "{GOOD}\n[masquerade]\nnetworks = [\"10.0.0.0/24\"]\naddresses = [\"203.0.113.1\"]\n\n[timeouts]\nudp = 120\n"
+        );
+        let config = parse(&text).unwrap();
+        let masquerade = config.masquerade.unwrap();
+        assert_eq!(masquerade.networks[0].to_string(), "10.0.0.0/24");
+        assert_eq!(masquerade.networks[0].mask(), std::net::Ipv4Addr::new(255, 255, 255, 0));
+        assert_eq!(masquerade.ports, 1024..=65535);
+        assert_eq!(masquerade.filtering, Filtering::AddressDependent);
+        assert_eq!(config.timeouts, Timeouts { udp: 120, ..Timeouts::default() });
+        assert_eq!(config.max_sessions, gateway_common::DEFAULT_MAX_SESSIONS);
+        assert!(error(&text.replace("10.0.0.0/24", "10.0.0.1/24")).contains("host bits set"));
+        assert!(error(&text.replace("10.0.0.0/24", "10.0.0.0/33")).contains("prefix"));
+        assert!(error(&text.replace("udp = 120", "udp = 0")).contains("timeouts.udp"));
+        let ports = text.replace("addresses = [\"203.0.113.1\"]", "addresses = [\"203.0.113.1\"]\nports = \"2000-1000\"");
+        assert!(error(&ports).contains("masquerade.ports"));
+        assert_eq!(Ipv4Net { addr: std::net::Ipv4Addr::UNSPECIFIED, prefix: 0 }.mask(), std::net::Ipv4Addr::UNSPECIFIED);
     }
 
     #[test]

@@ -4,17 +4,17 @@ use std::fmt;
 
 use aya::{
     Ebpf, EbpfLoader, VerifierLogLevel,
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::{
         ProgramError, SchedClassifier, TcAttachType, Xdp,
         tc::SchedClassifierLinkId,
         xdp::{XdpLinkId, XdpMode as AyaXdpMode},
     },
 };
-use gateway_common::{Counter, Endpoint, names};
+use gateway_common::{Counter, Endpoint, Ipv4Cidr, NatConfig, names};
 
 use crate::{
-    config::{Hook, Publish, XdpMode},
+    config::{Filtering, Hook, Masquerade, Publish, Timeouts, XdpMode},
     system,
 };
 
@@ -98,12 +98,13 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    /// Loads the embedded object and both programs. `verbose` keeps the verifier's log.
-    pub fn load(verbose: bool) -> Result<Dataplane, DataplaneError> {
-        Dataplane::load_object(crate::FASTPATH_OBJECT, verbose)
+    /// Loads the embedded object and both programs, with session tables of `max_sessions`
+    /// entries. `verbose` keeps the verifier's log.
+    pub fn load(verbose: bool, max_sessions: u32) -> Result<Dataplane, DataplaneError> {
+        Dataplane::load_object(crate::FASTPATH_OBJECT, verbose, max_sessions)
     }
 
-    pub fn load_object(object: &[u8], verbose: bool) -> Result<Dataplane, DataplaneError> {
+    pub fn load_object(object: &[u8], verbose: bool, max_sessions: u32) -> Result<Dataplane, DataplaneError> {
         let level = if verbose {
             VerifierLogLevel::VERBOSE | VerifierLogLevel::STATS
         } else {
@@ -111,6 +112,9 @@ impl Dataplane {
         };
         let ebpf = EbpfLoader::new()
             .verifier_log_level(level)
+            .map_max_entries(names::SESSIONS, max_sessions)
+            .map_max_entries(names::MASQ_BY_PRIVATE, max_sessions)
+            .map_max_entries(names::MASQ_BY_PUBLIC, max_sessions)
             .load(object)
             .map_err(DataplaneError::Object)?;
         let mut dataplane = Dataplane { ebpf };
@@ -155,6 +159,37 @@ impl Dataplane {
             }
         }
         Ok(())
+    }
+
+    /// Writes the masquerade rule and the timeouts (no masquerade: `None`, which also turns
+    /// off the session table).
+    pub fn configure_nat(&mut self, masquerade: Option<&Masquerade>, timeouts: &Timeouts) -> Result<(), DataplaneError> {
+        let seconds = |s: u64| s.saturating_mul(1_000_000_000);
+        let mut config = NatConfig {
+            tcp_established_timeout_ns: seconds(timeouts.tcp_established),
+            tcp_transitory_timeout_ns: seconds(timeouts.tcp_transitory),
+            udp_timeout_ns: seconds(timeouts.udp),
+            icmp_timeout_ns: seconds(timeouts.icmp),
+            ..NatConfig::default()
+        };
+        if let Some(masquerade) = masquerade {
+            for (slot, net) in config.networks.iter_mut().zip(&masquerade.networks) {
+                *slot = Ipv4Cidr { addr: net.addr.octets(), mask: net.mask().octets() };
+            }
+            for (slot, addr) in config.addresses.iter_mut().zip(&masquerade.addresses) {
+                *slot = addr.octets();
+            }
+            config.network_count = masquerade.networks.len().min(config.networks.len()) as u32;
+            config.address_count = masquerade.addresses.len().min(config.addresses.len()) as u32;
+            config.port_min = *masquerade.ports.start();
+            config.port_max = *masquerade.ports.end();
+            config.endpoint_independent_filtering = u32::from(masquerade.filtering == Filtering::EndpointIndependent);
+        }
+        let map_name = names::NAT_CONFIG;
+        let map = self.ebpf.map_mut(map_name).ok_or(DataplaneError::Missing { kind: "map", name: map_name })?;
+        let mut array: Array<_, NatConfig> =
+            Array::try_from(map).map_err(|source| DataplaneError::Map { map: map_name, source })?;
+        array.set(0, config, 0).map_err(|source| DataplaneError::Map { map: map_name, source })
     }
 
     /// Attaches the fast path to `interface` on the hook that `hook` and `xdp_mode` select.

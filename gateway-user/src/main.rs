@@ -115,7 +115,7 @@ fn run(
         }
     }
 
-    let mut dataplane = Dataplane::load(verbose).inspect_err(|err| {
+    let mut dataplane = Dataplane::load(verbose, config.max_sessions).inspect_err(|err| {
         if let DataplaneError::Verifier {
             log, verbose: true, ..
         } = err
@@ -124,6 +124,7 @@ fn run(
         }
     })?;
     dataplane.publish(&config.publish)?;
+    dataplane.configure_nat(config.masquerade.as_ref(), &config.timeouts)?;
 
     let mut attachments = Vec::new();
     for name in [&config.interfaces.inside, &config.interfaces.outside] {
@@ -145,6 +146,16 @@ fn run(
         sysctls.extend(system::relax_strict_rp_filter(name).context("cannot adjust rp_filter")?);
     }
 
+    if let Some(masquerade) = &config.masquerade {
+        let list = |items: Vec<String>| items.join(",");
+        tracing::info!(
+            networks = %list(masquerade.networks.iter().map(ToString::to_string).collect()),
+            addresses = %list(masquerade.addresses.iter().map(ToString::to_string).collect()),
+            ports = %format!("{}-{}", masquerade.ports.start(), masquerade.ports.end()),
+            filtering = ?masquerade.filtering,
+            "masquerade"
+        );
+    }
     for publish in &config.publish {
         tracing::info!(public = %publish.public, private = %publish.private, protocol = %publish.protocol, "published");
     }

@@ -7,6 +7,7 @@
 //! it made when dropped, also when a test panics.
 
 pub mod capture;
+pub mod frame;
 pub mod gateway;
 pub mod lab;
 pub mod netns;

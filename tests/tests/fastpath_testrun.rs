@@ -5,8 +5,12 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use aya::programs::{TestRun, TestRunOptions};
-use gateway_common::{Counter, IPPROTO_TCP, IPPROTO_UDP, checksum};
-use gateway_tests::{check_environment, packet::checksum_error};
+use gateway_common::Counter;
+use gateway_tests::{
+    check_environment,
+    frame::FrameSpec,
+    packet::checksum_error,
+};
 use gateway_user::{
     config::{Protocol, Publish},
     dataplane::Dataplane,
@@ -26,89 +30,13 @@ enum Hook {
     Tc,
 }
 
-/// An Ethernet + IPv4 (+ options) + TCP/UDP frame with correct checksums.
-#[derive(Clone)]
-struct FrameSpec {
-    src: SocketAddrV4,
-    dst: SocketAddrV4,
-    proto: u8,
-    ip_options: Vec<u8>,
-    /// IPv4 flags/fragment-offset field.
-    frags: u16,
-    /// For UDP: send a zero ("no checksum") checksum.
-    udp_no_checksum: bool,
-    payload: Vec<u8>,
-}
-
-impl FrameSpec {
-    fn tcp(src: SocketAddrV4, dst: SocketAddrV4) -> FrameSpec {
-        FrameSpec {
-            src,
-            dst,
-            proto: IPPROTO_TCP,
-            ip_options: Vec::new(),
-            frags: 0x4000, // DF
-            udp_no_checksum: false,
-            payload: b"USER anonymous\r\n".to_vec(),
-        }
-    }
-
-    fn udp(src: SocketAddrV4, dst: SocketAddrV4) -> FrameSpec {
-        FrameSpec {
-            proto: IPPROTO_UDP,
-            payload: b"\x12\x34 query".to_vec(),
-            ..FrameSpec::tcp(src, dst)
-        }
-    }
-
-    fn build(&self) -> Vec<u8> {
-        assert!(self.ip_options.len().is_multiple_of(4) && self.ip_options.len() <= 40);
-        let mut segment = Vec::new();
-        segment.extend_from_slice(&self.src.port().to_be_bytes());
-        segment.extend_from_slice(&self.dst.port().to_be_bytes());
-        let check_offset = if self.proto == IPPROTO_TCP {
-            segment.extend_from_slice(&0x1234_5678u32.to_be_bytes()); // seq
-            segment.extend_from_slice(&0x9abc_def0u32.to_be_bytes()); // ack
-            segment.extend_from_slice(&[0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0]); // PSH|ACK
-            16
-        } else {
-            segment.extend_from_slice(&((8 + self.payload.len()) as u16).to_be_bytes());
-            segment.extend_from_slice(&[0, 0]);
-            6
-        };
-        segment.extend_from_slice(&self.payload);
-        let (src, dst) = (self.src.ip().octets(), self.dst.ip().octets());
-        if !(self.proto == IPPROTO_UDP && self.udp_no_checksum) {
-            let check = checksum::ipv4_transport(src, dst, self.proto, &segment, check_offset);
-            segment[check_offset..check_offset + 2].copy_from_slice(&check.to_be_bytes());
-        }
-
-        let ihl = 20 + self.ip_options.len();
-        let mut ip = vec![0x40 | (ihl / 4) as u8, 0];
-        ip.extend_from_slice(&((ihl + segment.len()) as u16).to_be_bytes());
-        ip.extend_from_slice(&[0xbe, 0xef]);
-        ip.extend_from_slice(&self.frags.to_be_bytes());
-        ip.extend_from_slice(&[64, self.proto, 0, 0]);
-        ip.extend_from_slice(&src);
-        ip.extend_from_slice(&dst);
-        ip.extend_from_slice(&self.ip_options);
-        let check = checksum::ipv4_header(&ip);
-        ip[10..12].copy_from_slice(&check.to_be_bytes());
-
-        let mut frame = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02, 0x08, 0x00];
-        frame.extend_from_slice(&ip);
-        frame.extend_from_slice(&segment);
-        frame
-    }
-}
-
 fn endpoint(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(ip, port)
 }
 
 fn loaded_dataplane() -> Dataplane {
     check_environment().expect("environment");
-    let mut dataplane = Dataplane::load(false).expect("load the fast path");
+    let mut dataplane = Dataplane::load(false, 4096).expect("load the fast path");
     dataplane
         .publish(&[
             Publish {

@@ -1,0 +1,107 @@
+//! Crafted Ethernet/IPv4 frames with correct checksums, for feeding BPF programs directly.
+
+use std::net::SocketAddrV4;
+
+use gateway_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, checksum};
+
+/// An Ethernet + IPv4 (+ options) + TCP/UDP frame with correct checksums.
+#[derive(Clone, Debug)]
+pub struct FrameSpec {
+    pub src: SocketAddrV4,
+    pub dst: SocketAddrV4,
+    pub proto: u8,
+    pub ip_options: Vec<u8>,
+    /// IPv4 flags/fragment-offset field.
+    pub frags: u16,
+    /// For UDP: send a zero ("no checksum") checksum.
+    pub udp_no_checksum: bool,
+    pub payload: Vec<u8>,
+    /// For ICMP: 8 (echo request, identifier = `src`'s port) or 0 (echo reply, identifier =
+    /// `dst`'s port).
+    pub icmp_type: u8,
+}
+
+impl FrameSpec {
+    pub fn tcp(src: SocketAddrV4, dst: SocketAddrV4) -> FrameSpec {
+        FrameSpec {
+            src,
+            dst,
+            proto: IPPROTO_TCP,
+            ip_options: Vec::new(),
+            frags: 0x4000, // DF
+            udp_no_checksum: false,
+            payload: b"USER anonymous\r\n".to_vec(),
+            icmp_type: 0,
+        }
+    }
+
+    pub fn udp(src: SocketAddrV4, dst: SocketAddrV4) -> FrameSpec {
+        FrameSpec {
+            proto: IPPROTO_UDP,
+            payload: b"\x12\x34 query".to_vec(),
+            ..FrameSpec::tcp(src, dst)
+        }
+    }
+
+    /// An ICMP echo request (identifier = `src`'s port) or reply (identifier = `dst`'s port);
+    /// the other endpoint's port must be 0.
+    pub fn icmp_echo(src: SocketAddrV4, dst: SocketAddrV4, request: bool) -> FrameSpec {
+        FrameSpec {
+            proto: IPPROTO_ICMP,
+            icmp_type: if request { 8 } else { 0 },
+            payload: b"ping".to_vec(),
+            ..FrameSpec::tcp(src, dst)
+        }
+    }
+
+    pub fn build(&self) -> Vec<u8> {
+        assert!(self.ip_options.len().is_multiple_of(4) && self.ip_options.len() <= 40);
+        let mut segment = Vec::new();
+        segment.extend_from_slice(&self.src.port().to_be_bytes());
+        segment.extend_from_slice(&self.dst.port().to_be_bytes());
+        let check_offset = if self.proto == IPPROTO_ICMP {
+            // Echo: type, code, checksum, then the identifier in the source port's place.
+            segment.clear();
+            segment.extend_from_slice(&[self.icmp_type, 0, 0, 0]);
+            segment.extend_from_slice(&self.src.port().max(self.dst.port()).to_be_bytes());
+            segment.extend_from_slice(&[0, 1]);
+            2
+        } else if self.proto == IPPROTO_TCP {
+            segment.extend_from_slice(&0x1234_5678u32.to_be_bytes()); // seq
+            segment.extend_from_slice(&0x9abc_def0u32.to_be_bytes()); // ack
+            segment.extend_from_slice(&[0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0]); // PSH|ACK
+            16
+        } else {
+            segment.extend_from_slice(&((8 + self.payload.len()) as u16).to_be_bytes());
+            segment.extend_from_slice(&[0, 0]);
+            6
+        };
+        segment.extend_from_slice(&self.payload);
+        let (src, dst) = (self.src.ip().octets(), self.dst.ip().octets());
+        if self.proto == IPPROTO_ICMP {
+            let check = !checksum::fold(checksum::sum_bytes(&segment));
+            segment[2..4].copy_from_slice(&check.to_be_bytes());
+        } else if !(self.proto == IPPROTO_UDP && self.udp_no_checksum) {
+            let check = checksum::ipv4_transport(src, dst, self.proto, &segment, check_offset);
+            segment[check_offset..check_offset + 2].copy_from_slice(&check.to_be_bytes());
+        }
+
+        let ihl = 20 + self.ip_options.len();
+        let mut ip = vec![0x40 | (ihl / 4) as u8, 0];
+        ip.extend_from_slice(&((ihl + segment.len()) as u16).to_be_bytes());
+        ip.extend_from_slice(&[0xbe, 0xef]);
+        ip.extend_from_slice(&self.frags.to_be_bytes());
+        ip.extend_from_slice(&[64, self.proto, 0, 0]);
+        ip.extend_from_slice(&src);
+        ip.extend_from_slice(&dst);
+        ip.extend_from_slice(&self.ip_options);
+        let check = checksum::ipv4_header(&ip);
+        ip[10..12].copy_from_slice(&check.to_be_bytes());
+
+        let mut frame = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02, 0x08, 0x00];
+        frame.extend_from_slice(&ip);
+        frame.extend_from_slice(&segment);
+        frame
+    }
+}
+
