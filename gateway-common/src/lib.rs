@@ -281,11 +281,24 @@ mod tests {
     fn shared_layouts_have_no_hidden_padding() {
         assert_eq!(core::mem::size_of::<FlowKey>(), 16);
         assert_eq!(core::mem::size_of::<Session>(), 32);
-        assert_eq!(core::mem::offset_of!(NatConfig, tcp_established_timeout_ns) % 8, 0);
-        let key = FlowKey { src: [1, 2, 3, 4], dst: [5, 6, 7, 8], src_port: [0, 9], dst_port: [0, 10], proto: 6, _pad: [0; 3] };
+        assert_eq!(
+            core::mem::offset_of!(NatConfig, tcp_established_timeout_ns) % 8,
+            0
+        );
+        let key = FlowKey {
+            src: [1, 2, 3, 4],
+            dst: [5, 6, 7, 8],
+            src_port: [0, 9],
+            dst_port: [0, 10],
+            proto: 6,
+            _pad: [0; 3],
+        };
         assert_eq!(key.reversed().reversed(), key);
         assert_eq!(key.reversed().src, [5, 6, 7, 8]);
-        let net = Ipv4Cidr { addr: [10, 0, 0, 0], mask: [255, 255, 255, 0] };
+        let net = Ipv4Cidr {
+            addr: [10, 0, 0, 0],
+            mask: [255, 255, 255, 0],
+        };
         assert!(net.contains([10, 0, 0, 77]) && !net.contains([10, 0, 1, 1]));
     }
 

@@ -11,13 +11,11 @@ use gateway_common::{
 
 /// Published servers, keyed by public endpoint: where to send traffic addressed to it.
 #[map(name = "PUBLISH_DNAT")]
-pub static PUBLISH_DNAT: HashMap<Endpoint, Endpoint> =
-    HashMap::with_max_entries(MAX_PUBLISHED, 0);
+pub static PUBLISH_DNAT: HashMap<Endpoint, Endpoint> = HashMap::with_max_entries(MAX_PUBLISHED, 0);
 
 /// The same servers keyed by private endpoint: which public endpoint their replies come from.
 #[map(name = "PUBLISH_SNAT")]
-pub static PUBLISH_SNAT: HashMap<Endpoint, Endpoint> =
-    HashMap::with_max_entries(MAX_PUBLISHED, 0);
+pub static PUBLISH_SNAT: HashMap<Endpoint, Endpoint> = HashMap::with_max_entries(MAX_PUBLISHED, 0);
 
 /// Masqueraded connections, one entry per direction, keyed as packets arrive. LRU: under
 /// pressure the least recently used connection goes, not new ones.

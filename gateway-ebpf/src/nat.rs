@@ -107,7 +107,13 @@ fn try_translate<P: Packet>(packet: &mut P) -> Result<Counter, Counter> {
     // SAFETY: map values are plain data and only read here.
     if let Some(private) = unsafe { PUBLISH_DNAT.get(endpoint) } {
         let private = *private;
-        rewrite(packet, &headers, REWRITE_DESTINATION, private.addr, private.port)?;
+        rewrite(
+            packet,
+            &headers,
+            REWRITE_DESTINATION,
+            private.addr,
+            private.port,
+        )?;
         return Ok(Counter::DnatPublished);
     }
     let endpoint = Endpoint::new(key.src, key.src_port, key.proto);
@@ -118,7 +124,9 @@ fn try_translate<P: Packet>(packet: &mut P) -> Result<Counter, Counter> {
         return Ok(Counter::SnatPublished);
     }
 
-    let Some(config) = NAT_CONFIG.get(0) else { return Err(Counter::PassUnmatched) };
+    let Some(config) = NAT_CONFIG.get(0) else {
+        return Err(Counter::PassUnmatched);
+    };
     if config.address_count == 0 {
         return Err(Counter::PassUnmatched);
     }
@@ -166,7 +174,14 @@ fn parse<P: Packet>(packet: &mut P) -> Result<Headers, Counter> {
     let ip: *const Ipv4Hdr = ptr_at(packet, ETH_LEN).ok_or(Counter::PassMalformed)?;
     // SAFETY: bounds-checked by ptr_at; the values are copied out before any rewrite.
     let (vihl, frags, proto, src, dst, tot_len) = unsafe {
-        ((*ip).vihl, (*ip).frags, (*ip).proto, (*ip).src_addr, (*ip).dst_addr, (*ip).tot_len)
+        (
+            (*ip).vihl,
+            (*ip).frags,
+            (*ip).proto,
+            (*ip).src_addr,
+            (*ip).dst_addr,
+            (*ip).tot_len,
+        )
     };
     // IHL counts 32-bit words; options make it up to 60 bytes.
     let ip_len = ((vihl & 0x0f) as usize) * 4;
@@ -209,7 +224,14 @@ fn parse<P: Packet>(packet: &mut P) -> Result<Headers, Counter> {
     Ok(Headers {
         l4,
         check,
-        key: FlowKey { src, dst, src_port, dst_port, proto, _pad: [0; 3] },
+        key: FlowKey {
+            src,
+            dst,
+            src_port,
+            dst_port,
+            proto,
+            _pad: [0; 3],
+        },
         tcp_flags,
         ip_len: u16::from_be_bytes(tot_len),
     })
@@ -324,7 +346,9 @@ fn mapping(config: &NatConfig, private: Endpoint) -> Result<Endpoint, Counter> {
         }
     }
     let index = (u32::from_ne_bytes(private.addr) % config.address_count.max(1)) as usize;
-    let Some(&addr) = config.addresses.get(index) else { return Err(Counter::PassUnmatched) };
+    let Some(&addr) = config.addresses.get(index) else {
+        return Err(Counter::PassUnmatched);
+    };
     let (min, max) = (config.port_min as u32, config.port_max as u32);
     let span = max.saturating_sub(min) + 1;
     let original = u16::from_be_bytes(private.port) as u32;
@@ -372,8 +396,12 @@ fn install(outbound: FlowKey, public: Endpoint, now: u64, state: u8) -> Result<(
         rewrite: REWRITE_DESTINATION,
         ..forward
     };
-    SESSIONS.insert(outbound, forward, BPF_ANY).map_err(|_| Counter::DropSessionTableFull)?;
-    SESSIONS.insert(reply, backward, BPF_ANY).map_err(|_| Counter::DropSessionTableFull)
+    SESSIONS
+        .insert(outbound, forward, BPF_ANY)
+        .map_err(|_| Counter::DropSessionTableFull)?;
+    SESSIONS
+        .insert(reply, backward, BPF_ANY)
+        .map_err(|_| Counter::DropSessionTableFull)
 }
 
 /// A new connection from an inside network to the outside.
@@ -392,7 +420,9 @@ fn masquerade_new<P: Packet>(
     let private = Endpoint::new(key.src, key.src_port, key.proto);
     let public = mapping(config, private)?;
     install(key, public, now, state_bits(headers))?;
-    let session = SESSIONS.get_ptr_mut(key).ok_or(Counter::DropSessionTableFull)?;
+    let session = SESSIONS
+        .get_ptr_mut(key)
+        .ok_or(Counter::DropSessionTableFull)?;
     // SAFETY: the entry just inserted.
     unsafe {
         (*session).packets = 1;
@@ -440,6 +470,12 @@ fn admit_inbound<P: Packet>(
         _pad: [0; 3],
     };
     install(outbound, public, now, state_bits(headers))?;
-    rewrite(packet, headers, REWRITE_DESTINATION, private.addr, private.port)?;
+    rewrite(
+        packet,
+        headers,
+        REWRITE_DESTINATION,
+        private.addr,
+        private.port,
+    )?;
     Ok(Counter::SessionCreated)
 }

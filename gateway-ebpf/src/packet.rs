@@ -197,6 +197,10 @@ impl Packet for TcContext {
         self.store(addr_off, &new, 0).map_err(|_| RewriteFailed)?;
         self.l3_csum_replace(ip_check_off, from, to, 4)
             .map_err(|_| RewriteFailed)?;
+        if let L4Check::Icmp(_) = l4 {
+            // ICMP's checksum has no pseudo-header: an address change leaves it alone.
+            return Ok(());
+        }
         self.l4_csum_replace(l4_off, from, to, l4_flags | BPF_F_PSEUDO_HDR as u64 | 4)
             .map_err(|_| RewriteFailed)
     }

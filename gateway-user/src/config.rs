@@ -126,12 +126,23 @@ impl std::str::FromStr for Ipv4Net {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let (addr, prefix) = text.split_once('/').ok_or("expected address/prefix, such as \"10.0.0.0/24\"")?;
-        let addr: std::net::Ipv4Addr = addr.parse().map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
-        let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 32).ok_or(format!("prefix {prefix:?} is not 0 to 32"))?;
+        let (addr, prefix) = text
+            .split_once('/')
+            .ok_or("expected address/prefix, such as \"10.0.0.0/24\"")?;
+        let addr: std::net::Ipv4Addr = addr
+            .parse()
+            .map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| *p <= 32)
+            .ok_or(format!("prefix {prefix:?} is not 0 to 32"))?;
         let net = Ipv4Net { addr, prefix };
         if u32::from(addr) & !u32::from(net.mask()) != 0 {
-            return Err(format!("{text} has host bits set (did you mean {}/{prefix}?)", std::net::Ipv4Addr::from(u32::from(addr) & u32::from(net.mask()))));
+            return Err(format!(
+                "{text} has host bits set (did you mean {}/{prefix}?)",
+                std::net::Ipv4Addr::from(u32::from(addr) & u32::from(net.mask()))
+            ));
         }
         Ok(net)
     }
@@ -157,7 +168,12 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts { tcp_established: 7440, tcp_transitory: 240, udp: 300, icmp: 60 }
+        Timeouts {
+            tcp_established: 7440,
+            tcp_transitory: 240,
+            udp: 300,
+            icmp: 60,
+        }
     }
 }
 
@@ -222,7 +238,9 @@ struct RawSessions {
 
 impl Default for RawSessions {
     fn default() -> Self {
-        RawSessions { max: default_max_sessions() }
+        RawSessions {
+            max: default_max_sessions(),
+        }
     }
 }
 
@@ -349,7 +367,12 @@ impl Config {
             )));
         }
 
-        let masquerade = raw.masquerade.as_ref().map(|raw| parse_masquerade(raw)).transpose().map_err(invalid)?;
+        let masquerade = raw
+            .masquerade
+            .as_ref()
+            .map(|raw| parse_masquerade(raw))
+            .transpose()
+            .map_err(invalid)?;
         let timeouts = raw.timeouts;
         for (name, value) in [
             ("tcp_established", timeouts.tcp_established),
@@ -358,11 +381,16 @@ impl Config {
             ("icmp", timeouts.icmp),
         ] {
             if value == 0 {
-                return Err(invalid(format!("timeouts.{name} must be at least 1 second")));
+                return Err(invalid(format!(
+                    "timeouts.{name} must be at least 1 second"
+                )));
             }
         }
         if raw.sessions.max < 1024 {
-            return Err(invalid(format!("sessions.max = {} is below the minimum of 1024", raw.sessions.max)));
+            return Err(invalid(format!(
+                "sessions.max = {} is below the minimum of 1024",
+                raw.sessions.max
+            )));
         }
 
         Ok(Config {
@@ -385,28 +413,51 @@ impl Config {
 fn parse_masquerade(raw: &RawMasquerade) -> Result<Masquerade, String> {
     use gateway_common::{MAX_MASQ_ADDRESSES, MAX_MASQ_NETWORKS};
     if raw.networks.is_empty() || raw.networks.len() > MAX_MASQ_NETWORKS {
-        return Err(format!("masquerade.networks needs 1 to {MAX_MASQ_NETWORKS} prefixes"));
+        return Err(format!(
+            "masquerade.networks needs 1 to {MAX_MASQ_NETWORKS} prefixes"
+        ));
     }
     if raw.addresses.is_empty() || raw.addresses.len() > MAX_MASQ_ADDRESSES {
-        return Err(format!("masquerade.addresses needs 1 to {MAX_MASQ_ADDRESSES} addresses"));
+        return Err(format!(
+            "masquerade.addresses needs 1 to {MAX_MASQ_ADDRESSES} addresses"
+        ));
     }
     let networks = raw
         .networks
         .iter()
-        .map(|text| text.parse::<Ipv4Net>().map_err(|why| format!("masquerade.networks: {text:?}: {why}")))
+        .map(|text| {
+            text.parse::<Ipv4Net>()
+                .map_err(|why| format!("masquerade.networks: {text:?}: {why}"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let addresses = raw
         .addresses
         .iter()
-        .map(|text| text.parse::<std::net::Ipv4Addr>().map_err(|_| format!("masquerade.addresses: {text:?} is not an IPv4 address")))
+        .map(|text| {
+            text.parse::<std::net::Ipv4Addr>()
+                .map_err(|_| format!("masquerade.addresses: {text:?} is not an IPv4 address"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let (low, high) = raw
         .ports
         .split_once('-')
-        .and_then(|(low, high)| Some((low.trim().parse::<u16>().ok()?, high.trim().parse::<u16>().ok()?)))
+        .and_then(|(low, high)| {
+            Some((
+                low.trim().parse::<u16>().ok()?,
+                high.trim().parse::<u16>().ok()?,
+            ))
+        })
         .filter(|(low, high)| *low >= 1 && low <= high)
-        .ok_or(format!("masquerade.ports = {:?}: expected a range such as \"1024-65535\"", raw.ports))?;
-    Ok(Masquerade { networks, addresses, ports: low..=high, filtering: raw.filtering })
+        .ok_or(format!(
+            "masquerade.ports = {:?}: expected a range such as \"1024-65535\"",
+            raw.ports
+        ))?;
+    Ok(Masquerade {
+        networks,
+        addresses,
+        ports: low..=high,
+        filtering: raw.filtering,
+    })
 }
 
 fn parse_endpoint(text: &str) -> Result<SocketAddrV4, &'static str> {
@@ -524,17 +575,36 @@ mod tests {
         let config = parse(&text).unwrap();
         let masquerade = config.masquerade.unwrap();
         assert_eq!(masquerade.networks[0].to_string(), "10.0.0.0/24");
-        assert_eq!(masquerade.networks[0].mask(), std::net::Ipv4Addr::new(255, 255, 255, 0));
+        assert_eq!(
+            masquerade.networks[0].mask(),
+            std::net::Ipv4Addr::new(255, 255, 255, 0)
+        );
         assert_eq!(masquerade.ports, 1024..=65535);
         assert_eq!(masquerade.filtering, Filtering::AddressDependent);
-        assert_eq!(config.timeouts, Timeouts { udp: 120, ..Timeouts::default() });
+        assert_eq!(
+            config.timeouts,
+            Timeouts {
+                udp: 120,
+                ..Timeouts::default()
+            }
+        );
         assert_eq!(config.max_sessions, gateway_common::DEFAULT_MAX_SESSIONS);
         assert!(error(&text.replace("10.0.0.0/24", "10.0.0.1/24")).contains("host bits set"));
         assert!(error(&text.replace("10.0.0.0/24", "10.0.0.0/33")).contains("prefix"));
         assert!(error(&text.replace("udp = 120", "udp = 0")).contains("timeouts.udp"));
-        let ports = text.replace("addresses = [\"203.0.113.1\"]", "addresses = [\"203.0.113.1\"]\nports = \"2000-1000\"");
+        let ports = text.replace(
+            "addresses = [\"203.0.113.1\"]",
+            "addresses = [\"203.0.113.1\"]\nports = \"2000-1000\"",
+        );
         assert!(error(&ports).contains("masquerade.ports"));
-        assert_eq!(Ipv4Net { addr: std::net::Ipv4Addr::UNSPECIFIED, prefix: 0 }.mask(), std::net::Ipv4Addr::UNSPECIFIED);
+        assert_eq!(
+            Ipv4Net {
+                addr: std::net::Ipv4Addr::UNSPECIFIED,
+                prefix: 0
+            }
+            .mask(),
+            std::net::Ipv4Addr::UNSPECIFIED
+        );
     }
 
     #[test]

@@ -104,7 +104,11 @@ impl Dataplane {
         Dataplane::load_object(crate::FASTPATH_OBJECT, verbose, max_sessions)
     }
 
-    pub fn load_object(object: &[u8], verbose: bool, max_sessions: u32) -> Result<Dataplane, DataplaneError> {
+    pub fn load_object(
+        object: &[u8],
+        verbose: bool,
+        max_sessions: u32,
+    ) -> Result<Dataplane, DataplaneError> {
         let level = if verbose {
             VerifierLogLevel::VERBOSE | VerifierLogLevel::STATS
         } else {
@@ -163,7 +167,11 @@ impl Dataplane {
 
     /// Writes the masquerade rule and the timeouts (no masquerade: `None`, which also turns
     /// off the session table).
-    pub fn configure_nat(&mut self, masquerade: Option<&Masquerade>, timeouts: &Timeouts) -> Result<(), DataplaneError> {
+    pub fn configure_nat(
+        &mut self,
+        masquerade: Option<&Masquerade>,
+        timeouts: &Timeouts,
+    ) -> Result<(), DataplaneError> {
         let seconds = |s: u64| s.saturating_mul(1_000_000_000);
         let mut config = NatConfig {
             tcp_established_timeout_ns: seconds(timeouts.tcp_established),
@@ -174,7 +182,10 @@ impl Dataplane {
         };
         if let Some(masquerade) = masquerade {
             for (slot, net) in config.networks.iter_mut().zip(&masquerade.networks) {
-                *slot = Ipv4Cidr { addr: net.addr.octets(), mask: net.mask().octets() };
+                *slot = Ipv4Cidr {
+                    addr: net.addr.octets(),
+                    mask: net.mask().octets(),
+                };
             }
             for (slot, addr) in config.addresses.iter_mut().zip(&masquerade.addresses) {
                 *slot = addr.octets();
@@ -183,13 +194,25 @@ impl Dataplane {
             config.address_count = masquerade.addresses.len().min(config.addresses.len()) as u32;
             config.port_min = *masquerade.ports.start();
             config.port_max = *masquerade.ports.end();
-            config.endpoint_independent_filtering = u32::from(masquerade.filtering == Filtering::EndpointIndependent);
+            config.endpoint_independent_filtering =
+                u32::from(masquerade.filtering == Filtering::EndpointIndependent);
         }
         let map_name = names::NAT_CONFIG;
-        let map = self.ebpf.map_mut(map_name).ok_or(DataplaneError::Missing { kind: "map", name: map_name })?;
+        let map = self.ebpf.map_mut(map_name).ok_or(DataplaneError::Missing {
+            kind: "map",
+            name: map_name,
+        })?;
         let mut array: Array<_, NatConfig> =
-            Array::try_from(map).map_err(|source| DataplaneError::Map { map: map_name, source })?;
-        array.set(0, config, 0).map_err(|source| DataplaneError::Map { map: map_name, source })
+            Array::try_from(map).map_err(|source| DataplaneError::Map {
+                map: map_name,
+                source,
+            })?;
+        array
+            .set(0, config, 0)
+            .map_err(|source| DataplaneError::Map {
+                map: map_name,
+                source,
+            })
     }
 
     /// Attaches the fast path to `interface` on the hook that `hook` and `xdp_mode` select.

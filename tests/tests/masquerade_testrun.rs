@@ -1,0 +1,321 @@
+//! Masquerade and the session table, driven through both entry points with
+//! BPF_PROG_TEST_RUN: mapping, endpoint-independent mapping, port allocation and exhaustion,
+//! filtering, ICMP echo, expiry.
+
+mod common;
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Duration,
+};
+
+use common::{Hook, TC_ACT_SHOT, XDP_DROP, assert_translates, assert_untouched, pass, run};
+use gateway_common::Counter;
+use gateway_tests::{check_environment, frame::FrameSpec};
+use gateway_user::{
+    config::{Filtering, Ipv4Net, Masquerade, Timeouts},
+    dataplane::Dataplane,
+};
+
+const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+const HOST_A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const HOST_B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
+const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+const OTHER_REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 8);
+
+fn at(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip, port)
+}
+
+fn masquerading(
+    ports: std::ops::RangeInclusive<u16>,
+    filtering: Filtering,
+    timeouts: Timeouts,
+) -> Dataplane {
+    check_environment().expect("environment");
+    let mut dataplane = Dataplane::load(false, 4096).expect("load");
+    let masquerade = Masquerade {
+        networks: vec!["10.0.0.0/24".parse::<Ipv4Net>().unwrap()],
+        addresses: vec![PUBLIC],
+        ports,
+        filtering,
+    };
+    dataplane
+        .configure_nat(Some(&masquerade), &timeouts)
+        .expect("configure");
+    dataplane
+}
+
+fn drop(hook: Hook) -> u32 {
+    match hook {
+        Hook::Xdp => XDP_DROP,
+        Hook::Tc => TC_ACT_SHOT,
+    }
+}
+
+fn counter(dataplane: &Dataplane, wanted: Counter) -> u64 {
+    dataplane
+        .counters()
+        .unwrap()
+        .into_iter()
+        .find(|(c, _)| *c == wanted)
+        .unwrap()
+        .1
+}
+
+/// The public port a frame from `src` was given: its source port after translation.
+fn translated_source(dataplane: &mut Dataplane, hook: Hook, frame: &FrameSpec) -> SocketAddrV4 {
+    let (verdict, out) = run(dataplane, hook, &frame.build());
+    assert_eq!(verdict, pass(hook), "{hook:?}: verdict for {frame:?}");
+    let summary = gateway_tests::packet::summarize(&out).expect("an IPv4 frame");
+    assert_eq!(gateway_tests::packet::checksum_error(&out), None);
+    SocketAddrV4::new(summary.src, summary.src_port)
+}
+
+#[test]
+fn outbound_tcp_keeps_its_port_and_replies_come_back() {
+    for hook in [Hook::Xdp, Hook::Tc] {
+        let mut dataplane = masquerading(
+            1024..=65535,
+            Filtering::AddressDependent,
+            Timeouts::default(),
+        );
+        let inside = at(HOST_A, 40000);
+        assert_translates(
+            &mut dataplane,
+            hook,
+            &FrameSpec::tcp(inside, at(REMOTE, 80)),
+            &FrameSpec::tcp(at(PUBLIC, 40000), at(REMOTE, 80)),
+            "SNAT of a new connection, port kept",
+        );
+        assert_translates(
+            &mut dataplane,
+            hook,
+            &FrameSpec::tcp(at(REMOTE, 80), at(PUBLIC, 40000)),
+            &FrameSpec::tcp(at(REMOTE, 80), inside),
+            "reply DNATed back",
+        );
+        assert_translates(
+            &mut dataplane,
+            hook,
+            &FrameSpec::tcp(inside, at(REMOTE, 80)),
+            &FrameSpec::tcp(at(PUBLIC, 40000), at(REMOTE, 80)),
+            "next packet by the session",
+        );
+        assert_eq!(counter(&dataplane, Counter::SessionCreated), 1);
+        assert_eq!(counter(&dataplane, Counter::SessionHit), 2);
+    }
+}
+
+#[test]
+fn mapping_is_endpoint_independent_and_never_shared() {
+    for hook in [Hook::Xdp, Hook::Tc] {
+        let mut dataplane = masquerading(
+            1024..=65535,
+            Filtering::AddressDependent,
+            Timeouts::default(),
+        );
+        let first = translated_source(
+            &mut dataplane,
+            hook,
+            &FrameSpec::udp(at(HOST_A, 5000), at(REMOTE, 53)),
+        );
+        // REQ-1: the same inside endpoint to another destination keeps its public endpoint.
+        let again = translated_source(
+            &mut dataplane,
+            hook,
+            &FrameSpec::udp(at(HOST_A, 5000), at(OTHER_REMOTE, 53)),
+        );
+        assert_eq!(first, again, "{hook:?}: endpoint-independent mapping");
+        assert_eq!(first, at(PUBLIC, 5000));
+        // REQ-7: another inside host with the same port gets a different public port.
+        let other = translated_source(
+            &mut dataplane,
+            hook,
+            &FrameSpec::udp(at(HOST_B, 5000), at(REMOTE, 53)),
+        );
+        assert_eq!(*other.ip(), PUBLIC);
+        assert_ne!(other.port(), 5000, "{hook:?}: port overloading");
+        assert!(other.port() >= 1024);
+    }
+}
+
+#[test]
+fn an_exhausted_pool_drops_and_counts() {
+    for hook in [Hook::Xdp, Hook::Tc] {
+        let mut dataplane = masquerading(
+            6000..=6000,
+            Filtering::AddressDependent,
+            Timeouts::default(),
+        );
+        let first = translated_source(
+            &mut dataplane,
+            hook,
+            &FrameSpec::tcp(at(HOST_A, 41000), at(REMOTE, 80)),
+        );
+        assert_eq!(first, at(PUBLIC, 6000), "the only port of the range");
+        let (verdict, _) = run(
+            &mut dataplane,
+            hook,
+            &FrameSpec::tcp(at(HOST_B, 41000), at(REMOTE, 80)).build(),
+        );
+        assert_eq!(verdict, drop(hook));
+        assert_eq!(counter(&dataplane, Counter::DropPortExhausted), 1);
+    }
+}
+
+#[test]
+fn unsolicited_traffic_is_dropped_unless_filtering_is_endpoint_independent() {
+    for hook in [Hook::Xdp, Hook::Tc] {
+        let mut dataplane = masquerading(
+            20000..=20999,
+            Filtering::AddressDependent,
+            Timeouts::default(),
+        );
+        let mapped = translated_source(
+            &mut dataplane,
+            hook,
+            &FrameSpec::udp(at(HOST_A, 20001), at(REMOTE, 53)),
+        );
+        assert_eq!(mapped, at(PUBLIC, 20001));
+        // Another outside host, to the mapped port: address-dependent filtering drops it.
+        let (verdict, _) = run(
+            &mut dataplane,
+            hook,
+            &FrameSpec::udp(at(OTHER_REMOTE, 53), mapped).build(),
+        );
+        assert_eq!(
+            verdict,
+            drop(hook),
+            "{hook:?}: unsolicited to a mapped port"
+        );
+        // Outside the masquerade range, or not to a masquerade address: the kernel's business.
+        assert_untouched(
+            &mut dataplane,
+            hook,
+            &FrameSpec::udp(at(OTHER_REMOTE, 53), at(PUBLIC, 22000)).build(),
+            "port outside the range",
+        );
+        assert_untouched(
+            &mut dataplane,
+            hook,
+            &FrameSpec::tcp(at(OTHER_REMOTE, 53), at(REMOTE, 20001)).build(),
+            "not to a masquerade address",
+        );
+        assert_eq!(counter(&dataplane, Counter::DropUnsolicited), 1);
+
+        let mut open = masquerading(
+            20000..=20999,
+            Filtering::EndpointIndependent,
+            Timeouts::default(),
+        );
+        translated_source(
+            &mut open,
+            hook,
+            &FrameSpec::udp(at(HOST_A, 20001), at(REMOTE, 53)),
+        );
+        assert_translates(
+            &mut open,
+            hook,
+            &FrameSpec::udp(at(OTHER_REMOTE, 53), at(PUBLIC, 20001)),
+            &FrameSpec::udp(at(OTHER_REMOTE, 53), at(HOST_A, 20001)),
+            "endpoint-independent filtering admits any host to a mapping",
+        );
+        let (verdict, _) = run(
+            &mut open,
+            hook,
+            &FrameSpec::udp(at(OTHER_REMOTE, 53), at(PUBLIC, 20002)).build(),
+        );
+        assert_eq!(verdict, drop(hook), "{hook:?}: no mapping, no entry");
+    }
+}
+
+#[test]
+fn icmp_echo_is_masqueraded_by_identifier() {
+    for hook in [Hook::Xdp, Hook::Tc] {
+        let mut dataplane = masquerading(
+            1024..=65535,
+            Filtering::AddressDependent,
+            Timeouts::default(),
+        );
+        assert_translates(
+            &mut dataplane,
+            hook,
+            &FrameSpec::icmp_echo(at(HOST_A, 0x1234), at(REMOTE, 0), true),
+            &FrameSpec::icmp_echo(at(PUBLIC, 0x1234), at(REMOTE, 0), true),
+            "echo request",
+        );
+        assert_translates(
+            &mut dataplane,
+            hook,
+            &FrameSpec::icmp_echo(at(REMOTE, 0), at(PUBLIC, 0x1234), false),
+            &FrameSpec::icmp_echo(at(REMOTE, 0), at(HOST_A, 0x1234), false),
+            "echo reply",
+        );
+        // Host B with the same identifier gets another one, and its reply finds it.
+        let (_, out) = run(
+            &mut dataplane,
+            hook,
+            &FrameSpec::icmp_echo(at(HOST_B, 0x1234), at(REMOTE, 0), true).build(),
+        );
+        let id = u16::from_be_bytes([out[14 + 20 + 4], out[14 + 20 + 5]]);
+        assert_ne!(id, 0x1234);
+        assert_translates(
+            &mut dataplane,
+            hook,
+            &FrameSpec::icmp_echo(at(REMOTE, 0), at(PUBLIC, id), false),
+            &FrameSpec::icmp_echo(at(REMOTE, 0), at(HOST_B, 0x1234), false),
+            "second host's echo reply",
+        );
+        // Pings to the gateway itself are the kernel's.
+        assert_untouched(
+            &mut dataplane,
+            hook,
+            &FrameSpec::icmp_echo(at(REMOTE, 77), at(PUBLIC, 0), true).build(),
+            "echo request to the gateway",
+        );
+    }
+}
+
+#[test]
+fn idle_sessions_expire() {
+    let timeouts = Timeouts {
+        tcp_established: 1,
+        tcp_transitory: 1,
+        udp: 1,
+        icmp: 1,
+    };
+    let mut dataplane = masquerading(30000..=30999, Filtering::AddressDependent, timeouts);
+    for hook in [Hook::Xdp, Hook::Tc] {
+        translated_source(
+            &mut dataplane,
+            hook,
+            &FrameSpec::udp(at(HOST_A, 30500), at(REMOTE, 53)),
+        );
+    }
+    std::thread::sleep(Duration::from_millis(2100));
+    let (verdict, _) = run(
+        &mut dataplane,
+        Hook::Tc,
+        &FrameSpec::udp(at(REMOTE, 53), at(PUBLIC, 30500)).build(),
+    );
+    assert_eq!(verdict, drop(Hook::Tc), "an expired session admits nothing");
+    assert_eq!(counter(&dataplane, Counter::SessionExpired), 1);
+}
+
+#[test]
+fn inside_to_inside_is_not_masqueraded() {
+    let mut dataplane = masquerading(
+        1024..=65535,
+        Filtering::AddressDependent,
+        Timeouts::default(),
+    );
+    for hook in [Hook::Xdp, Hook::Tc] {
+        assert_untouched(
+            &mut dataplane,
+            hook,
+            &FrameSpec::tcp(at(HOST_A, 40000), at(HOST_B, 22)).build(),
+            "inside to inside",
+        );
+    }
+}
