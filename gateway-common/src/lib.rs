@@ -22,6 +22,7 @@ pub mod names {
     pub const SESSIONS: &str = "SESSIONS";
     pub const MASQ_BY_PRIVATE: &str = "MASQ_BY_PRIVATE";
     pub const MASQ_BY_PUBLIC: &str = "MASQ_BY_PUBLIC";
+    pub const MASQ_PEERS: &str = "MASQ_PEERS";
     pub const NAT_CONFIG: &str = "NAT_CONFIG";
     pub const PROG_XDP: &str = "gateway_xdp";
     pub const PROG_TC: &str = "gateway_tc";
@@ -109,6 +110,30 @@ impl FlowKey {
     }
 }
 
+/// `NatConfig::filtering`: who may send to a mapped public endpoint with no session yet
+/// (RFC 4787 section 5).
+pub mod filtering {
+    /// Any host the inside endpoint has sent to, from any of its ports.
+    pub const ADDRESS_DEPENDENT: u32 = 0;
+    /// Only the exact remote endpoints the inside endpoint has sent to.
+    pub const ADDRESS_AND_PORT_DEPENDENT: u32 = 1;
+    /// Any outside host.
+    pub const ENDPOINT_INDEPENDENT: u32 = 2;
+}
+
+/// A remote host a mapped public endpoint has sent to: the key of `MASQ_PEERS`, for
+/// address-dependent filtering.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct PeerKey {
+    pub public: Endpoint,
+    pub remote: [u8; 4],
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), two byte-array structs, no implicit padding.
+unsafe impl aya::Pod for PeerKey {}
+
 /// `Session::rewrite`: which endpoint of the packet the session replaces.
 pub const REWRITE_SOURCE: u8 = 1;
 pub const REWRITE_DESTINATION: u8 = 2;
@@ -168,9 +193,8 @@ pub struct NatConfig {
     /// Public port (and ICMP identifier) range, host order, inclusive.
     pub port_min: u16,
     pub port_max: u16,
-    /// Non-zero: endpoint-independent filtering (any outside host may use a mapping).
-    /// Zero: address-dependent filtering (only hosts the inside endpoint has contacted).
-    pub endpoint_independent_filtering: u32,
+    /// One of the `filtering` constants.
+    pub filtering: u32,
     pub tcp_established_timeout_ns: u64,
     pub tcp_transitory_timeout_ns: u64,
     pub udp_timeout_ns: u64,

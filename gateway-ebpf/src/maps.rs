@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use gateway_common::{
-    Counter, DEFAULT_MAX_SESSIONS, Endpoint, FlowKey, MAX_PUBLISHED, NatConfig, Session,
+    Counter, DEFAULT_MAX_SESSIONS, Endpoint, FlowKey, MAX_PUBLISHED, NatConfig, PeerKey, Session,
 };
 
 /// Published servers, keyed by public endpoint: where to send traffic addressed to it.
@@ -33,6 +33,12 @@ pub static MASQ_BY_PRIVATE: LruHashMap<Endpoint, Endpoint> =
 /// endpoint never serves two private ones (no port overloading, REQ-7).
 #[map(name = "MASQ_BY_PUBLIC")]
 pub static MASQ_BY_PUBLIC: LruHashMap<Endpoint, Endpoint> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_SESSIONS, 0);
+
+/// Remote hosts each public endpoint has sent to, for address-dependent filtering; the value
+/// is when it last did (`bpf_ktime_get_ns`), refreshed at most once a second per connection.
+#[map(name = "MASQ_PEERS")]
+pub static MASQ_PEERS: LruHashMap<PeerKey, u64> =
     LruHashMap::with_max_entries(DEFAULT_MAX_SESSIONS, 0);
 
 /// Masquerade and timeout settings; element 0.

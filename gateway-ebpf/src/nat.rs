@@ -9,14 +9,15 @@
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use gateway_common::{
     Counter, Endpoint, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, MAX_MASQ_ADDRESSES,
-    MAX_MASQ_NETWORKS, NatConfig, PORT_ALLOCATION_TRIES, REWRITE_DESTINATION, REWRITE_SOURCE,
-    Session, session_state,
+    MAX_MASQ_NETWORKS, NatConfig, PORT_ALLOCATION_TRIES, PeerKey, REWRITE_DESTINATION,
+    REWRITE_SOURCE, Session, filtering, session_state,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
     maps::{
-        MASQ_BY_PRIVATE, MASQ_BY_PUBLIC, NAT_CONFIG, PUBLISH_DNAT, PUBLISH_SNAT, SESSIONS, count,
+        MASQ_BY_PRIVATE, MASQ_BY_PUBLIC, MASQ_PEERS, NAT_CONFIG, PUBLISH_DNAT, PUBLISH_SNAT,
+        SESSIONS, count,
     },
     packet::{L4Check, Packet, ptr_at},
 };
@@ -54,6 +55,8 @@ const TCP_RST: u8 = 0x04;
 /// BPF_NOEXIST / BPF_ANY map update flags.
 const BPF_ANY: u64 = 0;
 const BPF_NOEXIST: u64 = 1;
+/// Least interval between two refreshes of a connection's `MASQ_PEERS` entry.
+const PEER_REFRESH_NS: u64 = 1_000_000_000;
 
 /// What the translation needs of a parsed packet.
 struct Headers {
@@ -136,7 +139,18 @@ fn try_translate<P: Packet>(packet: &mut P) -> Result<Counter, Counter> {
         // SAFETY: a live map value; concurrent updates of these counters from two CPUs may
         // lose an increment, which only blurs statistics.
         let session = unsafe { &mut *session };
-        if now.saturating_sub(session.last_seen_ns) <= timeout(config, key.proto, session.state) {
+        let idle = now.saturating_sub(session.last_seen_ns);
+        if idle <= timeout(config, key.proto, session.state) {
+            if session.rewrite == REWRITE_SOURCE && idle > PEER_REFRESH_NS {
+                // Outbound traffic keeps the mapping open to this host (address-dependent
+                // filtering); refreshed at most once a second per connection.
+                let public = Endpoint::new(session.addr, session.port, key.proto);
+                let peer = PeerKey {
+                    public,
+                    remote: key.dst,
+                };
+                let _ = MASQ_PEERS.insert(peer, now, BPF_ANY);
+            }
             session.last_seen_ns = now;
             session.state |= state_bits(&headers);
             session.packets += 1;
@@ -284,6 +298,17 @@ fn state_bits(headers: &Headers) -> u8 {
     bits
 }
 
+/// How long a mapping stays open to a host it sent to, without traffic: as long as an
+/// established connection of the protocol would.
+#[inline(always)]
+fn mapping_timeout(config: &NatConfig, proto: u8) -> u64 {
+    match proto {
+        IPPROTO_TCP => config.tcp_established_timeout_ns,
+        IPPROTO_UDP => config.udp_timeout_ns,
+        _ => config.icmp_timeout_ns,
+    }
+}
+
 /// RFC 5382 REQ-5: established TCP idles at least 2 h 4 min; handshakes and closing
 /// connections 4 min. RFC 4787: UDP at least 2 min.
 #[inline(always)]
@@ -401,6 +426,17 @@ fn install(outbound: FlowKey, public: Endpoint, now: u64, state: u8) -> Result<(
         .map_err(|_| Counter::DropSessionTableFull)?;
     SESSIONS
         .insert(reply, backward, BPF_ANY)
+        .map_err(|_| Counter::DropSessionTableFull)?;
+    // Address-dependent filtering admits this remote host to the public endpoint from now on.
+    MASQ_PEERS
+        .insert(
+            PeerKey {
+                public,
+                remote: outbound.dst,
+            },
+            now,
+            BPF_ANY,
+        )
         .map_err(|_| Counter::DropSessionTableFull)
 }
 
@@ -432,9 +468,9 @@ fn masquerade_new<P: Packet>(
     Ok(Counter::SessionCreated)
 }
 
-/// Outside traffic to a masquerade address with no session. With endpoint-independent
-/// filtering a mapping admits it; otherwise (address-dependent filtering, the default) only
-/// a session does. Traffic for the gateway's own sockets, and anything that is not to a port
+/// Outside traffic to a masquerade address with no session. A mapping admits it when the
+/// filtering allows: endpoint-independent, any host; address-dependent (the default), a host
+/// the inside endpoint has sent to; address-and-port-dependent, none (only sessions). Traffic for the gateway's own sockets, and anything that is not to a port
 /// of the masquerade range, is the kernel's.
 #[inline(always)]
 fn admit_inbound<P: Packet>(
@@ -452,10 +488,22 @@ fn admit_inbound<P: Packet>(
     if port < config.port_min || port > config.port_max || packet.local_socket_exists(&key) {
         return Err(Counter::PassUnmatched);
     }
-    if config.endpoint_independent_filtering == 0 {
+    if config.filtering == filtering::ADDRESS_AND_PORT_DEPENDENT {
         return Err(Counter::DropUnsolicited);
     }
     let public = Endpoint::new(key.dst, key.dst_port, key.proto);
+    if config.filtering == filtering::ADDRESS_DEPENDENT {
+        let peer = PeerKey {
+            public,
+            remote: key.src,
+        };
+        // SAFETY: map values are plain data and only read here.
+        match unsafe { MASQ_PEERS.get(peer) } {
+            Some(&last_sent)
+                if now.saturating_sub(last_sent) <= mapping_timeout(config, key.proto) => {}
+            _ => return Err(Counter::DropUnsolicited),
+        }
+    }
     // SAFETY: map values are plain data and only read here.
     let Some(private) = (unsafe { MASQ_BY_PUBLIC.get(public) }) else {
         return Err(Counter::DropUnsolicited);

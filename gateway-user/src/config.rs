@@ -102,9 +102,12 @@ pub struct Masquerade {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Filtering {
-    /// Only hosts the inside endpoint has sent to may answer (RFC 4787 "address-dependent").
+    /// Hosts the inside endpoint has sent to may reach it, from any port (RFC 4787
+    /// "address-dependent filtering").
     #[default]
     AddressDependent,
+    /// Only the exact remote endpoints it has sent to.
+    AddressAndPortDependent,
     /// Any outside host may reach a mapped endpoint.
     EndpointIndependent,
 }

@@ -11,7 +11,7 @@ use aya::{
         xdp::{XdpLinkId, XdpMode as AyaXdpMode},
     },
 };
-use gateway_common::{Counter, Endpoint, Ipv4Cidr, NatConfig, names};
+use gateway_common::{Counter, Endpoint, Ipv4Cidr, NatConfig, filtering, names};
 
 use crate::{
     config::{Filtering, Hook, Masquerade, Publish, Timeouts, XdpMode},
@@ -119,12 +119,18 @@ impl Dataplane {
             .map_max_entries(names::SESSIONS, max_sessions)
             .map_max_entries(names::MASQ_BY_PRIVATE, max_sessions)
             .map_max_entries(names::MASQ_BY_PUBLIC, max_sessions)
+            .map_max_entries(names::MASQ_PEERS, max_sessions)
             .load(object)
             .map_err(DataplaneError::Object)?;
         let mut dataplane = Dataplane { ebpf };
         load_program(dataplane.xdp()?, names::PROG_XDP, verbose)?;
         load_program(dataplane.tc()?, names::PROG_TC, verbose)?;
         Ok(dataplane)
+    }
+
+    /// The loaded object, for reading maps directly (tests, and later the management API).
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
     }
 
     pub fn xdp(&mut self) -> Result<&mut Xdp, DataplaneError> {
@@ -194,8 +200,11 @@ impl Dataplane {
             config.address_count = masquerade.addresses.len().min(config.addresses.len()) as u32;
             config.port_min = *masquerade.ports.start();
             config.port_max = *masquerade.ports.end();
-            config.endpoint_independent_filtering =
-                u32::from(masquerade.filtering == Filtering::EndpointIndependent);
+            config.filtering = match masquerade.filtering {
+                Filtering::AddressDependent => filtering::ADDRESS_DEPENDENT,
+                Filtering::AddressAndPortDependent => filtering::ADDRESS_AND_PORT_DEPENDENT,
+                Filtering::EndpointIndependent => filtering::ENDPOINT_INDEPENDENT,
+            };
         }
         let map_name = names::NAT_CONFIG;
         let map = self.ebpf.map_mut(map_name).ok_or(DataplaneError::Missing {

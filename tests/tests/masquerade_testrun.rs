@@ -165,8 +165,9 @@ fn an_exhausted_pool_drops_and_counts() {
 }
 
 #[test]
-fn unsolicited_traffic_is_dropped_unless_filtering_is_endpoint_independent() {
+fn filtering_admits_what_its_mode_allows() {
     for hook in [Hook::Xdp, Hook::Tc] {
+        // Address-dependent (the default): the contacted host, from any port; nobody else.
         let mut dataplane = masquerading(
             20000..=20999,
             Filtering::AddressDependent,
@@ -178,7 +179,6 @@ fn unsolicited_traffic_is_dropped_unless_filtering_is_endpoint_independent() {
             &FrameSpec::udp(at(HOST_A, 20001), at(REMOTE, 53)),
         );
         assert_eq!(mapped, at(PUBLIC, 20001));
-        // Another outside host, to the mapped port: address-dependent filtering drops it.
         let (verdict, _) = run(
             &mut dataplane,
             hook,
@@ -187,7 +187,14 @@ fn unsolicited_traffic_is_dropped_unless_filtering_is_endpoint_independent() {
         assert_eq!(
             verdict,
             drop(hook),
-            "{hook:?}: unsolicited to a mapped port"
+            "{hook:?}: unsolicited host to a mapped port"
+        );
+        assert_translates(
+            &mut dataplane,
+            hook,
+            &FrameSpec::udp(at(REMOTE, 5353), mapped),
+            &FrameSpec::udp(at(REMOTE, 5353), at(HOST_A, 20001)),
+            "address-dependent filtering admits the contacted host from another port",
         );
         // Outside the masquerade range, or not to a masquerade address: the kernel's business.
         assert_untouched(
@@ -204,6 +211,29 @@ fn unsolicited_traffic_is_dropped_unless_filtering_is_endpoint_independent() {
         );
         assert_eq!(counter(&dataplane, Counter::DropUnsolicited), 1);
 
+        // Address-and-port-dependent: only the exact remote endpoint.
+        let mut strict = masquerading(
+            20000..=20999,
+            Filtering::AddressAndPortDependent,
+            Timeouts::default(),
+        );
+        translated_source(
+            &mut strict,
+            hook,
+            &FrameSpec::udp(at(HOST_A, 20001), at(REMOTE, 53)),
+        );
+        let (verdict, _) = run(
+            &mut strict,
+            hook,
+            &FrameSpec::udp(at(REMOTE, 5353), mapped).build(),
+        );
+        assert_eq!(
+            verdict,
+            drop(hook),
+            "{hook:?}: another port of the contacted host"
+        );
+
+        // Endpoint-independent: anyone, to a mapping; still nobody to an unmapped port.
         let mut open = masquerading(
             20000..=20999,
             Filtering::EndpointIndependent,
