@@ -373,7 +373,7 @@ impl Config {
         let masquerade = raw
             .masquerade
             .as_ref()
-            .map(|raw| parse_masquerade(raw))
+            .map(parse_masquerade)
             .transpose()
             .map_err(invalid)?;
         let timeouts = raw.timeouts;

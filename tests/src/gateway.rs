@@ -148,6 +148,17 @@ impl GatewayProcess {
             .unwrap_or_default()
     }
 
+    /// A counter from the line the gateway logs when it stops (`counters=name=value ...`);
+    /// 0 when absent (only non-zero counters are logged).
+    pub fn final_counter(&self, name: &str) -> u64 {
+        let wanted = format!("{name}=");
+        self.output()
+            .split(|c: char| c.is_whitespace() || c == '"')
+            .filter_map(|word| word.rsplit_once(wanted.as_str()))
+            .find_map(|(_, value)| value.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// SIGTERM, then waits for it to exit (SIGKILL after 10 s). Returns its exit status.
     pub fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
         let Some(mut child) = self.child.take() else {

@@ -20,6 +20,9 @@ pub const ROUTER_INSIDE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 /// The router's outside address, which is also the address servers are published at.
 pub const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+/// A second outside host (an extra address of the outside namespace), for tests that need
+/// two remote hosts.
+pub const CLIENT2: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 3);
 
 pub const ROUTER_INSIDE_IF: &str = "veth-in";
 pub const ROUTER_OUTSIDE_IF: &str = "veth-out";
@@ -97,6 +100,7 @@ impl Lab {
         ))?;
         lab.outside.sh(&format!(
             "ip addr add {CLIENT}/24 dev {HOST_IF}
+             ip addr add {CLIENT2}/24 dev {HOST_IF}
              ip link set {HOST_IF} up"
         ))?;
         if !options.endpoint_tx_offload {

@@ -18,6 +18,24 @@ use std::process::{Command, Output};
 
 use anyhow::{Context as _, bail};
 
+/// A temporary file (a config, say), removed when dropped.
+pub struct TempFile(pub std::path::PathBuf);
+
+impl TempFile {
+    /// Writes `text` to `name` in the temporary directory.
+    pub fn write(name: &str, text: &str) -> TempFile {
+        let path = std::env::temp_dir().join(name);
+        std::fs::write(&path, text).expect("write a temporary file");
+        TempFile(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Runs a command to completion; a non-zero exit is an error that carries its stderr.
 pub fn run(command: &mut Command) -> anyhow::Result<Output> {
     let output = command

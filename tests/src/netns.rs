@@ -94,6 +94,37 @@ impl Netns {
         })
     }
 
+    /// The kernel's counters of received packets with bad checksums or headers in this
+    /// namespace (`/proc/net/snmp` `InCsumErrors` and `InHdrErrors` of every protocol).
+    pub fn checksum_error_counters(&self) -> Vec<(String, u64)> {
+        self.spawn(|| {
+            let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp")?;
+            let lines: Vec<&str> = snmp.lines().collect();
+            let mut found = Vec::new();
+            for pair in lines.chunks(2) {
+                let [names, values] = pair else { continue };
+                let prefix = names.split(':').next().unwrap_or_default();
+                for (name, value) in names
+                    .split_whitespace()
+                    .zip(values.split_whitespace())
+                    .skip(1)
+                {
+                    if name == "InCsumErrors" || name == "InHdrErrors" {
+                        found.push((
+                            format!("{prefix}.{name}"),
+                            value.parse().unwrap_or(u64::MAX),
+                        ));
+                    }
+                }
+            }
+            Ok(found)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("snmp thread panicked"))
+        .and_then(|result| result)
+        .unwrap_or_else(|err| vec![(format!("reading snmp: {err:#}"), u64::MAX)])
+    }
+
     /// Kills every process still in the namespace, then deletes it.
     pub fn delete(name: &str) {
         if let Ok(output) = Command::new("ip").args(["netns", "pids", name]).output() {

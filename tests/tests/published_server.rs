@@ -2,14 +2,15 @@
 //! transfer each way through the public address, checksums recomputed from scratch on every
 //! frame both end hosts receive, and a negative control once the gateway is stopped.
 
-use std::{net::SocketAddrV4, path::PathBuf, time::Duration};
+use std::{net::SocketAddrV4, time::Duration};
 
 use gateway_tests::{
+    TempFile,
     capture::Capture,
     check_environment,
     gateway::GatewayProcess,
     lab::{self, HOST_IF, Lab, LabOptions},
-    netns::{Netns, unique_prefix},
+    netns::unique_prefix,
     packet::{audit_checksums, summarize},
     transfer::{hex, tcp_transfer},
 };
@@ -18,61 +19,14 @@ const PUBLIC_PORT: u16 = 8021;
 const PRIVATE_PORT: u16 = 9000;
 const BYTES: usize = 10 << 20;
 
-/// A config file removed when dropped.
-struct TempConfig(PathBuf);
-
-impl TempConfig {
-    fn write(prefix: &str, text: &str) -> TempConfig {
-        let path = std::env::temp_dir().join(format!("{prefix}-gateway.toml"));
-        std::fs::write(&path, text).expect("write config");
-        TempConfig(path)
-    }
-}
-
-impl Drop for TempConfig {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// Kernel counters of received packets with bad checksums, read inside `netns`.
-fn checksum_error_counters(netns: &Netns) -> Vec<(String, u64)> {
-    netns
-        .spawn(|| {
-            let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp")?;
-            let lines: Vec<&str> = snmp.lines().collect();
-            let mut found = Vec::new();
-            for pair in lines.chunks(2) {
-                let [names, values] = pair else { continue };
-                let prefix = names.split(':').next().unwrap_or_default();
-                for (name, value) in names
-                    .split_whitespace()
-                    .zip(values.split_whitespace())
-                    .skip(1)
-                {
-                    if name == "InCsumErrors" || name == "InHdrErrors" {
-                        found.push((
-                            format!("{prefix}.{name}"),
-                            value.parse().unwrap_or(u64::MAX),
-                        ));
-                    }
-                }
-            }
-            Ok(found)
-        })
-        .join()
-        .expect("snmp thread")
-        .expect("read snmp")
-}
-
 fn published_transfer(hook: &str, options: LabOptions, extra_args: &[&str], expect_hook_log: &str) {
     check_environment().expect("environment");
     let prefix = unique_prefix();
     let lab = Lab::up(&prefix, options).expect("lab up");
     let public = SocketAddrV4::new(lab::PUBLIC, PUBLIC_PORT);
     let private = SocketAddrV4::new(lab::SERVER, PRIVATE_PORT);
-    let config = TempConfig::write(
-        &prefix,
+    let config = TempFile::write(
+        &format!("{prefix}-gateway.toml"),
         &lab::gateway_config(hook, &[(public, private, "tcp")]),
     );
 
@@ -148,7 +102,7 @@ fn published_transfer(hook: &str, options: LabOptions, extra_args: &[&str], expe
         }
     }
     for host in [&lab.inside, &lab.outside] {
-        for (counter, value) in checksum_error_counters(host) {
+        for (counter, value) in host.checksum_error_counters() {
             assert_eq!(value, 0, "{}: {counter}", host.name());
         }
     }
@@ -161,13 +115,11 @@ fn published_transfer(hook: &str, options: LabOptions, extra_args: &[&str], expe
         output.contains(expect_hook_log),
         "expected {expect_hook_log:?} in:\n{output}"
     );
-    for counter in ["dnat_published=", "snat_published="] {
-        let count: u64 = output
-            .split(|c: char| c.is_whitespace() || c == '"')
-            .flat_map(|word| word.rsplit_once(counter))
-            .find_map(|(_, value)| value.parse().ok())
-            .unwrap_or(0);
-        assert!(count > 0, "{counter} not counted:\n{output}");
+    for counter in ["dnat_published", "snat_published"] {
+        assert!(
+            gateway.final_counter(counter) > 0,
+            "{counter} not counted:\n{output}"
+        );
     }
 
     // Negative control: with the gateway gone, the public endpoint leads nowhere.

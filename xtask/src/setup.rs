@@ -4,7 +4,7 @@
 //! - LLVM development packages whose major version matches the nightly rustc's LLVM, which
 //!   bpf-linker links against (a mismatch produces objects the linker cannot read);
 //! - bpf-linker itself, built against that LLVM;
-//! - the tools the lab and tests drive: iproute2, ethtool.
+//! - the tools the lab and tests drive: iproute2, ethtool, ping.
 
 use std::{
     path::PathBuf,
@@ -17,7 +17,7 @@ use anyhow::{Context as _, anyhow, bail};
 /// bpf-linker release known to build against the LLVM of the machine's nightly.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the lab and tests use, besides the LLVM ones.
-const TOOL_PACKAGES: &[&str] = &["iproute2", "ethtool"];
+const TOOL_PACKAGES: &[&str] = &["iproute2", "ethtool", "iputils-ping"];
 
 pub fn run() -> anyhow::Result<()> {
     let started = Instant::now();
@@ -40,7 +40,8 @@ pub fn run() -> anyhow::Result<()> {
     }
     if installed.is_empty() {
         println!(
-            "setup: all present (nightly rust-src, LLVM {llvm}, bpf-linker, iproute2, ethtool) in {:.1?}",
+            "setup: all present (nightly rust-src, LLVM {llvm}, bpf-linker, {}) in {:.1?}",
+            TOOL_PACKAGES.join(", "),
             started.elapsed()
         );
     } else {

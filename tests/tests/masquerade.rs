@@ -1,0 +1,248 @@
+//! Inside hosts reaching outside through the masquerade, end to end in namespaces: a 10 MiB
+//! TCP transfer with every checksum recomputed, UDP with endpoint-independent mapping and
+//! address-dependent filtering, ping, unsolicited traffic dropped without an answer, and the
+//! gateway's own connections left alone.
+
+use std::{
+    io::ErrorKind,
+    net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    time::Duration,
+};
+
+use gateway_tests::{
+    TempFile,
+    capture::Capture,
+    check_environment,
+    gateway::GatewayProcess,
+    lab::{self, HOST_IF, Lab, LabOptions},
+    netns::{Netns, unique_prefix},
+    packet::audit_checksums,
+    transfer::tcp_transfer,
+};
+
+const BYTES: usize = 10 << 20;
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn config(hook: &str) -> String {
+    format!(
+        "{}\n[masquerade]\nnetworks = [\"10.0.0.0/24\"]\naddresses = [\"{}\"]\nports = \"1024-65535\"\n\n[sessions]\nmax = 65536\n",
+        lab::gateway_config(hook, &[]),
+        lab::PUBLIC
+    )
+}
+
+fn start(hook: &str, options: LabOptions, extra: &[&str]) -> (Lab, GatewayProcess, TempFile) {
+    check_environment().expect("environment");
+    let prefix = unique_prefix();
+    let lab = Lab::up(&prefix, options).expect("lab up");
+    let config = TempFile::write(&format!("{prefix}-gateway.toml"), &config(hook));
+    let gateway = GatewayProcess::start(&lab.router, &config.0, extra).expect("start gateway");
+    (lab, gateway, config)
+}
+
+/// An inside client uploads and downloads 10 MiB to an outside server; the server sees the
+/// public address and the client's own port (kept, since it was free).
+fn outbound_transfer(lab: &Lab, gateway: &GatewayProcess) {
+    let server = SocketAddrV4::new(lab::CLIENT, 5001);
+    let server_capture = Capture::start(&lab.outside, HOST_IF).expect("capture outside");
+    let client_capture = Capture::start(&lab.inside, HOST_IF).expect("capture inside");
+    let report = tcp_transfer(&lab.outside, server, &lab.inside, server, BYTES, TIMEOUT);
+    let outside_frames = server_capture.finish().expect("outside capture");
+    let inside_frames = client_capture.finish().expect("inside capture");
+    let report =
+        report.unwrap_or_else(|err| panic!("transfer failed: {err:#}\n{}", gateway.output()));
+    assert!(report.intact(), "sha256 mismatch: {report:?}");
+    let SocketAddr::V4(client) = report.client_local else {
+        panic!("not IPv4")
+    };
+    assert_eq!(*client.ip(), lab::SERVER);
+    assert_eq!(
+        report.server_saw_peer,
+        SocketAddr::V4(SocketAddrV4::new(lab::PUBLIC, client.port())),
+        "masqueraded to the public address, port kept"
+    );
+    for (name, frames) in [("outside", &outside_frames), ("inside", &inside_frames)] {
+        let audit = audit_checksums(frames.iter());
+        assert!(
+            audit.checked > BYTES / 1500,
+            "{name}: only {} frames",
+            audit.checked
+        );
+        assert_eq!(
+            audit.bad_count, 0,
+            "{name}: bad checksums, e.g. {:?}",
+            audit.bad
+        );
+    }
+    for host in [&lab.inside, &lab.outside] {
+        for (counter, value) in host.checksum_error_counters() {
+            assert_eq!(value, 0, "{}: {counter}", host.name());
+        }
+    }
+}
+
+fn ping(from: &Netns, to: std::net::Ipv4Addr) -> bool {
+    from.command("ping")
+        .args(["-c", "2", "-i", "0.2", "-W", "2", &to.to_string()])
+        .output()
+        .map(|output| output.status.success())
+        .unwrap_or(false)
+}
+
+fn udp_socket(netns: &Netns, bind: SocketAddrV4) -> UdpSocket {
+    netns
+        .spawn(move || {
+            let socket = UdpSocket::bind(bind)?;
+            socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+            Ok(socket)
+        })
+        .join()
+        .expect("thread")
+        .expect("bind udp")
+}
+
+/// Receives one datagram, or `None` on timeout.
+fn receive(socket: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
+    let mut buffer = [0u8; 1500];
+    match socket.recv_from(&mut buffer) {
+        Ok((len, from)) => Some((buffer[..len].to_vec(), from)),
+        Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
+        Err(err) => panic!("recv: {err}"),
+    }
+}
+
+#[test]
+fn tc_masquerades_inside_clients() {
+    let (lab, mut gateway, _config) = start(
+        "auto",
+        LabOptions {
+            endpoint_tx_offload: true,
+            router_tx_offload: false,
+        },
+        &[],
+    );
+    outbound_transfer(&lab, &gateway);
+    assert!(
+        ping(&lab.inside, lab::CLIENT),
+        "ping through the masquerade"
+    );
+
+    // UDP: one inside endpoint, two outside hosts. Sockets are created inside their
+    // namespaces and then used from this thread (a socket keeps its namespace).
+    let inside = udp_socket(&lab.inside, SocketAddrV4::new(lab::SERVER, 6000));
+    let host_a = udp_socket(&lab.outside, SocketAddrV4::new(lab::CLIENT, 7000));
+    let host_b = udp_socket(&lab.outside, SocketAddrV4::new(lab::CLIENT2, 7000));
+    let public = SocketAddr::V4(SocketAddrV4::new(lab::PUBLIC, 6000));
+    for host in [&host_a, &host_b] {
+        inside
+            .send_to(b"hello", host.local_addr().unwrap())
+            .unwrap();
+        let (data, from) = receive(host).expect("datagram through the masquerade");
+        assert_eq!(data, b"hello");
+        // REQ-1 (RFC 4787): the same public endpoint towards both hosts.
+        assert_eq!(from, public, "endpoint-independent mapping");
+        host.send_to(b"reply", from).unwrap();
+        let (data, from) = receive(&inside).expect("reply through the masquerade");
+        assert_eq!(
+            (data.as_slice(), from),
+            (&b"reply"[..], host.local_addr().unwrap())
+        );
+    }
+    // Address-dependent filtering: host A from another port gets through...
+    let host_a_other = udp_socket(&lab.outside, SocketAddrV4::new(lab::CLIENT, 7001));
+    host_a_other.send_to(b"other port", public).unwrap();
+    assert_eq!(
+        receive(&inside).map(|(data, _)| data),
+        Some(b"other port".to_vec())
+    );
+
+    // ...but nothing reaches a public port no inside endpoint has used, and a TCP SYN to it
+    // gets no answer at all (RFC 5382 REQ-4): the connect times out instead of being refused.
+    let unsolicited = SocketAddrV4::new(lab::PUBLIC, 6001);
+    let result = lab
+        .outside
+        .spawn(move || {
+            Ok(TcpStream::connect_timeout(&unsolicited.into(), Duration::from_secs(2)).map(|_| ()))
+        })
+        .join()
+        .expect("thread")
+        .expect("spawn");
+    let err = result.expect_err("unsolicited connection must fail");
+    assert_eq!(
+        err.kind(),
+        ErrorKind::TimedOut,
+        "dropped silently, not refused: {err}"
+    );
+
+    // The gateway's own connections use ports of the masquerade range too; they still work.
+    let listener = lab
+        .outside
+        .spawn(|| Ok(TcpListener::bind(SocketAddrV4::new(lab::CLIENT, 5002))?))
+        .join()
+        .expect("thread")
+        .expect("listen");
+    let own = lab
+        .router
+        .spawn(|| {
+            Ok(TcpStream::connect_timeout(
+                &SocketAddrV4::new(lab::CLIENT, 5002).into(),
+                Duration::from_secs(3),
+            )
+            .is_ok())
+        })
+        .join()
+        .expect("thread")
+        .expect("connect");
+    assert!(own, "the gateway host's own outgoing connection");
+    drop(listener);
+
+    let status = gateway.stop().expect("stop");
+    assert!(status.success(), "{}", gateway.output());
+    for counter in ["session_created", "session_hit", "drop_unsolicited"] {
+        assert!(
+            gateway.final_counter(counter) > 0,
+            "{counter} not counted:\n{}",
+            gateway.output()
+        );
+    }
+
+    // Negative control: without the gateway the inside network cannot reach outside.
+    let server = SocketAddrV4::new(lab::CLIENT, 5003);
+    let control = tcp_transfer(
+        &lab.outside,
+        server,
+        &lab.inside,
+        server,
+        1024,
+        Duration::from_secs(3),
+    );
+    assert!(control.is_err(), "transfer succeeded without the gateway");
+    assert!(
+        !ping(&lab.inside, lab::CLIENT),
+        "ping succeeded without the gateway"
+    );
+}
+
+#[test]
+fn xdp_masquerades_inside_clients() {
+    let (lab, mut gateway, _config) = start(
+        "xdp",
+        LabOptions {
+            endpoint_tx_offload: false,
+            router_tx_offload: false,
+        },
+        &[],
+    );
+    outbound_transfer(&lab, &gateway);
+    assert!(
+        ping(&lab.inside, lab::CLIENT),
+        "ping through the masquerade"
+    );
+    let status = gateway.stop().expect("stop");
+    assert!(status.success(), "{}", gateway.output());
+    assert!(
+        gateway.final_counter("session_created") > 0,
+        "{}",
+        gateway.output()
+    );
+}
