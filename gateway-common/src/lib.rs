@@ -247,10 +247,12 @@ pub enum Counter {
     DropSessionTableFull = 11,
     /// Outside traffic to a masquerade address and port that no session or mapping admits.
     DropUnsolicited = 12,
+    /// An ICMP error about a translated connection, translated with the packet it quotes.
+    IcmpErrorTranslated = 13,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 13] = [
+    pub const ALL: [Counter; 14] = [
         Counter::DnatPublished,
         Counter::SnatPublished,
         Counter::PassNotIpv4,
@@ -264,6 +266,7 @@ impl Counter {
         Counter::DropPortExhausted,
         Counter::DropSessionTableFull,
         Counter::DropUnsolicited,
+        Counter::IcmpErrorTranslated,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -283,6 +286,7 @@ impl Counter {
             Counter::DropPortExhausted => "drop_port_exhausted",
             Counter::DropSessionTableFull => "drop_session_table_full",
             Counter::DropUnsolicited => "drop_unsolicited",
+            Counter::IcmpErrorTranslated => "icmp_error_translated",
         }
     }
 }

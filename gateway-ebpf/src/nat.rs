@@ -47,6 +47,11 @@ const ICMP_CHECK: usize = 2;
 const ICMP_ID: usize = 4;
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMP_DEST_UNREACHABLE: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETER_PROBLEM: u8 = 12;
+/// The embedded packet starts after the 8-byte ICMP error header.
+const ICMP_ERROR_HEADER: usize = 8;
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
@@ -68,6 +73,9 @@ struct Headers {
     tcp_flags: u8,
     /// IPv4 total length, for the byte counters.
     ip_len: u16,
+    /// An ICMP error (destination unreachable, time exceeded, parameter problem): `key` has
+    /// no ports and the packet it is about is embedded after the ICMP header.
+    icmp_error: bool,
 }
 
 impl Headers {
@@ -103,6 +111,9 @@ pub fn translate<P: Packet>(packet: &mut P) -> Verdict {
 #[inline(always)]
 fn try_translate<P: Packet>(packet: &mut P) -> Result<Counter, Counter> {
     let headers = parse(packet)?;
+    if headers.icmp_error {
+        return translate_icmp_error(packet, &headers);
+    }
     let key = headers.key;
 
     // Published servers: stateless, both directions.
@@ -223,7 +234,7 @@ fn parse<P: Packet>(packet: &mut P) -> Result<Headers, Counter> {
         IPPROTO_ICMP => match ports[0] {
             ICMP_ECHO_REQUEST => ([ports[4], ports[5]], [0, 0]),
             ICMP_ECHO_REPLY => ([0, 0], [ports[4], ports[5]]),
-            // Errors and other ICMP messages: the kernel's (ICMP error translation is to come).
+            ICMP_DEST_UNREACHABLE | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM => ([0, 0], [0, 0]),
             _ => return Err(Counter::PassUnmatched),
         },
         _ => ([ports[0], ports[1]], [ports[2], ports[3]]),
@@ -248,6 +259,8 @@ fn parse<P: Packet>(packet: &mut P) -> Result<Headers, Counter> {
         },
         tcp_flags,
         ip_len: u16::from_be_bytes(tot_len),
+        icmp_error: proto == IPPROTO_ICMP
+            && !matches!(ports[0], ICMP_ECHO_REQUEST | ICMP_ECHO_REPLY),
     })
 }
 
@@ -526,4 +539,143 @@ fn admit_inbound<P: Packet>(
         private.port,
     )?;
     Ok(Counter::SessionCreated)
+}
+
+/// An ICMP error about a translated connection (RFC 5382 REQ-9, RFC 5508): the packet it
+/// quotes is the connection's packet as the sender of the error saw it, so it is translated
+/// the way that connection's replies are, and the error's own address with it. Never creates
+/// or removes state: an ICMP message must not tear a mapping down (REQ-10).
+#[inline(always)]
+fn translate_icmp_error<P: Packet>(packet: &mut P, outer: &Headers) -> Result<Counter, Counter> {
+    let inner = outer.l4 + ICMP_ERROR_HEADER;
+    if !packet.make_readable(inner + Ipv4Hdr::LEN) {
+        return Err(Counter::PassMalformed);
+    }
+    let ip: *const Ipv4Hdr = ptr_at(packet, inner).ok_or(Counter::PassMalformed)?;
+    // SAFETY: bounds-checked by ptr_at; copied out before any rewrite.
+    let (vihl, proto, src, dst) =
+        unsafe { ((*ip).vihl, (*ip).proto, (*ip).src_addr, (*ip).dst_addr) };
+    let inner_ip_len = ((vihl & 0x0f) as usize) * 4;
+    if vihl >> 4 != 4 || inner_ip_len < Ipv4Hdr::LEN {
+        return Err(Counter::PassMalformed);
+    }
+    let inner_l4 = inner + inner_ip_len;
+    // RFC 792: at least the first 8 bytes of the quoted datagram's payload.
+    if !packet.make_readable(inner_l4 + 8) {
+        return Err(Counter::PassMalformed);
+    }
+    let head: *const [u8; 8] = ptr_at(packet, inner_l4).ok_or(Counter::PassMalformed)?;
+    // SAFETY: bounds-checked by ptr_at.
+    let head = unsafe { *head };
+    let (src_port, dst_port, src_port_off, dst_port_off) = match proto {
+        IPPROTO_TCP | IPPROTO_UDP => (
+            [head[0], head[1]],
+            [head[2], head[3]],
+            inner_l4 + L4_SRC_PORT,
+            inner_l4 + L4_DST_PORT,
+        ),
+        IPPROTO_ICMP => match head[0] {
+            ICMP_ECHO_REQUEST => (
+                [head[4], head[5]],
+                [0, 0],
+                inner_l4 + ICMP_ID,
+                inner_l4 + ICMP_ID,
+            ),
+            ICMP_ECHO_REPLY => (
+                [0, 0],
+                [head[4], head[5]],
+                inner_l4 + ICMP_ID,
+                inner_l4 + ICMP_ID,
+            ),
+            _ => return Err(Counter::PassUnmatched),
+        },
+        _ => return Err(Counter::PassUnmatched),
+    };
+    let quoted = FlowKey {
+        src,
+        dst,
+        src_port,
+        dst_port,
+        proto,
+        _pad: [0; 3],
+    };
+
+    // Which endpoint of the quoted packet to restore, and to what. `InnerSource`: the quoted
+    // packet left through the gateway translated, the error comes back to its translated
+    // source. `InnerDestination`: the quoted packet entered through the gateway translated, the
+    // error comes from its translated destination.
+    let (inner_side, addr, port) = if let Some(private) =
+        // SAFETY: map values are plain data and only read here.
+        unsafe {
+            PUBLISH_DNAT.get(Endpoint::new(src, src_port, proto))
+        } {
+        (REWRITE_SOURCE, private.addr, private.port)
+    } else if let Some(public) = unsafe { PUBLISH_SNAT.get(Endpoint::new(dst, dst_port, proto)) } {
+        (REWRITE_DESTINATION, public.addr, public.port)
+    } else if let Some(session) = unsafe { SESSIONS.get(quoted.reversed()) } {
+        // The quoted packet reversed is the connection's other direction, whose session says
+        // how that direction is translated: exactly what the quoted packet needs undone.
+        let side = if session.rewrite == REWRITE_DESTINATION {
+            REWRITE_SOURCE
+        } else {
+            REWRITE_DESTINATION
+        };
+        (side, session.addr, session.port)
+    } else {
+        return Err(Counter::PassUnmatched);
+    };
+
+    let icmp_check = outer.l4 + ICMP_CHECK;
+    let inner_check = inner + IP_CHECK;
+    let (outer_addr_off, outer_old, inner_addr_off, inner_old_addr, port_off, old_port) =
+        if inner_side == REWRITE_SOURCE {
+            // Error to the translated source: outer destination and quoted source.
+            (
+                ETH_LEN + IP_DST,
+                outer.key.dst,
+                inner + IP_SRC,
+                src,
+                src_port_off,
+                src_port,
+            )
+        } else {
+            (
+                ETH_LEN + IP_SRC,
+                outer.key.src,
+                inner + IP_DST,
+                dst,
+                dst_port_off,
+                dst_port,
+            )
+        };
+    // The error's own address is rewritten only where it is the quoted endpoint's (an error
+    // from a router on the path keeps that router's address).
+    if outer_old == inner_old_addr && outer_old != addr {
+        packet
+            .rewrite_addr(
+                outer_addr_off,
+                ETH_LEN + IP_CHECK,
+                outer.check,
+                outer_old,
+                addr,
+            )
+            .map_err(|_| Counter::DropRewriteFailed)?;
+    }
+    if inner_old_addr != addr {
+        packet
+            .rewrite_embedded_addr(
+                inner_addr_off,
+                inner_check,
+                icmp_check,
+                inner_old_addr,
+                addr,
+            )
+            .map_err(|_| Counter::DropRewriteFailed)?;
+    }
+    if old_port != port {
+        packet
+            .rewrite_embedded_port(port_off, icmp_check, old_port, port)
+            .map_err(|_| Counter::DropRewriteFailed)?;
+    }
+    Ok(Counter::IcmpErrorTranslated)
 }

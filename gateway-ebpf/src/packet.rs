@@ -8,7 +8,10 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_CURRENT_NETNS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, bpf_sock_tuple},
-    helpers::{bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp},
+    helpers::{
+        bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp, bpf_xdp_load_bytes,
+        bpf_xdp_store_bytes,
+    },
     programs::{TcContext, XdpContext},
 };
 use gateway_common::{FlowKey, IPPROTO_TCP, IPPROTO_UDP, checksum};
@@ -40,8 +43,9 @@ pub trait Packet {
     fn start(&self) -> usize;
     fn end(&self) -> usize;
 
-    /// Makes the first `len` bytes of the frame readable through [`ptr_at`]. Returns false
-    /// when the frame is shorter.
+    /// Makes the first `len` bytes of the frame readable through [`ptr_at`] where that needs
+    /// work (pulling a non-linear skb). Returns false when it cannot; `true` does not replace
+    /// [`ptr_at`]'s bounds check.
     fn make_readable(&mut self, len: usize) -> bool;
 
     /// Replaces the IPv4 address at `addr_off`, fixing the IPv4 header checksum at
@@ -58,6 +62,29 @@ pub trait Packet {
     /// Whether a socket of the gateway's own stack owns the connection `key` belongs to
     /// (`key` as the packet arrives: source = remote, destination = local).
     fn local_socket_exists(&self, key: &FlowKey) -> bool;
+
+    /// Replaces an address of the IPv4 header embedded in an ICMP error, at `addr_off`,
+    /// fixing that header's checksum at `inner_ip_check_off` and the ICMP checksum at
+    /// `icmp_check_off`, which covers both. (The embedded transport checksum is left as it
+    /// is: it cannot be verified from a truncated segment, and no stack checks it.)
+    fn rewrite_embedded_addr(
+        &mut self,
+        addr_off: usize,
+        inner_ip_check_off: usize,
+        icmp_check_off: usize,
+        old: [u8; 4],
+        new: [u8; 4],
+    ) -> Result<(), RewriteFailed>;
+
+    /// Replaces a port (or echo identifier) of the packet embedded in an ICMP error, fixing
+    /// the ICMP checksum.
+    fn rewrite_embedded_port(
+        &mut self,
+        port_off: usize,
+        icmp_check_off: usize,
+        old: [u8; 2],
+        new: [u8; 2],
+    ) -> Result<(), RewriteFailed>;
 
     /// Replaces the transport port at `port_off`, fixing the transport checksum.
     fn rewrite_port(
@@ -92,9 +119,11 @@ impl Packet for XdpContext {
     }
 
     #[inline(always)]
-    fn make_readable(&mut self, len: usize) -> bool {
-        // An XDP frame's head is all there is to read.
-        self.data() + len <= self.data_end()
+    fn make_readable(&mut self, _len: usize) -> bool {
+        // An XDP frame's head is all there is to read, and ptr_at checks every access. A
+        // check here would be a duplicate that LLVM may merge into ptr_at's on another
+        // register, leaving the verifier without the bound it needs.
+        true
     }
 
     #[inline(always)]
@@ -153,6 +182,71 @@ impl Packet for XdpContext {
             *l4_check = check.to_be_bytes();
         }
         Ok(())
+    }
+
+    // The embedded headers sit at two variable offsets (outer and inner IHL), which the
+    // verifier cannot track through direct packet pointers once LLVM merges the bounds checks;
+    // the load/store helpers check bounds themselves. ICMP errors are rare: the cost is fine.
+    #[inline(always)]
+    fn rewrite_embedded_addr(
+        &mut self,
+        addr_off: usize,
+        inner_ip_check_off: usize,
+        icmp_check_off: usize,
+        old: [u8; 4],
+        new: [u8; 4],
+    ) -> Result<(), RewriteFailed> {
+        let old_inner = u16::from_be_bytes(xdp_load::<2>(self, inner_ip_check_off)?);
+        let new_inner = checksum::replace_u32(old_inner, old, new);
+        let icmp = u16::from_be_bytes(xdp_load::<2>(self, icmp_check_off)?);
+        let icmp =
+            checksum::replace_u16(checksum::replace_u32(icmp, old, new), old_inner, new_inner);
+        xdp_store(self, addr_off, &new)?;
+        xdp_store(self, inner_ip_check_off, &new_inner.to_be_bytes())?;
+        xdp_store(self, icmp_check_off, &icmp.to_be_bytes())
+    }
+
+    #[inline(always)]
+    fn rewrite_embedded_port(
+        &mut self,
+        port_off: usize,
+        icmp_check_off: usize,
+        old: [u8; 2],
+        new: [u8; 2],
+    ) -> Result<(), RewriteFailed> {
+        let icmp = u16::from_be_bytes(xdp_load::<2>(self, icmp_check_off)?);
+        let icmp = checksum::replace_u16(icmp, u16::from_be_bytes(old), u16::from_be_bytes(new));
+        xdp_store(self, port_off, &new)?;
+        xdp_store(self, icmp_check_off, &icmp.to_be_bytes())
+    }
+}
+
+#[inline(always)]
+fn xdp_load<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<[u8; N], RewriteFailed> {
+    let mut bytes = [0u8; N];
+    // SAFETY: the helper bounds-checks `offset + N` against the frame and writes only `bytes`.
+    let result =
+        unsafe { bpf_xdp_load_bytes(ctx.ctx, offset as u32, bytes.as_mut_ptr().cast(), N as u32) };
+    if result == 0 {
+        Ok(bytes)
+    } else {
+        Err(RewriteFailed)
+    }
+}
+
+#[inline(always)]
+fn xdp_store<const N: usize>(
+    ctx: &XdpContext,
+    offset: usize,
+    bytes: &[u8; N],
+) -> Result<(), RewriteFailed> {
+    // SAFETY: the helper bounds-checks `offset + N` against the frame and reads only `bytes`.
+    let result =
+        unsafe { bpf_xdp_store_bytes(ctx.ctx, offset as u32, bytes.as_ptr() as *mut _, N as u32) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(RewriteFailed)
     }
 }
 
@@ -218,6 +312,53 @@ impl Packet for TcContext {
         let to = u16::from_ne_bytes(new) as u64;
         self.store(port_off, &new, 0).map_err(|_| RewriteFailed)?;
         self.l4_csum_replace(l4_off, from, to, l4_flags | 2)
+            .map_err(|_| RewriteFailed)
+    }
+
+    #[inline(always)]
+    fn rewrite_embedded_addr(
+        &mut self,
+        addr_off: usize,
+        inner_ip_check_off: usize,
+        icmp_check_off: usize,
+        old: [u8; 4],
+        new: [u8; 4],
+    ) -> Result<(), RewriteFailed> {
+        let old_inner: [u8; 2] = self.load(inner_ip_check_off).map_err(|_| RewriteFailed)?;
+        let new_inner =
+            checksum::replace_u32(u16::from_be_bytes(old_inner), old, new).to_be_bytes();
+        self.store(addr_off, &new, 0).map_err(|_| RewriteFailed)?;
+        self.store(inner_ip_check_off, &new_inner, 0)
+            .map_err(|_| RewriteFailed)?;
+        // ICMP has no pseudo-header: plain replacements in its checksum.
+        let (from, to) = (
+            u32::from_ne_bytes(old) as u64,
+            u32::from_ne_bytes(new) as u64,
+        );
+        self.l4_csum_replace(icmp_check_off, from, to, 4)
+            .map_err(|_| RewriteFailed)?;
+        let (from, to) = (
+            u16::from_ne_bytes(old_inner) as u64,
+            u16::from_ne_bytes(new_inner) as u64,
+        );
+        self.l4_csum_replace(icmp_check_off, from, to, 2)
+            .map_err(|_| RewriteFailed)
+    }
+
+    #[inline(always)]
+    fn rewrite_embedded_port(
+        &mut self,
+        port_off: usize,
+        icmp_check_off: usize,
+        old: [u8; 2],
+        new: [u8; 2],
+    ) -> Result<(), RewriteFailed> {
+        self.store(port_off, &new, 0).map_err(|_| RewriteFailed)?;
+        let (from, to) = (
+            u16::from_ne_bytes(old) as u64,
+            u16::from_ne_bytes(new) as u64,
+        );
+        self.l4_csum_replace(icmp_check_off, from, to, 2)
             .map_err(|_| RewriteFailed)
     }
 }

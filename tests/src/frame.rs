@@ -19,6 +19,9 @@ pub struct FrameSpec {
     /// For ICMP: 8 (echo request, identifier = `src`'s port) or 0 (echo reply, identifier =
     /// `dst`'s port).
     pub icmp_type: u8,
+    /// For an ICMP error: its code, and the quoted datagram (IPv4 header onwards).
+    pub icmp_code: u8,
+    pub icmp_quote: Option<Vec<u8>>,
 }
 
 impl FrameSpec {
@@ -32,6 +35,8 @@ impl FrameSpec {
             udp_no_checksum: false,
             payload: b"USER anonymous\r\n".to_vec(),
             icmp_type: 0,
+            icmp_code: 0,
+            icmp_quote: None,
         }
     }
 
@@ -54,6 +59,28 @@ impl FrameSpec {
         }
     }
 
+    /// An ICMP error from `src` to `dst` quoting `quoted`'s IPv4 header and the first 8 bytes
+    /// of its payload (RFC 792's minimum).
+    pub fn icmp_error(
+        src: std::net::Ipv4Addr,
+        dst: std::net::Ipv4Addr,
+        icmp_type: u8,
+        code: u8,
+        quoted: &FrameSpec,
+    ) -> FrameSpec {
+        let frame = quoted.build();
+        let ip = &frame[14..];
+        let ihl = ((ip[0] & 0x0f) as usize) * 4;
+        FrameSpec {
+            proto: IPPROTO_ICMP,
+            icmp_type,
+            icmp_code: code,
+            icmp_quote: Some(ip[..ihl + 8].to_vec()),
+            payload: Vec::new(),
+            ..FrameSpec::tcp(SocketAddrV4::new(src, 0), SocketAddrV4::new(dst, 0))
+        }
+    }
+
     pub fn build(&self) -> Vec<u8> {
         assert!(self.ip_options.len().is_multiple_of(4) && self.ip_options.len() <= 40);
         let mut segment = Vec::new();
@@ -62,9 +89,14 @@ impl FrameSpec {
         let check_offset = if self.proto == IPPROTO_ICMP {
             // Echo: type, code, checksum, then the identifier in the source port's place.
             segment.clear();
-            segment.extend_from_slice(&[self.icmp_type, 0, 0, 0]);
-            segment.extend_from_slice(&self.src.port().max(self.dst.port()).to_be_bytes());
-            segment.extend_from_slice(&[0, 1]);
+            segment.extend_from_slice(&[self.icmp_type, self.icmp_code, 0, 0]);
+            if let Some(quote) = &self.icmp_quote {
+                segment.extend_from_slice(&[0, 0, 0, 0]);
+                segment.extend_from_slice(quote);
+            } else {
+                segment.extend_from_slice(&self.src.port().max(self.dst.port()).to_be_bytes());
+                segment.extend_from_slice(&[0, 1]);
+            }
             2
         } else if self.proto == IPPROTO_TCP {
             segment.extend_from_slice(&0x1234_5678u32.to_be_bytes()); // seq

@@ -200,3 +200,44 @@ fn everything_unmatched_passes_unchanged() {
     assert_eq!(get(Counter::PassMalformed), 2);
     assert_eq!(get(Counter::DropRewriteFailed), 0);
 }
+
+#[test]
+fn icmp_errors_about_published_servers_are_translated() {
+    let mut dataplane = loaded_dataplane();
+    let client = endpoint(CLIENT, 40000);
+    let quoted = |src, dst| FrameSpec {
+        udp_no_checksum: true,
+        ..FrameSpec::udp(src, dst)
+    };
+    for hook in [Hook::Xdp, Hook::Tc] {
+        // The server has nothing on the published UDP port: its port-unreachable leaves with
+        // the public address, quoting the packet as the client sent it.
+        assert_translates(
+            &mut dataplane,
+            hook,
+            &FrameSpec::icmp_error(SERVER, CLIENT, 3, 3, &quoted(client, endpoint(SERVER, 53))),
+            &FrameSpec::icmp_error(
+                PUBLIC,
+                CLIENT,
+                3,
+                3,
+                &quoted(client, endpoint(PUBLIC, 5353)),
+            ),
+            "server's error to an outside client",
+        );
+        // And an outside host's error about the server's reply reaches the server.
+        assert_translates(
+            &mut dataplane,
+            hook,
+            &FrameSpec::icmp_error(
+                CLIENT,
+                PUBLIC,
+                3,
+                3,
+                &quoted(endpoint(PUBLIC, 5353), client),
+            ),
+            &FrameSpec::icmp_error(CLIENT, SERVER, 3, 3, &quoted(endpoint(SERVER, 53), client)),
+            "client's error to the server",
+        );
+    }
+}

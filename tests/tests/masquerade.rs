@@ -21,12 +21,17 @@ use gateway_tests::{
 };
 
 const BYTES: usize = 10 << 20;
+/// A published UDP port with nothing listening behind it, for ICMP errors from the server.
+const PUBLISHED_UDP: SocketAddrV4 = SocketAddrV4::new(lab::PUBLIC, 5353);
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn config(hook: &str) -> String {
     format!(
         "{}\n[masquerade]\nnetworks = [\"10.0.0.0/24\"]\naddresses = [\"{}\"]\nports = \"1024-65535\"\n\n[sessions]\nmax = 65536\n",
-        lab::gateway_config(hook, &[]),
+        lab::gateway_config(
+            hook,
+            &[(PUBLISHED_UDP, SocketAddrV4::new(lab::SERVER, 5353), "udp")]
+        ),
         lab::PUBLIC
     )
 }
@@ -174,6 +179,35 @@ fn tc_masquerades_inside_clients() {
         "dropped silently, not refused: {err}"
     );
 
+    // ICMP errors cross the gateway translated (RFC 5382 REQ-9): a port-unreachable from the
+    // outside host reaches the inside client's connected socket, and one from the published
+    // server reaches the outside client's, each as ECONNREFUSED.
+    for (from, to) in [
+        (&lab.inside, SocketAddrV4::new(lab::CLIENT, 9)),
+        (&lab.outside, PUBLISHED_UDP),
+    ] {
+        let refused = from
+            .spawn(move || {
+                let socket = UdpSocket::bind("0.0.0.0:0")?;
+                socket.connect(to)?;
+                socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+                socket.send(b"anyone?")?;
+                let mut buffer = [0u8; 64];
+                Ok(socket
+                    .recv(&mut buffer)
+                    .map(|_| ())
+                    .map_err(|err| err.kind()))
+            })
+            .join()
+            .expect("thread")
+            .expect("udp");
+        assert_eq!(
+            refused,
+            Err(ErrorKind::ConnectionRefused),
+            "port unreachable from {to}"
+        );
+    }
+
     // The gateway's own connections use ports of the masquerade range too; they still work.
     let listener = lab
         .outside
@@ -198,7 +232,12 @@ fn tc_masquerades_inside_clients() {
 
     let status = gateway.stop().expect("stop");
     assert!(status.success(), "{}", gateway.output());
-    for counter in ["session_created", "session_hit", "drop_unsolicited"] {
+    for counter in [
+        "session_created",
+        "session_hit",
+        "drop_unsolicited",
+        "icmp_error_translated",
+    ] {
         assert!(
             gateway.final_counter(counter) > 0,
             "{counter} not counted:\n{}",

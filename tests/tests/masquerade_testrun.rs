@@ -349,3 +349,116 @@ fn inside_to_inside_is_not_masqueraded() {
         );
     }
 }
+
+#[test]
+fn icmp_errors_follow_the_connection_they_quote() {
+    const PORT_UNREACHABLE: (u8, u8) = (3, 3);
+    const TTL_EXCEEDED: (u8, u8) = (11, 0);
+    let router_on_path = Ipv4Addr::new(198, 51, 100, 1);
+    for hook in [Hook::Xdp, Hook::Tc] {
+        let mut dataplane = masquerading(
+            1024..=65535,
+            Filtering::AddressDependent,
+            Timeouts::default(),
+        );
+        // Host B's port 5000 is taken by host A first, so B's mapping changes the port too.
+        translated_source(
+            &mut dataplane,
+            hook,
+            &FrameSpec::udp(at(HOST_A, 5000), at(REMOTE, 53)),
+        );
+        let public_b = translated_source(
+            &mut dataplane,
+            hook,
+            &FrameSpec::udp(at(HOST_B, 5000), at(REMOTE, 53)),
+        );
+        assert_ne!(public_b.port(), 5000);
+        let quoted = |src, dst| FrameSpec {
+            udp_no_checksum: true,
+            ..FrameSpec::udp(src, dst)
+        };
+        let (kind, code) = PORT_UNREACHABLE;
+        assert_translates(
+            &mut dataplane,
+            hook,
+            &FrameSpec::icmp_error(
+                REMOTE,
+                PUBLIC,
+                kind,
+                code,
+                &quoted(public_b, at(REMOTE, 53)),
+            ),
+            &FrameSpec::icmp_error(
+                REMOTE,
+                HOST_B,
+                kind,
+                code,
+                &quoted(at(HOST_B, 5000), at(REMOTE, 53)),
+            ),
+            "port unreachable back to the inside host, quoted source restored",
+        );
+        let (kind, code) = TTL_EXCEEDED;
+        assert_translates(
+            &mut dataplane,
+            hook,
+            &FrameSpec::icmp_error(
+                router_on_path,
+                PUBLIC,
+                kind,
+                code,
+                &quoted(public_b, at(REMOTE, 53)),
+            ),
+            &FrameSpec::icmp_error(
+                router_on_path,
+                HOST_B,
+                kind,
+                code,
+                &quoted(at(HOST_B, 5000), at(REMOTE, 53)),
+            ),
+            "time exceeded from a router on the path keeps the router's address",
+        );
+        // An inside host's error about a packet that came in through the masquerade.
+        let (kind, code) = PORT_UNREACHABLE;
+        assert_translates(
+            &mut dataplane,
+            hook,
+            &FrameSpec::icmp_error(
+                HOST_B,
+                REMOTE,
+                kind,
+                code,
+                &quoted(at(REMOTE, 53), at(HOST_B, 5000)),
+            ),
+            &FrameSpec::icmp_error(
+                PUBLIC,
+                REMOTE,
+                kind,
+                code,
+                &quoted(at(REMOTE, 53), public_b),
+            ),
+            "an inside host's error leaves with the public address",
+        );
+        // Errors about no known connection are the kernel's, and tear nothing down.
+        let stray = FrameSpec::icmp_error(
+            REMOTE,
+            PUBLIC,
+            kind,
+            code,
+            &quoted(at(PUBLIC, 9999), at(REMOTE, 53)),
+        );
+        assert_untouched(
+            &mut dataplane,
+            hook,
+            &stray.build(),
+            "error about an unknown connection",
+        );
+        assert_eq!(counter(&dataplane, Counter::IcmpErrorTranslated), 3);
+        assert_translates(
+            &mut dataplane,
+            hook,
+            &FrameSpec::udp(at(REMOTE, 53), public_b),
+            &FrameSpec::udp(at(REMOTE, 53), at(HOST_B, 5000)),
+            "the mapping survives the errors (REQ-10)",
+        );
+    }
+}
