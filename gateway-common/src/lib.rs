@@ -137,6 +137,9 @@ unsafe impl aya::Pod for PeerKey {}
 /// `Session::rewrite`: which endpoint of the packet the session replaces.
 pub const REWRITE_SOURCE: u8 = 1;
 pub const REWRITE_DESTINATION: u8 = 2;
+/// Both, for hairpinned connections: source from `addr`/`port`, destination from
+/// `peer_addr`/`peer_port`.
+pub const REWRITE_BOTH: u8 = 3;
 
 /// `Session::state` bits.
 pub mod session_state {
@@ -155,10 +158,14 @@ pub struct Session {
     /// The endpoint that replaces the packet's source or destination (see `rewrite`).
     pub addr: [u8; 4],
     pub port: [u8; 2],
-    /// `REWRITE_SOURCE` or `REWRITE_DESTINATION`.
+    /// `REWRITE_SOURCE`, `REWRITE_DESTINATION` or `REWRITE_BOTH`.
     pub rewrite: u8,
     /// `session_state` bits.
     pub state: u8,
+    /// With `REWRITE_BOTH`: the endpoint that replaces the destination.
+    pub peer_addr: [u8; 4],
+    pub peer_port: [u8; 2],
+    pub _pad: [u8; 2],
     /// `bpf_ktime_get_ns` of the last packet: CLOCK_MONOTONIC.
     pub last_seen_ns: u64,
     pub packets: u64,
@@ -249,10 +256,12 @@ pub enum Counter {
     DropUnsolicited = 12,
     /// An ICMP error about a translated connection, translated with the packet it quotes.
     IcmpErrorTranslated = 13,
+    /// A new hairpinned connection (inside host to a published server's public address).
+    HairpinCreated = 14,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 14] = [
+    pub const ALL: [Counter; 15] = [
         Counter::DnatPublished,
         Counter::SnatPublished,
         Counter::PassNotIpv4,
@@ -267,6 +276,7 @@ impl Counter {
         Counter::DropSessionTableFull,
         Counter::DropUnsolicited,
         Counter::IcmpErrorTranslated,
+        Counter::HairpinCreated,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -287,6 +297,7 @@ impl Counter {
             Counter::DropSessionTableFull => "drop_session_table_full",
             Counter::DropUnsolicited => "drop_unsolicited",
             Counter::IcmpErrorTranslated => "icmp_error_translated",
+            Counter::HairpinCreated => "hairpin_created",
         }
     }
 }
@@ -308,7 +319,7 @@ mod tests {
     #[test]
     fn shared_layouts_have_no_hidden_padding() {
         assert_eq!(core::mem::size_of::<FlowKey>(), 16);
-        assert_eq!(core::mem::size_of::<Session>(), 32);
+        assert_eq!(core::mem::size_of::<Session>(), 40);
         assert_eq!(
             core::mem::offset_of!(NatConfig, tcp_established_timeout_ns) % 8,
             0

@@ -9,8 +9,8 @@
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use gateway_common::{
     Counter, Endpoint, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, MAX_MASQ_ADDRESSES,
-    MAX_MASQ_NETWORKS, NatConfig, PORT_ALLOCATION_TRIES, PeerKey, REWRITE_DESTINATION,
-    REWRITE_SOURCE, Session, filtering, session_state,
+    MAX_MASQ_NETWORKS, NatConfig, PORT_ALLOCATION_TRIES, PeerKey, REWRITE_BOTH,
+    REWRITE_DESTINATION, REWRITE_SOURCE, Session, filtering, session_state,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
@@ -117,10 +117,19 @@ fn try_translate<P: Packet>(packet: &mut P) -> Result<Counter, Counter> {
     let key = headers.key;
 
     // Published servers: stateless, both directions.
+    let config = NAT_CONFIG.get(0).filter(|config| config.address_count != 0);
+
     let endpoint = Endpoint::new(key.dst, key.dst_port, key.proto);
     // SAFETY: map values are plain data and only read here.
     if let Some(private) = unsafe { PUBLISH_DNAT.get(endpoint) } {
         let private = *private;
+        // An inside host reaching a published server through its public address (REQ-8):
+        // the server must see (and answer) a public source, so the source is masqueraded too.
+        if let Some(config) = config
+            && in_networks(config, key.src)
+        {
+            return hairpin(packet, &headers, config, endpoint, private);
+        }
         rewrite(
             packet,
             &headers,
@@ -134,44 +143,24 @@ fn try_translate<P: Packet>(packet: &mut P) -> Result<Counter, Counter> {
     // SAFETY: as above.
     if let Some(public) = unsafe { PUBLISH_SNAT.get(endpoint) } {
         let public = *public;
+        // A published server answering a hairpinned client: that connection's session says
+        // both rewrites.
+        if let Some(config) = config
+            && is_masquerade_address(config, key.dst)
+            && let Some(result) = session_hit(packet, &headers, config, now())
+        {
+            return result;
+        }
         rewrite(packet, &headers, REWRITE_SOURCE, public.addr, public.port)?;
         return Ok(Counter::SnatPublished);
     }
 
-    let Some(config) = NAT_CONFIG.get(0) else {
+    let Some(config) = config else {
         return Err(Counter::PassUnmatched);
     };
-    if config.address_count == 0 {
-        return Err(Counter::PassUnmatched);
-    }
-    let now = unsafe { bpf_ktime_get_ns() };
-
-    if let Some(session) = SESSIONS.get_ptr_mut(key) {
-        // SAFETY: a live map value; concurrent updates of these counters from two CPUs may
-        // lose an increment, which only blurs statistics.
-        let session = unsafe { &mut *session };
-        let idle = now.saturating_sub(session.last_seen_ns);
-        if idle <= timeout(config, key.proto, session.state) {
-            if session.rewrite == REWRITE_SOURCE && idle > PEER_REFRESH_NS {
-                // Outbound traffic keeps the mapping open to this host (address-dependent
-                // filtering); refreshed at most once a second per connection.
-                let public = Endpoint::new(session.addr, session.port, key.proto);
-                let peer = PeerKey {
-                    public,
-                    remote: key.dst,
-                };
-                let _ = MASQ_PEERS.insert(peer, now, BPF_ANY);
-            }
-            session.last_seen_ns = now;
-            session.state |= state_bits(&headers);
-            session.packets += 1;
-            session.bytes += headers.ip_len as u64;
-            let (side, addr, port) = (session.rewrite, session.addr, session.port);
-            rewrite(packet, &headers, side, addr, port)?;
-            return Ok(Counter::SessionHit);
-        }
-        let _ = SESSIONS.remove(key);
-        count(Counter::SessionExpired);
+    let now = now();
+    if let Some(result) = session_hit(packet, &headers, config, now) {
+        return result;
     }
 
     if in_networks(config, key.src) && !in_networks(config, key.dst) {
@@ -181,6 +170,129 @@ fn try_translate<P: Packet>(packet: &mut P) -> Result<Counter, Counter> {
         return admit_inbound(packet, &headers, config, now);
     }
     Err(Counter::PassUnmatched)
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// Translates the packet by its session, if it has a live one; `None` when it has none (an
+/// expired one is removed and counted).
+#[inline(always)]
+fn session_hit<P: Packet>(
+    packet: &mut P,
+    headers: &Headers,
+    config: &NatConfig,
+    now: u64,
+) -> Option<Result<Counter, Counter>> {
+    let key = headers.key;
+    let session = SESSIONS.get_ptr_mut(key)?;
+    // SAFETY: a live map value; concurrent updates of these counters from two CPUs may lose
+    // an increment, which only blurs statistics.
+    let session = unsafe { &mut *session };
+    let idle = now.saturating_sub(session.last_seen_ns);
+    if idle > timeout(config, key.proto, session.state) {
+        let _ = SESSIONS.remove(key);
+        count(Counter::SessionExpired);
+        return None;
+    }
+    if session.rewrite == REWRITE_SOURCE && idle > PEER_REFRESH_NS {
+        // Outbound traffic keeps the mapping open to this host (address-dependent
+        // filtering); refreshed at most once a second per connection.
+        let public = Endpoint::new(session.addr, session.port, key.proto);
+        let _ = MASQ_PEERS.insert(
+            PeerKey {
+                public,
+                remote: key.dst,
+            },
+            now,
+            BPF_ANY,
+        );
+    }
+    session.last_seen_ns = now;
+    session.state |= state_bits(headers);
+    session.packets += 1;
+    session.bytes += headers.ip_len as u64;
+    let session = *session;
+    Some(apply_session(packet, headers, &session).map(|()| Counter::SessionHit))
+}
+
+#[inline(always)]
+fn apply_session<P: Packet>(
+    packet: &mut P,
+    headers: &Headers,
+    session: &Session,
+) -> Result<(), Counter> {
+    if session.rewrite == REWRITE_BOTH {
+        rewrite(packet, headers, REWRITE_SOURCE, session.addr, session.port)?;
+        return rewrite(
+            packet,
+            headers,
+            REWRITE_DESTINATION,
+            session.peer_addr,
+            session.peer_port,
+        );
+    }
+    rewrite(packet, headers, session.rewrite, session.addr, session.port)
+}
+
+/// A new hairpinned connection: an inside client to `published` (public), served by
+/// `server` (private). The client is masqueraded like any outgoing connection, so the server
+/// answers the gateway, which sends the answer back to the client from the public endpoint.
+#[inline(always)]
+fn hairpin<P: Packet>(
+    packet: &mut P,
+    headers: &Headers,
+    config: &NatConfig,
+    published: Endpoint,
+    server: Endpoint,
+) -> Result<Counter, Counter> {
+    let now = now();
+    if let Some(result) = session_hit(packet, headers, config, now) {
+        return result;
+    }
+    let key = headers.key;
+    let client = Endpoint::new(key.src, key.src_port, key.proto);
+    let public_client = mapping(config, client)?;
+    let to_server = Session {
+        addr: public_client.addr,
+        port: public_client.port,
+        rewrite: REWRITE_BOTH,
+        state: state_bits(headers),
+        peer_addr: server.addr,
+        peer_port: server.port,
+        _pad: [0; 2],
+        last_seen_ns: now,
+        packets: 1,
+        bytes: headers.ip_len as u64,
+    };
+    let to_client = Session {
+        addr: published.addr,
+        port: published.port,
+        peer_addr: client.addr,
+        peer_port: client.port,
+        packets: 0,
+        bytes: 0,
+        ..to_server
+    };
+    let reply = FlowKey {
+        src: server.addr,
+        dst: public_client.addr,
+        src_port: server.port,
+        dst_port: public_client.port,
+        proto: key.proto,
+        _pad: [0; 3],
+    };
+    SESSIONS
+        .insert(key, to_server, BPF_ANY)
+        .map_err(|_| Counter::DropSessionTableFull)?;
+    SESSIONS
+        .insert(reply, to_client, BPF_ANY)
+        .map_err(|_| Counter::DropSessionTableFull)?;
+    apply_session(packet, headers, &to_server)?;
+    Ok(Counter::HairpinCreated)
 }
 
 #[inline(always)]
@@ -424,6 +536,9 @@ fn install(outbound: FlowKey, public: Endpoint, now: u64, state: u8) -> Result<(
         port: public.port,
         rewrite: REWRITE_SOURCE,
         state,
+        peer_addr: [0; 4],
+        peer_port: [0; 2],
+        _pad: [0; 2],
         last_seen_ns: now,
         packets: 0,
         bytes: 0,
@@ -612,7 +727,9 @@ fn translate_icmp_error<P: Packet>(packet: &mut P, outer: &Headers) -> Result<Co
         (REWRITE_SOURCE, private.addr, private.port)
     } else if let Some(public) = unsafe { PUBLISH_SNAT.get(Endpoint::new(dst, dst_port, proto)) } {
         (REWRITE_DESTINATION, public.addr, public.port)
-    } else if let Some(session) = unsafe { SESSIONS.get(quoted.reversed()) } {
+    } else if let Some(session) = unsafe { SESSIONS.get(quoted.reversed()) }
+        && session.rewrite != REWRITE_BOTH
+    {
         // The quoted packet reversed is the connection's other direction, whose session says
         // how that direction is translated: exactly what the quoted packet needs undone.
         let side = if session.rewrite == REWRITE_DESTINATION {

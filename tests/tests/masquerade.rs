@@ -23,6 +23,8 @@ use gateway_tests::{
 const BYTES: usize = 10 << 20;
 /// A published UDP port with nothing listening behind it, for ICMP errors from the server.
 const PUBLISHED_UDP: SocketAddrV4 = SocketAddrV4::new(lab::PUBLIC, 5353);
+/// A published TCP server, reached from inside through its public address (hairpinning).
+const PUBLISHED_TCP: SocketAddrV4 = SocketAddrV4::new(lab::PUBLIC, 8021);
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn config(hook: &str) -> String {
@@ -30,7 +32,10 @@ fn config(hook: &str) -> String {
         "{}\n[masquerade]\nnetworks = [\"10.0.0.0/24\"]\naddresses = [\"{}\"]\nports = \"1024-65535\"\n\n[sessions]\nmax = 65536\n",
         lab::gateway_config(
             hook,
-            &[(PUBLISHED_UDP, SocketAddrV4::new(lab::SERVER, 5353), "udp")]
+            &[
+                (PUBLISHED_UDP, SocketAddrV4::new(lab::SERVER, 5353), "udp"),
+                (PUBLISHED_TCP, SocketAddrV4::new(lab::SERVER, 9000), "tcp"),
+            ]
         ),
         lab::PUBLIC
     )
@@ -281,6 +286,49 @@ fn xdp_masquerades_inside_clients() {
     assert!(status.success(), "{}", gateway.output());
     assert!(
         gateway.final_counter("session_created") > 0,
+        "{}",
+        gateway.output()
+    );
+}
+
+/// RFC 5382 REQ-8: an inside host reaches a published server through the public address. The
+/// lab's only inside host is the server itself, which makes the case sharper: it connects to
+/// its own public address and must see the connection arrive from a public endpoint.
+#[test]
+fn tc_hairpins_inside_hosts_to_published_servers() {
+    let (lab, mut gateway, _config) = start(
+        "auto",
+        LabOptions {
+            endpoint_tx_offload: true,
+            router_tx_offload: false,
+        },
+        &[],
+    );
+    let private = SocketAddrV4::new(lab::SERVER, 9000);
+    let report = tcp_transfer(
+        &lab.inside,
+        private,
+        &lab.inside,
+        PUBLISHED_TCP,
+        1 << 20,
+        TIMEOUT,
+    )
+    .unwrap_or_else(|err| panic!("hairpinned transfer failed: {err:#}\n{}", gateway.output()));
+    assert!(report.intact());
+    assert_eq!(report.client_connected_to, SocketAddr::V4(PUBLISHED_TCP));
+    let SocketAddr::V4(seen) = report.server_saw_peer else {
+        panic!("not IPv4")
+    };
+    assert_eq!(
+        *seen.ip(),
+        lab::PUBLIC,
+        "the server sees the client at the public address"
+    );
+    let status = gateway.stop().expect("stop");
+    assert!(status.success(), "{}", gateway.output());
+    assert_eq!(
+        gateway.final_counter("hairpin_created"),
+        1,
         "{}",
         gateway.output()
     );

@@ -462,3 +462,57 @@ fn icmp_errors_follow_the_connection_they_quote() {
         );
     }
 }
+
+#[test]
+fn hairpinned_connections_are_translated_both_ways() {
+    for hook in [Hook::Xdp, Hook::Tc] {
+        let mut dataplane = masquerading(
+            1024..=65535,
+            Filtering::AddressDependent,
+            Timeouts::default(),
+        );
+        let published = at(PUBLIC, 8021);
+        let server = at(HOST_A, 9000);
+        dataplane
+            .publish(&[gateway_user::config::Publish {
+                public: published,
+                private: server,
+                protocol: gateway_user::config::Protocol::Tcp,
+            }])
+            .unwrap();
+        let client = at(HOST_B, 45000);
+        // REQ-8: the server sees the client at a public endpoint, so its answer comes back
+        // through the gateway, which returns it from the published endpoint.
+        assert_translates(
+            &mut dataplane,
+            hook,
+            &FrameSpec::tcp(client, published),
+            &FrameSpec::tcp(at(PUBLIC, 45000), server),
+            "client to the public address of an inside server",
+        );
+        assert_translates(
+            &mut dataplane,
+            hook,
+            &FrameSpec::tcp(server, at(PUBLIC, 45000)),
+            &FrameSpec::tcp(published, client),
+            "the server's answer",
+        );
+        assert_translates(
+            &mut dataplane,
+            hook,
+            &FrameSpec::tcp(client, published),
+            &FrameSpec::tcp(at(PUBLIC, 45000), server),
+            "next packet by the session",
+        );
+        assert_eq!(counter(&dataplane, Counter::HairpinCreated), 1);
+        assert_eq!(counter(&dataplane, Counter::SessionHit), 2);
+        // Outside clients still reach the server directly, without a session.
+        assert_translates(
+            &mut dataplane,
+            hook,
+            &FrameSpec::tcp(at(REMOTE, 50000), published),
+            &FrameSpec::tcp(at(REMOTE, 50000), server),
+            "an outside client, unchanged",
+        );
+    }
+}
