@@ -134,6 +134,36 @@ pub struct PeerKey {
 // SAFETY: repr(C), two byte-array structs, no implicit padding.
 unsafe impl aya::Pod for PeerKey {}
 
+/// A fragmented datagram: the key of `FRAGMENTS`. Only the first fragment carries ports, so
+/// the translation found for it is remembered for the others under the datagram's identity.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FragmentKey {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub id: [u8; 2],
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// The addresses a fragmented datagram's fragments get.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FragmentTranslation {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+}
+
+/// Datagrams being fragmented through the gateway at once.
+pub const MAX_FRAGMENTED_DATAGRAMS: u32 = 16384;
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), byte arrays and bytes, no implicit padding.
+unsafe impl aya::Pod for FragmentKey {}
+#[cfg(feature = "user")]
+// SAFETY: repr(C), byte arrays.
+unsafe impl aya::Pod for FragmentTranslation {}
+
 /// `Session::rewrite`: which endpoint of the packet the session replaces.
 pub const REWRITE_SOURCE: u8 = 1;
 pub const REWRITE_DESTINATION: u8 = 2;
@@ -236,7 +266,7 @@ pub enum Counter {
     PassNotIpv4 = 2,
     /// IPv4 whose headers could not be parsed (truncated, bad IHL): the kernel decides.
     PassMalformed = 3,
-    /// An IPv4 fragment: reassembly is the kernel's job for now.
+    /// An IPv4 fragment of a datagram the gateway does not translate.
     PassFragment = 4,
     /// IPv4 that matches no translation rule.
     PassUnmatched = 5,
@@ -258,10 +288,15 @@ pub enum Counter {
     IcmpErrorTranslated = 13,
     /// A new hairpinned connection (inside host to a published server's public address).
     HairpinCreated = 14,
+    /// A later fragment (no transport header) given its datagram's translation.
+    FragmentTranslated = 15,
+    /// A later fragment of a datagram whose first fragment was not seen, that would otherwise
+    /// leave untranslated (or vanish in the gateway's own reassembly).
+    DropFragmentUnknown = 16,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 15] = [
+    pub const ALL: [Counter; 17] = [
         Counter::DnatPublished,
         Counter::SnatPublished,
         Counter::PassNotIpv4,
@@ -277,6 +312,8 @@ impl Counter {
         Counter::DropUnsolicited,
         Counter::IcmpErrorTranslated,
         Counter::HairpinCreated,
+        Counter::FragmentTranslated,
+        Counter::DropFragmentUnknown,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -298,6 +335,8 @@ impl Counter {
             Counter::DropUnsolicited => "drop_unsolicited",
             Counter::IcmpErrorTranslated => "icmp_error_translated",
             Counter::HairpinCreated => "hairpin_created",
+            Counter::FragmentTranslated => "fragment_translated",
+            Counter::DropFragmentUnknown => "drop_fragment_unknown",
         }
     }
 }

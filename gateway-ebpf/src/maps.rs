@@ -6,7 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use gateway_common::{
-    Counter, DEFAULT_MAX_SESSIONS, Endpoint, FlowKey, MAX_PUBLISHED, NatConfig, PeerKey, Session,
+    Counter, DEFAULT_MAX_SESSIONS, Endpoint, FlowKey, FragmentKey, FragmentTranslation,
+    MAX_FRAGMENTED_DATAGRAMS, MAX_PUBLISHED, NatConfig, PeerKey, Session,
 };
 
 /// Published servers, keyed by public endpoint: where to send traffic addressed to it.
@@ -40,6 +41,11 @@ pub static MASQ_BY_PUBLIC: LruHashMap<Endpoint, Endpoint> =
 #[map(name = "MASQ_PEERS")]
 pub static MASQ_PEERS: LruHashMap<PeerKey, u64> =
     LruHashMap::with_max_entries(DEFAULT_MAX_SESSIONS, 0);
+
+/// Translations of fragmented datagrams, from their first fragment, for the later ones.
+#[map(name = "FRAGMENTS")]
+pub static FRAGMENTS: LruHashMap<FragmentKey, FragmentTranslation> =
+    LruHashMap::with_max_entries(MAX_FRAGMENTED_DATAGRAMS, 0);
 
 /// Masquerade and timeout settings; element 0.
 #[map(name = "NAT_CONFIG")]

@@ -8,16 +8,16 @@
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use gateway_common::{
-    Counter, Endpoint, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, MAX_MASQ_ADDRESSES,
-    MAX_MASQ_NETWORKS, NatConfig, PORT_ALLOCATION_TRIES, PeerKey, REWRITE_BOTH,
-    REWRITE_DESTINATION, REWRITE_SOURCE, Session, filtering, session_state,
+    Counter, Endpoint, FlowKey, FragmentKey, FragmentTranslation, IPPROTO_ICMP, IPPROTO_TCP,
+    IPPROTO_UDP, MAX_MASQ_ADDRESSES, MAX_MASQ_NETWORKS, NatConfig, PORT_ALLOCATION_TRIES, PeerKey,
+    REWRITE_BOTH, REWRITE_DESTINATION, REWRITE_SOURCE, Session, filtering, session_state,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
     maps::{
-        MASQ_BY_PRIVATE, MASQ_BY_PUBLIC, MASQ_PEERS, NAT_CONFIG, PUBLISH_DNAT, PUBLISH_SNAT,
-        SESSIONS, count,
+        FRAGMENTS, MASQ_BY_PRIVATE, MASQ_BY_PUBLIC, MASQ_PEERS, NAT_CONFIG, PUBLISH_DNAT,
+        PUBLISH_SNAT, SESSIONS, count,
     },
     packet::{L4Check, Packet, ptr_at},
 };
@@ -35,7 +35,8 @@ const IP_CHECK: usize = 10;
 const IP_SRC: usize = 12;
 const IP_DST: usize = 16;
 /// More-fragments flag and fragment offset, in the host-order `frags` field.
-const IP_FRAGMENT_MASK: u16 = 0x3fff;
+const IP_MORE_FRAGMENTS: u16 = 0x2000;
+const IP_FRAGMENT_OFFSET: u16 = 0x1fff;
 /// Offsets inside the TCP/UDP header.
 const L4_SRC_PORT: usize = 0;
 const L4_DST_PORT: usize = 2;
@@ -76,6 +77,16 @@ struct Headers {
     /// An ICMP error (destination unreachable, time exceeded, parameter problem): `key` has
     /// no ports and the packet it is about is embedded after the ICMP header.
     icmp_error: bool,
+    /// The first fragment of a fragmented datagram: its translation is remembered for the
+    /// later fragments under this key.
+    first_fragment: Option<FragmentKey>,
+}
+
+/// What parsing found.
+enum Parsed {
+    Packet(Headers),
+    /// A fragment after the first: no transport header to translate by.
+    LaterFragment(FragmentKey),
 }
 
 impl Headers {
@@ -102,7 +113,8 @@ pub fn translate<P: Packet>(packet: &mut P) -> Verdict {
         Counter::DropRewriteFailed
         | Counter::DropPortExhausted
         | Counter::DropSessionTableFull
-        | Counter::DropUnsolicited => Verdict::Drop,
+        | Counter::DropUnsolicited
+        | Counter::DropFragmentUnknown => Verdict::Drop,
         _ => Verdict::Pass,
     }
 }
@@ -110,9 +122,90 @@ pub fn translate<P: Packet>(packet: &mut P) -> Verdict {
 /// Returns the counter that describes what happened to the packet.
 #[inline(always)]
 fn try_translate<P: Packet>(packet: &mut P) -> Result<Counter, Counter> {
-    let headers = parse(packet)?;
+    let headers = match parse(packet)? {
+        Parsed::Packet(headers) => headers,
+        Parsed::LaterFragment(fragment) => return translate_later_fragment(packet, fragment),
+    };
+    let result = translate_headers(packet, &headers);
+    if let (Ok(_), Some(fragment)) = (&result, headers.first_fragment) {
+        remember_fragment(packet, fragment);
+    }
+    result
+}
+
+/// Remembers the addresses the first fragment of a datagram left with, for the later ones.
+#[inline(always)]
+fn remember_fragment<P: Packet>(packet: &mut P, fragment: FragmentKey) {
+    let Some(ip) = ptr_at::<P, Ipv4Hdr>(packet, ETH_LEN) else {
+        return;
+    };
+    // SAFETY: bounds-checked by ptr_at.
+    let translation = unsafe {
+        FragmentTranslation {
+            src: (*ip).src_addr,
+            dst: (*ip).dst_addr,
+        }
+    };
+    if translation.src != fragment.src || translation.dst != fragment.dst {
+        let _ = FRAGMENTS.insert(fragment, translation, BPF_ANY);
+    }
+}
+
+/// A fragment after the first gets its datagram's translation. One whose first fragment was
+/// not seen (lost, or reordered behind it) is passed on only where it cannot leak: from an
+/// inside network or to a masquerade address it would leave untranslated, so it is dropped
+/// and counted, and the sender's reassembly timeout or retransmission takes over.
+#[inline(always)]
+fn translate_later_fragment<P: Packet>(
+    packet: &mut P,
+    fragment: FragmentKey,
+) -> Result<Counter, Counter> {
+    // SAFETY: map values are plain data and only read here.
+    let Some(translation) = (unsafe { FRAGMENTS.get(fragment) }) else {
+        let guarded = NAT_CONFIG
+            .get(0)
+            .filter(|config| config.address_count != 0)
+            .is_some_and(|config| {
+                in_networks(config, fragment.src) || is_masquerade_address(config, fragment.dst)
+            });
+        return Err(if guarded {
+            Counter::DropFragmentUnknown
+        } else {
+            Counter::PassFragment
+        });
+    };
+    let translation = *translation;
+    let ip_check = ETH_LEN + IP_CHECK;
+    if translation.src != fragment.src {
+        packet
+            .rewrite_addr(
+                ETH_LEN + IP_SRC,
+                ip_check,
+                L4Check::Absent,
+                fragment.src,
+                translation.src,
+            )
+            .map_err(|_| Counter::DropRewriteFailed)?;
+    }
+    if translation.dst != fragment.dst {
+        packet
+            .rewrite_addr(
+                ETH_LEN + IP_DST,
+                ip_check,
+                L4Check::Absent,
+                fragment.dst,
+                translation.dst,
+            )
+            .map_err(|_| Counter::DropRewriteFailed)?;
+    }
+    Ok(Counter::FragmentTranslated)
+}
+
+/// Translates a packet with its transport header.
+#[inline(always)]
+fn translate_headers<P: Packet>(packet: &mut P, headers: &Headers) -> Result<Counter, Counter> {
     if headers.icmp_error {
-        return translate_icmp_error(packet, &headers);
+        return translate_icmp_error(packet, headers);
     }
     let key = headers.key;
 
@@ -128,11 +221,11 @@ fn try_translate<P: Packet>(packet: &mut P) -> Result<Counter, Counter> {
         if let Some(config) = config
             && in_networks(config, key.src)
         {
-            return hairpin(packet, &headers, config, endpoint, private);
+            return hairpin(packet, headers, config, endpoint, private);
         }
         rewrite(
             packet,
-            &headers,
+            headers,
             REWRITE_DESTINATION,
             private.addr,
             private.port,
@@ -147,11 +240,11 @@ fn try_translate<P: Packet>(packet: &mut P) -> Result<Counter, Counter> {
         // both rewrites.
         if let Some(config) = config
             && is_masquerade_address(config, key.dst)
-            && let Some(result) = session_hit(packet, &headers, config, now())
+            && let Some(result) = session_hit(packet, headers, config, now())
         {
             return result;
         }
-        rewrite(packet, &headers, REWRITE_SOURCE, public.addr, public.port)?;
+        rewrite(packet, headers, REWRITE_SOURCE, public.addr, public.port)?;
         return Ok(Counter::SnatPublished);
     }
 
@@ -159,15 +252,15 @@ fn try_translate<P: Packet>(packet: &mut P) -> Result<Counter, Counter> {
         return Err(Counter::PassUnmatched);
     };
     let now = now();
-    if let Some(result) = session_hit(packet, &headers, config, now) {
+    if let Some(result) = session_hit(packet, headers, config, now) {
         return result;
     }
 
     if in_networks(config, key.src) && !in_networks(config, key.dst) {
-        return masquerade_new(packet, &headers, config, now);
+        return masquerade_new(packet, headers, config, now);
     }
     if is_masquerade_address(config, key.dst) {
-        return admit_inbound(packet, &headers, config, now);
+        return admit_inbound(packet, headers, config, now);
     }
     Err(Counter::PassUnmatched)
 }
@@ -296,7 +389,7 @@ fn hairpin<P: Packet>(
 }
 
 #[inline(always)]
-fn parse<P: Packet>(packet: &mut P) -> Result<Headers, Counter> {
+fn parse<P: Packet>(packet: &mut P) -> Result<Parsed, Counter> {
     if !packet.make_readable(ETH_LEN) {
         return Err(Counter::PassMalformed);
     }
@@ -310,7 +403,7 @@ fn parse<P: Packet>(packet: &mut P) -> Result<Headers, Counter> {
     }
     let ip: *const Ipv4Hdr = ptr_at(packet, ETH_LEN).ok_or(Counter::PassMalformed)?;
     // SAFETY: bounds-checked by ptr_at; the values are copied out before any rewrite.
-    let (vihl, frags, proto, src, dst, tot_len) = unsafe {
+    let (vihl, frags, proto, src, dst, tot_len, id) = unsafe {
         (
             (*ip).vihl,
             (*ip).frags,
@@ -318,6 +411,7 @@ fn parse<P: Packet>(packet: &mut P) -> Result<Headers, Counter> {
             (*ip).src_addr,
             (*ip).dst_addr,
             (*ip).tot_len,
+            (*ip).id,
         )
     };
     // IHL counts 32-bit words; options make it up to 60 bytes.
@@ -325,9 +419,18 @@ fn parse<P: Packet>(packet: &mut P) -> Result<Headers, Counter> {
     if vihl >> 4 != 4 || ip_len < Ipv4Hdr::LEN {
         return Err(Counter::PassMalformed);
     }
-    if u16::from_be_bytes(frags) & IP_FRAGMENT_MASK != 0 {
-        return Err(Counter::PassFragment);
+    let frags = u16::from_be_bytes(frags);
+    let fragment = FragmentKey {
+        src,
+        dst,
+        id,
+        proto,
+        _pad: 0,
+    };
+    if frags & IP_FRAGMENT_OFFSET != 0 {
+        return Ok(Parsed::LaterFragment(fragment));
     }
+    let first_fragment = (frags & IP_MORE_FRAGMENTS != 0).then_some(fragment);
 
     let l4 = ETH_LEN + ip_len;
     let (check, needed) = match proto {
@@ -358,7 +461,7 @@ fn parse<P: Packet>(packet: &mut P) -> Result<Headers, Counter> {
     } else {
         0
     };
-    Ok(Headers {
+    Ok(Parsed::Packet(Headers {
         l4,
         check,
         key: FlowKey {
@@ -371,9 +474,10 @@ fn parse<P: Packet>(packet: &mut P) -> Result<Headers, Counter> {
         },
         tcp_flags,
         ip_len: u16::from_be_bytes(tot_len),
+        first_fragment,
         icmp_error: proto == IPPROTO_ICMP
             && !matches!(ports[0], ICMP_ECHO_REQUEST | ICMP_ECHO_REPLY),
-    })
+    }))
 }
 
 /// Replaces the packet's source or destination address and port with `addr`/`port`.

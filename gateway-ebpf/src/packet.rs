@@ -25,6 +25,8 @@ pub enum L4Check {
     Udp(usize),
     /// ICMP checksum field at this frame offset: no pseudo-header, so addresses are not in it.
     Icmp(usize),
+    /// No transport header in this packet (a later fragment): only the IPv4 header changes.
+    Absent,
 }
 
 impl L4Check {
@@ -32,6 +34,7 @@ impl L4Check {
     pub fn offset(self) -> usize {
         match self {
             L4Check::Tcp(off) | L4Check::Udp(off) | L4Check::Icmp(off) => off,
+            L4Check::Absent => 0,
         }
     }
 }
@@ -96,10 +99,22 @@ pub trait Packet {
     ) -> Result<(), RewriteFailed>;
 }
 
+/// The furthest header byte the fast path ever reads: Ethernet, an IPv4 header with options,
+/// an ICMP error header and the quoted IPv4 header with options and 8 bytes, rounded up to
+/// a mask.
+const MAX_HEADER_OFFSET: usize = 0x1ff;
+
 /// A pointer to a `T` at `offset` into the frame, if the whole `T` lies inside it. The check
 /// is the one the verifier needs to see before any direct packet access.
 #[inline(always)]
 pub fn ptr_at<P: Packet, T>(packet: &P, offset: usize) -> Option<*mut T> {
+    if offset > MAX_HEADER_OFFSET {
+        return None;
+    }
+    // The mask is a no-op after the check above, but it re-derives the offset's bounds in
+    // the register that is added to the packet pointer: LLVM sometimes carries offsets
+    // packed with other fields, and the verifier must see a bounded scalar at the addition.
+    let offset = offset & MAX_HEADER_OFFSET;
     let start = packet.start();
     if start + offset + core::mem::size_of::<T>() > packet.end() {
         return None;
@@ -142,6 +157,15 @@ impl Packet for XdpContext {
     ) -> Result<(), RewriteFailed> {
         let addr: *mut [u8; 4] = ptr_at(self, addr_off).ok_or(RewriteFailed)?;
         let ip_check: *mut [u8; 2] = ptr_at(self, ip_check_off).ok_or(RewriteFailed)?;
+        if let L4Check::Absent = l4 {
+            // SAFETY: both pointers were bounds-checked against the frame just above.
+            unsafe {
+                *addr = new;
+                *ip_check =
+                    checksum::replace_u32(u16::from_be_bytes(*ip_check), old, new).to_be_bytes();
+            }
+            return Ok(());
+        }
         let l4_check: *mut [u8; 2] = ptr_at(self, l4.offset()).ok_or(RewriteFailed)?;
         // SAFETY: all three pointers were bounds-checked against the frame just above.
         unsafe {
@@ -153,7 +177,7 @@ impl Packet for XdpContext {
             let check = match l4 {
                 L4Check::Tcp(_) => checksum::replace_u32(check, old, new),
                 L4Check::Udp(_) => checksum::udp_replace_u32(check, old, new),
-                L4Check::Icmp(_) => check,
+                L4Check::Icmp(_) | L4Check::Absent => check,
             };
             *l4_check = check.to_be_bytes();
         }
@@ -176,7 +200,9 @@ impl Packet for XdpContext {
             *port = new.to_be_bytes();
             let check = u16::from_be_bytes(*l4_check);
             let check = match l4 {
-                L4Check::Tcp(_) | L4Check::Icmp(_) => checksum::replace_u16(check, old, new),
+                L4Check::Tcp(_) | L4Check::Icmp(_) | L4Check::Absent => {
+                    checksum::replace_u16(check, old, new)
+                }
                 L4Check::Udp(_) => checksum::udp_replace_u16(check, old, new),
             };
             *l4_check = check.to_be_bytes();
@@ -291,8 +317,9 @@ impl Packet for TcContext {
         self.store(addr_off, &new, 0).map_err(|_| RewriteFailed)?;
         self.l3_csum_replace(ip_check_off, from, to, 4)
             .map_err(|_| RewriteFailed)?;
-        if let L4Check::Icmp(_) = l4 {
-            // ICMP's checksum has no pseudo-header: an address change leaves it alone.
+        if let L4Check::Icmp(_) | L4Check::Absent = l4 {
+            // ICMP's checksum has no pseudo-header, and a later fragment has no transport
+            // header: an address change leaves them alone.
             return Ok(());
         }
         self.l4_csum_replace(l4_off, from, to, l4_flags | BPF_F_PSEUDO_HDR as u64 | 4)
@@ -367,6 +394,7 @@ impl Packet for TcContext {
 fn l4_helper_args(l4: L4Check) -> (usize, u64) {
     match l4 {
         L4Check::Tcp(off) | L4Check::Icmp(off) => (off, 0),
+        L4Check::Absent => (0, 0),
         // Leave a zero UDP checksum alone, and never produce one.
         L4Check::Udp(off) => (off, BPF_F_MARK_MANGLED_0 as u64),
     }

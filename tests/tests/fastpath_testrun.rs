@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 mod common;
 
-use common::{Hook, assert_translates, assert_untouched};
+use common::{Hook, assert_translates, assert_untouched, run};
 use gateway_common::Counter;
 use gateway_tests::{check_environment, frame::FrameSpec};
 use gateway_user::{
@@ -145,14 +145,6 @@ fn everything_unmatched_passes_unchanged() {
         ),
         (
             FrameSpec {
-                frags: 0x2000,
-                ..FrameSpec::tcp(client, endpoint(PUBLIC, 8021))
-            }
-            .build(),
-            "first fragment (MF) to a published port",
-        ),
-        (
-            FrameSpec {
                 frags: 0x0010,
                 ..FrameSpec::tcp(client, endpoint(PUBLIC, 8021))
             }
@@ -195,7 +187,11 @@ fn everything_unmatched_passes_unchanged() {
         2 * 4,
         "unpublished ports and ICMP"
     );
-    assert_eq!(get(Counter::PassFragment), 2 * 2);
+    assert_eq!(
+        get(Counter::PassFragment),
+        2,
+        "a later fragment of an unknown datagram"
+    );
     assert_eq!(get(Counter::PassNotIpv4), 2 * 2);
     assert_eq!(get(Counter::PassMalformed), 2);
     assert_eq!(get(Counter::DropRewriteFailed), 0);
@@ -240,4 +236,51 @@ fn icmp_errors_about_published_servers_are_translated() {
             "client's error to the server",
         );
     }
+}
+
+/// `frame` with other IPv4 addresses and its header checksum recomputed; nothing else changed.
+fn with_addresses(frame: &[u8], src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+    let mut frame = frame.to_vec();
+    frame[26..30].copy_from_slice(&src.octets());
+    frame[30..34].copy_from_slice(&dst.octets());
+    let ihl = ((frame[14] & 0x0f) as usize) * 4;
+    let check = gateway_common::checksum::ipv4_header(&frame[14..14 + ihl]);
+    frame[24..26].copy_from_slice(&check.to_be_bytes());
+    frame
+}
+
+#[test]
+fn later_fragments_follow_their_first() {
+    let mut dataplane = loaded_dataplane();
+    let client = endpoint(CLIENT, 40000);
+    for hook in [Hook::Xdp, Hook::Tc] {
+        let first = |spec: FrameSpec| FrameSpec {
+            frags: 0x2000,
+            ..spec
+        };
+        assert_translates(
+            &mut dataplane,
+            hook,
+            &first(FrameSpec::udp(client, endpoint(PUBLIC, 5353))),
+            &first(FrameSpec::udp(client, endpoint(SERVER, 53))),
+            "first fragment, translated by its ports",
+        );
+        // A later fragment: no transport header, only data (built here from a UDP frame
+        // whose "header" is just payload bytes to the program).
+        let later = FrameSpec {
+            frags: 0x00b9,
+            ..FrameSpec::udp(client, endpoint(PUBLIC, 5353))
+        }
+        .build();
+        let (verdict, out) = run(&mut dataplane, hook, &later);
+        assert_eq!(verdict, common::pass(hook));
+        assert_eq!(
+            out,
+            with_addresses(&later, CLIENT, SERVER),
+            "{hook:?}: later fragment"
+        );
+    }
+    let counters = dataplane.counters().unwrap();
+    let get = |wanted: Counter| counters.iter().find(|(c, _)| *c == wanted).unwrap().1;
+    assert_eq!(get(Counter::FragmentTranslated), 2);
 }

@@ -91,6 +91,26 @@ fn outbound_transfer(lab: &Lab, gateway: &GatewayProcess) {
     }
 }
 
+/// A 4000-byte UDP datagram (three fragments on a 1500-byte MTU) out through the masquerade
+/// and the same back: every fragment must be translated, or reassembly fails on either side.
+fn fragmented_round_trip(lab: &Lab) {
+    let inside = udp_socket(&lab.inside, SocketAddrV4::new(lab::SERVER, 6100));
+    let outside = udp_socket(&lab.outside, SocketAddrV4::new(lab::CLIENT, 7100));
+    let big: Vec<u8> = (0..4000u32).map(|i| (i * 7 % 251) as u8).collect();
+    inside.send_to(&big, outside.local_addr().unwrap()).unwrap();
+    let mut buffer = vec![0u8; 8192];
+    let (len, from) = outside
+        .recv_from(&mut buffer)
+        .expect("fragmented datagram out");
+    assert_eq!(&buffer[..len], &big[..]);
+    assert_eq!(from, SocketAddr::V4(SocketAddrV4::new(lab::PUBLIC, 6100)));
+    outside.send_to(&big, from).unwrap();
+    let (len, _) = inside
+        .recv_from(&mut buffer)
+        .expect("fragmented datagram back");
+    assert_eq!(&buffer[..len], &big[..]);
+}
+
 fn ping(from: &Netns, to: std::net::Ipv4Addr) -> bool {
     from.command("ping")
         .args(["-c", "2", "-i", "0.2", "-W", "2", &to.to_string()])
@@ -184,6 +204,8 @@ fn tc_masquerades_inside_clients() {
         "dropped silently, not refused: {err}"
     );
 
+    fragmented_round_trip(&lab);
+
     // ICMP errors cross the gateway translated (RFC 5382 REQ-9): a port-unreachable from the
     // outside host reaches the inside client's connected socket, and one from the published
     // server reaches the outside client's, each as ECONNREFUSED.
@@ -242,6 +264,7 @@ fn tc_masquerades_inside_clients() {
         "session_hit",
         "drop_unsolicited",
         "icmp_error_translated",
+        "fragment_translated",
     ] {
         assert!(
             gateway.final_counter(counter) > 0,
@@ -282,10 +305,16 @@ fn xdp_masquerades_inside_clients() {
         ping(&lab.inside, lab::CLIENT),
         "ping through the masquerade"
     );
+    fragmented_round_trip(&lab);
     let status = gateway.stop().expect("stop");
     assert!(status.success(), "{}", gateway.output());
     assert!(
         gateway.final_counter("session_created") > 0,
+        "{}",
+        gateway.output()
+    );
+    assert!(
+        gateway.final_counter("fragment_translated") > 0,
         "{}",
         gateway.output()
     );

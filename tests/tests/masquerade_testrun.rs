@@ -516,3 +516,49 @@ fn hairpinned_connections_are_translated_both_ways() {
         );
     }
 }
+
+#[test]
+fn unknown_later_fragments_never_leave_untranslated() {
+    for hook in [Hook::Xdp, Hook::Tc] {
+        let mut dataplane = masquerading(
+            1024..=65535,
+            Filtering::AddressDependent,
+            Timeouts::default(),
+        );
+        // A later fragment from an inside host whose first fragment was never seen would leave
+        // with its private source: dropped and counted instead.
+        let later = FrameSpec {
+            frags: 0x00b9,
+            ..FrameSpec::udp(at(HOST_A, 7000), at(REMOTE, 53))
+        }
+        .build();
+        let (verdict, _) = run(&mut dataplane, hook, &later);
+        assert_eq!(verdict, drop(hook));
+        // Once the first fragment has passed, the later ones follow it.
+        let first = FrameSpec {
+            frags: 0x2000,
+            ..FrameSpec::udp(at(HOST_A, 7000), at(REMOTE, 53))
+        };
+        let (verdict, out) = run(&mut dataplane, hook, &first.build());
+        assert_eq!(verdict, pass(hook));
+        assert_eq!(
+            &out[26..30],
+            &PUBLIC.octets(),
+            "{hook:?}: first fragment's source"
+        );
+        let (verdict, out) = run(&mut dataplane, hook, &later);
+        assert_eq!(verdict, pass(hook));
+        assert_eq!(
+            &out[26..30],
+            &PUBLIC.octets(),
+            "{hook:?}: later fragment's source"
+        );
+        let header_check = gateway_common::checksum::ipv4_header(&out[14..34]);
+        assert_eq!(
+            &out[24..26],
+            &header_check.to_be_bytes(),
+            "{hook:?}: IPv4 header checksum"
+        );
+        assert_eq!(&out[34..], &later[34..], "{hook:?}: the data is untouched");
+    }
+}
