@@ -158,9 +158,9 @@ pub fn unique_prefix() -> String {
     )
 }
 
-/// Removes the namespaces of test runs whose process no longer exists (a test killed by a
-/// timeout cannot run its own cleanup).
-pub fn remove_stale_test_namespaces() -> Vec<String> {
+/// Removes the namespaces made under [`unique_prefix`] by processes for which `owner`
+/// returns true; returns their names.
+fn remove_namespaces_where(owner: impl Fn(u32) -> bool) -> Vec<String> {
     let mut removed = Vec::new();
     let Ok(entries) = std::fs::read_dir("/run/netns") else {
         return removed;
@@ -177,10 +177,21 @@ pub fn remove_stale_test_namespaces() -> Vec<String> {
         else {
             continue;
         };
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        if owner(pid) {
             Netns::delete(&name);
             removed.push(name);
         }
     }
     removed
+}
+
+/// Removes the namespaces of test runs whose process no longer exists (a test killed by a
+/// timeout cannot run its own cleanup).
+pub fn remove_stale_test_namespaces() -> Vec<String> {
+    remove_namespaces_where(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// Removes the namespaces process `pid` made (for a signal handler that is about to exit).
+pub fn remove_namespaces_of(pid: u32) -> Vec<String> {
+    remove_namespaces_where(|owner| owner == pid)
 }

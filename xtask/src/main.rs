@@ -1,5 +1,6 @@
 //! `cargo xtask <task>`: everything a developer or CI does, from a fresh machine on.
 
+mod bench;
 mod demo;
 mod setup;
 
@@ -33,6 +34,16 @@ enum Task {
     },
     /// The lab, the gateway and a real TCP transfer through a published server, explained.
     Demo,
+    /// Measure the fast path beside Linux nftables NAT and plain forwarding; writes
+    /// BENCHMARKS.md (needs root; a few minutes).
+    Bench {
+        /// Seconds per iperf3 measurement.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+        /// Runs of every configuration (alternating); medians are reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// Set up, build, and run every test (needs root). Extra arguments go to `cargo test`.
     Test {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -66,6 +77,10 @@ fn main() {
             Ok(())
         }
         Task::Demo => demo::run(),
+        Task::Bench { seconds, runs } => bench::run(&bench::Options {
+            seconds,
+            runs: runs.max(1),
+        }),
         Task::Test { cargo_test_args } => test(&cargo_test_args),
     };
     if let Err(err) = result {
@@ -74,7 +89,7 @@ fn main() {
     }
 }
 
-fn workspace_root() -> PathBuf {
+pub fn workspace_root() -> PathBuf {
     // xtask/ is one level below the workspace root.
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -82,7 +97,7 @@ fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     command.current_dir(workspace_root());
     // A backtrace variable in the environment buries the BPF verifier's log.

@@ -17,7 +17,7 @@ use anyhow::{Context as _, anyhow, bail};
 /// bpf-linker release known to build against the LLVM of the machine's nightly.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the lab and tests use, besides the LLVM ones.
-const TOOL_PACKAGES: &[&str] = &["iproute2", "ethtool", "iputils-ping"];
+const TOOL_PACKAGES: &[&str] = &["iproute2", "ethtool", "iputils-ping", "iperf3", "nftables"];
 
 pub fn run() -> anyhow::Result<()> {
     let started = Instant::now();

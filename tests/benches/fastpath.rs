@@ -1,0 +1,124 @@
+//! Per-packet cost of the fast path, measured by the kernel (BPF_PROG_TEST_RUN) for each hook
+//! and case. Prints one `fastpath <hook> <case> <ns>` line per measurement for
+//! `cargo xtask bench`, which runs it; needs root.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use aya::programs::{TestRun, TestRunOptions};
+use gateway_tests::frame::FrameSpec;
+use gateway_user::{
+    config::{Filtering, Masquerade, Protocol, Publish, Timeouts},
+    dataplane::Dataplane,
+};
+
+const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+/// Single runs timed per case; the median is reported. Each run gets a fresh copy of the
+/// frame: with BPF_PROG_TEST_RUN's `repeat`, later runs would see the frame the first one
+/// already translated, and time a miss.
+const SAMPLES: usize = 5000;
+/// Distinct new connections timed one by one for the new-flow case.
+const NEW_FLOWS: u16 = 4000;
+
+#[derive(Clone, Copy)]
+enum Hook {
+    Xdp,
+    Tc,
+}
+
+fn run(dataplane: &mut Dataplane, hook: Hook, frame: &[u8], repeat: u32) -> u64 {
+    let mut out = vec![0u8; frame.len() + 256];
+    let options = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        repeat,
+        ..Default::default()
+    };
+    let result = match hook {
+        Hook::Xdp => dataplane.xdp().expect("xdp").test_run(options),
+        Hook::Tc => dataplane.tc().expect("tc").test_run(options),
+    }
+    .expect("BPF_PROG_TEST_RUN");
+    result.duration.as_nanos() as u64
+}
+
+fn median(mut values: Vec<u64>) -> u64 {
+    values.sort_unstable();
+    values[values.len() / 2]
+}
+
+fn dataplane() -> Dataplane {
+    let mut dataplane = Dataplane::load(false, 1 << 16).expect("load the fast path");
+    dataplane
+        .publish(&[Publish {
+            public: SocketAddrV4::new(PUBLIC, 8021),
+            private: SocketAddrV4::new(SERVER, 9000),
+            protocol: Protocol::Tcp,
+        }])
+        .expect("publish");
+    let masquerade = Masquerade {
+        networks: vec!["10.0.0.0/24".parse().expect("prefix")],
+        addresses: vec![PUBLIC],
+        ports: 1024..=65535,
+        filtering: Filtering::AddressDependent,
+    };
+    dataplane
+        .configure_nat(Some(&masquerade), &Timeouts::default())
+        .expect("configure");
+    dataplane
+}
+
+fn main() {
+    // `cargo bench` passes --bench; nothing else is expected.
+    let mut dataplane = dataplane();
+    for (hook, name) in [(Hook::Xdp, "xdp"), (Hook::Tc, "tc")] {
+        let published = FrameSpec::tcp(
+            SocketAddrV4::new(REMOTE, 40000),
+            SocketAddrV4::new(PUBLIC, 8021),
+        )
+        .build();
+        let miss = FrameSpec::tcp(
+            SocketAddrV4::new(REMOTE, 40000),
+            SocketAddrV4::new(REMOTE, 22),
+        )
+        .build();
+        let outbound = FrameSpec::tcp(
+            SocketAddrV4::new(SERVER, 41000),
+            SocketAddrV4::new(REMOTE, 80),
+        )
+        .build();
+        // The first run creates the session; the timed ones hit it.
+        run(&mut dataplane, hook, &outbound, 1);
+        for (case, frame) in [
+            ("published", &published),
+            ("session_hit", &outbound),
+            ("miss", &miss),
+        ] {
+            let ns = median(
+                (0..SAMPLES)
+                    .map(|_| run(&mut dataplane, hook, frame, 1))
+                    .collect(),
+            );
+            println!("fastpath {name} {case} {ns}");
+        }
+        // New flows: each run is a new inside source port, so each creates a mapping and two
+        // sessions. The kernel's clock is coarse for single runs, hence many of them.
+        let base = if matches!(hook, Hook::Xdp) {
+            20000
+        } else {
+            30000
+        };
+        let timings: Vec<u64> = (0..NEW_FLOWS)
+            .map(|i| {
+                let frame = FrameSpec::tcp(
+                    SocketAddrV4::new(SERVER, base + i),
+                    SocketAddrV4::new(REMOTE, 80),
+                )
+                .build();
+                run(&mut dataplane, hook, &frame, 1)
+            })
+            .collect();
+        println!("fastpath {name} new_flow {}", median(timings));
+    }
+}
