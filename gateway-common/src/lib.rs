@@ -238,6 +238,38 @@ pub struct NatConfig {
     pub icmp_timeout_ns: u64,
 }
 
+impl NatConfig {
+    /// How long a session may idle. RFC 5382 REQ-5: established TCP at least 2 h 4 min,
+    /// handshakes and closing connections 4 min; RFC 4787: UDP at least 2 min. One definition
+    /// for the fast path (expiry on lookup) and the agent (periodic sweep).
+    #[inline(always)]
+    pub fn session_timeout_ns(&self, proto: u8, state: u8) -> u64 {
+        match proto {
+            IPPROTO_TCP => {
+                let closing = state & (session_state::FIN | session_state::RST) != 0;
+                if state & session_state::ESTABLISHED != 0 && !closing {
+                    self.tcp_established_timeout_ns
+                } else {
+                    self.tcp_transitory_timeout_ns
+                }
+            }
+            IPPROTO_UDP => self.udp_timeout_ns,
+            _ => self.icmp_timeout_ns,
+        }
+    }
+
+    /// How long a mapping stays open to a host it sent to, without traffic: as long as an
+    /// established connection of the protocol would.
+    #[inline(always)]
+    pub fn mapping_timeout_ns(&self, proto: u8) -> u64 {
+        match proto {
+            IPPROTO_TCP => self.tcp_established_timeout_ns,
+            IPPROTO_UDP => self.udp_timeout_ns,
+            _ => self.icmp_timeout_ns,
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 // SAFETY: as for Endpoint: repr(C), only integers and byte arrays, explicit padding zeroed.
 unsafe impl aya::Pod for FlowKey {}

@@ -286,7 +286,7 @@ fn session_hit<P: Packet>(
     // an increment, which only blurs statistics.
     let session = unsafe { &mut *session };
     let idle = now.saturating_sub(session.last_seen_ns);
-    if idle > timeout(config, key.proto, session.state) {
+    if idle > config.session_timeout_ns(key.proto, session.state) {
         let _ = SESSIONS.remove(key);
         count(Counter::SessionExpired);
         return None;
@@ -527,35 +527,6 @@ fn state_bits(headers: &Headers) -> u8 {
     bits
 }
 
-/// How long a mapping stays open to a host it sent to, without traffic: as long as an
-/// established connection of the protocol would.
-#[inline(always)]
-fn mapping_timeout(config: &NatConfig, proto: u8) -> u64 {
-    match proto {
-        IPPROTO_TCP => config.tcp_established_timeout_ns,
-        IPPROTO_UDP => config.udp_timeout_ns,
-        _ => config.icmp_timeout_ns,
-    }
-}
-
-/// RFC 5382 REQ-5: established TCP idles at least 2 h 4 min; handshakes and closing
-/// connections 4 min. RFC 4787: UDP at least 2 min.
-#[inline(always)]
-fn timeout(config: &NatConfig, proto: u8, state: u8) -> u64 {
-    match proto {
-        IPPROTO_TCP => {
-            let closing = state & (session_state::FIN | session_state::RST) != 0;
-            if state & session_state::ESTABLISHED != 0 && !closing {
-                config.tcp_established_timeout_ns
-            } else {
-                config.tcp_transitory_timeout_ns
-            }
-        }
-        IPPROTO_UDP => config.udp_timeout_ns,
-        _ => config.icmp_timeout_ns,
-    }
-}
-
 #[inline(always)]
 fn in_networks(config: &NatConfig, addr: [u8; 4]) -> bool {
     let count = config.network_count as usize;
@@ -732,7 +703,7 @@ fn admit_inbound<P: Packet>(
         // SAFETY: map values are plain data and only read here.
         match unsafe { MASQ_PEERS.get(peer) } {
             Some(&last_sent)
-                if now.saturating_sub(last_sent) <= mapping_timeout(config, key.proto) => {}
+                if now.saturating_sub(last_sent) <= config.mapping_timeout_ns(key.proto) => {}
             _ => return Err(Counter::DropUnsolicited),
         }
     }

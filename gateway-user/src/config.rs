@@ -88,6 +88,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Capacity of the session table (entries; two per connection).
     pub max_sessions: u32,
+    /// Seconds between two sweeps of expired sessions and mappings.
+    pub sweep_interval: u64,
 }
 
 /// Source NAT of inside networks behind public addresses.
@@ -237,14 +239,21 @@ fn default_ports() -> String {
 struct RawSessions {
     #[serde(default = "default_max_sessions")]
     max: u32,
+    #[serde(default = "default_sweep_interval")]
+    sweep_interval: u64,
 }
 
 impl Default for RawSessions {
     fn default() -> Self {
         RawSessions {
             max: default_max_sessions(),
+            sweep_interval: default_sweep_interval(),
         }
     }
+}
+
+fn default_sweep_interval() -> u64 {
+    10
 }
 
 fn default_max_sessions() -> u32 {
@@ -389,6 +398,11 @@ impl Config {
                 )));
             }
         }
+        if raw.sessions.sweep_interval == 0 {
+            return Err(invalid(
+                "sessions.sweep_interval must be at least 1 second".into(),
+            ));
+        }
         if raw.sessions.max < 1024 {
             return Err(invalid(format!(
                 "sessions.max = {} is below the minimum of 1024",
@@ -400,6 +414,7 @@ impl Config {
             masquerade,
             timeouts,
             max_sessions: raw.sessions.max,
+            sweep_interval: raw.sessions.sweep_interval,
             interfaces: Interfaces {
                 inside: raw.interfaces.inside,
                 outside: raw.interfaces.outside,
@@ -591,7 +606,10 @@ mod tests {
                 ..Timeouts::default()
             }
         );
-        assert_eq!(config.max_sessions, gateway_common::DEFAULT_MAX_SESSIONS);
+                assert_eq!(config.max_sessions, gateway_common::DEFAULT_MAX_SESSIONS);
+        assert_eq!(config.sweep_interval, 10);
+        let no_sweep = format!("{text}\n[sessions]\nsweep_interval = 0\n");
+        assert!(error(&no_sweep).contains("sessions.sweep_interval"));
         assert!(error(&text.replace("10.0.0.0/24", "10.0.0.1/24")).contains("host bits set"));
         assert!(error(&text.replace("10.0.0.0/24", "10.0.0.0/33")).contains("prefix"));
         assert!(error(&text.replace("udp = 120", "udp = 0")).contains("timeouts.udp"));

@@ -11,7 +11,12 @@ use aya::{
         xdp::{XdpLinkId, XdpMode as AyaXdpMode},
     },
 };
-use gateway_common::{Counter, Endpoint, Ipv4Cidr, NatConfig, filtering, names};
+use std::collections::HashSet;
+
+use gateway_common::{
+    Counter, Endpoint, FlowKey, Ipv4Cidr, NatConfig, PeerKey, REWRITE_DESTINATION, Session,
+    filtering, names,
+};
 
 use crate::{
     config::{Filtering, Hook, Masquerade, Publish, Timeouts, XdpMode},
@@ -90,6 +95,39 @@ pub struct Attachment {
 enum Link {
     Xdp(XdpLinkId),
     Tc(SchedClassifierLinkId),
+}
+
+/// What one [`Dataplane::sweep`] removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Sweep {
+    pub sessions: usize,
+    pub peers: usize,
+    pub mappings: usize,
+}
+
+impl std::ops::AddAssign for Sweep {
+    fn add_assign(&mut self, other: Sweep) {
+        self.sessions += other.sessions;
+        self.peers += other.peers;
+        self.mappings += other.mappings;
+    }
+}
+
+/// What the sweep remembers from one run to the next.
+#[derive(Debug, Default)]
+pub struct Sweeper {
+    unused_last_time: HashSet<Endpoint>,
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_now_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec out-parameter.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 /// The loaded fast path: both programs verified and loaded, maps created.
@@ -315,6 +353,141 @@ impl Dataplane {
                 .map_err(|_| ProgramError::NotAttached)?
                 .detach(link),
         }
+    }
+
+    /// Removes what has expired: sessions past their idle timeout (the fast path only notices
+    /// when a packet looks one up), address-dependent filtering entries past the mapping
+    /// timeout, and mappings no session has used in two consecutive sweeps (two, so that a
+    /// mapping whose sessions the fast path is inserting right now is not taken from it).
+    /// `now_ns` is CLOCK_MONOTONIC, the fast path's clock.
+    pub fn sweep(&mut self, sweeper: &mut Sweeper, now_ns: u64) -> Result<Sweep, DataplaneError> {
+        let config = {
+            let map = self.map(names::NAT_CONFIG)?;
+            let array: Array<_, NatConfig> =
+                Array::try_from(map).map_err(|source| DataplaneError::Map {
+                    map: names::NAT_CONFIG,
+                    source,
+                })?;
+            array.get(&0, 0).map_err(|source| DataplaneError::Map {
+                map: names::NAT_CONFIG,
+                source,
+            })?
+        };
+        let mut sweep = Sweep::default();
+        if config.address_count == 0 {
+            return Ok(sweep);
+        }
+
+        let mut in_use = HashSet::new();
+        let mut expired = Vec::new();
+        {
+            let sessions: HashMap<_, FlowKey, Session> =
+                HashMap::try_from(self.map(names::SESSIONS)?).map_err(|source| {
+                    DataplaneError::Map {
+                        map: names::SESSIONS,
+                        source,
+                    }
+                })?;
+            // Entries may vanish under the iteration (the fast path and LRU evict): skip errors.
+            for (key, session) in sessions.iter().flatten() {
+                let idle = now_ns.saturating_sub(session.last_seen_ns);
+                if idle > config.session_timeout_ns(key.proto, session.state) {
+                    expired.push(key);
+                } else if session.rewrite != REWRITE_DESTINATION {
+                    // Outbound and hairpin sessions name the mapping they use.
+                    in_use.insert(Endpoint::new(session.addr, session.port, key.proto));
+                }
+            }
+        }
+        {
+            let mut sessions: HashMap<_, FlowKey, Session> =
+                HashMap::try_from(self.map_mut(names::SESSIONS)?).map_err(|source| {
+                    DataplaneError::Map {
+                        map: names::SESSIONS,
+                        source,
+                    }
+                })?;
+            sweep.sessions = expired
+                .iter()
+                .filter(|key| sessions.remove(key).is_ok())
+                .count();
+        }
+        {
+            let mut peers: HashMap<_, PeerKey, u64> =
+                HashMap::try_from(self.map_mut(names::MASQ_PEERS)?).map_err(|source| {
+                    DataplaneError::Map {
+                        map: names::MASQ_PEERS,
+                        source,
+                    }
+                })?;
+            let stale: Vec<PeerKey> = peers
+                .iter()
+                .flatten()
+                .filter(|(peer, last_sent)| {
+                    now_ns.saturating_sub(*last_sent) > config.mapping_timeout_ns(peer.public.proto)
+                })
+                .map(|(peer, _)| peer)
+                .collect();
+            sweep.peers = stale
+                .iter()
+                .filter(|peer| peers.remove(peer).is_ok())
+                .count();
+        }
+        let unused: Vec<(Endpoint, Endpoint)> = {
+            let by_public: HashMap<_, Endpoint, Endpoint> =
+                HashMap::try_from(self.map(names::MASQ_BY_PUBLIC)?).map_err(|source| {
+                    DataplaneError::Map {
+                        map: names::MASQ_BY_PUBLIC,
+                        source,
+                    }
+                })?;
+            by_public
+                .iter()
+                .flatten()
+                .filter(|(public, _)| !in_use.contains(public))
+                .collect()
+        };
+        let mut unused_now = HashSet::new();
+        for (public, private) in unused {
+            if !sweeper.unused_last_time.contains(&public) {
+                unused_now.insert(public);
+                continue;
+            }
+            let mut by_public: HashMap<_, Endpoint, Endpoint> =
+                HashMap::try_from(self.map_mut(names::MASQ_BY_PUBLIC)?).map_err(|source| {
+                    DataplaneError::Map {
+                        map: names::MASQ_BY_PUBLIC,
+                        source,
+                    }
+                })?;
+            if by_public.remove(&public).is_ok() {
+                sweep.mappings += 1;
+            }
+            let mut by_private: HashMap<_, Endpoint, Endpoint> =
+                HashMap::try_from(self.map_mut(names::MASQ_BY_PRIVATE)?).map_err(|source| {
+                    DataplaneError::Map {
+                        map: names::MASQ_BY_PRIVATE,
+                        source,
+                    }
+                })?;
+            if by_private.get(&private, 0).ok() == Some(public) {
+                let _ = by_private.remove(&private);
+            }
+        }
+        sweeper.unused_last_time = unused_now;
+        Ok(sweep)
+    }
+
+    fn map(&self, name: &'static str) -> Result<&aya::maps::Map, DataplaneError> {
+        self.ebpf
+            .map(name)
+            .ok_or(DataplaneError::Missing { kind: "map", name })
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, DataplaneError> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::Missing { kind: "map", name })
     }
 
     /// The fast path's counters, summed over CPUs, in [`Counter::ALL`] order.

@@ -6,7 +6,7 @@ use anyhow::{Context as _, anyhow, bail};
 use clap::{Parser, Subcommand};
 use gateway_user::{
     config::{Config, Hook, XdpMode},
-    dataplane::{Dataplane, DataplaneError},
+    dataplane::{Dataplane, DataplaneError, Sweep, Sweeper, monotonic_now_ns},
     system::{self, SysctlGuard},
 };
 use tokio::signal::unix::{SignalKind, signal};
@@ -165,7 +165,8 @@ fn run(
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let signal_name = runtime.block_on(wait_for_shutdown())?;
+    let interval = std::time::Duration::from_secs(config.sweep_interval);
+    let (signal_name, swept) = runtime.block_on(serve(&mut dataplane, interval))?;
     tracing::info!(signal = signal_name, "stopping");
 
     for attachment in attachments {
@@ -180,16 +181,40 @@ fn run(
         .filter(|(_, value)| *value > 0)
         .map(|(counter, value)| format!("{}={value}", counter.name()))
         .collect();
-    tracing::info!(counters = %summary.join(" "), "fast path detached");
+    tracing::info!(
+        counters = %summary.join(" "),
+        swept = %format!("sessions={} peers={} mappings={}", swept.sessions, swept.peers, swept.mappings),
+        "fast path detached"
+    );
     Ok(())
 }
 
-async fn wait_for_shutdown() -> anyhow::Result<&'static str> {
+/// Runs until SIGINT or SIGTERM, sweeping expired state every `interval`. Returns the
+/// signal's name and what the sweeps removed in all.
+async fn serve(
+    dataplane: &mut Dataplane,
+    interval: std::time::Duration,
+) -> anyhow::Result<(&'static str, Sweep)> {
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
     let mut terminate =
         signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
-    Ok(tokio::select! {
-        _ = interrupt.recv() => "SIGINT",
-        _ = terminate.recv() => "SIGTERM",
-    })
+    let mut sweeper = Sweeper::default();
+    let mut total = Sweep::default();
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interrupt.recv() => return Ok(("SIGINT", total)),
+            _ = terminate.recv() => return Ok(("SIGTERM", total)),
+            _ = ticks.tick() => match dataplane.sweep(&mut sweeper, monotonic_now_ns()) {
+                Ok(sweep) => {
+                    if sweep != Sweep::default() {
+                        tracing::debug!(?sweep, "swept expired state");
+                    }
+                    total += sweep;
+                }
+                Err(err) => tracing::warn!(error = %err, "sweep failed"),
+            },
+        }
+    }
 }

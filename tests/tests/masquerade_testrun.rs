@@ -562,3 +562,59 @@ fn unknown_later_fragments_never_leave_untranslated() {
         assert_eq!(&out[34..], &later[34..], "{hook:?}: the data is untouched");
     }
 }
+
+#[test]
+fn the_sweep_removes_expired_sessions_then_unused_mappings() {
+    use gateway_user::dataplane::{Sweep, Sweeper, monotonic_now_ns};
+    let timeouts = Timeouts {
+        tcp_established: 1,
+        tcp_transitory: 1,
+        udp: 1,
+        icmp: 1,
+    };
+    let mut dataplane = masquerading(31000..=31999, Filtering::AddressDependent, timeouts);
+    let first = translated_source(
+        &mut dataplane,
+        Hook::Tc,
+        &FrameSpec::udp(at(HOST_A, 31500), at(REMOTE, 53)),
+    );
+    let mut sweeper = Sweeper::default();
+    assert_eq!(
+        dataplane.sweep(&mut sweeper, monotonic_now_ns()).unwrap(),
+        Sweep::default(),
+        "nothing idle yet"
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(
+        dataplane.sweep(&mut sweeper, monotonic_now_ns()).unwrap(),
+        Sweep {
+            sessions: 2,
+            peers: 1,
+            mappings: 0
+        },
+        "both directions' sessions and the filtering entry; the mapping gets one more sweep"
+    );
+    assert_eq!(
+        dataplane.sweep(&mut sweeper, monotonic_now_ns()).unwrap(),
+        Sweep {
+            sessions: 0,
+            peers: 0,
+            mappings: 1
+        },
+        "a mapping no session used in two sweeps"
+    );
+    // The reply of the expired connection finds nothing now.
+    let (verdict, _) = run(
+        &mut dataplane,
+        Hook::Tc,
+        &FrameSpec::udp(at(REMOTE, 53), first).build(),
+    );
+    assert_eq!(verdict, drop(Hook::Tc));
+    // A new connection from the same endpoint is mapped afresh.
+    let again = translated_source(
+        &mut dataplane,
+        Hook::Tc,
+        &FrameSpec::udp(at(HOST_A, 31500), at(REMOTE, 53)),
+    );
+    assert_eq!(again, first, "the port is free again, so it is kept");
+}
