@@ -232,6 +232,10 @@ pub struct NatConfig {
     pub port_max: u16,
     /// One of the `filtering` constants.
     pub filtering: u32,
+    /// Non-zero: TC forwards translated packets itself (FIB lookup and redirect) instead of
+    /// handing them to the stack.
+    pub bpf_forwarding: u32,
+    pub _pad: u32,
     pub tcp_established_timeout_ns: u64,
     pub tcp_transitory_timeout_ns: u64,
     pub udp_timeout_ns: u64,
@@ -286,7 +290,8 @@ unsafe impl aya::Pod for NatConfig {}
 /// Per-CPU counters of the fast path, indexes into the `STATS` array.
 ///
 /// The agent sums them over CPUs. Every packet the programs see lands in exactly one of the
-/// verdict counters (translated, passed for a reason, or dropped for a reason).
+/// verdict counters (translated, passed for a reason, or dropped for a reason); `Redirected`
+/// counts, besides, the translated packets TC forwarded itself.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
@@ -325,10 +330,13 @@ pub enum Counter {
     /// A later fragment of a datagram whose first fragment was not seen, that would otherwise
     /// leave untranslated (or vanish in the gateway's own reassembly).
     DropFragmentUnknown = 16,
+    /// A translated packet forwarded by the TC program itself (FIB lookup and redirect),
+    /// past the gateway's stack. Counted in addition to its translation counter.
+    Redirected = 17,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 17] = [
+    pub const ALL: [Counter; 18] = [
         Counter::DnatPublished,
         Counter::SnatPublished,
         Counter::PassNotIpv4,
@@ -346,6 +354,7 @@ impl Counter {
         Counter::HairpinCreated,
         Counter::FragmentTranslated,
         Counter::DropFragmentUnknown,
+        Counter::Redirected,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -369,6 +378,7 @@ impl Counter {
             Counter::HairpinCreated => "hairpin_created",
             Counter::FragmentTranslated => "fragment_translated",
             Counter::DropFragmentUnknown => "drop_fragment_unknown",
+            Counter::Redirected => "redirected",
         }
     }
 }

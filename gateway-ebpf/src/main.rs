@@ -9,6 +9,7 @@
 #![no_std]
 #![no_main]
 
+mod forward;
 mod maps;
 mod nat;
 mod packet;
@@ -25,7 +26,9 @@ use crate::nat::Verdict;
 pub fn gateway_xdp(ctx: XdpContext) -> u32 {
     let mut ctx = ctx;
     match nat::translate(&mut ctx) {
-        Verdict::Pass => xdp_action::XDP_PASS,
+        // XDP forwarding (FIB lookup and devmap redirect) is not implemented: translated
+        // packets continue into the stack, which routes them.
+        Verdict::Pass | Verdict::Forward => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
     }
 }
@@ -35,6 +38,7 @@ pub fn gateway_tc(ctx: TcContext) -> i32 {
     let mut ctx = ctx;
     match nat::translate(&mut ctx) {
         Verdict::Pass => TC_ACT_OK,
+        Verdict::Forward => forward::tc_redirect(&mut ctx),
         Verdict::Drop => TC_ACT_SHOT,
     }
 }

@@ -23,8 +23,10 @@ use crate::{
 };
 
 pub enum Verdict {
-    /// Continue into the kernel's stack (translated or not).
+    /// Continue into the kernel's stack, untouched.
     Pass,
+    /// Translated: forward it (from BPF where the hook can, else through the stack).
+    Forward,
     Drop,
 }
 
@@ -115,6 +117,13 @@ pub fn translate<P: Packet>(packet: &mut P) -> Verdict {
         | Counter::DropSessionTableFull
         | Counter::DropUnsolicited
         | Counter::DropFragmentUnknown => Verdict::Drop,
+        Counter::DnatPublished
+        | Counter::SnatPublished
+        | Counter::SessionHit
+        | Counter::SessionCreated
+        | Counter::IcmpErrorTranslated
+        | Counter::HairpinCreated
+        | Counter::FragmentTranslated => Verdict::Forward,
         _ => Verdict::Pass,
     }
 }

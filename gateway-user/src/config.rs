@@ -53,6 +53,19 @@ pub enum XdpMode {
     Generic,
 }
 
+/// Who forwards translated packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Forwarding {
+    /// The TC program looks up the route and redirects the packet itself, past the stack
+    /// (packets the stack must see, such as expiring TTLs or oversized ones, still go there).
+    /// XDP hands packets to the stack either way.
+    #[default]
+    Bpf,
+    /// Every translated packet continues into the stack, which routes it.
+    Kernel,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
@@ -193,6 +206,7 @@ pub struct Dataplane {
     pub hook: Hook,
     /// Forces an XDP attach mode; `None` lets the hook choice decide (native).
     pub xdp_mode: Option<XdpMode>,
+    pub forwarding: Forwarding,
 }
 
 /// A server on the inside network, reachable from outside at `public`.
@@ -273,6 +287,8 @@ struct RawDataplane {
     #[serde(default)]
     hook: Hook,
     xdp_mode: Option<XdpMode>,
+    #[serde(default)]
+    forwarding: Forwarding,
 }
 
 #[derive(Deserialize)]
@@ -422,6 +438,7 @@ impl Config {
             dataplane: Dataplane {
                 hook: raw.dataplane.hook,
                 xdp_mode: raw.dataplane.xdp_mode,
+                forwarding: raw.dataplane.forwarding,
             },
             publish,
         })
@@ -606,7 +623,7 @@ mod tests {
                 ..Timeouts::default()
             }
         );
-                assert_eq!(config.max_sessions, gateway_common::DEFAULT_MAX_SESSIONS);
+        assert_eq!(config.max_sessions, gateway_common::DEFAULT_MAX_SESSIONS);
         assert_eq!(config.sweep_interval, 10);
         let no_sweep = format!("{text}\n[sessions]\nsweep_interval = 0\n");
         assert!(error(&no_sweep).contains("sessions.sweep_interval"));

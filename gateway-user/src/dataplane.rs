@@ -19,7 +19,7 @@ use gateway_common::{
 };
 
 use crate::{
-    config::{Filtering, Hook, Masquerade, Publish, Timeouts, XdpMode},
+    config::{Filtering, Forwarding, Hook, Masquerade, Publish, Timeouts, XdpMode},
     system,
 };
 
@@ -215,6 +215,7 @@ impl Dataplane {
         &mut self,
         masquerade: Option<&Masquerade>,
         timeouts: &Timeouts,
+        forwarding: Forwarding,
     ) -> Result<(), DataplaneError> {
         let seconds = |s: u64| s.saturating_mul(1_000_000_000);
         let mut config = NatConfig {
@@ -222,6 +223,7 @@ impl Dataplane {
             tcp_transitory_timeout_ns: seconds(timeouts.tcp_transitory),
             udp_timeout_ns: seconds(timeouts.udp),
             icmp_timeout_ns: seconds(timeouts.icmp),
+            bpf_forwarding: u32::from(forwarding == Forwarding::Bpf),
             ..NatConfig::default()
         };
         if let Some(masquerade) = masquerade {

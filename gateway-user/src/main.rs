@@ -124,7 +124,11 @@ fn run(
         }
     })?;
     dataplane.publish(&config.publish)?;
-    dataplane.configure_nat(config.masquerade.as_ref(), &config.timeouts)?;
+    dataplane.configure_nat(
+        config.masquerade.as_ref(),
+        &config.timeouts,
+        config.dataplane.forwarding,
+    )?;
 
     let mut attachments = Vec::new();
     for name in [&config.interfaces.inside, &config.interfaces.outside] {

@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use aya::programs::{TestRun, TestRunOptions};
 use gateway_tests::frame::FrameSpec;
 use gateway_user::{
-    config::{Filtering, Masquerade, Protocol, Publish, Timeouts},
+    config::{Filtering, Forwarding, Masquerade, Protocol, Publish, Timeouts},
     dataplane::Dataplane,
 };
 
@@ -64,7 +64,7 @@ fn dataplane() -> Dataplane {
         filtering: Filtering::AddressDependent,
     };
     dataplane
-        .configure_nat(Some(&masquerade), &Timeouts::default())
+        .configure_nat(Some(&masquerade), &Timeouts::default(), Forwarding::Kernel)
         .expect("configure");
     dataplane
 }

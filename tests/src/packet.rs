@@ -15,6 +15,7 @@ pub struct Ipv4Summary {
     pub dst_port: u16,
     /// TCP flags byte (0 for UDP).
     pub tcp_flags: u8,
+    pub ttl: u8,
     pub payload_len: usize,
 }
 
@@ -86,6 +87,7 @@ pub fn summarize(frame: &[u8]) -> Option<Ipv4Summary> {
         src_port: u16::from_be_bytes([segment[0], segment[1]]),
         dst_port: u16::from_be_bytes([segment[2], segment[3]]),
         tcp_flags: if proto == IPPROTO_TCP { segment[13] } else { 0 },
+        ttl: ip[8],
         payload_len: segment.len().saturating_sub(header_len),
     })
 }

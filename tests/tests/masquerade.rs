@@ -264,7 +264,8 @@ fn tc_masquerades_inside_clients() {
         "session_hit",
         "drop_unsolicited",
         "icmp_error_translated",
-        "fragment_translated",
+                "fragment_translated",
+        "redirected",
     ] {
         assert!(
             gateway.final_counter(counter) > 0,

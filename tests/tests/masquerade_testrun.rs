@@ -13,7 +13,7 @@ use common::{Hook, TC_ACT_SHOT, XDP_DROP, assert_translates, assert_untouched, p
 use gateway_common::Counter;
 use gateway_tests::{check_environment, frame::FrameSpec};
 use gateway_user::{
-    config::{Filtering, Ipv4Net, Masquerade, Timeouts},
+    config::{Filtering, Forwarding, Ipv4Net, Masquerade, Timeouts},
     dataplane::Dataplane,
 };
 
@@ -41,7 +41,7 @@ fn masquerading(
         filtering,
     };
     dataplane
-        .configure_nat(Some(&masquerade), &timeouts)
+        .configure_nat(Some(&masquerade), &timeouts, Forwarding::Kernel)
         .expect("configure");
     dataplane
 }

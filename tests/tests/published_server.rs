@@ -91,6 +91,8 @@ fn published_transfer(hook: &str, options: LabOptions, extra_args: &[&str], expe
             let Some(summary) = summarize(&frame.bytes) else {
                 continue;
             };
+            // Linux sends with TTL 64; one router in between, whoever forwards.
+            assert_eq!(summary.ttl, 63, "{name}: TTL after one hop: {summary}");
             let (src, dst) = (
                 SocketAddrV4::new(summary.src, summary.src_port),
                 SocketAddrV4::new(summary.dst, summary.dst_port),
@@ -115,6 +117,12 @@ fn published_transfer(hook: &str, options: LabOptions, extra_args: &[&str], expe
         output.contains(expect_hook_log),
         "expected {expect_hook_log:?} in:\n{output}"
     );
+    if expect_hook_log.contains("tc") {
+        assert!(
+            gateway.final_counter("redirected") > 0,
+            "TC forwards by itself:\n{output}"
+        );
+    }
     for counter in ["dnat_published", "snat_published"] {
         assert!(
             gateway.final_counter(counter) > 0,
