@@ -157,29 +157,26 @@ impl Packet for XdpContext {
     ) -> Result<(), RewriteFailed> {
         let addr: *mut [u8; 4] = ptr_at(self, addr_off).ok_or(RewriteFailed)?;
         let ip_check: *mut [u8; 2] = ptr_at(self, ip_check_off).ok_or(RewriteFailed)?;
-        if let L4Check::Absent = l4 {
-            // SAFETY: both pointers were bounds-checked against the frame just above.
-            unsafe {
-                *addr = new;
-                *ip_check =
-                    checksum::replace_u32(u16::from_be_bytes(*ip_check), old, new).to_be_bytes();
-            }
-            return Ok(());
-        }
-        let l4_check: *mut [u8; 2] = ptr_at(self, l4.offset()).ok_or(RewriteFailed)?;
-        // SAFETY: all three pointers were bounds-checked against the frame just above.
+        // TCP and UDP checksums cover the address through their pseudo-header; ICMP's does
+        // not, and a later fragment has no transport header.
+        let l4_check: Option<*mut [u8; 2]> = match l4 {
+            L4Check::Tcp(off) | L4Check::Udp(off) => Some(ptr_at(self, off).ok_or(RewriteFailed)?),
+            L4Check::Icmp(_) | L4Check::Absent => None,
+        };
+        // SAFETY: every pointer was bounds-checked against the frame just above.
         unsafe {
             *addr = new;
             *ip_check =
                 checksum::replace_u32(u16::from_be_bytes(*ip_check), old, new).to_be_bytes();
-            let check = u16::from_be_bytes(*l4_check);
-            // A direct match, not a function pointer: BPF has no indirect calls.
-            let check = match l4 {
-                L4Check::Tcp(_) => checksum::replace_u32(check, old, new),
-                L4Check::Udp(_) => checksum::udp_replace_u32(check, old, new),
-                L4Check::Icmp(_) | L4Check::Absent => check,
-            };
-            *l4_check = check.to_be_bytes();
+            if let Some(l4_check) = l4_check {
+                let check = u16::from_be_bytes(*l4_check);
+                // A direct match, not a function pointer: BPF has no indirect calls.
+                let check = match l4 {
+                    L4Check::Udp(_) => checksum::udp_replace_u32(check, old, new),
+                    _ => checksum::replace_u32(check, old, new),
+                };
+                *l4_check = check.to_be_bytes();
+            }
         }
         Ok(())
     }

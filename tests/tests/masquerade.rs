@@ -264,7 +264,7 @@ fn tc_masquerades_inside_clients() {
         "session_hit",
         "drop_unsolicited",
         "icmp_error_translated",
-                "fragment_translated",
+        "fragment_translated",
         "redirected",
     ] {
         assert!(
