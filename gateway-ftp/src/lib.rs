@@ -10,8 +10,10 @@
 //! - [`rewrite`]: produces the translated line.
 //! - [`seq`]: the sequence-number map of one direction once rewrites change its length, with
 //!   the reverse mapping for ACK numbers and SACK blocks.
+//! - [`stream`]: one direction of a control connection as segments in, rewritten segments out.
 
 pub mod line;
 pub mod parse;
 pub mod rewrite;
 pub mod seq;
+pub mod stream;

@@ -92,6 +92,10 @@ impl SeqMap {
         }
     }
 
+    pub fn base_seq(&self) -> u32 {
+        self.base_seq
+    }
+
     pub fn pending_edits(&self) -> usize {
         self.edits.len()
     }

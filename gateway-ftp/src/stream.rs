@@ -1,0 +1,529 @@
+//! One direction of a control connection as a rewritten TCP byte stream.
+//!
+//! The sender's segments come in (any size, possibly retransmitted, overlapping or out of
+//! order); segments for the receiver go out, with every line the caller wants changed
+//! replaced and the sequence numbers moved by the edits so far ([`SeqMap`]). Retransmissions
+//! are answered from a history of what was sent, so the receiver always sees the same bytes
+//! at the same sequence numbers.
+//!
+//! A line that may need rewriting (the caller's `candidate` test on its first bytes, e.g.
+//! `227` from a server, `PORT` from a client) is held back until it is complete; every other
+//! byte goes out as soon as it arrives. (A sender that waits, Nagle-style, for the held half
+//! to be acknowledged before sending the rest stalls until its retransmission timer fires and
+//! the two halves meet; acknowledging held bytes on the receiver's behalf is the next step.)
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::{
+    line::{Line, LineAssembler, LineTooLong},
+    seq::{SeqError, SeqMap},
+};
+
+/// Out-of-order bytes kept while waiting for a gap to fill; beyond it segments are dropped and
+/// left to the sender's retransmission.
+pub const MAX_OUT_OF_ORDER: usize = 64 * 1024;
+
+/// A TCP segment's sequence number and payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    pub seq: u32,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    #[error(transparent)]
+    LineTooLong(#[from] LineTooLong),
+    #[error(transparent)]
+    Seq(#[from] SeqError),
+}
+
+/// What to do with a complete line that was held as a candidate.
+pub enum LineAction {
+    Keep,
+    Replace(Vec<u8>),
+}
+
+pub struct StreamRewriter {
+    map: SeqMap,
+    lines: LineAssembler,
+    /// Next original offset expected in order.
+    next: u64,
+    /// Original offset up to which bytes have been sent (lines held back lie beyond it).
+    sent_up_to: u64,
+    /// Bytes sent to the receiver, from receiver offset `history_start` on, for retransmission.
+    history: VecDeque<u8>,
+    history_start: u64,
+    /// Segments ahead of `next`, by original offset.
+    out_of_order: BTreeMap<u64, Vec<u8>>,
+    out_of_order_bytes: usize,
+    candidate: fn(&[u8]) -> bool,
+}
+
+impl StreamRewriter {
+    /// `base_seq`: sequence number of the first payload byte (SYN + 1). `candidate` tells, from
+    /// the first bytes of a line (possibly incomplete), whether it may need rewriting.
+    pub fn new(base_seq: u32, max_line: usize, candidate: fn(&[u8]) -> bool) -> StreamRewriter {
+        StreamRewriter {
+            map: SeqMap::new(base_seq),
+            lines: LineAssembler::new(max_line),
+            next: 0,
+            sent_up_to: 0,
+            history: VecDeque::new(),
+            history_start: 0,
+            out_of_order: BTreeMap::new(),
+            out_of_order_bytes: 0,
+            candidate,
+        }
+    }
+
+    pub fn seq_map(&self) -> &SeqMap {
+        &self.map
+    }
+
+    /// A segment from the sender. Returns the segments to send to the receiver; `rewrite` is
+    /// asked about every complete candidate line.
+    pub fn on_segment(
+        &mut self,
+        seq: u32,
+        payload: &[u8],
+        rewrite: &mut dyn FnMut(&Line) -> LineAction,
+    ) -> Result<Vec<Segment>, StreamError> {
+        let mut out = Vec::new();
+        let start = self.map.offset_of(seq, payload.len() as u32);
+        let end = start + payload.len() as u64;
+        // Whatever of it was seen before is resent exactly as it went out the first time.
+        if start < self.next {
+            let old_end = end.min(self.next);
+            if let Some(segment) = self.resend(start, old_end) {
+                out.push(segment);
+            }
+        }
+        if end <= self.next {
+            return Ok(out);
+        }
+        let fresh = &payload[(self.next.saturating_sub(start)) as usize..];
+        let fresh_start = start.max(self.next);
+        if fresh_start > self.next {
+            self.hold_out_of_order(fresh_start, fresh);
+            return Ok(out);
+        }
+        let mut bytes = fresh.to_vec();
+        // Earlier out-of-order segments that now follow on.
+        while let Some((&at, _)) = self.out_of_order.first_key_value() {
+            let held_end = self.next + bytes.len() as u64;
+            if at > held_end {
+                break;
+            }
+            let (at, data) = self.out_of_order.pop_first().expect("checked non-empty");
+            self.out_of_order_bytes -= data.len();
+            let skip = (held_end - at) as usize;
+            if skip < data.len() {
+                bytes.extend_from_slice(&data[skip..]);
+            }
+        }
+        if let Some(segment) = self.process(&bytes, rewrite)? {
+            out.push(segment);
+        }
+        Ok(out)
+    }
+
+    /// The receiver's cumulative ACK, as the sender must see it. Drops history and edits that
+    /// are acknowledged.
+    pub fn on_ack(&mut self, ack: u32) -> u32 {
+        let mapped = self.map.ack_to_sender(ack);
+        let acked = self.map.offset_of(mapped, 0);
+        let receiver_acked = self.map.to_receiver(acked.min(self.sent_up_to));
+        while self.history_start < receiver_acked && !self.history.is_empty() {
+            self.history.pop_front();
+            self.history_start += 1;
+        }
+        self.map.acknowledge(ack);
+        mapped
+    }
+
+    /// Feeds in-order bytes: frames lines, rewrites candidates, returns what can be sent.
+    fn process(
+        &mut self,
+        bytes: &[u8],
+        rewrite: &mut dyn FnMut(&Line) -> LineAction,
+    ) -> Result<Option<Segment>, StreamError> {
+        let send_from = self.sent_up_to;
+        let mut output = Vec::new();
+        let lines = self.lines.push(bytes)?;
+        self.next += bytes.len() as u64;
+        for line in lines {
+            if line.start < self.sent_up_to {
+                // Its beginning already went out (it was not a candidate): send the rest.
+                output.extend_from_slice(&line.bytes[(self.sent_up_to - line.start) as usize..]);
+            } else {
+                match rewrite(&line) {
+                    LineAction::Replace(new) if new != line.bytes => {
+                        self.map
+                            .record(line.start, line.bytes.len() as u64, new.len() as u64)?;
+                        output.extend_from_slice(&new);
+                    }
+                    _ => output.extend_from_slice(&line.bytes),
+                }
+            }
+            self.sent_up_to = line.end();
+        }
+        // The unfinished tail: send what of it is not a candidate for rewriting.
+        let pending = self.lines.pending();
+        let pending_start = self.lines.next_offset() - pending.len() as u64;
+        if !pending.is_empty() && !(self.candidate)(pending) && pending_start >= self.sent_up_to {
+            output.extend_from_slice(pending);
+            self.sent_up_to = self.lines.next_offset();
+        } else if !pending.is_empty() && pending_start < self.sent_up_to {
+            // Part of this unfinished line went out already: the rest follows as it comes.
+            let from = (self.sent_up_to - pending_start) as usize;
+            output.extend_from_slice(&pending[from..]);
+            self.sent_up_to = self.lines.next_offset();
+        }
+        if output.is_empty() {
+            return Ok(None);
+        }
+        let receiver_offset = self.map.to_receiver(send_from);
+        // History is contiguous in receiver offsets from history_start.
+        if self.history.is_empty() {
+            self.history_start = receiver_offset;
+        }
+        self.history.extend(output.iter().copied());
+        Ok(Some(Segment {
+            seq: self.receiver_seq(receiver_offset),
+            payload: output,
+        }))
+    }
+
+    /// The bytes already sent for original offsets `[start, end)`, as they went out.
+    fn resend(&self, start: u64, end: u64) -> Option<Segment> {
+        let end = end.min(self.sent_up_to);
+        if start >= end {
+            return None;
+        }
+        let (from, to) = (self.map.to_receiver(start), self.map.to_receiver(end));
+        let from = from.max(self.history_start);
+        let history_end = self.history_start + self.history.len() as u64;
+        let to = to.min(history_end);
+        if from >= to {
+            return None;
+        }
+        let payload: Vec<u8> = self
+            .history
+            .range((from - self.history_start) as usize..(to - self.history_start) as usize)
+            .copied()
+            .collect();
+        Some(Segment {
+            seq: self.receiver_seq(from),
+            payload,
+        })
+    }
+
+    fn hold_out_of_order(&mut self, at: u64, data: &[u8]) {
+        if self.out_of_order_bytes + data.len() > MAX_OUT_OF_ORDER
+            || self.out_of_order.contains_key(&at)
+        {
+            return;
+        }
+        self.out_of_order_bytes += data.len();
+        self.out_of_order.insert(at, data.to_vec());
+    }
+
+    fn receiver_seq(&self, receiver_offset: u64) -> u32 {
+        // The map's base sequence number is the same on both sides.
+        self.map.base_seq().wrapping_add(receiver_offset as u32)
+    }
+}
+
+/// `candidate` for a server's replies: lines that may be `227` or `229`.
+pub fn passive_reply_candidate(start: &[u8]) -> bool {
+    let n = start.len().min(3);
+    b"227"[..n] == start[..n] || b"229"[..n] == start[..n]
+}
+
+/// `candidate` for a client's commands: lines that may be `PORT` or `EPRT`.
+pub fn active_command_candidate(start: &[u8]) -> bool {
+    let n = start.len().min(4);
+    let head = start[..n].to_ascii_uppercase();
+    b"PORT"[..n] == head[..] || b"EPRT"[..n] == head[..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{parse, rewrite};
+
+    const BASE: u32 = 1_000_000;
+    const PUBLIC: &str = "203.0.113.1:40000";
+
+    /// The server side's rewrite: every 227 gets the public endpoint.
+    fn rewrite_227(line: &Line) -> LineAction {
+        match parse::passive_reply(line.content()) {
+            Ok(announced) => LineAction::Replace(rewrite::splice(
+                &line.bytes,
+                announced.span,
+                rewrite::host_port_text(PUBLIC.parse().unwrap()).as_bytes(),
+            )),
+            Err(_) => LineAction::Keep,
+        }
+    }
+
+    fn server() -> StreamRewriter {
+        StreamRewriter::new(BASE, 512, passive_reply_candidate)
+    }
+
+    fn segment(seq_offset: u32, text: &str) -> Segment {
+        Segment {
+            seq: BASE.wrapping_add(seq_offset),
+            payload: text.as_bytes().to_vec(),
+        }
+    }
+
+    const REPLY: &str = "227 Entering Passive Mode (10,0,0,2,195,80).\r\n";
+    const REWRITTEN: &str = "227 Entering Passive Mode (203,0,113,1,156,64).\r\n";
+
+    #[test]
+    fn untouched_traffic_keeps_its_sequence_numbers() {
+        let mut stream = server();
+        let out = stream
+            .on_segment(BASE, b"220 hello\r\n", &mut rewrite_227)
+            .unwrap();
+        assert_eq!(out, vec![segment(0, "220 hello\r\n")]);
+        let out = stream
+            .on_segment(BASE + 11, b"331 password\r\n", &mut rewrite_227)
+            .unwrap();
+        assert_eq!(out, vec![segment(11, "331 password\r\n")]);
+    }
+
+    #[test]
+    fn a_longer_227_shifts_what_follows_and_acks_map_back() {
+        let mut stream = server();
+        let out = stream
+            .on_segment(BASE, REPLY.as_bytes(), &mut rewrite_227)
+            .unwrap();
+        assert_eq!(out, vec![segment(0, REWRITTEN)]);
+        let delta = (REWRITTEN.len() - REPLY.len()) as u32;
+        let next = REPLY.len() as u32;
+        let out = stream
+            .on_segment(BASE + next, b"150 ok\r\n", &mut rewrite_227)
+            .unwrap();
+        assert_eq!(out, vec![segment(next + delta, "150 ok\r\n")]);
+        // Part of the rewritten line acknowledged: not yet acknowledged for the sender.
+        assert_eq!(stream.seq_map().ack_to_sender(BASE + 10), BASE);
+        // The receiver acknowledges everything it got; the sender hears its own numbering.
+        assert_eq!(stream.on_ack(BASE + next + delta + 8), BASE + next + 8);
+        assert_eq!(
+            stream.seq_map().pending_edits(),
+            0,
+            "acknowledged edits are folded"
+        );
+    }
+
+    #[test]
+    fn a_227_split_across_segments_goes_out_whole_at_its_own_position() {
+        let mut stream = server();
+        stream
+            .on_segment(BASE, b"200 ok\r\n", &mut rewrite_227)
+            .unwrap();
+        let (first, second) = REPLY.split_at(30);
+        assert_eq!(
+            stream
+                .on_segment(BASE + 8, first.as_bytes(), &mut rewrite_227)
+                .unwrap(),
+            vec![]
+        );
+        let out = stream
+            .on_segment(BASE + 8 + 30, second.as_bytes(), &mut rewrite_227)
+            .unwrap();
+        assert_eq!(out, vec![segment(8, REWRITTEN)]);
+    }
+
+    #[test]
+    fn other_lines_are_not_held_back() {
+        let mut stream = server();
+        let out = stream
+            .on_segment(BASE, b"150 Opening data", &mut rewrite_227)
+            .unwrap();
+        assert_eq!(out, vec![segment(0, "150 Opening data")]);
+        let out = stream
+            .on_segment(BASE + 16, b" connection\r\n", &mut rewrite_227)
+            .unwrap();
+        assert_eq!(out, vec![segment(16, " connection\r\n")]);
+    }
+
+    #[test]
+    fn retransmissions_get_the_same_bytes_at_the_same_place() {
+        let mut stream = server();
+        let first = stream
+            .on_segment(BASE, REPLY.as_bytes(), &mut rewrite_227)
+            .unwrap();
+        let again = stream
+            .on_segment(BASE, REPLY.as_bytes(), &mut rewrite_227)
+            .unwrap();
+        assert_eq!(first, again);
+        // A retransmission that overlaps new data: the old part resent, the new part processed.
+        let next = REPLY.len() as u32;
+        let overlapping = format!("{}{}", &REPLY[10..], "226 done\r\n");
+        let out = stream
+            .on_segment(BASE + 10, overlapping.as_bytes(), &mut rewrite_227)
+            .unwrap();
+        let delta = (REWRITTEN.len() - REPLY.len()) as u32;
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].seq, BASE + 10);
+        assert_eq!(out[0].payload, &REWRITTEN.as_bytes()[10..]);
+        assert_eq!(out[1], segment(next + delta, "226 done\r\n"));
+    }
+
+    #[test]
+    fn out_of_order_segments_wait_for_the_gap() {
+        let mut stream = server();
+        let (first, second) = REPLY.split_at(20);
+        let late = stream
+            .on_segment(BASE + 20, second.as_bytes(), &mut rewrite_227)
+            .unwrap();
+        assert_eq!(late, vec![]);
+        let out = stream
+            .on_segment(BASE, first.as_bytes(), &mut rewrite_227)
+            .unwrap();
+        assert_eq!(out, vec![segment(0, REWRITTEN)]);
+    }
+
+    #[test]
+    fn pipelined_commands_are_rewritten_one_by_one() {
+        let mut client = StreamRewriter::new(BASE, 512, active_command_candidate);
+        let mut to_public = |line: &Line| {
+            let Some(command) = parse::command_line(line.content()) else {
+                return LineAction::Keep;
+            };
+            match parse::port_argument(&command) {
+                Ok(announced) if command.verb == "PORT" => LineAction::Replace(rewrite::splice(
+                    &line.bytes,
+                    announced.span,
+                    rewrite::host_port_text(PUBLIC.parse().unwrap()).as_bytes(),
+                )),
+                _ => LineAction::Keep,
+            }
+        };
+        let out = client
+            .on_segment(
+                BASE,
+                b"PORT 10,0,0,2,4,1\r\nRETR file\r\nPORT 10,0,0,2,4,2\r\n",
+                &mut to_public,
+            )
+            .unwrap();
+        assert_eq!(
+            out,
+            vec![segment(
+                0,
+                "PORT 203,0,113,1,156,64\r\nRETR file\r\nPORT 203,0,113,1,156,64\r\n"
+            )]
+        );
+        assert_eq!(
+            client.seq_map().pending_edits(),
+            2,
+            "two edits in one window"
+        );
+    }
+
+    #[test]
+    fn a_candidate_line_without_end_is_bounded() {
+        let mut stream = StreamRewriter::new(BASE, 64, passive_reply_candidate);
+        let long = format!("227 {}", "x".repeat(100));
+        assert!(matches!(
+            stream.on_segment(BASE, long.as_bytes(), &mut rewrite_227),
+            Err(StreamError::LineTooLong(_))
+        ));
+    }
+
+    #[test]
+    fn candidates_are_recognised_from_their_first_bytes() {
+        assert!(passive_reply_candidate(b"2"));
+        assert!(passive_reply_candidate(b"22"));
+        assert!(passive_reply_candidate(b"229 Entering"));
+        assert!(!passive_reply_candidate(b"230 ok"));
+        assert!(!passive_reply_candidate(b"150"));
+        assert!(active_command_candidate(b"po"));
+        assert!(active_command_candidate(b"EPRT |1|"));
+        assert!(!active_command_candidate(b"PASV"));
+        assert!(!active_command_candidate(b"RETR"));
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        const STREAM: &str = "220 hi\r\n227 Entering Passive Mode (10,0,0,2,195,80).\r\n150 ok\r\n\
+                              227 =10,0,0,3,4,1\r\n226 done\r\n229 Entering (|||6446|)\r\n";
+
+        fn expected() -> Vec<u8> {
+            let mut assembler = LineAssembler::new(512);
+            let mut out = Vec::new();
+            for line in assembler.push(STREAM.as_bytes()).unwrap() {
+                match rewrite_227(&line) {
+                    LineAction::Replace(bytes) => out.extend(bytes),
+                    LineAction::Keep => out.extend(line.bytes),
+                }
+            }
+            out
+        }
+
+        proptest! {
+            /// However the stream is cut into segments, retransmitted and reordered, the
+            /// receiver ends up with the sender's stream with exactly the intended rewrites,
+            /// and never sees two different bytes at one sequence number.
+            #[test]
+            fn any_segmentation_yields_the_rewritten_stream(
+                cuts in prop::collection::vec(1usize..24, 1..40),
+                retransmit in prop::collection::vec(any::<bool>(), 40),
+                swap in prop::collection::vec(any::<bool>(), 40),
+            ) {
+                let input = STREAM.as_bytes();
+                let mut segments = Vec::new();
+                let mut at = 0;
+                for cut in cuts.iter().cycle() {
+                    if at >= input.len() {
+                        break;
+                    }
+                    let end = (at + cut).min(input.len());
+                    segments.push((at, &input[at..end]));
+                    at = end;
+                }
+                // Reorder: swap some neighbours.
+                for i in 0..segments.len().saturating_sub(1) {
+                    if swap[i % swap.len()] {
+                        segments.swap(i, i + 1);
+                    }
+                }
+                let mut stream = server();
+                let expected = expected();
+                let mut received: Vec<Option<u8>> = vec![None; expected.len()];
+                let mut deliver = |out: Vec<Segment>| -> Result<(), TestCaseError> {
+                    for segment in out {
+                        let offset = segment.seq.wrapping_sub(BASE) as usize;
+                        for (i, byte) in segment.payload.iter().enumerate() {
+                            let slot = received.get_mut(offset + i).ok_or_else(|| TestCaseError::fail("beyond the stream"))?;
+                            prop_assert!(slot.is_none() || *slot == Some(*byte), "two bytes at one place");
+                            *slot = Some(*byte);
+                        }
+                    }
+                    Ok(())
+                };
+                for (i, (offset, bytes)) in segments.iter().enumerate() {
+                    let seq = BASE.wrapping_add(*offset as u32);
+                    deliver(stream.on_segment(seq, bytes, &mut rewrite_227).unwrap())?;
+                    if retransmit[i % retransmit.len()] {
+                        deliver(stream.on_segment(seq, bytes, &mut rewrite_227).unwrap())?;
+                    }
+                }
+                // Swapped segments that were dropped as ahead-of-order come again, as a
+                // sender's retransmissions would.
+                for (offset, bytes) in &segments {
+                    deliver(stream.on_segment(BASE.wrapping_add(*offset as u32), bytes, &mut rewrite_227).unwrap())?;
+                }
+                let got: Option<Vec<u8>> = received.into_iter().collect();
+                prop_assert_eq!(got, Some(expected));
+            }
+        }
+    }
+}
