@@ -11,9 +11,11 @@
 //! - [`seq`]: the sequence-number map of one direction once rewrites change its length, with
 //!   the reverse mapping for ACK numbers and SACK blocks.
 //! - [`stream`]: one direction of a control connection as segments in, rewritten segments out.
+//! - [`session`]: a whole control connection: both streams, announcements, expectations.
 
 pub mod line;
 pub mod parse;
 pub mod rewrite;
 pub mod seq;
+pub mod session;
 pub mod stream;

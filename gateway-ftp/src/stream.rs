@@ -81,6 +81,16 @@ impl StreamRewriter {
         &self.map
     }
 
+    /// Where the sender's `seq` lands for the receiver (for segments without payload).
+    pub fn seq_to_receiver(&mut self, seq: u32) -> u32 {
+        self.map.seq_to_receiver(seq, 0)
+    }
+
+    /// Original offset up to which bytes have been sent to the receiver.
+    pub fn sent_up_to(&self) -> u64 {
+        self.sent_up_to
+    }
+
     /// A segment from the sender. Returns the segments to send to the receiver; `rewrite` is
     /// asked about every complete candidate line.
     pub fn on_segment(

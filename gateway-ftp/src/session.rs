@@ -1,0 +1,636 @@
+//! One FTP control connection through the gateway: both directions' streams, the lines that
+//! announce data connections, and the expectations those need, as a plain state machine.
+//!
+//! The I/O shell feeds it every TCP segment of the connection, already address-translated,
+//! with [`Session::on_segment`], and carries out the [`Action`]s in order: an expectation is
+//! always returned before the segment whose line announces it, so the shell installs it in
+//! the fast path before the receiver can act on the announcement.
+//!
+//! Covered here: the side that announces an endpoint sits behind the gateway (a published
+//! server's `227`/`229`, a masqueraded client's `PORT`/`EPRT`): the line is rewritten to the
+//! public endpoint and an expectation maps that back. An announcement whose address is not the
+//! announcing side's own, or whose port is below 1024, gets no expectation and is reported.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use crate::{
+    line::Line,
+    parse::{self, ExtendedAddress},
+    rewrite,
+    stream::{
+        LineAction, StreamError, StreamRewriter, active_command_candidate, passive_reply_candidate,
+    },
+};
+
+/// Ports below this are never opened for a data connection (RFC 2577, FTP bounce).
+pub const MIN_DATA_PORT: u16 = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    ClientToServer,
+    ServerToClient,
+}
+
+/// TCP flag bits the session looks at.
+pub mod flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+}
+
+/// The TCP fields of a segment that the session reads and rewrites.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpSegment {
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: u8,
+    pub window: u16,
+    /// SACK blocks, as (left, right) edges.
+    pub sack: Vec<(u32, u32)>,
+    pub payload: Vec<u8>,
+}
+
+/// Where each side really is, and where the other side sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoints {
+    pub client_real: Ipv4Addr,
+    /// The client's address as the server sees it (the public one when masqueraded).
+    pub client_seen: Ipv4Addr,
+    pub server_real: Ipv4Addr,
+    /// The server's address as the client sees it (the public one when published).
+    pub server_seen: Ipv4Addr,
+}
+
+/// A data connection the fast path must let through and translate: from `peer` (any source
+/// port) to `public`, delivered to `private`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expectation {
+    pub peer: Ipv4Addr,
+    pub public: SocketAddrV4,
+    pub private: SocketAddrV4,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    InstallExpectation(Expectation),
+    Emit {
+        direction: Direction,
+        segment: TcpSegment,
+    },
+    /// A line the session would not act on, and why; it was passed on unchanged.
+    Violation {
+        direction: Direction,
+        reason: String,
+        line: Vec<u8>,
+    },
+}
+
+/// Chooses the public port for an announced data endpoint (the shell knows which are free).
+pub trait PortAllocator {
+    fn allocate(&mut self, public: Ipv4Addr, preferred: u16) -> Option<u16>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("segment before the connection's SYN in that direction")]
+    NotStarted,
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+}
+
+pub struct Session {
+    endpoints: Endpoints,
+    max_line: usize,
+    client_to_server: Option<StreamRewriter>,
+    server_to_client: Option<StreamRewriter>,
+}
+
+impl Session {
+    pub fn new(endpoints: Endpoints, max_line: usize) -> Session {
+        Session {
+            endpoints,
+            max_line,
+            client_to_server: None,
+            server_to_client: None,
+        }
+    }
+
+    pub fn on_segment(
+        &mut self,
+        direction: Direction,
+        mut segment: TcpSegment,
+        ports: &mut dyn PortAllocator,
+    ) -> Result<Vec<Action>, SessionError> {
+        let mut actions = Vec::new();
+        if segment.flags & flags::SYN != 0 {
+            let (stream, candidate) = match direction {
+                Direction::ClientToServer => (
+                    &mut self.client_to_server,
+                    active_command_candidate as fn(&[u8]) -> bool,
+                ),
+                Direction::ServerToClient => (
+                    &mut self.server_to_client,
+                    passive_reply_candidate as fn(&[u8]) -> bool,
+                ),
+            };
+            if stream.is_none() {
+                *stream = Some(StreamRewriter::new(
+                    segment.seq.wrapping_add(1),
+                    self.max_line,
+                    candidate,
+                ));
+            }
+            // A SYN's own sequence number is not mapped (it precedes the stream).
+            if segment.flags & flags::ACK != 0 {
+                segment.ack = self.ack_for(direction, segment.ack);
+            }
+            actions.push(Action::Emit { direction, segment });
+            return Ok(actions);
+        }
+
+        // The ACK and SACK blocks speak of the other direction's stream.
+        if segment.flags & flags::ACK != 0 {
+            segment.ack = self.ack_for(direction, segment.ack);
+            let other = self.stream(opposite(direction));
+            if let Some(other) = other {
+                segment.sack = segment
+                    .sack
+                    .iter()
+                    .filter_map(|&(left, right)| other.seq_map().sack_to_sender(left, right))
+                    .collect();
+            }
+        }
+
+        let endpoints = self.endpoints;
+        let stream = match direction {
+            Direction::ClientToServer => self.client_to_server.as_mut(),
+            Direction::ServerToClient => self.server_to_client.as_mut(),
+        }
+        .ok_or(SessionError::NotStarted)?;
+
+        let payload = std::mem::take(&mut segment.payload);
+        let mut announced = Vec::new();
+        let mut violations = Vec::new();
+        let outputs = if payload.is_empty() {
+            Vec::new()
+        } else {
+            stream.on_segment(
+                segment.seq,
+                &payload,
+                &mut |line: &Line| match announcement(direction, line, &endpoints, ports) {
+                    Announcement::None => LineAction::Keep,
+                    Announcement::Rewrite {
+                        new_line,
+                        expectation,
+                    } => {
+                        announced.push(expectation);
+                        LineAction::Replace(new_line)
+                    }
+                    Announcement::Refused(reason) => {
+                        violations.push((reason, line.bytes.clone()));
+                        LineAction::Keep
+                    }
+                },
+            )?
+        };
+        actions.extend(announced.into_iter().map(Action::InstallExpectation));
+        actions.extend(
+            violations
+                .into_iter()
+                .map(|(reason, line)| Action::Violation {
+                    direction,
+                    reason,
+                    line,
+                }),
+        );
+
+        if outputs.is_empty() {
+            // Nothing to carry (a pure ACK, a FIN, or data held back as part of an unfinished
+            // candidate line): the control bits and the ACK still go, positioned at the next
+            // byte the receiver will get.
+            segment.seq = if payload.is_empty() {
+                stream.seq_to_receiver(segment.seq)
+            } else {
+                stream_next_seq(stream)
+            };
+            actions.push(Action::Emit { direction, segment });
+            return Ok(actions);
+        }
+        let last = outputs.len() - 1;
+        for (index, output) in outputs.into_iter().enumerate() {
+            let mut emitted = segment.clone();
+            emitted.seq = output.seq;
+            emitted.payload = output.payload;
+            if index != last {
+                emitted.flags &= !flags::FIN;
+            }
+            actions.push(Action::Emit {
+                direction,
+                segment: emitted,
+            });
+        }
+        Ok(actions)
+    }
+
+    fn stream(&self, direction: Direction) -> Option<&StreamRewriter> {
+        match direction {
+            Direction::ClientToServer => self.client_to_server.as_ref(),
+            Direction::ServerToClient => self.server_to_client.as_ref(),
+        }
+    }
+
+    /// An ACK carried by a segment in `direction` acknowledges the opposite stream.
+    fn ack_for(&mut self, direction: Direction, ack: u32) -> u32 {
+        let other = match opposite(direction) {
+            Direction::ClientToServer => self.client_to_server.as_mut(),
+            Direction::ServerToClient => self.server_to_client.as_mut(),
+        };
+        other.map_or(ack, |stream| stream.on_ack(ack))
+    }
+}
+
+fn opposite(direction: Direction) -> Direction {
+    match direction {
+        Direction::ClientToServer => Direction::ServerToClient,
+        Direction::ServerToClient => Direction::ClientToServer,
+    }
+}
+
+/// The receiver-side sequence number of the next byte the stream will send.
+fn stream_next_seq(stream: &StreamRewriter) -> u32 {
+    let map = stream.seq_map();
+    map.base_seq()
+        .wrapping_add(map.to_receiver(stream.sent_up_to()) as u32)
+}
+
+enum Announcement {
+    None,
+    Rewrite {
+        new_line: Vec<u8>,
+        expectation: Expectation,
+    },
+    Refused(String),
+}
+
+/// Reads a complete candidate line: is it an announcement this side makes from behind the
+/// gateway, and if so what it becomes.
+fn announcement(
+    direction: Direction,
+    line: &Line,
+    endpoints: &Endpoints,
+    ports: &mut dyn PortAllocator,
+) -> Announcement {
+    let content = line.content();
+    // (announced endpoint, span to replace, how to write the replacement, sender's real and
+    // seen addresses, the peer that will connect)
+    let (endpoint, span, form) = match direction {
+        Direction::ServerToClient => match parse::reply_line(content) {
+            Some(reply) if reply.code == 227 => match parse::passive_reply(content) {
+                Ok(announced) => (announced.endpoint, announced.span, Form::HostPort),
+                Err(err) => return Announcement::Refused(format!("malformed 227: {err}")),
+            },
+            Some(reply) if reply.code == 229 => match parse::extended_passive_reply(content) {
+                Ok((port, span)) => (
+                    SocketAddrV4::new(endpoints.server_real, port),
+                    span,
+                    Form::PortOnly,
+                ),
+                Err(err) => return Announcement::Refused(format!("malformed 229: {err}")),
+            },
+            _ => return Announcement::None,
+        },
+        Direction::ClientToServer => {
+            let Some(command) = parse::command_line(content) else {
+                return Announcement::None;
+            };
+            match command.verb.as_str() {
+                "PORT" => match parse::port_argument(&command) {
+                    Ok(announced) => (announced.endpoint, announced.span, Form::HostPort),
+                    Err(err) => return Announcement::Refused(format!("malformed PORT: {err}")),
+                },
+                "EPRT" => match parse::eprt_argument(&command) {
+                    Ok(ExtendedAddress::V4 {
+                        announced,
+                        delimiter,
+                    }) => (announced.endpoint, announced.span, Form::Eprt(delimiter)),
+                    Ok(ExtendedAddress::V6 { .. }) => {
+                        return Announcement::Refused(
+                            "EPRT with an IPv6 address through a NAT44".into(),
+                        );
+                    }
+                    Err(err) => return Announcement::Refused(format!("malformed EPRT: {err}")),
+                },
+                _ => return Announcement::None,
+            }
+        }
+    };
+    let (real, seen, peer) = match direction {
+        Direction::ServerToClient => (
+            endpoints.server_real,
+            endpoints.server_seen,
+            endpoints.client_real,
+        ),
+        Direction::ClientToServer => (
+            endpoints.client_real,
+            endpoints.client_seen,
+            endpoints.server_real,
+        ),
+    };
+    if *endpoint.ip() != real {
+        return Announcement::Refused(format!(
+            "announces {} but the sender is {real}",
+            endpoint.ip()
+        ));
+    }
+    if endpoint.port() < MIN_DATA_PORT {
+        return Announcement::Refused(format!(
+            "data port {} is below {MIN_DATA_PORT}",
+            endpoint.port()
+        ));
+    }
+    if real == seen {
+        // Not behind the gateway: nothing to translate in the line.
+        return Announcement::None;
+    }
+    let Some(public_port) = ports.allocate(seen, endpoint.port()) else {
+        return Announcement::Refused("no public port free for the data connection".into());
+    };
+    let public = SocketAddrV4::new(seen, public_port);
+    let text = match form {
+        Form::HostPort => rewrite::host_port_text(public),
+        Form::Eprt(delimiter) => rewrite::eprt_text(public, delimiter),
+        Form::PortOnly => public_port.to_string(),
+    };
+    Announcement::Rewrite {
+        new_line: rewrite::splice(&line.bytes, span, text.as_bytes()),
+        expectation: Expectation {
+            peer,
+            public,
+            private: endpoint,
+        },
+    }
+}
+
+enum Form {
+    HostPort,
+    Eprt(u8),
+    PortOnly,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+    const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+    const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+    const C_ISN: u32 = 5000;
+    const S_ISN: u32 = 9000;
+
+    /// Hands out ports from 40000 up.
+    struct Ports(u16);
+
+    impl PortAllocator for Ports {
+        fn allocate(&mut self, _public: Ipv4Addr, _preferred: u16) -> Option<u16> {
+            self.0 += 1;
+            Some(self.0)
+        }
+    }
+
+    fn published() -> Session {
+        Session::new(
+            Endpoints {
+                client_real: CLIENT,
+                client_seen: CLIENT,
+                server_real: SERVER,
+                server_seen: PUBLIC,
+            },
+            512,
+        )
+    }
+
+    fn seg(seq: u32, ack: u32, flags: u8, payload: &str) -> TcpSegment {
+        TcpSegment {
+            seq,
+            ack,
+            flags,
+            window: 65535,
+            sack: Vec::new(),
+            payload: payload.as_bytes().to_vec(),
+        }
+    }
+
+    fn emitted(actions: &[Action]) -> Vec<&TcpSegment> {
+        actions
+            .iter()
+            .filter_map(|action| match action {
+                Action::Emit { segment, .. } => Some(segment),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Client connects, server greets: returns the session ready for commands.
+    fn handshake(session: &mut Session, ports: &mut Ports) {
+        session
+            .on_segment(
+                Direction::ClientToServer,
+                seg(C_ISN, 0, flags::SYN, ""),
+                ports,
+            )
+            .unwrap();
+        session
+            .on_segment(
+                Direction::ServerToClient,
+                seg(S_ISN, C_ISN + 1, flags::SYN | flags::ACK, ""),
+                ports,
+            )
+            .unwrap();
+    }
+
+    #[test]
+    fn a_published_servers_227_is_rewritten_after_its_expectation_is_installed() {
+        let mut session = published();
+        let mut ports = Ports(40000);
+        handshake(&mut session, &mut ports);
+        let reply = "227 Entering Passive Mode (10,0,0,2,195,80).\r\n";
+        let actions = session
+            .on_segment(
+                Direction::ServerToClient,
+                seg(S_ISN + 1, C_ISN + 1, flags::ACK, reply),
+                &mut ports,
+            )
+            .unwrap();
+        let expectation = Expectation {
+            peer: CLIENT,
+            public: SocketAddrV4::new(PUBLIC, 40001),
+            private: SocketAddrV4::new(SERVER, 50000),
+        };
+        assert_eq!(
+            actions[0],
+            Action::InstallExpectation(expectation),
+            "expectation first"
+        );
+        let out = emitted(&actions);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            out[0].payload,
+            b"227 Entering Passive Mode (203,0,113,1,156,65).\r\n"
+        );
+        assert_eq!(out[0].seq, S_ISN + 1);
+        // The client acknowledges the longer line; the server hears its own numbering.
+        let delta = 3;
+        let ack = S_ISN + 1 + reply.len() as u32 + delta;
+        let actions = session
+            .on_segment(
+                Direction::ClientToServer,
+                seg(C_ISN + 1, ack, flags::ACK, "RETR f\r\n"),
+                &mut ports,
+            )
+            .unwrap();
+        assert_eq!(emitted(&actions)[0].ack, S_ISN + 1 + reply.len() as u32);
+        // And the server's next segment moves by the edit.
+        let actions = session
+            .on_segment(
+                Direction::ServerToClient,
+                seg(
+                    S_ISN + 1 + reply.len() as u32,
+                    C_ISN + 9,
+                    flags::ACK,
+                    "150 ok\r\n",
+                ),
+                &mut ports,
+            )
+            .unwrap();
+        assert_eq!(
+            emitted(&actions)[0].seq,
+            S_ISN + 1 + reply.len() as u32 + delta
+        );
+    }
+
+    #[test]
+    fn a_masqueraded_clients_port_and_eprt_are_rewritten() {
+        let inside = Ipv4Addr::new(10, 0, 0, 5);
+        let remote = Ipv4Addr::new(198, 51, 100, 7);
+        let mut session = Session::new(
+            Endpoints {
+                client_real: inside,
+                client_seen: PUBLIC,
+                server_real: remote,
+                server_seen: remote,
+            },
+            512,
+        );
+        let mut ports = Ports(40000);
+        handshake(&mut session, &mut ports);
+        let command = "PORT 10,0,0,5,4,1\r\nEPRT |1|10.0.0.5|1026|\r\n";
+        let actions = session
+            .on_segment(
+                Direction::ClientToServer,
+                seg(C_ISN + 1, S_ISN + 1, flags::ACK, command),
+                &mut ports,
+            )
+            .unwrap();
+        assert!(
+            matches!(actions[0], Action::InstallExpectation(Expectation { peer, .. }) if peer == remote)
+        );
+        assert!(matches!(actions[1], Action::InstallExpectation(_)));
+        assert_eq!(
+            emitted(&actions)[0].payload,
+            b"PORT 203,0,113,1,156,65\r\nEPRT |1|203.0.113.1|40002|\r\n"
+        );
+    }
+
+    #[test]
+    fn bounce_and_low_ports_get_no_expectation() {
+        let inside = Ipv4Addr::new(10, 0, 0, 5);
+        let remote = Ipv4Addr::new(198, 51, 100, 7);
+        let mut session = Session::new(
+            Endpoints {
+                client_real: inside,
+                client_seen: PUBLIC,
+                server_real: remote,
+                server_seen: remote,
+            },
+            512,
+        );
+        let mut ports = Ports(40000);
+        handshake(&mut session, &mut ports);
+        for (line, why) in [
+            ("PORT 192,0,2,9,4,1\r\n", "announces 192.0.2.9"),
+            ("PORT 10,0,0,5,0,25\r\n", "below 1024"),
+            ("PORT 10,0,0,5,4\r\n", "malformed PORT"),
+        ] {
+            let seq = C_ISN + 1;
+            let mut fresh = Session::new(session.endpoints, 512);
+            handshake(&mut fresh, &mut ports);
+            let actions = fresh
+                .on_segment(
+                    Direction::ClientToServer,
+                    seg(seq, S_ISN + 1, flags::ACK, line),
+                    &mut ports,
+                )
+                .unwrap();
+            assert!(
+                !actions
+                    .iter()
+                    .any(|a| matches!(a, Action::InstallExpectation(_))),
+                "{line}"
+            );
+            assert!(
+                actions
+                    .iter()
+                    .any(|a| matches!(a, Action::Violation { reason, .. } if reason.contains(why))),
+                "{line}: {actions:?}"
+            );
+            assert_eq!(
+                emitted(&actions)[0].payload,
+                line.as_bytes(),
+                "passed on unchanged"
+            );
+        }
+    }
+
+    #[test]
+    fn a_229_gets_the_public_port() {
+        let mut session = published();
+        let mut ports = Ports(40000);
+        handshake(&mut session, &mut ports);
+        let actions = session
+            .on_segment(
+                Direction::ServerToClient,
+                seg(
+                    S_ISN + 1,
+                    C_ISN + 1,
+                    flags::ACK,
+                    "229 Entering Extended Passive Mode (|||50000|)\r\n",
+                ),
+                &mut ports,
+            )
+            .unwrap();
+        assert_eq!(
+            actions[0],
+            Action::InstallExpectation(Expectation {
+                peer: CLIENT,
+                public: SocketAddrV4::new(PUBLIC, 40001),
+                private: SocketAddrV4::new(SERVER, 50000),
+            })
+        );
+        assert_eq!(
+            emitted(&actions)[0].payload,
+            b"229 Entering Extended Passive Mode (|||40001|)\r\n"
+        );
+    }
+
+    #[test]
+    fn segments_before_the_syn_are_an_error() {
+        let mut session = published();
+        let result = session.on_segment(
+            Direction::ClientToServer,
+            seg(1, 1, flags::ACK, "USER x\r\n"),
+            &mut Ports(0),
+        );
+        assert!(matches!(result, Err(SessionError::NotStarted)));
+    }
+}
