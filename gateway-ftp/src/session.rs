@@ -172,7 +172,7 @@ impl Session {
         let payload = std::mem::take(&mut segment.payload);
         let mut announced = Vec::new();
         let mut violations = Vec::new();
-        let outputs = if payload.is_empty() {
+        let mut outputs = if payload.is_empty() {
             Vec::new()
         } else {
             stream.on_segment(
@@ -194,6 +194,10 @@ impl Session {
                 },
             )?
         };
+        if segment.flags & flags::FIN != 0 {
+            // The sender is done: a line it left unfinished goes out as it is, before the FIN.
+            outputs.extend(stream.flush());
+        }
         actions.extend(announced.into_iter().map(Action::InstallExpectation));
         actions.extend(
             violations
@@ -620,6 +624,41 @@ mod tests {
         assert_eq!(
             emitted(&actions)[0].payload,
             b"229 Entering Extended Passive Mode (|||40001|)\r\n"
+        );
+    }
+
+    #[test]
+    fn a_fin_sends_a_held_line_on_as_it_is() {
+        let mut session = published();
+        let mut ports = Ports(40000);
+        handshake(&mut session, &mut ports);
+        let held = session
+            .on_segment(
+                Direction::ServerToClient,
+                seg(S_ISN + 1, C_ISN + 1, flags::ACK, "227 Entering"),
+                &mut ports,
+            )
+            .unwrap();
+        assert_eq!(
+            emitted(&held)[0].payload,
+            b"",
+            "held back, only the ACK goes"
+        );
+        let actions = session
+            .on_segment(
+                Direction::ServerToClient,
+                seg(S_ISN + 13, C_ISN + 1, flags::ACK | flags::FIN, ""),
+                &mut ports,
+            )
+            .unwrap();
+        let out = emitted(&actions);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].payload, b"227 Entering");
+        assert_eq!(out[0].seq, S_ISN + 1);
+        assert_ne!(
+            out[0].flags & flags::FIN,
+            0,
+            "the FIN rides on the flushed bytes"
         );
     }
 

@@ -138,6 +138,28 @@ impl StreamRewriter {
         Ok(out)
     }
 
+    /// Sends whatever is held back, unchanged: the sender closed its side, so a held line will
+    /// never be completed (and so never rewritten).
+    pub fn flush(&mut self) -> Option<Segment> {
+        let pending = self.lines.pending();
+        let pending_start = self.lines.next_offset() - pending.len() as u64;
+        if pending.is_empty() || pending_start + pending.len() as u64 <= self.sent_up_to {
+            return None;
+        }
+        let from = self.sent_up_to.max(pending_start);
+        let output = pending[(from - pending_start) as usize..].to_vec();
+        let receiver_offset = self.map.to_receiver(from);
+        if self.history.is_empty() {
+            self.history_start = receiver_offset;
+        }
+        self.history.extend(output.iter().copied());
+        self.sent_up_to = self.lines.next_offset();
+        Some(Segment {
+            seq: self.receiver_seq(receiver_offset),
+            payload: output,
+        })
+    }
+
     /// The receiver's cumulative ACK, as the sender must see it. Drops history and edits that
     /// are acknowledged.
     pub fn on_ack(&mut self, ack: u32) -> u32 {
