@@ -136,11 +136,12 @@ fn run(
         tracing::info!(interface = %attachment.interface, hook = %attachment.hook, "fast path attached");
         attachments.push(attachment);
     }
-    // Translation happens at ingress, before the kernel routes the packet: a published
-    // server's reply reaches the stack on the inside interface already carrying the public
-    // source address, which is usually the gateway's own. The kernel drops such packets as
-    // martians unless accept_local is on, and strict reverse-path filtering drops them too
-    // (loose mode still drops sources with no route at all). Both restored on exit.
+    // Translation happens at ingress, before the kernel routes. The translated packets the
+    // stack still routes (all of XDP's; TC's expiring TTLs and oversized packets) reach it on
+    // the inside interface already carrying the public source address, usually the gateway's
+    // own. The kernel drops such packets as martians unless accept_local is on, and strict
+    // reverse-path filtering drops them too (loose mode still drops sources with no route at
+    // all). Both are restored on a clean exit.
     let mut sysctls = Vec::new();
     for name in [&config.interfaces.inside, &config.interfaces.outside] {
         sysctls.push(
