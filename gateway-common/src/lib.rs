@@ -235,6 +235,11 @@ pub struct NatConfig {
     /// Non-zero: TC forwards translated packets itself (FIB lookup and redirect) instead of
     /// handing them to the stack.
     pub bpf_forwarding: u32,
+    /// Interface roles (ifindex; 0 = not set): new masqueraded connections only come in on
+    /// the inside one, unsolicited traffic is only judged on the outside one, and a packet
+    /// arriving outside with an inside network's source address is a spoof.
+    pub inside_ifindex: u32,
+    pub outside_ifindex: u32,
     pub _pad: u32,
     pub tcp_established_timeout_ns: u64,
     pub tcp_transitory_timeout_ns: u64,
@@ -333,10 +338,12 @@ pub enum Counter {
     /// A translated packet forwarded by the TC program itself (FIB lookup and redirect),
     /// past the gateway's stack. Counted in addition to its translation counter.
     Redirected = 17,
+    /// Arrived on the outside interface with a source address of an inside network.
+    DropSpoofed = 18,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 18] = [
+    pub const ALL: [Counter; 19] = [
         Counter::DnatPublished,
         Counter::SnatPublished,
         Counter::PassNotIpv4,
@@ -355,6 +362,7 @@ impl Counter {
         Counter::FragmentTranslated,
         Counter::DropFragmentUnknown,
         Counter::Redirected,
+        Counter::DropSpoofed,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -379,6 +387,7 @@ impl Counter {
             Counter::FragmentTranslated => "fragment_translated",
             Counter::DropFragmentUnknown => "drop_fragment_unknown",
             Counter::Redirected => "redirected",
+            Counter::DropSpoofed => "drop_spoofed",
         }
     }
 }

@@ -116,7 +116,8 @@ pub fn translate<P: Packet>(packet: &mut P) -> Verdict {
         | Counter::DropPortExhausted
         | Counter::DropSessionTableFull
         | Counter::DropUnsolicited
-        | Counter::DropFragmentUnknown => Verdict::Drop,
+        | Counter::DropFragmentUnknown
+        | Counter::DropSpoofed => Verdict::Drop,
         Counter::DnatPublished
         | Counter::SnatPublished
         | Counter::SessionHit
@@ -265,10 +266,18 @@ fn translate_headers<P: Packet>(packet: &mut P, headers: &Headers) -> Result<Cou
         return result;
     }
 
-    if in_networks(config, key.src) && !in_networks(config, key.dst) {
-        return masquerade_new(packet, headers, config, now);
+    let ingress = packet.ingress_ifindex();
+    let inside = config.inside_ifindex == 0 || ingress == config.inside_ifindex;
+    let outside = config.outside_ifindex == 0 || ingress == config.outside_ifindex;
+    if in_networks(config, key.src) {
+        if config.outside_ifindex != 0 && ingress == config.outside_ifindex {
+            return Err(Counter::DropSpoofed);
+        }
+        if inside && !in_networks(config, key.dst) {
+            return masquerade_new(packet, headers, config, now);
+        }
     }
-    if is_masquerade_address(config, key.dst) {
+    if outside && is_masquerade_address(config, key.dst) {
         return admit_inbound(packet, headers, config, now);
     }
     Err(Counter::PassUnmatched)

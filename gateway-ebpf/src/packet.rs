@@ -62,6 +62,9 @@ pub trait Packet {
         new: [u8; 4],
     ) -> Result<(), RewriteFailed>;
 
+    /// The interface the packet arrived on.
+    fn ingress_ifindex(&self) -> u32;
+
     /// Whether a socket of the gateway's own stack owns the connection `key` belongs to
     /// (`key` as the packet arrives: source = remote, destination = local).
     fn local_socket_exists(&self, key: &FlowKey) -> bool;
@@ -144,6 +147,11 @@ impl Packet for XdpContext {
     #[inline(always)]
     fn local_socket_exists(&self, key: &FlowKey) -> bool {
         socket_lookup(self.as_ptr(), key)
+    }
+
+    #[inline(always)]
+    fn ingress_ifindex(&self) -> u32 {
+        XdpContext::ingress_ifindex(self) as u32
     }
 
     #[inline(always)]
@@ -296,6 +304,12 @@ impl Packet for TcContext {
     #[inline(always)]
     fn local_socket_exists(&self, key: &FlowKey) -> bool {
         socket_lookup(self.as_ptr(), key)
+    }
+
+    #[inline(always)]
+    fn ingress_ifindex(&self) -> u32 {
+        // SAFETY: skb is the program's context.
+        unsafe { (*self.skb.skb).ingress_ifindex }
     }
 
     #[inline(always)]

@@ -264,6 +264,33 @@ impl Dataplane {
             })
     }
 
+    /// Tells the fast path which interface is which (after [`Dataplane::configure_nat`]).
+    pub fn set_interface_roles(
+        &mut self,
+        inside_ifindex: u32,
+        outside_ifindex: u32,
+    ) -> Result<(), DataplaneError> {
+        let map_name = names::NAT_CONFIG;
+        let map = self.map_mut(map_name)?;
+        let mut array: Array<_, NatConfig> =
+            Array::try_from(map).map_err(|source| DataplaneError::Map {
+                map: map_name,
+                source,
+            })?;
+        let mut config = array.get(&0, 0).map_err(|source| DataplaneError::Map {
+            map: map_name,
+            source,
+        })?;
+        config.inside_ifindex = inside_ifindex;
+        config.outside_ifindex = outside_ifindex;
+        array
+            .set(0, config, 0)
+            .map_err(|source| DataplaneError::Map {
+                map: map_name,
+                source,
+            })
+    }
+
     /// Attaches the fast path to `interface` on the hook that `hook` and `xdp_mode` select.
     ///
     /// `Auto` puts TC on virtual devices and native XDP on NICs; a NIC whose driver has no

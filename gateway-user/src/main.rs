@@ -104,15 +104,17 @@ fn run(
     };
 
     system::check_privileges().map_err(|why| anyhow!(why))?;
+    let mut indexes = Vec::new();
     for (role, name) in [
         ("inside", &config.interfaces.inside),
         ("outside", &config.interfaces.outside),
     ] {
-        if system::if_index(name).is_none() {
+        let Some(index) = system::if_index(name) else {
             bail!(
                 "interface {name:?} (interfaces.{role}) does not exist in this network namespace"
             );
-        }
+        };
+        indexes.push(index);
     }
 
     let mut dataplane = Dataplane::load(verbose, config.max_sessions).inspect_err(|err| {
@@ -129,6 +131,7 @@ fn run(
         &config.timeouts,
         config.dataplane.forwarding,
     )?;
+    dataplane.set_interface_roles(indexes[0], indexes[1])?;
 
     let mut attachments = Vec::new();
     for name in [&config.interfaces.inside, &config.interfaces.outside] {

@@ -235,6 +235,22 @@ fn tc_masquerades_inside_clients() {
         );
     }
 
+    // A packet from outside claiming an inside source address is a spoof: dropped, and never
+    // given a mapping of its own.
+    lab.outside
+        .sh("ip addr add 10.0.0.9/32 dev eth0 && ip route add 198.51.100.0/24 via 203.0.113.1")
+        .expect("spoofing route");
+    let spoofer = udp_socket(
+        &lab.outside,
+        SocketAddrV4::new(std::net::Ipv4Addr::new(10, 0, 0, 9), 5555),
+    );
+    spoofer
+        .send_to(
+            b"spoof",
+            SocketAddrV4::new(std::net::Ipv4Addr::new(198, 51, 100, 7), 53),
+        )
+        .unwrap();
+
     // The gateway's own connections use ports of the masquerade range too; they still work.
     let listener = lab
         .outside
@@ -266,6 +282,7 @@ fn tc_masquerades_inside_clients() {
         "icmp_error_translated",
         "fragment_translated",
         "redirected",
+        "drop_spoofed",
     ] {
         assert!(
             gateway.final_counter(counter) > 0,
