@@ -21,6 +21,8 @@ pub struct FrameSpec {
     pub icmp_type: u8,
     /// For an ICMP error: its code, and the quoted datagram (IPv4 header onwards).
     pub icmp_code: u8,
+    /// TCP flags byte (PSH|ACK unless set).
+    pub tcp_flags: u8,
     pub icmp_quote: Option<Vec<u8>>,
 }
 
@@ -36,6 +38,7 @@ impl FrameSpec {
             payload: b"USER anonymous\r\n".to_vec(),
             icmp_type: 0,
             icmp_code: 0,
+            tcp_flags: 0x18,
             icmp_quote: None,
         }
     }
@@ -101,7 +104,7 @@ impl FrameSpec {
         } else if self.proto == IPPROTO_TCP {
             segment.extend_from_slice(&0x1234_5678u32.to_be_bytes()); // seq
             segment.extend_from_slice(&0x9abc_def0u32.to_be_bytes()); // ack
-            segment.extend_from_slice(&[0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0]); // PSH|ACK
+            segment.extend_from_slice(&[0x50, self.tcp_flags, 0xff, 0xff, 0, 0, 0, 0]);
             16
         } else {
             segment.extend_from_slice(&((8 + self.payload.len()) as u16).to_be_bytes());

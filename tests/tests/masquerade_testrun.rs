@@ -618,3 +618,34 @@ fn the_sweep_removes_expired_sessions_then_unused_mappings() {
     );
     assert_eq!(again, first, "the port is free again, so it is kept");
 }
+
+/// RFC 5382 REQ-2: a simultaneous open (both ends send a SYN, neither a SYN-ACK first) gets
+/// through: the outside host's SYN finds the session the inside host's SYN created.
+#[test]
+fn a_simultaneous_open_gets_through() {
+    for hook in [Hook::Xdp, Hook::Tc] {
+        let mut dataplane = masquerading(
+            1024..=65535,
+            Filtering::AddressDependent,
+            Timeouts::default(),
+        );
+        let syn = |spec: FrameSpec| FrameSpec {
+            tcp_flags: 0x02,
+            ..spec
+        };
+        assert_translates(
+            &mut dataplane,
+            hook,
+            &syn(FrameSpec::tcp(at(HOST_A, 42000), at(REMOTE, 42001))),
+            &syn(FrameSpec::tcp(at(PUBLIC, 42000), at(REMOTE, 42001))),
+            "inside SYN",
+        );
+        assert_translates(
+            &mut dataplane,
+            hook,
+            &syn(FrameSpec::tcp(at(REMOTE, 42001), at(PUBLIC, 42000))),
+            &syn(FrameSpec::tcp(at(REMOTE, 42001), at(HOST_A, 42000))),
+            "outside SYN crossing it",
+        );
+    }
+}
