@@ -662,6 +662,39 @@ mod tests {
         );
     }
 
+    /// Found by fuzzing (fuzz/regressions/ftp_session): after a line too long, further
+    /// segments used to index past the held line and panic.
+    #[test]
+    fn a_line_too_long_ends_the_stream_without_a_panic() {
+        let mut session = Session::new(published().endpoints, 16);
+        let mut ports = Ports(40000);
+        handshake(&mut session, &mut ports);
+        let long = seg(
+            S_ISN + 1,
+            C_ISN + 1,
+            flags::ACK,
+            "150 far more than sixteen bytes",
+        );
+        assert!(
+            session
+                .on_segment(Direction::ServerToClient, long, &mut ports)
+                .is_err()
+        );
+        for offset in [0, 5, 31, 40] {
+            let more = seg(
+                S_ISN + 1 + offset,
+                C_ISN + 1,
+                flags::ACK | flags::FIN,
+                "227 (10,0,0,2,4,1)\r\n",
+            );
+            assert!(
+                session
+                    .on_segment(Direction::ServerToClient, more, &mut ports)
+                    .is_err()
+            );
+        }
+    }
+
     #[test]
     fn segments_before_the_syn_are_an_error() {
         let mut session = published();

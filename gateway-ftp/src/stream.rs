@@ -36,6 +36,10 @@ pub enum StreamError {
     LineTooLong(#[from] LineTooLong),
     #[error(transparent)]
     Seq(#[from] SeqError),
+    /// An earlier error left the stream without a consistent view of its bytes; the
+    /// connection can only be ended.
+    #[error("the stream failed earlier and cannot continue")]
+    Broken,
 }
 
 /// What to do with a complete line that was held as a candidate.
@@ -58,6 +62,8 @@ pub struct StreamRewriter {
     out_of_order: BTreeMap<u64, Vec<u8>>,
     out_of_order_bytes: usize,
     candidate: fn(&[u8]) -> bool,
+    /// Set by the first error: framing and sequence state are no longer trustworthy.
+    broken: bool,
 }
 
 impl StreamRewriter {
@@ -74,6 +80,7 @@ impl StreamRewriter {
             out_of_order: BTreeMap::new(),
             out_of_order_bytes: 0,
             candidate,
+            broken: false,
         }
     }
 
@@ -94,6 +101,20 @@ impl StreamRewriter {
     /// A segment from the sender. Returns the segments to send to the receiver; `rewrite` is
     /// asked about every complete candidate line.
     pub fn on_segment(
+        &mut self,
+        seq: u32,
+        payload: &[u8],
+        rewrite: &mut dyn FnMut(&Line) -> LineAction,
+    ) -> Result<Vec<Segment>, StreamError> {
+        if self.broken {
+            return Err(StreamError::Broken);
+        }
+        let result = self.accept(seq, payload, rewrite);
+        self.broken = result.is_err();
+        result
+    }
+
+    fn accept(
         &mut self,
         seq: u32,
         payload: &[u8],
@@ -141,6 +162,9 @@ impl StreamRewriter {
     /// Sends whatever is held back, unchanged: the sender closed its side, so a held line will
     /// never be completed (and so never rewritten).
     pub fn flush(&mut self) -> Option<Segment> {
+        if self.broken {
+            return None;
+        }
         let pending = self.lines.pending();
         let pending_start = self.lines.next_offset() - pending.len() as u64;
         if pending.is_empty() || pending_start + pending.len() as u64 <= self.sent_up_to {
@@ -209,7 +233,7 @@ impl StreamRewriter {
         } else if !pending.is_empty() && pending_start < self.sent_up_to {
             // Part of this unfinished line went out already: the rest follows as it comes.
             let from = (self.sent_up_to - pending_start) as usize;
-            output.extend_from_slice(&pending[from..]);
+            output.extend_from_slice(pending.get(from..).unwrap_or_default());
             self.sent_up_to = self.lines.next_offset();
         }
         if output.is_empty() {
@@ -465,6 +489,24 @@ mod tests {
             stream.on_segment(BASE, long.as_bytes(), &mut rewrite_227),
             Err(StreamError::LineTooLong(_))
         ));
+    }
+
+    #[test]
+    fn after_an_error_the_stream_refuses_everything() {
+        let mut stream = StreamRewriter::new(BASE, 16, passive_reply_candidate);
+        assert!(matches!(
+            stream.on_segment(
+                BASE,
+                b"150 a line that is far too long\r\n",
+                &mut rewrite_227
+            ),
+            Err(StreamError::LineTooLong(_))
+        ));
+        assert_eq!(
+            stream.on_segment(BASE + 40, b"200 ok\r\n", &mut rewrite_227),
+            Err(StreamError::Broken)
+        );
+        assert_eq!(stream.flush(), None);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod fuzz;
 mod setup;
 
 use std::{path::PathBuf, process::Command};
@@ -44,6 +45,12 @@ enum Task {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// Run every fuzz target (after replaying past crashes) for a while each.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+    },
     /// Set up, build, and run every test (needs root). Extra arguments go to `cargo test`.
     Test {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -77,6 +84,7 @@ fn main() {
             Ok(())
         }
         Task::Demo => demo::run(),
+        Task::Fuzz { seconds } => fuzz::run(seconds),
         Task::Bench { seconds, runs } => bench::run(&bench::Options {
             seconds,
             runs: runs.max(1),
