@@ -6,10 +6,13 @@
 //! always returned before the segment whose line announces it, so the shell installs it in
 //! the fast path before the receiver can act on the announcement.
 //!
-//! Covered here: the side that announces an endpoint sits behind the gateway (a published
-//! server's `227`/`229`, a masqueraded client's `PORT`/`EPRT`): the line is rewritten to the
-//! public endpoint and an expectation maps that back. An announcement whose address is not the
-//! announcing side's own, or whose port is below 1024, gets no expectation and is reported.
+//! When the side that announces an endpoint sits behind the gateway (a published server's
+//! `227`/`229`, a masqueraded client's `PORT`/`EPRT`), the line is rewritten to the public
+//! endpoint and an [`Expectation`] maps that back. When the other side sits behind it (an
+//! outside client's `PORT` to a published server), the line stays and an
+//! [`OutboundExpectation`] gives the server's data connection its public source. An
+//! announcement whose address is not the announcing side's own, or whose port is below 1024,
+//! gets no expectation and is reported.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -71,9 +74,20 @@ pub struct Expectation {
     pub private: SocketAddrV4,
 }
 
+/// A data connection that the side behind the gateway opens itself, towards an endpoint the
+/// other side announced (a published server in active mode connecting back to a `PORT`): from
+/// `opener` (any source port) to `to`, with `source` as its public source address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboundExpectation {
+    pub opener: Ipv4Addr,
+    pub to: SocketAddrV4,
+    pub source: Ipv4Addr,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     InstallExpectation(Expectation),
+    InstallOutboundExpectation(OutboundExpectation),
     Emit {
         direction: Direction,
         segment: TcpSegment,
@@ -171,6 +185,7 @@ impl Session {
 
         let payload = std::mem::take(&mut segment.payload);
         let mut announced = Vec::new();
+        let mut outbound = Vec::new();
         let mut violations = Vec::new();
         let mut outputs = if payload.is_empty() {
             Vec::new()
@@ -180,6 +195,10 @@ impl Session {
                 &payload,
                 &mut |line: &Line| match announcement(direction, line, &endpoints, ports) {
                     Announcement::None => LineAction::Keep,
+                    Announcement::Outbound(expectation) => {
+                        outbound.push(expectation);
+                        LineAction::Keep
+                    }
                     Announcement::Rewrite {
                         new_line,
                         expectation,
@@ -199,6 +218,7 @@ impl Session {
             outputs.extend(stream.flush());
         }
         actions.extend(announced.into_iter().map(Action::InstallExpectation));
+        actions.extend(outbound.into_iter().map(Action::InstallOutboundExpectation));
         actions.extend(
             violations
                 .into_iter()
@@ -270,6 +290,7 @@ fn stream_next_seq(stream: &StreamRewriter) -> u32 {
 
 enum Announcement {
     None,
+    Outbound(OutboundExpectation),
     Rewrite {
         new_line: Vec<u8>,
         expectation: Expectation,
@@ -329,16 +350,18 @@ fn announcement(
             }
         }
     };
-    let (real, seen, peer) = match direction {
+    let (real, seen, peer, peer_seen) = match direction {
         Direction::ServerToClient => (
             endpoints.server_real,
             endpoints.server_seen,
             endpoints.client_real,
+            endpoints.client_seen,
         ),
         Direction::ClientToServer => (
             endpoints.client_real,
             endpoints.client_seen,
             endpoints.server_real,
+            endpoints.server_seen,
         ),
     };
     if *endpoint.ip() != real {
@@ -354,8 +377,18 @@ fn announcement(
         ));
     }
     if real == seen {
-        // Not behind the gateway: nothing to translate in the line.
-        return Announcement::None;
+        // The announcer is not behind the gateway: nothing to translate in the line. If the
+        // other side is, it will open the data connection from behind, and needs its source
+        // translated on the way out.
+        return if peer != peer_seen {
+            Announcement::Outbound(OutboundExpectation {
+                opener: peer,
+                to: endpoint,
+                source: peer_seen,
+            })
+        } else {
+            Announcement::None
+        };
     }
     let Some(public_port) = ports.allocate(seen, endpoint.port()) else {
         return Announcement::Refused("no public port free for the data connection".into());
@@ -594,6 +627,38 @@ mod tests {
                 "passed on unchanged"
             );
         }
+    }
+
+    #[test]
+    fn active_mode_towards_a_published_server_needs_an_outbound_expectation() {
+        let mut session = published();
+        let mut ports = Ports(40000);
+        handshake(&mut session, &mut ports);
+        let actions = session
+            .on_segment(
+                Direction::ClientToServer,
+                seg(
+                    C_ISN + 1,
+                    S_ISN + 1,
+                    flags::ACK,
+                    "PORT 203,0,113,2,195,80\r\n",
+                ),
+                &mut ports,
+            )
+            .unwrap();
+        assert_eq!(
+            actions[0],
+            Action::InstallOutboundExpectation(OutboundExpectation {
+                opener: SERVER,
+                to: SocketAddrV4::new(CLIENT, 50000),
+                source: PUBLIC,
+            })
+        );
+        assert_eq!(
+            emitted(&actions)[0].payload,
+            b"PORT 203,0,113,2,195,80\r\n",
+            "nothing to rewrite"
+        );
     }
 
     #[test]
