@@ -23,6 +23,7 @@ pub mod names {
     pub const MASQ_BY_PRIVATE: &str = "MASQ_BY_PRIVATE";
     pub const MASQ_BY_PUBLIC: &str = "MASQ_BY_PUBLIC";
     pub const MASQ_PEERS: &str = "MASQ_PEERS";
+    pub const EXPECTATIONS: &str = "EXPECTATIONS";
     pub const NAT_CONFIG: &str = "NAT_CONFIG";
     pub const PROG_XDP: &str = "gateway_xdp";
     pub const PROG_TC: &str = "gateway_tc";
@@ -163,6 +164,47 @@ unsafe impl aya::Pod for FragmentKey {}
 #[cfg(feature = "user")]
 // SAFETY: repr(C), byte arrays.
 unsafe impl aya::Pod for FragmentTranslation {}
+
+/// A data connection announced on an FTP control connection: the key of `EXPECTATIONS`, as
+/// its first packet (a SYN) arrives: the endpoint it is addressed to and its source address
+/// (any source port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ExpectationKey {
+    pub endpoint: Endpoint,
+    pub peer: [u8; 4],
+}
+
+/// `ExpectationEntry::kind`.
+pub mod expectation_kind {
+    /// The data connection comes in to a public endpoint: its destination becomes `target`.
+    pub const INBOUND: u8 = 1;
+    /// The data connection goes out from behind the gateway: its source address becomes
+    /// `target.addr` (the source port is kept).
+    pub const OUTBOUND: u8 = 2;
+}
+
+/// What an expectation does, once: the SYN that uses it removes it and creates the two
+/// sessions of the data connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ExpectationEntry {
+    pub target: Endpoint,
+    pub kind: u8,
+    pub _pad: [u8; 7],
+    /// `bpf_ktime_get_ns` after which it is void.
+    pub expires_ns: u64,
+}
+
+/// Data connections announced and not yet opened, at most.
+pub const MAX_EXPECTATIONS: u32 = 65536;
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), byte arrays and bytes, no implicit padding.
+unsafe impl aya::Pod for ExpectationKey {}
+#[cfg(feature = "user")]
+// SAFETY: repr(C); the explicit `_pad` puts `expires_ns` on its 8-byte boundary.
+unsafe impl aya::Pod for ExpectationEntry {}
 
 /// `Session::rewrite`: which endpoint of the packet the session replaces.
 pub const REWRITE_SOURCE: u8 = 1;
@@ -340,10 +382,14 @@ pub enum Counter {
     Redirected = 17,
     /// Arrived on the outside interface with a source address of an inside network.
     DropSpoofed = 18,
+    /// A data connection's first packet found its expectation: two sessions created.
+    ExpectationUsed = 19,
+    /// An expectation found past its expiry (removed; the packet is treated as unexpected).
+    ExpectationExpired = 20,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 19] = [
+    pub const ALL: [Counter; 21] = [
         Counter::DnatPublished,
         Counter::SnatPublished,
         Counter::PassNotIpv4,
@@ -363,6 +409,8 @@ impl Counter {
         Counter::DropFragmentUnknown,
         Counter::Redirected,
         Counter::DropSpoofed,
+        Counter::ExpectationUsed,
+        Counter::ExpectationExpired,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -388,6 +436,8 @@ impl Counter {
             Counter::DropFragmentUnknown => "drop_fragment_unknown",
             Counter::Redirected => "redirected",
             Counter::DropSpoofed => "drop_spoofed",
+            Counter::ExpectationUsed => "expectation_used",
+            Counter::ExpectationExpired => "expectation_expired",
         }
     }
 }
@@ -410,6 +460,8 @@ mod tests {
     fn shared_layouts_have_no_hidden_padding() {
         assert_eq!(core::mem::size_of::<FlowKey>(), 16);
         assert_eq!(core::mem::size_of::<Session>(), 40);
+        assert_eq!(core::mem::size_of::<ExpectationKey>(), 12);
+        assert_eq!(core::mem::size_of::<ExpectationEntry>(), 24);
         assert_eq!(
             core::mem::offset_of!(NatConfig, tcp_established_timeout_ns) % 8,
             0

@@ -6,8 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use gateway_common::{
-    Counter, DEFAULT_MAX_SESSIONS, Endpoint, FlowKey, FragmentKey, FragmentTranslation,
-    MAX_FRAGMENTED_DATAGRAMS, MAX_PUBLISHED, NatConfig, PeerKey, Session,
+    Counter, DEFAULT_MAX_SESSIONS, Endpoint, ExpectationEntry, ExpectationKey, FlowKey,
+    FragmentKey, FragmentTranslation, MAX_EXPECTATIONS, MAX_FRAGMENTED_DATAGRAMS, MAX_PUBLISHED,
+    NatConfig, PeerKey, Session,
 };
 
 /// Published servers, keyed by public endpoint: where to send traffic addressed to it.
@@ -46,6 +47,11 @@ pub static MASQ_PEERS: LruHashMap<PeerKey, u64> =
 #[map(name = "FRAGMENTS")]
 pub static FRAGMENTS: LruHashMap<FragmentKey, FragmentTranslation> =
     LruHashMap::with_max_entries(MAX_FRAGMENTED_DATAGRAMS, 0);
+
+/// Data connections announced on FTP control connections, not yet opened.
+#[map(name = "EXPECTATIONS")]
+pub static EXPECTATIONS: HashMap<ExpectationKey, ExpectationEntry> =
+    HashMap::with_max_entries(MAX_EXPECTATIONS, 0);
 
 /// Masquerade and timeout settings; element 0.
 #[map(name = "NAT_CONFIG")]

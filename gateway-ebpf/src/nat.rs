@@ -8,16 +8,17 @@
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use gateway_common::{
-    Counter, Endpoint, FlowKey, FragmentKey, FragmentTranslation, IPPROTO_ICMP, IPPROTO_TCP,
-    IPPROTO_UDP, MAX_MASQ_ADDRESSES, MAX_MASQ_NETWORKS, NatConfig, PORT_ALLOCATION_TRIES, PeerKey,
-    REWRITE_BOTH, REWRITE_DESTINATION, REWRITE_SOURCE, Session, filtering, session_state,
+    Counter, Endpoint, ExpectationKey, FlowKey, FragmentKey, FragmentTranslation, IPPROTO_ICMP,
+    IPPROTO_TCP, IPPROTO_UDP, MAX_MASQ_ADDRESSES, MAX_MASQ_NETWORKS, NatConfig,
+    PORT_ALLOCATION_TRIES, PeerKey, REWRITE_BOTH, REWRITE_DESTINATION, REWRITE_SOURCE, Session,
+    expectation_kind, filtering, session_state,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
     maps::{
-        FRAGMENTS, MASQ_BY_PRIVATE, MASQ_BY_PUBLIC, MASQ_PEERS, NAT_CONFIG, PUBLISH_DNAT,
-        PUBLISH_SNAT, SESSIONS, count,
+        EXPECTATIONS, FRAGMENTS, MASQ_BY_PRIVATE, MASQ_BY_PUBLIC, MASQ_PEERS, NAT_CONFIG,
+        PUBLISH_DNAT, PUBLISH_SNAT, SESSIONS, count,
     },
     packet::{L4Check, Packet, ptr_at},
 };
@@ -59,6 +60,7 @@ const ICMP_ERROR_HEADER: usize = 8;
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
 
 /// BPF_NOEXIST / BPF_ANY map update flags.
 const BPF_ANY: u64 = 0;
@@ -124,7 +126,8 @@ pub fn translate<P: Packet>(packet: &mut P) -> Verdict {
         | Counter::SessionCreated
         | Counter::IcmpErrorTranslated
         | Counter::HairpinCreated
-        | Counter::FragmentTranslated => Verdict::Forward,
+        | Counter::FragmentTranslated
+        | Counter::ExpectationUsed => Verdict::Forward,
         _ => Verdict::Pass,
     }
 }
@@ -258,13 +261,23 @@ fn translate_headers<P: Packet>(packet: &mut P, headers: &Headers) -> Result<Cou
         return Ok(Counter::SnatPublished);
     }
 
-    let Some(config) = config else {
+    // Sessions exist without masquerade too (data connections of published FTP servers).
+    let Some(settings) = NAT_CONFIG.get(0) else {
         return Err(Counter::PassUnmatched);
     };
     let now = now();
-    if let Some(result) = session_hit(packet, headers, config, now) {
+    if let Some(result) = session_hit(packet, headers, settings, now) {
         return result;
     }
+    if key.proto == IPPROTO_TCP
+        && headers.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        && let Some(result) = use_expectation(packet, headers, now)
+    {
+        return result;
+    }
+    let Some(config) = config else {
+        return Err(Counter::PassUnmatched);
+    };
 
     let ingress = packet.ingress_ifindex();
     let inside = config.inside_ifindex == 0 || ingress == config.inside_ifindex;
@@ -281,6 +294,79 @@ fn translate_headers<P: Packet>(packet: &mut P, headers: &Headers) -> Result<Cou
         return admit_inbound(packet, headers, config, now);
     }
     Err(Counter::PassUnmatched)
+}
+
+/// A data connection's SYN: if an FTP control connection announced it, use (and remove) the
+/// expectation and create the connection's two sessions.
+#[inline(always)]
+fn use_expectation<P: Packet>(
+    packet: &mut P,
+    headers: &Headers,
+    now: u64,
+) -> Option<Result<Counter, Counter>> {
+    let key = headers.key;
+    let expectation_key = ExpectationKey {
+        endpoint: Endpoint::new(key.dst, key.dst_port, key.proto),
+        peer: key.src,
+    };
+    // SAFETY: map values are plain data and only read here.
+    let expectation = *unsafe { EXPECTATIONS.get(expectation_key) }?;
+    // One-shot: of two SYNs racing for it, only the one that removes it uses it.
+    EXPECTATIONS.remove(expectation_key).ok()?;
+    if now > expectation.expires_ns {
+        count(Counter::ExpectationExpired);
+        return None;
+    }
+    let target = expectation.target;
+    let (forward, reply, backward) = if expectation.kind == expectation_kind::INBOUND {
+        // To the public endpoint: delivered to the private one.
+        (
+            (target.addr, target.port, REWRITE_DESTINATION),
+            FlowKey {
+                src: target.addr,
+                dst: key.src,
+                src_port: target.port,
+                dst_port: key.src_port,
+                proto: key.proto,
+                _pad: [0; 3],
+            },
+            (key.dst, key.dst_port, REWRITE_SOURCE),
+        )
+    } else {
+        // From behind the gateway: leaves with the public address, same port.
+        (
+            (target.addr, key.src_port, REWRITE_SOURCE),
+            FlowKey {
+                src: key.dst,
+                dst: target.addr,
+                src_port: key.dst_port,
+                dst_port: key.src_port,
+                proto: key.proto,
+                _pad: [0; 3],
+            },
+            (key.src, key.src_port, REWRITE_DESTINATION),
+        )
+    };
+    let session = |(addr, port, rewrite): ([u8; 4], [u8; 2], u8)| Session {
+        addr,
+        port,
+        rewrite,
+        state: state_bits(headers),
+        peer_addr: [0; 4],
+        peer_port: [0; 2],
+        _pad: [0; 2],
+        last_seen_ns: now,
+        packets: 0,
+        bytes: 0,
+    };
+    let forward = session(forward);
+    let inserted = SESSIONS
+        .insert(key, forward, BPF_ANY)
+        .and_then(|()| SESSIONS.insert(reply, session(backward), BPF_ANY));
+    if inserted.is_err() {
+        return Some(Err(Counter::DropSessionTableFull));
+    }
+    Some(apply_session(packet, headers, &forward).map(|()| Counter::ExpectationUsed))
 }
 
 #[inline(always)]

@@ -294,6 +294,11 @@ impl Packet for TcContext {
 
     #[inline(always)]
     fn make_readable(&mut self, len: usize) -> bool {
+        if len > MAX_HEADER_OFFSET {
+            return false;
+        }
+        // As in ptr_at: re-bound the length in the register that meets the packet pointer.
+        let len = len & MAX_HEADER_OFFSET;
         if self.data() + len <= self.data_end() {
             return true;
         }

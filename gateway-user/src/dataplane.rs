@@ -14,8 +14,8 @@ use aya::{
 use std::collections::HashSet;
 
 use gateway_common::{
-    Counter, Endpoint, FlowKey, Ipv4Cidr, NatConfig, PeerKey, REWRITE_DESTINATION, Session,
-    filtering, names,
+    Counter, Endpoint, ExpectationEntry, ExpectationKey, FlowKey, Ipv4Cidr, NatConfig, PeerKey,
+    REWRITE_DESTINATION, Session, filtering, names,
 };
 
 use crate::{
@@ -103,6 +103,7 @@ pub struct Sweep {
     pub sessions: usize,
     pub peers: usize,
     pub mappings: usize,
+    pub expectations: usize,
 }
 
 impl std::ops::AddAssign for Sweep {
@@ -110,6 +111,7 @@ impl std::ops::AddAssign for Sweep {
         self.sessions += other.sessions;
         self.peers += other.peers;
         self.mappings += other.mappings;
+        self.expectations += other.expectations;
     }
 }
 
@@ -264,6 +266,26 @@ impl Dataplane {
             })
     }
 
+    /// Installs an expectation for a data connection (the FTP ALG does this before it lets
+    /// the line that announces the connection go on).
+    pub fn expect(
+        &mut self,
+        key: ExpectationKey,
+        entry: ExpectationEntry,
+    ) -> Result<(), DataplaneError> {
+        let map_name = names::EXPECTATIONS;
+        let mut map: HashMap<_, ExpectationKey, ExpectationEntry> =
+            HashMap::try_from(self.map_mut(map_name)?).map_err(|source| DataplaneError::Map {
+                map: map_name,
+                source,
+            })?;
+        map.insert(key, entry, 0)
+            .map_err(|source| DataplaneError::Map {
+                map: map_name,
+                source,
+            })
+    }
+
     /// Tells the fast path which interface is which (after [`Dataplane::configure_nat`]).
     pub fn set_interface_roles(
         &mut self,
@@ -403,8 +425,24 @@ impl Dataplane {
             })?
         };
         let mut sweep = Sweep::default();
-        if config.address_count == 0 {
-            return Ok(sweep);
+        {
+            let mut expectations: HashMap<_, ExpectationKey, ExpectationEntry> =
+                HashMap::try_from(self.map_mut(names::EXPECTATIONS)?).map_err(|source| {
+                    DataplaneError::Map {
+                        map: names::EXPECTATIONS,
+                        source,
+                    }
+                })?;
+            let void: Vec<ExpectationKey> = expectations
+                .iter()
+                .flatten()
+                .filter(|(_, entry)| entry.expires_ns < now_ns)
+                .map(|(key, _)| key)
+                .collect();
+            sweep.expectations = void
+                .iter()
+                .filter(|key| expectations.remove(key).is_ok())
+                .count();
         }
 
         let mut in_use = HashSet::new();

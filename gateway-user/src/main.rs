@@ -191,7 +191,10 @@ fn run(
         .collect();
     tracing::info!(
         counters = %summary.join(" "),
-        swept = %format!("sessions={} peers={} mappings={}", swept.sessions, swept.peers, swept.mappings),
+        swept = %format!(
+            "sessions={} peers={} mappings={} expectations={}",
+            swept.sessions, swept.peers, swept.mappings, swept.expectations
+        ),
         "fast path detached"
     );
     Ok(())

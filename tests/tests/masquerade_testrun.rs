@@ -590,7 +590,8 @@ fn the_sweep_removes_expired_sessions_then_unused_mappings() {
         Sweep {
             sessions: 2,
             peers: 1,
-            mappings: 0
+            mappings: 0,
+            expectations: 0
         },
         "both directions' sessions and the filtering entry; the mapping gets one more sweep"
     );
@@ -599,7 +600,8 @@ fn the_sweep_removes_expired_sessions_then_unused_mappings() {
         Sweep {
             sessions: 0,
             peers: 0,
-            mappings: 1
+            mappings: 1,
+            expectations: 0
         },
         "a mapping no session used in two sweeps"
     );
@@ -647,5 +649,164 @@ fn a_simultaneous_open_gets_through() {
             &syn(FrameSpec::tcp(at(REMOTE, 42001), at(HOST_A, 42000))),
             "outside SYN crossing it",
         );
+    }
+}
+
+mod expectations {
+    use gateway_common::{ExpectationEntry, ExpectationKey, IPPROTO_TCP, expectation_kind};
+    use gateway_user::dataplane::monotonic_now_ns;
+
+    use super::*;
+
+    fn syn(spec: FrameSpec) -> FrameSpec {
+        FrameSpec {
+            tcp_flags: 0x02,
+            ..spec
+        }
+    }
+
+    fn expect(
+        dataplane: &mut Dataplane,
+        to: SocketAddrV4,
+        peer: Ipv4Addr,
+        kind: u8,
+        target: SocketAddrV4,
+        ttl: Duration,
+    ) {
+        let key = ExpectationKey {
+            endpoint: gateway_common::Endpoint::from_socket(to, IPPROTO_TCP),
+            peer: peer.octets(),
+        };
+        let entry = ExpectationEntry {
+            target: gateway_common::Endpoint::from_socket(target, IPPROTO_TCP),
+            kind,
+            _pad: [0; 7],
+            expires_ns: monotonic_now_ns() + ttl.as_nanos() as u64,
+        };
+        dataplane.expect(key, entry).expect("install expectation");
+    }
+
+    /// The passive-mode case: a published server announced 10.0.0.2:50000 as 203.0.113.1:40001
+    /// to the client; the client's data connection is let in, once, both directions
+    /// translated, without any masquerade configured.
+    #[test]
+    fn an_inbound_expectation_opens_one_data_connection() {
+        for hook in [Hook::Xdp, Hook::Tc] {
+            check_environment().expect("environment");
+            let mut dataplane = Dataplane::load(false, 4096).expect("load");
+            dataplane
+                .configure_nat(None, &Timeouts::default(), Forwarding::Kernel)
+                .expect("configure");
+            let public = at(PUBLIC, 40001);
+            let private = at(HOST_A, 50000);
+            expect(
+                &mut dataplane,
+                public,
+                REMOTE,
+                expectation_kind::INBOUND,
+                private,
+                Duration::from_secs(60),
+            );
+            // From another host: not for it.
+            assert_untouched(
+                &mut dataplane,
+                hook,
+                &syn(FrameSpec::tcp(at(OTHER_REMOTE, 33000), public)).build(),
+                "wrong peer",
+            );
+            assert_translates(
+                &mut dataplane,
+                hook,
+                &syn(FrameSpec::tcp(at(REMOTE, 33000), public)),
+                &syn(FrameSpec::tcp(at(REMOTE, 33000), private)),
+                "the announced data connection's SYN",
+            );
+            assert_translates(
+                &mut dataplane,
+                hook,
+                &FrameSpec::tcp(private, at(REMOTE, 33000)),
+                &FrameSpec::tcp(public, at(REMOTE, 33000)),
+                "the server's side of it",
+            );
+            // One-shot: a second connection to the same endpoint is not let in.
+            assert_untouched(
+                &mut dataplane,
+                hook,
+                &syn(FrameSpec::tcp(at(REMOTE, 33001), public)).build(),
+                "second use",
+            );
+            assert_eq!(counter(&dataplane, Counter::ExpectationUsed), 1);
+        }
+    }
+
+    /// The active-mode case towards a published server: the server connects from port 20 to
+    /// the port the outside client announced, and leaves with the public address.
+    #[test]
+    fn an_outbound_expectation_gives_the_server_its_public_source() {
+        for hook in [Hook::Xdp, Hook::Tc] {
+            let mut dataplane = Dataplane::load(false, 4096).expect("load");
+            dataplane
+                .configure_nat(None, &Timeouts::default(), Forwarding::Kernel)
+                .expect("configure");
+            let client = at(REMOTE, 50000);
+            expect(
+                &mut dataplane,
+                client,
+                HOST_A,
+                expectation_kind::OUTBOUND,
+                at(PUBLIC, 0),
+                Duration::from_secs(60),
+            );
+            assert_translates(
+                &mut dataplane,
+                hook,
+                &syn(FrameSpec::tcp(at(HOST_A, 20), client)),
+                &syn(FrameSpec::tcp(at(PUBLIC, 20), client)),
+                "the server's data connection",
+            );
+            assert_translates(
+                &mut dataplane,
+                hook,
+                &FrameSpec::tcp(client, at(PUBLIC, 20)),
+                &FrameSpec::tcp(client, at(HOST_A, 20)),
+                "the client's side of it",
+            );
+        }
+    }
+
+    #[test]
+    fn an_expired_expectation_admits_nothing_and_is_swept() {
+        let mut dataplane = Dataplane::load(false, 4096).expect("load");
+        dataplane
+            .configure_nat(None, &Timeouts::default(), Forwarding::Kernel)
+            .expect("configure");
+        let public = at(PUBLIC, 40002);
+        expect(
+            &mut dataplane,
+            public,
+            REMOTE,
+            expectation_kind::INBOUND,
+            at(HOST_A, 50000),
+            Duration::ZERO,
+        );
+        expect(
+            &mut dataplane,
+            at(PUBLIC, 40003),
+            REMOTE,
+            expectation_kind::INBOUND,
+            at(HOST_A, 50001),
+            Duration::ZERO,
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        assert_untouched(
+            &mut dataplane,
+            Hook::Tc,
+            &syn(FrameSpec::tcp(at(REMOTE, 33000), public)).build(),
+            "expired",
+        );
+        assert_eq!(counter(&dataplane, Counter::ExpectationExpired), 1);
+        let mut sweeper = gateway_user::dataplane::Sweeper::default();
+        let sweep = dataplane.sweep(&mut sweeper, monotonic_now_ns()).unwrap();
+        assert_eq!(sweep.expectations, 1, "the other expired one");
     }
 }
