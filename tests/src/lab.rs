@@ -4,11 +4,13 @@
 //!  ns <p>-inside          ns <p>-router (gateway)              ns <p>-outside
 //!  eth0 10.0.0.2/24 ----- veth-in 10.0.0.1/24
 //!  default via 10.0.0.1   veth-out 203.0.113.1/24 ----------- eth0 203.0.113.2/24
-//!                         ip_forward = 1, rp_filter = 1        no route to 10.0.0.0/24
+//!                         ip_forward = 1, rp_filter = 1             203.0.113.3/24
+//!                                                              no route to 10.0.0.0/24
 //! ```
 //!
 //! The outside client has no route to the inside network, so only translated traffic gets
-//! through. `cargo xtask lab up` builds it with the prefix `gw`; tests build private copies
+//! through. The router filters reverse paths strictly, as hardened routers do, so the gateway
+//! must cope with that. `cargo xtask lab up` builds it with the prefix `gw`; tests build private copies
 //! under unique prefixes.
 
 use std::net::Ipv4Addr;
