@@ -15,7 +15,7 @@ use aya_ebpf::{
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
-use gateway_common::Counter;
+use gateway_common::{Counter, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
     maps::{NAT_CONFIG, count},
@@ -26,6 +26,8 @@ const AF_INET: u8 = 2;
 /// The IPv4 header's TTL and protocol, as one checksummed 16-bit word.
 const IP_TTL: usize = 8;
 const IP_CHECK: usize = 10;
+/// TCP's data offset (header length in 32-bit words, high nibble).
+const TCP_DATA_OFFSET: usize = 12;
 
 /// Returns the TC verdict for a packet the translation has rewritten.
 #[inline(always)]
@@ -38,14 +40,29 @@ pub fn tc_redirect(ctx: &mut TcContext) -> i32 {
         return TC_ACT_OK;
     };
     // SAFETY: bounds-checked by ptr_at; copied out before any helper call.
-    let (ttl, proto, tos, src, dst) = unsafe {
+    let (vihl, ttl, proto, tos, src, dst) = unsafe {
         (
+            (*ip).vihl,
             (*ip).ttl,
             (*ip).proto,
             (*ip).tos,
             (*ip).src_addr,
             (*ip).dst_addr,
         )
+    };
+    let ip_header_len = ((vihl & 0x0f) as u32) * 4;
+    // The transport header each GSO segment repeats: TCP's data offset, UDP's 8 bytes.
+    let l4_header_len = match proto {
+        IPPROTO_TCP => match ptr_at::<TcContext, u8>(
+            ctx,
+            EthHdr::LEN + ip_header_len as usize + TCP_DATA_OFFSET,
+        ) {
+            // SAFETY: bounds-checked by ptr_at.
+            Some(offset) => ((unsafe { *offset } >> 4) as u32) * 4,
+            None => return TC_ACT_OK,
+        },
+        IPPROTO_UDP => 8,
+        _ => 0,
     };
     if ttl <= 1 {
         // The stack sends the time-exceeded message.
@@ -78,8 +95,15 @@ pub fn tc_redirect(ctx: &mut TcContext) -> i32 {
     let mtu = unsafe { fib.__bindgen_anon_1.mtu_result } as u32;
     // SAFETY: skb is the program's context.
     let gso_size = unsafe { (*ctx.skb.skb).gso_size };
-    if gso_size == 0 && ctx.len().saturating_sub(EthHdr::LEN as u32) > mtu {
-        // Too big for the next link: the stack fragments it or sends fragmentation-needed.
+    // The largest IP packet this skb becomes on the wire: itself, or each of its segments.
+    let wire_len = if gso_size == 0 {
+        ctx.len().saturating_sub(EthHdr::LEN as u32)
+    } else {
+        gso_size + ip_header_len + l4_header_len
+    };
+    if wire_len > mtu {
+        // Too big for the next link: the stack fragments it or sends fragmentation-needed
+        // (the egress device would drop it silently).
         return TC_ACT_OK;
     }
 
