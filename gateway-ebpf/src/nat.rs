@@ -223,7 +223,9 @@ fn translate_headers<P: Packet>(packet: &mut P, headers: &Headers) -> Result<Cou
     let key = headers.key;
 
     // Published servers: stateless, both directions.
-    let config = NAT_CONFIG.get(0).filter(|config| config.address_count != 0);
+    let settings = NAT_CONFIG.get(0);
+    // Masquerade settings, when a masquerade is configured.
+    let config = settings.filter(|config| config.address_count != 0);
 
     let endpoint = Endpoint::new(key.dst, key.dst_port, key.proto);
     // SAFETY: map values are plain data and only read here.
@@ -262,7 +264,7 @@ fn translate_headers<P: Packet>(packet: &mut P, headers: &Headers) -> Result<Cou
     }
 
     // Sessions exist without masquerade too (data connections of published FTP servers).
-    let Some(settings) = NAT_CONFIG.get(0) else {
+    let Some(settings) = settings else {
         return Err(Counter::PassUnmatched);
     };
     let now = now();
