@@ -155,12 +155,59 @@ fn lab_up() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Formatting and clippy (warnings are errors) over the host crates and the BPF programs, so
+/// that CI keeps the code as clean as it is reviewed.
+fn lint() -> anyhow::Result<()> {
+    let run = |command: &mut Command, what: &str| -> anyhow::Result<()> {
+        let status = command
+            .status()
+            .with_context(|| format!("cannot run {what}"))?;
+        if !status.success() {
+            bail!("{what} failed ({status})");
+        }
+        Ok(())
+    };
+    run(
+        cargo().args(["fmt", "--all", "--check"]),
+        "cargo fmt --check",
+    )?;
+    run(
+        cargo().args(["clippy", "--quiet", "--all-targets", "--", "-D", "warnings"]),
+        "cargo clippy",
+    )?;
+    // The BPF crate needs the nightly cargo (build-std); `cargo()` is the running stable one.
+    run(
+        Command::new("rustup")
+            .current_dir(workspace_root().join("gateway-ebpf"))
+            .env_remove("RUST_BACKTRACE")
+            .args([
+                "run",
+                "nightly",
+                "cargo",
+                "clippy",
+                "--quiet",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--bins",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        "cargo clippy (BPF programs)",
+    )?;
+    println!("lint: fmt and clippy clean");
+    Ok(())
+}
+
 fn test(cargo_test_args: &[String]) -> anyhow::Result<()> {
     gateway_tests::check_environment()?;
     for stale in gateway_tests::netns::remove_stale_test_namespaces() {
         println!("removed namespace {stale} left by an earlier, killed test run");
     }
     setup::run()?;
+    lint()?;
     let gateway = build_gateway(false)?;
     let status = cargo()
         .arg("test")
