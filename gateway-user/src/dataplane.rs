@@ -189,10 +189,7 @@ impl Dataplane {
                 name: map_name,
             })?;
             let mut map: HashMap<_, Endpoint, Endpoint> =
-                HashMap::try_from(map).map_err(|source| DataplaneError::Map {
-                    map: map_name,
-                    source,
-                })?;
+                HashMap::try_from(map).map_err(map_error(map_name))?;
             for publish in publishes {
                 let public = Endpoint::from_socket(publish.public, publish.protocol.number());
                 let private = Endpoint::from_socket(publish.private, publish.protocol.number());
@@ -201,11 +198,7 @@ impl Dataplane {
                 } else {
                     (private, public)
                 };
-                map.insert(key, value, 0)
-                    .map_err(|source| DataplaneError::Map {
-                        map: map_name,
-                        source,
-                    })?;
+                map.insert(key, value, 0).map_err(map_error(map_name))?;
             }
         }
         Ok(())
@@ -253,17 +246,8 @@ impl Dataplane {
             kind: "map",
             name: map_name,
         })?;
-        let mut array: Array<_, NatConfig> =
-            Array::try_from(map).map_err(|source| DataplaneError::Map {
-                map: map_name,
-                source,
-            })?;
-        array
-            .set(0, config, 0)
-            .map_err(|source| DataplaneError::Map {
-                map: map_name,
-                source,
-            })
+        let mut array: Array<_, NatConfig> = Array::try_from(map).map_err(map_error(map_name))?;
+        array.set(0, config, 0).map_err(map_error(map_name))
     }
 
     /// Installs an expectation for a data connection (the FTP ALG does this before it lets
@@ -275,15 +259,8 @@ impl Dataplane {
     ) -> Result<(), DataplaneError> {
         let map_name = names::EXPECTATIONS;
         let mut map: HashMap<_, ExpectationKey, ExpectationEntry> =
-            HashMap::try_from(self.map_mut(map_name)?).map_err(|source| DataplaneError::Map {
-                map: map_name,
-                source,
-            })?;
-        map.insert(key, entry, 0)
-            .map_err(|source| DataplaneError::Map {
-                map: map_name,
-                source,
-            })
+            HashMap::try_from(self.map_mut(map_name)?).map_err(map_error(map_name))?;
+        map.insert(key, entry, 0).map_err(map_error(map_name))
     }
 
     /// Tells the fast path which interface is which (after [`Dataplane::configure_nat`]).
@@ -294,23 +271,11 @@ impl Dataplane {
     ) -> Result<(), DataplaneError> {
         let map_name = names::NAT_CONFIG;
         let map = self.map_mut(map_name)?;
-        let mut array: Array<_, NatConfig> =
-            Array::try_from(map).map_err(|source| DataplaneError::Map {
-                map: map_name,
-                source,
-            })?;
-        let mut config = array.get(&0, 0).map_err(|source| DataplaneError::Map {
-            map: map_name,
-            source,
-        })?;
+        let mut array: Array<_, NatConfig> = Array::try_from(map).map_err(map_error(map_name))?;
+        let mut config = array.get(&0, 0).map_err(map_error(map_name))?;
         config.inside_ifindex = inside_ifindex;
         config.outside_ifindex = outside_ifindex;
-        array
-            .set(0, config, 0)
-            .map_err(|source| DataplaneError::Map {
-                map: map_name,
-                source,
-            })
+        array.set(0, config, 0).map_err(map_error(map_name))
     }
 
     /// Attaches the fast path to `interface` on the hook that `hook` and `xdp_mode` select.
@@ -415,24 +380,14 @@ impl Dataplane {
         let config = {
             let map = self.map(names::NAT_CONFIG)?;
             let array: Array<_, NatConfig> =
-                Array::try_from(map).map_err(|source| DataplaneError::Map {
-                    map: names::NAT_CONFIG,
-                    source,
-                })?;
-            array.get(&0, 0).map_err(|source| DataplaneError::Map {
-                map: names::NAT_CONFIG,
-                source,
-            })?
+                Array::try_from(map).map_err(map_error(names::NAT_CONFIG))?;
+            array.get(&0, 0).map_err(map_error(names::NAT_CONFIG))?
         };
         let mut sweep = Sweep::default();
         {
             let mut expectations: HashMap<_, ExpectationKey, ExpectationEntry> =
-                HashMap::try_from(self.map_mut(names::EXPECTATIONS)?).map_err(|source| {
-                    DataplaneError::Map {
-                        map: names::EXPECTATIONS,
-                        source,
-                    }
-                })?;
+                HashMap::try_from(self.map_mut(names::EXPECTATIONS)?)
+                    .map_err(map_error(names::EXPECTATIONS))?;
             let void: Vec<ExpectationKey> = expectations
                 .iter()
                 .flatten()
@@ -449,12 +404,8 @@ impl Dataplane {
         let mut expired = Vec::new();
         {
             let sessions: HashMap<_, FlowKey, Session> =
-                HashMap::try_from(self.map(names::SESSIONS)?).map_err(|source| {
-                    DataplaneError::Map {
-                        map: names::SESSIONS,
-                        source,
-                    }
-                })?;
+                HashMap::try_from(self.map(names::SESSIONS)?)
+                    .map_err(map_error(names::SESSIONS))?;
             // Entries may vanish under the iteration (the fast path and LRU evict): skip errors.
             for (key, session) in sessions.iter().flatten() {
                 let idle = now_ns.saturating_sub(session.last_seen_ns);
@@ -468,12 +419,8 @@ impl Dataplane {
         }
         {
             let mut sessions: HashMap<_, FlowKey, Session> =
-                HashMap::try_from(self.map_mut(names::SESSIONS)?).map_err(|source| {
-                    DataplaneError::Map {
-                        map: names::SESSIONS,
-                        source,
-                    }
-                })?;
+                HashMap::try_from(self.map_mut(names::SESSIONS)?)
+                    .map_err(map_error(names::SESSIONS))?;
             sweep.sessions = expired
                 .iter()
                 .filter(|key| sessions.remove(key).is_ok())
@@ -481,12 +428,8 @@ impl Dataplane {
         }
         {
             let mut peers: HashMap<_, PeerKey, u64> =
-                HashMap::try_from(self.map_mut(names::MASQ_PEERS)?).map_err(|source| {
-                    DataplaneError::Map {
-                        map: names::MASQ_PEERS,
-                        source,
-                    }
-                })?;
+                HashMap::try_from(self.map_mut(names::MASQ_PEERS)?)
+                    .map_err(map_error(names::MASQ_PEERS))?;
             let stale: Vec<PeerKey> = peers
                 .iter()
                 .flatten()
@@ -502,12 +445,8 @@ impl Dataplane {
         }
         let unused: Vec<(Endpoint, Endpoint)> = {
             let by_public: HashMap<_, Endpoint, Endpoint> =
-                HashMap::try_from(self.map(names::MASQ_BY_PUBLIC)?).map_err(|source| {
-                    DataplaneError::Map {
-                        map: names::MASQ_BY_PUBLIC,
-                        source,
-                    }
-                })?;
+                HashMap::try_from(self.map(names::MASQ_BY_PUBLIC)?)
+                    .map_err(map_error(names::MASQ_BY_PUBLIC))?;
             by_public
                 .iter()
                 .flatten()
@@ -521,22 +460,14 @@ impl Dataplane {
                 continue;
             }
             let mut by_public: HashMap<_, Endpoint, Endpoint> =
-                HashMap::try_from(self.map_mut(names::MASQ_BY_PUBLIC)?).map_err(|source| {
-                    DataplaneError::Map {
-                        map: names::MASQ_BY_PUBLIC,
-                        source,
-                    }
-                })?;
+                HashMap::try_from(self.map_mut(names::MASQ_BY_PUBLIC)?)
+                    .map_err(map_error(names::MASQ_BY_PUBLIC))?;
             if by_public.remove(&public).is_ok() {
                 sweep.mappings += 1;
             }
             let mut by_private: HashMap<_, Endpoint, Endpoint> =
-                HashMap::try_from(self.map_mut(names::MASQ_BY_PRIVATE)?).map_err(|source| {
-                    DataplaneError::Map {
-                        map: names::MASQ_BY_PRIVATE,
-                        source,
-                    }
-                })?;
+                HashMap::try_from(self.map_mut(names::MASQ_BY_PRIVATE)?)
+                    .map_err(map_error(names::MASQ_BY_PRIVATE))?;
             if by_private.get(&private, 0).ok() == Some(public) {
                 let _ = by_private.remove(&private);
             }
@@ -564,24 +495,22 @@ impl Dataplane {
             name: names::STATS,
         })?;
         let stats: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(map).map_err(|source| DataplaneError::Map {
-                map: names::STATS,
-                source,
-            })?;
+            PerCpuArray::try_from(map).map_err(map_error(names::STATS))?;
         Counter::ALL
             .iter()
             .map(|&counter| {
-                let values =
-                    stats
-                        .get(&(counter as u32), 0)
-                        .map_err(|source| DataplaneError::Map {
-                            map: names::STATS,
-                            source,
-                        })?;
+                let values = stats
+                    .get(&(counter as u32), 0)
+                    .map_err(map_error(names::STATS))?;
                 Ok((counter, values.iter().sum()))
             })
             .collect()
     }
+}
+
+/// Turns a map error into ours, naming the map.
+fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { map, source }
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, DataplaneError>
