@@ -2,7 +2,7 @@
 //! overlaps, reordering, flags, ACKs and SACK blocks): nothing may panic.
 #![no_main]
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use gateway_ftp::session::{Direction, Endpoints, PortAllocator, Session, TcpSegment, flags};
 use libfuzzer_sys::fuzz_target;
@@ -10,7 +10,8 @@ use libfuzzer_sys::fuzz_target;
 struct Ports(u16);
 
 impl PortAllocator for Ports {
-    fn allocate(&mut self, _public: Ipv4Addr, preferred: u16) -> Option<u16> {
+    fn allocate(&mut self, _public: Ipv4Addr, private: SocketAddrV4) -> Option<u16> {
+        let preferred = private.port();
         self.0 = self.0.wrapping_add(1);
         (self.0 % 7 != 0).then_some(preferred ^ self.0)
     }

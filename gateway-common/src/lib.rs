@@ -26,7 +26,9 @@ pub mod names {
     pub const EXPECTATIONS: &str = "EXPECTATIONS";
     pub const NAT_CONFIG: &str = "NAT_CONFIG";
     pub const PROG_XDP: &str = "gateway_xdp";
-    pub const PROG_TC: &str = "gateway_tc";
+        pub const PROG_TC: &str = "gateway_tc";
+    pub const PUNT: &str = "PUNT";
+    pub const PUNT_ENDPOINTS: &str = "PUNT_ENDPOINTS";
 }
 
 /// Capacity of each published-server map. A publish is one (address, port, protocol) triple,
@@ -42,10 +44,17 @@ pub struct Endpoint {
     pub addr: [u8; 4],
     /// TCP/UDP port, network order.
     pub port: [u8; 2],
-    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+        /// `IPPROTO_TCP` or `IPPROTO_UDP`.
     pub proto: u8,
-    /// Always zero: hash-map keys are compared bytewise, padding included.
-    pub _pad: u8,
+    /// `endpoint_flags`; always zero in keys (hash-map keys are compared bytewise).
+    pub flags: u8,
+}
+
+/// `Endpoint::flags`, set only in map values.
+pub mod endpoint_flags {
+    /// In `MASQ_BY_PUBLIC`: a public port the FTP ALG holds for an announced data connection.
+    /// Only that connection's expectation opens it; filtering never admits other traffic.
+    pub const ALG_CLAIM: u8 = 1;
 }
 
 impl Endpoint {
@@ -53,8 +62,8 @@ impl Endpoint {
         Self {
             addr,
             port,
-            proto,
-            _pad: 0,
+                        proto,
+            flags: 0,
         }
     }
 
@@ -259,6 +268,9 @@ impl Ipv4Cidr {
     }
 }
 
+/// FTP control ports a config can name for masqueraded clients (`[ftp] control_ports`).
+pub const MAX_FTP_CONTROL_PORTS: usize = 8;
+
 /// Masquerade and timeout settings, element 0 of the `NAT_CONFIG` array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -280,8 +292,12 @@ pub struct NatConfig {
     /// Interface roles (ifindex; 0 = not set): new masqueraded connections only come in on
     /// the inside one, unsolicited traffic is only judged on the outside one, and a packet
     /// arriving outside with an inside network's source address is a spoof.
-    pub inside_ifindex: u32,
+        pub inside_ifindex: u32,
     pub outside_ifindex: u32,
+    /// FTP control ports (network order) of outside servers: masqueraded connections to
+    /// them, and their replies, go to the agent's ALG (first `ftp_control_port_count`).
+    pub ftp_control_port_count: u32,
+    pub ftp_control_ports: [[u8; 2]; MAX_FTP_CONTROL_PORTS],
     pub _pad: u32,
     pub tcp_established_timeout_ns: u64,
     pub tcp_transitory_timeout_ns: u64,
@@ -385,11 +401,16 @@ pub enum Counter {
     /// A data connection's first packet found its expectation: two sessions created.
     ExpectationUsed = 19,
     /// An expectation found past its expiry (removed; the packet is treated as unexpected).
-    ExpectationExpired = 20,
+        ExpectationExpired = 20,
+    /// A packet of an FTP control connection, handed to the agent through the punt ring.
+    Punted = 21,
+    /// A packet of an FTP control connection that the punt ring had no room for (or that is
+    /// larger than a record): dropped, never forwarded untranslated; TCP retransmits it.
+    DropPuntFailed = 22,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 21] = [
+        pub const ALL: [Counter; 23] = [
         Counter::DnatPublished,
         Counter::SnatPublished,
         Counter::PassNotIpv4,
@@ -410,7 +431,9 @@ impl Counter {
         Counter::Redirected,
         Counter::DropSpoofed,
         Counter::ExpectationUsed,
-        Counter::ExpectationExpired,
+                Counter::ExpectationExpired,
+        Counter::Punted,
+        Counter::DropPuntFailed,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -437,10 +460,53 @@ impl Counter {
             Counter::Redirected => "redirected",
             Counter::DropSpoofed => "drop_spoofed",
             Counter::ExpectationUsed => "expectation_used",
-            Counter::ExpectationExpired => "expectation_expired",
+                        Counter::ExpectationExpired => "expectation_expired",
+            Counter::Punted => "punted",
+            Counter::DropPuntFailed => "drop_punt_failed",
         }
     }
 }
+
+/// Why a packet was punted: which side of which kind of FTP control connection sent it.
+pub mod punt_reason {
+    /// From an outside client to a published server's public control endpoint.
+    pub const PUBLISHED_FROM_CLIENT: u8 = 1;
+    /// From a published server's private control endpoint.
+    pub const PUBLISHED_FROM_SERVER: u8 = 2;
+    /// From a masqueraded inside client to an outside server's control port.
+    pub const MASQUERADE_FROM_CLIENT: u8 = 3;
+    /// From an outside server's control port to a masquerade address.
+    pub const MASQUERADE_FROM_SERVER: u8 = 4;
+}
+
+/// The head of a punt ring record; the IPv4 packet (from its IP header on) follows it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PuntHeader {
+    /// Interface the packet arrived on.
+    pub ifindex: u32,
+    /// Bytes of the IPv4 packet that follow the header.
+    pub len: u32,
+    /// One of the `punt_reason` constants.
+    pub reason: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Punt records come in two sizes, chosen per packet, so that the common small segment does
+/// not take a 64 KiB slot: `PUNT_SMALL_DATA` bytes of packet (an MTU-sized frame) or
+/// `PUNT_LARGE_DATA` (the largest IPv4 packet: GSO/GRO super-packets of a control
+/// connection).
+pub const PUNT_SMALL_DATA: usize = 2048;
+pub const PUNT_LARGE_DATA: usize = 65536;
+pub const PUNT_HEADER_LEN: usize = core::mem::size_of::<PuntHeader>();
+/// Bytes of the punt ring: 256 small records or 63 large ones in flight. When the agent
+/// falls behind, further control packets are dropped (`DropPuntFailed`) and retransmitted.
+pub const PUNT_RING_BYTES: u32 = 1 << 22;
+
+/// Published FTP control endpoints (`alg = "ftp"`), public and private: the key of
+/// `PUNT_ENDPOINTS`, whose value is the `punt_reason` of packets addressed to (public) or
+/// sent from (private) that endpoint.
+pub const MAX_PUNT_ENDPOINTS: u32 = 2 * MAX_PUBLISHED;
 
 #[cfg(test)]
 mod tests {
@@ -461,7 +527,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<FlowKey>(), 16);
         assert_eq!(core::mem::size_of::<Session>(), 40);
         assert_eq!(core::mem::size_of::<ExpectationKey>(), 12);
-        assert_eq!(core::mem::size_of::<ExpectationEntry>(), 24);
+                assert_eq!(core::mem::size_of::<ExpectationEntry>(), 24);
+        assert_eq!(PUNT_HEADER_LEN, 16);
         assert_eq!(
             core::mem::offset_of!(NatConfig, tcp_established_timeout_ns) % 8,
             0

@@ -13,6 +13,7 @@ mod forward;
 mod maps;
 mod nat;
 mod packet;
+mod punt;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},

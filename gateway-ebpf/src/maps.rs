@@ -3,12 +3,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+        maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use gateway_common::{
     Counter, DEFAULT_MAX_SESSIONS, Endpoint, ExpectationEntry, ExpectationKey, FlowKey,
-    FragmentKey, FragmentTranslation, MAX_EXPECTATIONS, MAX_FRAGMENTED_DATAGRAMS, MAX_PUBLISHED,
-    NatConfig, PeerKey, Session,
+        FragmentKey, FragmentTranslation, MAX_EXPECTATIONS, MAX_FRAGMENTED_DATAGRAMS, MAX_PUBLISHED,
+    MAX_PUNT_ENDPOINTS, NatConfig, PUNT_RING_BYTES, PeerKey, Session,
 };
 
 /// Published servers, keyed by public endpoint: where to send traffic addressed to it.
@@ -52,6 +52,16 @@ pub static FRAGMENTS: LruHashMap<FragmentKey, FragmentTranslation> =
 #[map(name = "EXPECTATIONS")]
 pub static EXPECTATIONS: HashMap<ExpectationKey, ExpectationEntry> =
     HashMap::with_max_entries(MAX_EXPECTATIONS, 0);
+
+/// Published FTP control endpoints, public and private, with the `punt_reason` of their
+/// packets: those go to the agent.
+#[map(name = "PUNT_ENDPOINTS")]
+pub static PUNT_ENDPOINTS: HashMap<Endpoint, u8> =
+    HashMap::with_max_entries(MAX_PUNT_ENDPOINTS, 0);
+
+/// Packets of FTP control connections, for the agent (see `punt.rs`).
+#[map(name = "PUNT")]
+pub static PUNT: RingBuf = RingBuf::with_byte_size(PUNT_RING_BYTES, 0);
 
 /// Masquerade and timeout settings; element 0.
 #[map(name = "NAT_CONFIG")]

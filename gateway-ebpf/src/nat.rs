@@ -10,17 +10,18 @@ use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use gateway_common::{
     Counter, Endpoint, ExpectationKey, FlowKey, FragmentKey, FragmentTranslation, IPPROTO_ICMP,
     IPPROTO_TCP, IPPROTO_UDP, MAX_MASQ_ADDRESSES, MAX_MASQ_NETWORKS, NatConfig,
-    PORT_ALLOCATION_TRIES, PeerKey, REWRITE_BOTH, REWRITE_DESTINATION, REWRITE_SOURCE, Session,
-    expectation_kind, filtering, session_state,
+        MAX_FTP_CONTROL_PORTS, PORT_ALLOCATION_TRIES, PeerKey, REWRITE_BOTH, REWRITE_DESTINATION,
+    REWRITE_SOURCE, Session, endpoint_flags, expectation_kind, filtering, punt_reason, session_state,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
     maps::{
         EXPECTATIONS, FRAGMENTS, MASQ_BY_PRIVATE, MASQ_BY_PUBLIC, MASQ_PEERS, NAT_CONFIG,
-        PUBLISH_DNAT, PUBLISH_SNAT, SESSIONS, count,
+                PUBLISH_DNAT, PUBLISH_SNAT, PUNT_ENDPOINTS, SESSIONS, count,
     },
     packet::{L4Check, Packet, ptr_at},
+    punt::punt,
 };
 
 pub enum Verdict {
@@ -119,7 +120,10 @@ pub fn translate<P: Packet>(packet: &mut P) -> Verdict {
         | Counter::DropSessionTableFull
         | Counter::DropUnsolicited
         | Counter::DropFragmentUnknown
-        | Counter::DropSpoofed => Verdict::Drop,
+                | Counter::DropSpoofed
+        | Counter::DropPuntFailed
+        // The agent has it now: it sends the translated packet itself.
+        | Counter::Punted => Verdict::Drop,
         Counter::DnatPublished
         | Counter::SnatPublished
         | Counter::SessionHit
@@ -236,7 +240,10 @@ fn translate_headers<P: Packet>(packet: &mut P, headers: &Headers) -> Result<Cou
         if let Some(config) = config
             && in_networks(config, key.src)
         {
-            return hairpin(packet, headers, config, endpoint, private);
+                        return hairpin(packet, headers, config, endpoint, private);
+        }
+        if let Some(reason) = punt_reason(endpoint) {
+            return Ok(punt(packet, reason));
         }
         rewrite(
             packet,
@@ -255,9 +262,12 @@ fn translate_headers<P: Packet>(packet: &mut P, headers: &Headers) -> Result<Cou
         // both rewrites.
         if let Some(config) = config
             && is_masquerade_address(config, key.dst)
-            && let Some(result) = session_hit(packet, headers, config, now())
+                        && let Some(result) = session_hit(packet, headers, config, now())
         {
             return result;
+        }
+        if let Some(reason) = punt_reason(endpoint) {
+            return Ok(punt(packet, reason));
         }
         rewrite(packet, headers, REWRITE_SOURCE, public.addr, public.port)?;
         return Ok(Counter::SnatPublished);
@@ -288,11 +298,20 @@ fn translate_headers<P: Packet>(packet: &mut P, headers: &Headers) -> Result<Cou
         if config.outside_ifindex != 0 && ingress == config.outside_ifindex {
             return Err(Counter::DropSpoofed);
         }
-        if inside && !in_networks(config, key.dst) {
+                if inside && !in_networks(config, key.dst) {
+            if is_ftp_control_port(config, key.proto, key.dst_port) {
+                return Ok(punt(packet, punt_reason::MASQUERADE_FROM_CLIENT));
+            }
             return masquerade_new(packet, headers, config, now);
         }
     }
     if outside && is_masquerade_address(config, key.dst) {
+        // (The gateway's own FTP client, if any, keeps its connections.)
+        if is_ftp_control_port(config, key.proto, key.src_port)
+            && !packet.local_socket_exists(&key)
+        {
+            return Ok(punt(packet, punt_reason::MASQUERADE_FROM_SERVER));
+        }
         return admit_inbound(packet, headers, config, now);
     }
     Err(Counter::PassUnmatched)
@@ -369,6 +388,34 @@ fn use_expectation<P: Packet>(
         return Some(Err(Counter::DropSessionTableFull));
     }
     Some(apply_session(packet, headers, &forward).map(|()| Counter::ExpectationUsed))
+}
+
+/// Whether `endpoint` is a published FTP control endpoint (`alg = "ftp"`), and if so why its
+/// packets are punted.
+#[inline(always)]
+fn punt_reason(endpoint: Endpoint) -> Option<u8> {
+    if endpoint.proto != IPPROTO_TCP {
+        return None;
+    }
+    // SAFETY: map values are plain data and only read here.
+    unsafe { PUNT_ENDPOINTS.get(endpoint) }.copied()
+}
+
+/// Whether `port` is one of `[ftp] control_ports` (outside servers of masqueraded clients).
+#[inline(always)]
+fn is_ftp_control_port(config: &NatConfig, proto: u8, port: [u8; 2]) -> bool {
+    if proto != IPPROTO_TCP {
+        return false;
+    }
+    for index in 0..MAX_FTP_CONTROL_PORTS {
+        if index as u32 >= config.ftp_control_port_count {
+            break;
+        }
+        if config.ftp_control_ports[index] == port {
+            return true;
+        }
+    }
+    false
 }
 
 #[inline(always)]
@@ -814,10 +861,14 @@ fn admit_inbound<P: Packet>(
         }
     }
     // SAFETY: map values are plain data and only read here.
-    let Some(private) = (unsafe { MASQ_BY_PUBLIC.get(public) }) else {
+        let Some(private) = (unsafe { MASQ_BY_PUBLIC.get(public) }) else {
         return Err(Counter::DropUnsolicited);
     };
     let private = *private;
+    // A port the FTP ALG holds opens only by its expectation (checked before this).
+    if private.flags & endpoint_flags::ALG_CLAIM != 0 {
+        return Err(Counter::DropUnsolicited);
+    }
     let outbound = FlowKey {
         src: private.addr,
         dst: key.src,

@@ -9,7 +9,7 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_CURRENT_NETNS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, bpf_sock_tuple},
     helpers::{
-        bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp, bpf_xdp_load_bytes,
+                bpf_sk_lookup_udp, bpf_sk_release, bpf_skb_load_bytes, bpf_skc_lookup_tcp, bpf_xdp_load_bytes,
         bpf_xdp_store_bytes,
     },
     programs::{TcContext, XdpContext},
@@ -62,8 +62,15 @@ pub trait Packet {
         new: [u8; 4],
     ) -> Result<(), RewriteFailed>;
 
-    /// The interface the packet arrived on.
+        /// The interface the packet arrived on.
     fn ingress_ifindex(&self) -> u32;
+
+    /// Length of the whole frame, including what a non-linear skb keeps outside its head.
+    fn total_len(&self) -> usize;
+
+        /// Copies `len` bytes from frame offset `offset` to `dst`, wherever in the frame they are
+    /// stored. The caller bounds `len` by the room at `dst`, in a way the verifier sees.
+    fn load_bytes(&self, offset: u32, dst: *mut u8, len: u32) -> bool;
 
     /// Whether a socket of the gateway's own stack owns the connection `key` belongs to
     /// (`key` as the packet arrives: source = remote, destination = local).
@@ -149,9 +156,21 @@ impl Packet for XdpContext {
         socket_lookup(self.as_ptr(), key)
     }
 
-    #[inline(always)]
+        #[inline(always)]
     fn ingress_ifindex(&self) -> u32 {
         XdpContext::ingress_ifindex(self) as u32
+    }
+
+    #[inline(always)]
+    fn total_len(&self) -> usize {
+        self.data_end() - self.data()
+    }
+
+        #[inline(always)]
+    fn load_bytes(&self, offset: u32, dst: *mut u8, len: u32) -> bool {
+        // SAFETY: the helper checks the range against the frame; the caller guarantees the
+        // room at `dst` (and the verifier checks it).
+        unsafe { bpf_xdp_load_bytes(self.ctx, offset, dst.cast(), len) == 0 }
     }
 
     #[inline(always)]
@@ -311,10 +330,21 @@ impl Packet for TcContext {
         socket_lookup(self.as_ptr(), key)
     }
 
-    #[inline(always)]
+        #[inline(always)]
     fn ingress_ifindex(&self) -> u32 {
         // SAFETY: skb is the program's context.
         unsafe { (*self.skb.skb).ingress_ifindex }
+    }
+
+    #[inline(always)]
+    fn total_len(&self) -> usize {
+        self.len() as usize
+    }
+
+        #[inline(always)]
+    fn load_bytes(&self, offset: u32, dst: *mut u8, len: u32) -> bool {
+        // SAFETY: as for XDP: the helper checks the frame, the caller the room at `dst`.
+        unsafe { bpf_skb_load_bytes(self.skb.skb.cast(), offset, dst.cast(), len) == 0 }
     }
 
     #[inline(always)]

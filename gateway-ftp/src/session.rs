@@ -100,9 +100,10 @@ pub enum Action {
     },
 }
 
-/// Chooses the public port for an announced data endpoint (the shell knows which are free).
+/// Chooses the public port on `public` for the announced data endpoint `private` (the shell
+/// knows which are free, and claims the one it returns), preferably `private`'s own port.
 pub trait PortAllocator {
-    fn allocate(&mut self, public: Ipv4Addr, preferred: u16) -> Option<u16>;
+    fn allocate(&mut self, public: Ipv4Addr, private: SocketAddrV4) -> Option<u16>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -390,7 +391,7 @@ fn announcement(
             Announcement::None
         };
     }
-    let Some(public_port) = ports.allocate(seen, endpoint.port()) else {
+    let Some(public_port) = ports.allocate(seen, endpoint) else {
         return Announcement::Refused("no public port free for the data connection".into());
     };
     let public = SocketAddrV4::new(seen, public_port);
@@ -429,7 +430,7 @@ mod tests {
     struct Ports(u16);
 
     impl PortAllocator for Ports {
-        fn allocate(&mut self, _public: Ipv4Addr, _preferred: u16) -> Option<u16> {
+        fn allocate(&mut self, _public: Ipv4Addr, _private: SocketAddrV4) -> Option<u16> {
             self.0 += 1;
             Some(self.0)
         }

@@ -101,8 +101,28 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Capacity of the session table (entries; two per connection).
     pub max_sessions: u32,
-    /// Seconds between two sweeps of expired sessions and mappings.
+        /// Seconds between two sweeps of expired sessions and mappings.
     pub sweep_interval: u64,
+    pub ftp: Ftp,
+}
+
+/// The FTP ALG's settings (`[ftp]`); which published servers it serves is `Publish::alg`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ftp {
+    /// Control ports of outside servers whose masqueraded clients the ALG serves. Default
+    /// `[21]` when a masquerade is configured.
+    pub control_ports: Vec<u16>,
+    /// Seconds an announced data connection may take to open.
+    pub expectation_timeout: u64,
+    /// Longest line (bytes, CRLF included) the ALG reads on a control connection.
+    pub max_line: usize,
+}
+
+/// Application-level gateways a publish can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Alg {
+    Ftp,
 }
 
 /// Source NAT of inside networks behind public addresses.
@@ -215,6 +235,9 @@ pub struct Publish {
     pub public: SocketAddrV4,
     pub private: SocketAddrV4,
     pub protocol: Protocol,
+    /// `alg = "ftp"`: this is an FTP server's control port; its connections go through the
+    /// ALG, which opens their data connections.
+    pub alg: Option<Alg>,
 }
 
 // The file's shape. Kept apart from the validated types so that validation has one place.
@@ -229,8 +252,27 @@ struct RawConfig {
     masquerade: Option<RawMasquerade>,
     #[serde(default)]
     timeouts: Timeouts,
-    #[serde(default)]
+        #[serde(default)]
     sessions: RawSessions,
+    ftp: Option<RawFtp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFtp {
+    control_ports: Option<Vec<u16>>,
+    #[serde(default = "default_expectation_timeout")]
+    expectation_timeout: u64,
+    #[serde(default = "default_max_line")]
+    max_line: usize,
+}
+
+fn default_expectation_timeout() -> u64 {
+    60
+}
+
+fn default_max_line() -> usize {
+    1024
 }
 
 #[derive(Deserialize)]
@@ -297,6 +339,7 @@ struct RawPublish {
     public: String,
     private: String,
     protocol: Protocol,
+    alg: Option<Alg>,
 }
 
 /// Linux's IFNAMSIZ less the terminating NUL.
@@ -381,10 +424,16 @@ impl Config {
                     entry.protocol
                 )));
             }
+                        if entry.alg.is_some() && entry.protocol != Protocol::Tcp {
+                return Err(invalid(format!(
+                    "publish #{number}: alg = \"ftp\" needs protocol = \"tcp\""
+                )));
+            }
             publish.push(Publish {
                 public,
                 private,
                 protocol: entry.protocol,
+                alg: entry.alg,
             });
         }
         if publish.len() > gateway_common::MAX_PUBLISHED as usize {
@@ -426,7 +475,10 @@ impl Config {
             )));
         }
 
+                let ftp = parse_ftp(raw.ftp.as_ref(), masquerade.is_some()).map_err(invalid)?;
+
         Ok(Config {
+            ftp,
             masquerade,
             timeouts,
             max_sessions: raw.sessions.max,
@@ -495,6 +547,62 @@ fn parse_masquerade(raw: &RawMasquerade) -> Result<Masquerade, String> {
     })
 }
 
+fn parse_ftp(raw: Option<&RawFtp>, masquerade: bool) -> Result<Ftp, String> {
+    let default_ports = if masquerade { vec![21] } else { Vec::new() };
+    let Some(raw) = raw else {
+        return Ok(Ftp {
+            control_ports: default_ports,
+            expectation_timeout: default_expectation_timeout(),
+            max_line: default_max_line(),
+        });
+    };
+    let control_ports = match &raw.control_ports {
+        None => default_ports,
+        Some(ports) => {
+            if !ports.is_empty() && !masquerade {
+                return Err(
+                    "ftp.control_ports serves masqueraded clients, but there is no [masquerade]"
+                        .into(),
+                );
+            }
+            if ports.len() > gateway_common::MAX_FTP_CONTROL_PORTS {
+                return Err(format!(
+                    "ftp.control_ports names {} ports; at most {}",
+                    ports.len(),
+                    gateway_common::MAX_FTP_CONTROL_PORTS
+                ));
+            }
+            let mut seen = std::collections::HashSet::new();
+            for port in ports {
+                if *port == 0 {
+                    return Err("ftp.control_ports: port 0 is not a port".into());
+                }
+                if !seen.insert(*port) {
+                    return Err(format!("ftp.control_ports names {port} twice"));
+                }
+            }
+            ports.clone()
+        }
+    };
+    if !(1..=3600).contains(&raw.expectation_timeout) {
+        return Err(format!(
+            "ftp.expectation_timeout = {}: expected 1 to 3600 seconds",
+            raw.expectation_timeout
+        ));
+    }
+    if !(128..=65536).contains(&raw.max_line) {
+        return Err(format!(
+            "ftp.max_line = {}: expected 128 to 65536 bytes",
+            raw.max_line
+        ));
+    }
+    Ok(Ftp {
+        control_ports,
+        expectation_timeout: raw.expectation_timeout,
+        max_line: raw.max_line,
+    })
+}
+
 fn parse_endpoint(text: &str) -> Result<SocketAddrV4, &'static str> {
     let socket: SocketAddrV4 = text
         .parse()
@@ -558,10 +666,43 @@ mod tests {
             config.publish,
             vec![Publish {
                 public: "203.0.113.1:21".parse().unwrap(),
-                private: "10.0.0.2:21".parse().unwrap(),
+                                private: "10.0.0.2:21".parse().unwrap(),
                 protocol: Protocol::Tcp,
+                alg: None,
             }]
         );
+        // No masquerade: no outside control ports to watch.
+        assert!(config.ftp.control_ports.is_empty());
+        assert_eq!(config.ftp.expectation_timeout, 60);
+    }
+
+    const MASQUERADE: &str = "\n[masquerade]\nnetworks = [\"10.0.0.0/24\"]\naddresses = [\"203.0.113.1\"]\n";
+
+    #[test]
+    fn ftp_alg_settings() {
+        let with_alg = GOOD.replace("protocol = \"tcp\"", "protocol = \"tcp\"\nalg = \"ftp\"");
+        assert_eq!(parse(&with_alg).unwrap().publish[0].alg, Some(Alg::Ftp));
+        let udp = with_alg.replace("protocol = \"tcp\"", "protocol = \"udp\"");
+        assert!(error(&udp).contains("alg = \"ftp\" needs protocol = \"tcp\""));
+        assert!(error(&with_alg.replace("\"ftp\"", "\"sip\"")).contains("unknown variant `sip`"));
+
+        // With a masquerade the ALG watches port 21 unless told otherwise.
+        let masq = format!("{GOOD}{MASQUERADE}");
+        assert_eq!(parse(&masq).unwrap().ftp.control_ports, vec![21]);
+        let ports = format!("{masq}\n[ftp]\ncontrol_ports = [21, 2121]\nexpectation_timeout = 30\n");
+        let ftp = parse(&ports).unwrap().ftp;
+        assert_eq!((ftp.control_ports, ftp.expectation_timeout), (vec![21, 2121], 30));
+        let off = format!("{masq}\n[ftp]\ncontrol_ports = []\n");
+        assert!(parse(&off).unwrap().ftp.control_ports.is_empty());
+
+        let orphan = format!("{GOOD}\n[ftp]\ncontrol_ports = [21]\n");
+        assert!(error(&orphan).contains("there is no [masquerade]"));
+        let twice = format!("{masq}\n[ftp]\ncontrol_ports = [21, 21]\n");
+        assert!(error(&twice).contains("names 21 twice"));
+        let zero = format!("{masq}\n[ftp]\nexpectation_timeout = 0\n");
+        assert!(error(&zero).contains("ftp.expectation_timeout = 0"));
+        let short = format!("{masq}\n[ftp]\nmax_line = 10\n");
+        assert!(error(&short).contains("ftp.max_line = 10"));
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::fmt;
 
 use aya::{
     Ebpf, EbpfLoader, VerifierLogLevel,
-    maps::{Array, HashMap, PerCpuArray},
+        maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{
         ProgramError, SchedClassifier, TcAttachType, Xdp,
         tc::SchedClassifierLinkId,
@@ -15,7 +15,7 @@ use std::collections::HashSet;
 
 use gateway_common::{
     Counter, Endpoint, ExpectationEntry, ExpectationKey, FlowKey, Ipv4Cidr, NatConfig, PeerKey,
-    REWRITE_DESTINATION, Session, filtering, names,
+        REWRITE_DESTINATION, Session, filtering, names, punt_reason,
 };
 
 use crate::{
@@ -198,7 +198,21 @@ impl Dataplane {
                 } else {
                     (private, public)
                 };
-                map.insert(key, value, 0).map_err(map_error(map_name))?;
+                                map.insert(key, value, 0).map_err(map_error(map_name))?;
+            }
+        }
+        // Control connections of published FTP servers go to the ALG, both directions.
+        let map_name = names::PUNT_ENDPOINTS;
+        let mut punt: HashMap<_, Endpoint, u8> =
+            HashMap::try_from(self.map_mut(map_name)?).map_err(map_error(map_name))?;
+        for publish in publishes.iter().filter(|publish| publish.alg.is_some()) {
+            let proto = publish.protocol.number();
+            for (endpoint, reason) in [
+                (publish.public, punt_reason::PUBLISHED_FROM_CLIENT),
+                (publish.private, punt_reason::PUBLISHED_FROM_SERVER),
+            ] {
+                punt.insert(Endpoint::from_socket(endpoint, proto), reason, 0)
+                    .map_err(map_error(map_name))?;
             }
         }
         Ok(())
@@ -206,11 +220,12 @@ impl Dataplane {
 
     /// Writes the masquerade rule and the timeouts (no masquerade: `None`, which also turns
     /// off the session table).
-    pub fn configure_nat(
+        pub fn configure_nat(
         &mut self,
         masquerade: Option<&Masquerade>,
         timeouts: &Timeouts,
         forwarding: Forwarding,
+        ftp_control_ports: &[u16],
     ) -> Result<(), DataplaneError> {
         let seconds = |s: u64| s.saturating_mul(1_000_000_000);
         let mut config = NatConfig {
@@ -235,11 +250,16 @@ impl Dataplane {
             config.address_count = masquerade.addresses.len().min(config.addresses.len()) as u32;
             config.port_min = *masquerade.ports.start();
             config.port_max = *masquerade.ports.end();
-            config.filtering = match masquerade.filtering {
+                        config.filtering = match masquerade.filtering {
                 Filtering::AddressDependent => filtering::ADDRESS_DEPENDENT,
                 Filtering::AddressAndPortDependent => filtering::ADDRESS_AND_PORT_DEPENDENT,
                 Filtering::EndpointIndependent => filtering::ENDPOINT_INDEPENDENT,
             };
+            for (slot, port) in config.ftp_control_ports.iter_mut().zip(ftp_control_ports) {
+                *slot = port.to_be_bytes();
+            }
+            config.ftp_control_port_count =
+                ftp_control_ports.len().min(config.ftp_control_ports.len()) as u32;
         }
         let map_name = names::NAT_CONFIG;
         let map = self.ebpf.map_mut(map_name).ok_or(DataplaneError::Missing {
@@ -261,6 +281,67 @@ impl Dataplane {
         let mut map: HashMap<_, ExpectationKey, ExpectationEntry> =
             HashMap::try_from(self.map_mut(map_name)?).map_err(map_error(map_name))?;
         map.insert(key, entry, 0).map_err(map_error(map_name))
+    }
+
+        /// Removes an expectation (its control connection ended); one already used is gone.
+    pub fn unexpect(&mut self, key: ExpectationKey) -> Result<(), DataplaneError> {
+        let map_name = names::EXPECTATIONS;
+        let mut map: HashMap<_, ExpectationKey, ExpectationEntry> =
+            HashMap::try_from(self.map_mut(map_name)?).map_err(map_error(map_name))?;
+        match map.remove(&key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(err) => Err(map_error(map_name)(err)),
+        }
+    }
+
+    /// The live public mapping of a private endpoint, as the fast path would reuse it.
+    pub fn masquerade_mapping(&self, private: Endpoint) -> Result<Option<Endpoint>, DataplaneError> {
+        let by_private: HashMap<_, Endpoint, Endpoint> =
+            HashMap::try_from(self.map(names::MASQ_BY_PRIVATE)?)
+                .map_err(map_error(names::MASQ_BY_PRIVATE))?;
+        let Ok(public) = by_private.get(&private, 0) else {
+            return Ok(None);
+        };
+        let by_public: HashMap<_, Endpoint, Endpoint> =
+            HashMap::try_from(self.map(names::MASQ_BY_PUBLIC)?)
+                .map_err(map_error(names::MASQ_BY_PUBLIC))?;
+        Ok((by_public.get(&public, 0).ok() == Some(private)).then_some(public))
+    }
+
+    /// Claims a public endpoint for `owner` unless it is taken (`BPF_NOEXIST`, as the fast
+    /// path's own allocation does, so the two never hand out one port twice).
+    pub fn claim_public(&mut self, public: Endpoint, owner: Endpoint) -> Result<bool, DataplaneError> {
+        const BPF_NOEXIST: u64 = 1;
+        let map_name = names::MASQ_BY_PUBLIC;
+        let mut by_public: HashMap<_, Endpoint, Endpoint> =
+            HashMap::try_from(self.map_mut(map_name)?).map_err(map_error(map_name))?;
+        match by_public.insert(public, owner, BPF_NOEXIST) {
+            Ok(()) => Ok(true),
+            Err(aya::maps::MapError::SyscallError(err))
+                if err.io_error.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                Ok(false)
+            }
+            Err(err) => Err(map_error(map_name)(err)),
+        }
+    }
+
+    /// Records `private`'s mapping to `public` (claimed before) for reuse by later connections.
+    pub fn record_mapping(&mut self, private: Endpoint, public: Endpoint) -> Result<(), DataplaneError> {
+        let map_name = names::MASQ_BY_PRIVATE;
+        let mut by_private: HashMap<_, Endpoint, Endpoint> =
+            HashMap::try_from(self.map_mut(map_name)?).map_err(map_error(map_name))?;
+        by_private.insert(private, public, 0).map_err(map_error(map_name))
+    }
+
+    /// Takes the punt ring buffer out of the object, for the ALG's reader.
+    pub fn take_punt_ring(&mut self) -> Result<RingBuf<aya::maps::MapData>, DataplaneError> {
+        let name = names::PUNT;
+        let map = self
+            .ebpf
+            .take_map(name)
+            .ok_or(DataplaneError::Missing { kind: "map", name })?;
+        RingBuf::try_from(map).map_err(map_error(name))
     }
 
     /// Tells the fast path which interface is which (after [`Dataplane::configure_nat`]).
@@ -376,7 +457,15 @@ impl Dataplane {
     /// timeout, and mappings no session has used in two consecutive sweeps (two, so that a
     /// mapping whose sessions the fast path is inserting right now is not taken from it).
     /// `now_ns` is CLOCK_MONOTONIC, the fast path's clock.
-    pub fn sweep(&mut self, sweeper: &mut Sweeper, now_ns: u64) -> Result<Sweep, DataplaneError> {
+    ///
+    /// `held`: public endpoints the FTP ALG holds (its control connections' mappings, data
+    /// ports of pending expectations), which no fast-path session names yet.
+    pub fn sweep(
+        &mut self,
+        sweeper: &mut Sweeper,
+        now_ns: u64,
+        held: &HashSet<Endpoint>,
+    ) -> Result<Sweep, DataplaneError> {
         let config = {
             let map = self.map(names::NAT_CONFIG)?;
             let array: Array<_, NatConfig> =
@@ -400,7 +489,7 @@ impl Dataplane {
                 .count();
         }
 
-        let mut in_use = HashSet::new();
+                let mut in_use = held.clone();
         let mut expired = Vec::new();
         {
             let sessions: HashMap<_, FlowKey, Session> =

@@ -1,6 +1,7 @@
 //! The gateway agent: configuration, loading and attaching the fast path, and (in later
 //! layers) the FTP ALG. The `gateway` binary in `main.rs` is a thin command line over this.
 
+pub mod alg;
 pub mod config;
 pub mod dataplane;
 pub mod system;

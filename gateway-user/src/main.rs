@@ -5,6 +5,10 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Parser, Subcommand};
 use gateway_user::{
+    alg::{
+        control::{AlgSettings, ControlTable},
+        shell::{self, PuntReader, RawSender},
+    },
     config::{Config, Hook, XdpMode},
     dataplane::{Dataplane, DataplaneError, Sweep, Sweeper, monotonic_now_ns},
     system::{self, SysctlGuard},
@@ -126,11 +130,14 @@ fn run(
         }
     })?;
     dataplane.publish(&config.publish)?;
-    dataplane.configure_nat(
+        dataplane.configure_nat(
         config.masquerade.as_ref(),
         &config.timeouts,
         config.dataplane.forwarding,
+        &config.ftp.control_ports,
     )?;
+    let punt_ring = dataplane.take_punt_ring()?;
+    let raw = RawSender::open().context("cannot open the raw socket the FTP ALG sends with")?;
     dataplane.set_interface_roles(indexes[0], indexes[1])?;
 
     let mut attachments = Vec::new();
@@ -164,8 +171,12 @@ fn run(
             "masquerade"
         );
     }
-    for publish in &config.publish {
-        tracing::info!(public = %publish.public, private = %publish.private, protocol = %publish.protocol, "published");
+        for publish in &config.publish {
+        let alg = publish.alg.map_or("none", |_| "ftp");
+        tracing::info!(public = %publish.public, private = %publish.private, protocol = %publish.protocol, alg, "published");
+    }
+    if !config.ftp.control_ports.is_empty() {
+        tracing::info!(control_ports = ?config.ftp.control_ports, "ftp alg for masqueraded clients");
     }
     tracing::info!(config = %config_path.display(), "gateway running; SIGINT or SIGTERM stops it");
 
@@ -173,8 +184,17 @@ fn run(
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let interval = std::time::Duration::from_secs(config.sweep_interval);
-    let (signal_name, swept) = runtime.block_on(serve(&mut dataplane, interval))?;
+        let interval = std::time::Duration::from_secs(config.sweep_interval);
+    let mut alg = Alg {
+        table: ControlTable::new(AlgSettings::from_config(&config), shell::random_seed()),
+        raw,
+        send_failures: 0,
+        undecodable: 0,
+    };
+    let (signal_name, swept) = runtime.block_on(async {
+        let reader = PuntReader::new(punt_ring).context("cannot watch the punt ring buffer")?;
+        serve(&mut dataplane, &mut alg, reader, interval).await
+    })?;
     tracing::info!(signal = signal_name, "stopping");
 
     for attachment in attachments {
@@ -195,17 +215,58 @@ fn run(
             "sessions={} peers={} mappings={} expectations={}",
             swept.sessions, swept.peers, swept.mappings, swept.expectations
         ),
-        "fast path detached"
+                "fast path detached"
     );
+    let alg_summary: Vec<String> = alg
+        .table
+        .stats()
+        .pairs()
+        .iter()
+        .filter(|(_, value)| *value > 0)
+        .map(|(name, value)| format!("{name}={value}"))
+        .chain(
+            [
+                ("alg_send_failed", alg.send_failures),
+                ("alg_undecodable", alg.undecodable),
+            ]
+            .iter()
+            .filter(|(_, value)| *value > 0)
+            .map(|(name, value)| format!("{name}={value}")),
+        )
+        .collect();
+    tracing::info!(counters = %alg_summary.join(" "), "ftp alg stopped");
     Ok(())
+}
+
+/// The FTP ALG's moving parts in the agent.
+struct Alg {
+    table: ControlTable,
+    raw: RawSender,
+    send_failures: u64,
+    undecodable: u64,
+}
+
+impl Alg {
+    fn handle(&mut self, dataplane: &mut Dataplane, reason: u8, packet: &[u8]) {
+        let now = monotonic_now_ns();
+        for outgoing in self.table.on_packet(reason, packet, now, dataplane) {
+            if let Err(err) = self.raw.send(&outgoing) {
+                self.send_failures += 1;
+                tracing::warn!(dst = %outgoing.dst, "cannot send a control packet: {err}");
+            }
+        }
+    }
 }
 
 /// Runs until SIGINT or SIGTERM, sweeping expired state every `interval`. Returns the
 /// signal's name and what the sweeps removed in all.
 async fn serve(
     dataplane: &mut Dataplane,
+    alg: &mut Alg,
+    mut reader: PuntReader,
     interval: std::time::Duration,
 ) -> anyhow::Result<(&'static str, Sweep)> {
+    let mut batch = Vec::new();
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
     let mut terminate =
         signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
@@ -217,7 +278,18 @@ async fn serve(
         tokio::select! {
             _ = interrupt.recv() => return Ok(("SIGINT", total)),
             _ = terminate.recv() => return Ok(("SIGTERM", total)),
-            _ = ticks.tick() => match dataplane.sweep(&mut sweeper, monotonic_now_ns()) {
+                        read = reader.next_batch(&mut batch) => {
+                alg.undecodable += read.context("cannot read the punt ring buffer")? as u64;
+                for (reason, packet) in batch.drain(..) {
+                    alg.handle(dataplane, reason, &packet);
+                }
+            }
+            _ = ticks.tick() => match {
+                let now = monotonic_now_ns();
+                alg.table.expire(now, dataplane);
+                let held = alg.table.held_endpoints(now);
+                dataplane.sweep(&mut sweeper, now, &held)
+            } {
                 Ok(sweep) => {
                     if sweep != Sweep::default() {
                         tracing::debug!(?sweep, "swept expired state");

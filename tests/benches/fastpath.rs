@@ -55,6 +55,7 @@ fn dataplane() -> Dataplane {
             public: SocketAddrV4::new(PUBLIC, 8021),
             private: SocketAddrV4::new(SERVER, 9000),
             protocol: Protocol::Tcp,
+            alg: None,
         }])
         .expect("publish");
     let masquerade = Masquerade {
@@ -64,7 +65,7 @@ fn dataplane() -> Dataplane {
         filtering: Filtering::AddressDependent,
     };
     dataplane
-        .configure_nat(Some(&masquerade), &Timeouts::default(), Forwarding::Kernel)
+        .configure_nat(Some(&masquerade), &Timeouts::default(), Forwarding::Kernel, &[])
         .expect("configure");
     dataplane
 }

@@ -31,11 +31,13 @@ fn loaded_dataplane() -> Dataplane {
                 public: endpoint(PUBLIC, 8021),
                 private: endpoint(SERVER, 9000),
                 protocol: Protocol::Tcp,
+                alg: None,
             },
             Publish {
                 public: endpoint(PUBLIC, 5353),
                 private: endpoint(SERVER, 53),
                 protocol: Protocol::Udp,
+                alg: None,
             },
         ])
         .expect("publish");

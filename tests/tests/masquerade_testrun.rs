@@ -41,7 +41,7 @@ fn masquerading(
         filtering,
     };
     dataplane
-        .configure_nat(Some(&masquerade), &timeouts, Forwarding::Kernel)
+        .configure_nat(Some(&masquerade), &timeouts, Forwarding::Kernel, &[])
         .expect("configure");
     dataplane
 }
@@ -478,6 +478,7 @@ fn hairpinned_connections_are_translated_both_ways() {
                 public: published,
                 private: server,
                 protocol: gateway_user::config::Protocol::Tcp,
+                alg: None,
             }])
             .unwrap();
         let client = at(HOST_B, 45000);
@@ -580,13 +581,13 @@ fn the_sweep_removes_expired_sessions_then_unused_mappings() {
     );
     let mut sweeper = Sweeper::default();
     assert_eq!(
-        dataplane.sweep(&mut sweeper, monotonic_now_ns()).unwrap(),
+        dataplane.sweep(&mut sweeper, monotonic_now_ns(), &Default::default()).unwrap(),
         Sweep::default(),
         "nothing idle yet"
     );
     std::thread::sleep(Duration::from_millis(1200));
     assert_eq!(
-        dataplane.sweep(&mut sweeper, monotonic_now_ns()).unwrap(),
+        dataplane.sweep(&mut sweeper, monotonic_now_ns(), &Default::default()).unwrap(),
         Sweep {
             sessions: 2,
             peers: 1,
@@ -596,7 +597,7 @@ fn the_sweep_removes_expired_sessions_then_unused_mappings() {
         "both directions' sessions and the filtering entry; the mapping gets one more sweep"
     );
     assert_eq!(
-        dataplane.sweep(&mut sweeper, monotonic_now_ns()).unwrap(),
+        dataplane.sweep(&mut sweeper, monotonic_now_ns(), &Default::default()).unwrap(),
         Sweep {
             sessions: 0,
             peers: 0,
@@ -695,7 +696,7 @@ mod expectations {
             check_environment().expect("environment");
             let mut dataplane = Dataplane::load(false, 4096).expect("load");
             dataplane
-                .configure_nat(None, &Timeouts::default(), Forwarding::Kernel)
+                .configure_nat(None, &Timeouts::default(), Forwarding::Kernel, &[])
                 .expect("configure");
             let public = at(PUBLIC, 40001);
             let private = at(HOST_A, 50000);
@@ -746,7 +747,7 @@ mod expectations {
         for hook in [Hook::Xdp, Hook::Tc] {
             let mut dataplane = Dataplane::load(false, 4096).expect("load");
             dataplane
-                .configure_nat(None, &Timeouts::default(), Forwarding::Kernel)
+                .configure_nat(None, &Timeouts::default(), Forwarding::Kernel, &[])
                 .expect("configure");
             let client = at(REMOTE, 50000);
             expect(
@@ -778,7 +779,7 @@ mod expectations {
     fn an_expired_expectation_admits_nothing_and_is_swept() {
         let mut dataplane = Dataplane::load(false, 4096).expect("load");
         dataplane
-            .configure_nat(None, &Timeouts::default(), Forwarding::Kernel)
+            .configure_nat(None, &Timeouts::default(), Forwarding::Kernel, &[])
             .expect("configure");
         let public = at(PUBLIC, 40002);
         expect(
@@ -806,7 +807,7 @@ mod expectations {
         );
         assert_eq!(counter(&dataplane, Counter::ExpectationExpired), 1);
         let mut sweeper = gateway_user::dataplane::Sweeper::default();
-        let sweep = dataplane.sweep(&mut sweeper, monotonic_now_ns()).unwrap();
+        let sweep = dataplane.sweep(&mut sweeper, monotonic_now_ns(), &Default::default()).unwrap();
         assert_eq!(sweep.expectations, 1, "the other expired one");
     }
 }

@@ -1,0 +1,743 @@
+//! The FTP control connections the agent owns: their NAT, their FTP sessions (the sans-IO
+//! core in `gateway-ftp`), the map entries they need, and the packets they send on.
+//!
+//! Everything here is driven by calls (a punted packet, a clock tick) and touches the fast
+//! path only through [`AlgMaps`], so it runs in unit tests without BPF or sockets.
+//!
+//! A control connection is known by the two keys its packets arrive with: client to the
+//! server's seen address, and server to the client's seen address. Whatever the kind, the
+//! translation is the same: a segment from the client leaves as `client_seen -> server`, one
+//! from the server as `server_seen -> client`. For a published server `server_seen` is its
+//! public endpoint; for a masqueraded client `client_seen` is its public mapping.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::{Ipv4Addr, SocketAddrV4},
+    ops::RangeInclusive,
+};
+
+use gateway_common::{
+    Endpoint, ExpectationEntry, ExpectationKey, FlowKey, IPPROTO_TCP, endpoint_flags,
+    expectation_kind, punt_reason,
+};
+use gateway_ftp::session::{
+    self, Action, Direction, Endpoints, PortAllocator, SessionError, TcpSegment, flags,
+};
+
+use super::packet::{DEFAULT_MSS, TcpPacket};
+use crate::config::Ipv4Net;
+
+/// What the control connections need from the fast path's maps.
+pub trait AlgMaps {
+    /// The public endpoint a private one is already mapped to (endpoint-independent
+    /// mapping), if that mapping is live.
+    fn mapping(&mut self, private: Endpoint) -> Option<Endpoint>;
+    /// Claims `public` for `owner` unless someone holds it (`BPF_NOEXIST`); false when taken.
+    fn claim(&mut self, public: Endpoint, owner: Endpoint) -> bool;
+    /// Records that `private` is mapped to `public` (after a successful claim).
+    fn record_mapping(&mut self, private: Endpoint, public: Endpoint);
+    fn expect(&mut self, key: ExpectationKey, entry: ExpectationEntry) -> bool;
+    fn unexpect(&mut self, key: ExpectationKey);
+}
+
+/// The ALG's view of the configuration.
+#[derive(Debug, Clone)]
+pub struct AlgSettings {
+    /// Published FTP control endpoints: public -> private.
+    pub published: HashMap<SocketAddrV4, SocketAddrV4>,
+    /// Every published TCP public endpoint (FTP or not): never handed out as a data port.
+    pub reserved: HashSet<SocketAddrV4>,
+    pub masquerade: Option<MasqueradeSettings>,
+    /// Public ports for data connections announced by published servers when the server's
+    /// own port is taken (the masquerade's range when there is one).
+    pub data_ports: RangeInclusive<u16>,
+    pub expectation_timeout_ns: u64,
+    pub max_line: usize,
+    pub established_timeout_ns: u64,
+    pub transitory_timeout_ns: u64,
+}
+
+impl AlgSettings {
+    pub fn from_config(config: &crate::config::Config) -> AlgSettings {
+        let tcp = |publish: &&crate::config::Publish| {
+            publish.protocol == crate::config::Protocol::Tcp
+        };
+        let seconds = |s: u64| s.saturating_mul(1_000_000_000);
+        let masquerade = config.masquerade.as_ref().map(|masquerade| MasqueradeSettings {
+            networks: masquerade.networks.clone(),
+            addresses: masquerade.addresses.clone(),
+            ports: masquerade.ports.clone(),
+        });
+        AlgSettings {
+            published: config
+                .publish
+                .iter()
+                .filter(tcp)
+                .filter(|publish| publish.alg.is_some())
+                .map(|publish| (publish.public, publish.private))
+                .collect(),
+            reserved: config
+                .publish
+                .iter()
+                .filter(tcp)
+                .map(|publish| publish.public)
+                .collect(),
+            data_ports: masquerade
+                .as_ref()
+                .map_or(1024..=65535, |masquerade| masquerade.ports.clone()),
+            masquerade,
+            expectation_timeout_ns: seconds(config.ftp.expectation_timeout),
+            max_line: config.ftp.max_line,
+            established_timeout_ns: seconds(config.timeouts.tcp_established),
+            transitory_timeout_ns: seconds(config.timeouts.tcp_transitory),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct MasqueradeSettings {
+    pub networks: Vec<Ipv4Net>,
+    pub addresses: Vec<Ipv4Addr>,
+    pub ports: RangeInclusive<u16>,
+}
+
+/// How long a closed control connection is remembered, for retransmitted FINs and ACKs.
+const CLOSED_LINGER_NS: u64 = 10_000_000_000;
+const TCP_PSH: u8 = 0x08;
+/// Free-port probes per allocation, as the fast path does.
+const PORT_TRIES: u32 = gateway_common::PORT_ALLOCATION_TRIES;
+
+/// A packet to send, already translated, with its checksums.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    pub dst: Ipv4Addr,
+    pub bytes: Vec<u8>,
+}
+
+/// What the ALG did, for the log and the counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AlgStats {
+    pub packets: u64,
+    pub emitted: u64,
+    pub sessions_opened: u64,
+    pub sessions_closed: u64,
+    pub expectations: u64,
+    pub violations: u64,
+    pub drop_malformed: u64,
+    pub drop_no_session: u64,
+    pub drop_no_port: u64,
+    pub drop_stream_error: u64,
+    pub drop_ttl: u64,
+    pub expectation_install_failed: u64,
+}
+
+impl AlgStats {
+    pub fn pairs(&self) -> [(&'static str, u64); 12] {
+        [
+            ("alg_packets", self.packets),
+            ("alg_emitted", self.emitted),
+            ("alg_sessions_opened", self.sessions_opened),
+            ("alg_sessions_closed", self.sessions_closed),
+            ("alg_expectations", self.expectations),
+            ("alg_violations", self.violations),
+            ("alg_drop_malformed", self.drop_malformed),
+            ("alg_drop_no_session", self.drop_no_session),
+            ("alg_drop_no_port", self.drop_no_port),
+            ("alg_drop_stream_error", self.drop_stream_error),
+            ("alg_drop_ttl", self.drop_ttl),
+            ("alg_expectation_install_failed", self.expectation_install_failed),
+        ]
+    }
+}
+
+/// One line of `gateway sessions --ftp` and of the session log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlInfo {
+    pub client: SocketAddrV4,
+    pub client_seen: SocketAddrV4,
+    pub server: SocketAddrV4,
+    pub server_seen: SocketAddrV4,
+    pub pending_expectations: usize,
+    pub closed: bool,
+}
+
+struct Connection {
+    client: SocketAddrV4,
+    client_seen: SocketAddrV4,
+    server: SocketAddrV4,
+    server_seen: SocketAddrV4,
+    core: session::Session,
+    /// Largest payload each receiver takes (from the MSS option of its SYN).
+    mss_to_client: u16,
+    mss_to_server: u16,
+    fin_from_client: bool,
+    fin_from_server: bool,
+    established: bool,
+    reset: bool,
+    last_seen_ns: u64,
+    /// Public endpoints this connection holds in the fast path: its own mapping (masquerade)
+    /// and the data ports of its expectations, until those expire.
+    held: Vec<(Endpoint, u64)>,
+    /// Expectations installed and maybe not used yet, with their expiry.
+    expectations: Vec<(ExpectationKey, u64)>,
+}
+
+impl Connection {
+    fn closed(&self) -> bool {
+        self.reset || (self.fin_from_client && self.fin_from_server)
+    }
+
+    fn info(&self, now_ns: u64) -> ControlInfo {
+        ControlInfo {
+            client: self.client,
+            client_seen: self.client_seen,
+            server: self.server,
+            server_seen: self.server_seen,
+            pending_expectations: self
+                .expectations
+                .iter()
+                .filter(|(_, expires)| *expires >= now_ns)
+                .count(),
+            closed: self.closed(),
+        }
+    }
+}
+
+pub struct ControlTable {
+    settings: AlgSettings,
+    connections: HashMap<u64, Connection>,
+    flows: HashMap<FlowKey, (u64, Direction)>,
+    next_id: u64,
+    rng: u64,
+    stats: AlgStats,
+}
+
+impl ControlTable {
+    pub fn new(settings: AlgSettings, seed: u64) -> ControlTable {
+        ControlTable {
+            settings,
+            connections: HashMap::new(),
+            flows: HashMap::new(),
+            next_id: 1,
+            rng: seed | 1,
+            stats: AlgStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> AlgStats {
+        self.stats
+    }
+
+    pub fn connections(&self, now_ns: u64) -> Vec<ControlInfo> {
+        self.connections
+            .values()
+            .map(|connection| connection.info(now_ns))
+            .collect()
+    }
+
+    /// Public endpoints the control connections hold (their mappings, and data ports of
+    /// expectations not yet expired): the sweep must leave them.
+    pub fn held_endpoints(&self, now_ns: u64) -> HashSet<Endpoint> {
+        self.connections
+            .values()
+            .flat_map(|connection| connection.held.iter())
+            .filter(|(_, until)| *until >= now_ns)
+            .map(|(endpoint, _)| *endpoint)
+            .collect()
+    }
+
+    /// Handles one punted packet; returns what to send, in order.
+    pub fn on_packet(
+        &mut self,
+        reason: u8,
+        bytes: &[u8],
+        now_ns: u64,
+        maps: &mut dyn AlgMaps,
+    ) -> Vec<Outgoing> {
+        self.stats.packets += 1;
+        let packet = match TcpPacket::parse(bytes) {
+            Ok(packet) => packet,
+            Err(err) => {
+                self.stats.drop_malformed += 1;
+                tracing::debug!("punted packet refused: {err}");
+                return Vec::new();
+            }
+        };
+        let key = flow_key(&packet);
+        let syn_only = packet.flags & (flags::SYN | flags::ACK) == flags::SYN;
+        let existing = self.flows.get(&key).copied();
+        let (id, direction) = match existing {
+            // A new connection reusing the ports of one that closed.
+            Some((id, Direction::ClientToServer))
+                if syn_only && self.connections.get(&id).is_some_and(|c| c.closed()) =>
+            {
+                self.remove(id, maps);
+                match self.open(reason, &packet, now_ns, maps) {
+                    Some(id) => (id, Direction::ClientToServer),
+                    None => return Vec::new(),
+                }
+            }
+            Some(found) => found,
+            None if syn_only => match self.open(reason, &packet, now_ns, maps) {
+                Some(id) => (id, Direction::ClientToServer),
+                None => return Vec::new(),
+            },
+            None => {
+                // Not a connection the agent saw open (or one it forgot): fail closed.
+                self.stats.drop_no_session += 1;
+                return Vec::new();
+            }
+        };
+        self.on_segment(id, direction, packet, now_ns, maps)
+    }
+
+    /// Forgets connections idle past their timeout, and closed ones after a linger; removes
+    /// their unused expectations. Returns how many went.
+    pub fn expire(&mut self, now_ns: u64, maps: &mut dyn AlgMaps) -> usize {
+        let settings = &self.settings;
+        let gone: Vec<u64> = self
+            .connections
+            .iter()
+            .filter(|(_, connection)| {
+                let limit = if connection.closed() {
+                    CLOSED_LINGER_NS
+                } else if connection.established {
+                    settings.established_timeout_ns
+                } else {
+                    settings.transitory_timeout_ns
+                };
+                now_ns.saturating_sub(connection.last_seen_ns) > limit
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &gone {
+            self.remove(*id, maps);
+        }
+        for connection in self.connections.values_mut() {
+            connection.held.retain(|(_, until)| *until >= now_ns);
+            connection
+                .expectations
+                .retain(|(_, expires)| *expires >= now_ns);
+        }
+        gone.len()
+    }
+
+    fn remove(&mut self, id: u64, maps: &mut dyn AlgMaps) {
+        let Some(connection) = self.connections.remove(&id) else {
+            return;
+        };
+        self.flows.retain(|_, (owner, _)| *owner != id);
+        // Data connections it announced and that never opened die with it.
+        for (key, _) in &connection.expectations {
+            maps.unexpect(*key);
+        }
+        self.stats.sessions_closed += 1;
+        tracing::info!(
+            client = %connection.client,
+            server = %connection.server,
+            "ftp control session ended"
+        );
+    }
+
+    /// A client's SYN: which kind of control connection it opens, and its translation.
+    fn open(
+        &mut self,
+        reason: u8,
+        packet: &TcpPacket,
+        now_ns: u64,
+        maps: &mut dyn AlgMaps,
+    ) -> Option<u64> {
+        let client = SocketAddrV4::new(packet.src, packet.src_port);
+        let destination = SocketAddrV4::new(packet.dst, packet.dst_port);
+        let (client_seen, server, server_seen, held) = match reason {
+            punt_reason::PUBLISHED_FROM_CLIENT => {
+                let Some(private) = self.settings.published.get(&destination).copied() else {
+                    self.stats.drop_no_session += 1;
+                    return None;
+                };
+                (client, private, destination, Vec::new())
+            }
+            punt_reason::MASQUERADE_FROM_CLIENT => {
+                let Some(public) = self.masquerade_mapping(client, maps) else {
+                    self.stats.drop_no_port += 1;
+                    return None;
+                };
+                let held = vec![(Endpoint::from_socket(public, IPPROTO_TCP), u64::MAX)];
+                (public, destination, destination, held)
+            }
+            // A server's segment with no connection: not ours to open.
+            _ => {
+                self.stats.drop_no_session += 1;
+                return None;
+            }
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        let connection = Connection {
+            client,
+            client_seen,
+            server,
+            server_seen,
+            core: session::Session::new(
+                Endpoints {
+                    client_real: *client.ip(),
+                    client_seen: *client_seen.ip(),
+                    server_real: *server.ip(),
+                    server_seen: *server_seen.ip(),
+                },
+                self.settings.max_line,
+            ),
+            mss_to_client: DEFAULT_MSS,
+            mss_to_server: DEFAULT_MSS,
+            fin_from_client: false,
+            fin_from_server: false,
+            established: false,
+            reset: false,
+            last_seen_ns: now_ns,
+            held,
+            expectations: Vec::new(),
+        };
+        self.flows.insert(
+            key(client, server_seen),
+            (id, Direction::ClientToServer),
+        );
+        self.flows
+            .insert(key(server, client_seen), (id, Direction::ServerToClient));
+        self.connections.insert(id, connection);
+        self.stats.sessions_opened += 1;
+        tracing::info!(
+            %client, client_seen = %client_seen, %server, server_seen = %server_seen,
+            "ftp control session started"
+        );
+        Some(id)
+    }
+
+    /// The public endpoint of a masqueraded client's control connection: its existing
+    /// mapping, else its own port on its public address if free, else random ports.
+    fn masquerade_mapping(
+        &mut self,
+        client: SocketAddrV4,
+        maps: &mut dyn AlgMaps,
+    ) -> Option<SocketAddrV4> {
+        let masquerade = self.settings.masquerade.as_ref()?;
+        let private = Endpoint::from_socket(client, IPPROTO_TCP);
+        if let Some(public) = maps.mapping(private) {
+            return Some(public.socket());
+        }
+        // The same public address the fast path would choose for this private address.
+        let index = u32::from_ne_bytes(client.ip().octets()) as usize % masquerade.addresses.len();
+        let address = masquerade.addresses[index];
+        let ports = masquerade.ports.clone();
+        let public = allocate(
+            &mut self.rng,
+            maps,
+            address,
+            client.port(),
+            &ports,
+            &self.settings.reserved,
+            private,
+        )?;
+        maps.record_mapping(private, Endpoint::from_socket(public, IPPROTO_TCP));
+        Some(public)
+    }
+
+    fn on_segment(
+        &mut self,
+        id: u64,
+        direction: Direction,
+        packet: TcpPacket,
+        now_ns: u64,
+        maps: &mut dyn AlgMaps,
+    ) -> Vec<Outgoing> {
+        let Some(connection) = self.connections.get_mut(&id) else {
+            return Vec::new();
+        };
+        if packet.ttl <= 1 {
+            // The kernel would answer with time-exceeded; the ALG only drops it.
+            self.stats.drop_ttl += 1;
+            return Vec::new();
+        }
+        connection.last_seen_ns = now_ns;
+        if packet.flags & flags::SYN != 0 {
+            let mss = packet.mss().unwrap_or(DEFAULT_MSS);
+            match direction {
+                Direction::ClientToServer => connection.mss_to_client = mss,
+                Direction::ServerToClient => connection.mss_to_server = mss,
+            }
+        } else {
+            connection.established = true;
+        }
+        if packet.flags & flags::RST != 0 {
+            connection.reset = true;
+        }
+        if packet.flags & flags::FIN != 0 {
+            match direction {
+                Direction::ClientToServer => connection.fin_from_client = true,
+                Direction::ServerToClient => connection.fin_from_server = true,
+            }
+        }
+
+        let segment = TcpSegment {
+            seq: packet.seq,
+            ack: packet.ack,
+            flags: packet.flags,
+            window: packet.window,
+            sack: packet.sack(),
+            payload: packet.payload.clone(),
+        };
+        let expectation_until = now_ns.saturating_add(self.settings.expectation_timeout_ns);
+        let mut ports = DataPorts {
+            rng: &mut self.rng,
+            maps: &mut *maps,
+            settings: &self.settings,
+            claimed: Vec::new(),
+        };
+        let actions = match connection.core.on_segment(direction, segment, &mut ports) {
+            Ok(actions) => actions,
+            Err(err) => {
+                self.stats.drop_stream_error += 1;
+                let level_error = !matches!(err, SessionError::NotStarted);
+                if level_error {
+                    tracing::warn!(
+                        client = %connection.client, server = %connection.server,
+                        "ftp control stream refused: {err}"
+                    );
+                }
+                return Vec::new();
+            }
+        };
+        let claimed = std::mem::take(&mut ports.claimed);
+        connection
+            .held
+            .extend(claimed.into_iter().map(|public| (public, expectation_until)));
+
+        let mut outgoing = Vec::new();
+        for action in actions {
+            match action {
+                Action::InstallExpectation(expectation) => {
+                    let key = ExpectationKey {
+                        endpoint: Endpoint::from_socket(expectation.public, IPPROTO_TCP),
+                        peer: expectation.peer.octets(),
+                    };
+                    let entry = ExpectationEntry {
+                        target: Endpoint::from_socket(expectation.private, IPPROTO_TCP),
+                        kind: expectation_kind::INBOUND,
+                        _pad: [0; 7],
+                        expires_ns: expectation_until,
+                    };
+                    self.stats.expectations += 1;
+                    if maps.expect(key, entry) {
+                        connection.expectations.push((key, expectation_until));
+                    } else {
+                        self.stats.expectation_install_failed += 1;
+                    }
+                    tracing::debug!(
+                        peer = %expectation.peer, public = %expectation.public,
+                        private = %expectation.private, "expectation installed"
+                    );
+                }
+                Action::InstallOutboundExpectation(expectation) => {
+                    let key = ExpectationKey {
+                        endpoint: Endpoint::from_socket(expectation.to, IPPROTO_TCP),
+                        peer: expectation.opener.octets(),
+                    };
+                    let entry = ExpectationEntry {
+                        target: Endpoint::new(expectation.source.octets(), [0; 2], IPPROTO_TCP),
+                        kind: expectation_kind::OUTBOUND,
+                        _pad: [0; 7],
+                        expires_ns: expectation_until,
+                    };
+                    self.stats.expectations += 1;
+                    if maps.expect(key, entry) {
+                        connection.expectations.push((key, expectation_until));
+                    } else {
+                        self.stats.expectation_install_failed += 1;
+                    }
+                }
+                Action::Emit { direction, segment } => {
+                    emit(connection, &packet, direction, segment, &mut outgoing);
+                }
+                Action::Violation {
+                    direction,
+                    reason,
+                    line,
+                } => {
+                    self.stats.violations += 1;
+                    tracing::warn!(
+                        client = %connection.client, server = %connection.server,
+                        from = if direction == Direction::ClientToServer { "client" } else { "server" },
+                        line = %String::from_utf8_lossy(&line).trim_end(),
+                        "ftp announcement refused: {reason}"
+                    );
+                }
+            }
+        }
+        self.stats.emitted += outgoing.len() as u64;
+        outgoing
+    }
+}
+
+/// Builds the packets of one emitted segment: translated addresses, the segment's fields,
+/// and its payload cut to the receiver's MSS.
+fn emit(
+    connection: &Connection,
+    original: &TcpPacket,
+    direction: Direction,
+    segment: TcpSegment,
+    outgoing: &mut Vec<Outgoing>,
+) {
+    let (src, dst, mss) = match direction {
+        Direction::ClientToServer => (
+            connection.client_seen,
+            connection.server,
+            connection.mss_to_server,
+        ),
+        Direction::ServerToClient => (
+            connection.server_seen,
+            connection.client,
+            connection.mss_to_client,
+        ),
+    };
+    let mut template = TcpPacket {
+        src: *src.ip(),
+        dst: *dst.ip(),
+        src_port: src.port(),
+        dst_port: dst.port(),
+        ttl: original.ttl - 1,
+        seq: segment.seq,
+        ack: segment.ack,
+        flags: segment.flags,
+        window: segment.window,
+        payload: Vec::new(),
+        ..original.clone()
+    };
+    if !original.sack().is_empty() || !segment.sack.is_empty() {
+        template.set_sack(&segment.sack);
+    }
+    let room = usize::from(mss)
+        .saturating_sub(template.options.len())
+        .max(1);
+    if segment.payload.len() <= room {
+        template.payload = segment.payload;
+        outgoing.push(Outgoing {
+            dst: template.dst,
+            bytes: template.build(),
+        });
+        return;
+    }
+    // A GSO/GRO super-packet, or a line that grew: one packet per MSS. Only the last keeps
+    // PSH and FIN.
+    let chunks: Vec<&[u8]> = segment.payload.chunks(room).collect();
+    let last = chunks.len() - 1;
+    let mut seq = segment.seq;
+    for (index, chunk) in chunks.into_iter().enumerate() {
+        let mut packet = template.clone();
+        packet.seq = seq;
+        packet.id = template.id.wrapping_add(index as u16);
+        if index != last {
+                        packet.flags &= !(flags::FIN | TCP_PSH);
+        }
+        packet.payload = chunk.to_vec();
+        seq = seq.wrapping_add(chunk.len() as u32);
+        outgoing.push(Outgoing {
+            dst: packet.dst,
+            bytes: packet.build(),
+        });
+    }
+}
+
+fn key(src: SocketAddrV4, dst: SocketAddrV4) -> FlowKey {
+    FlowKey {
+        src: src.ip().octets(),
+        dst: dst.ip().octets(),
+        src_port: src.port().to_be_bytes(),
+        dst_port: dst.port().to_be_bytes(),
+        proto: IPPROTO_TCP,
+        _pad: [0; 3],
+    }
+}
+
+fn flow_key(packet: &TcpPacket) -> FlowKey {
+    key(
+        SocketAddrV4::new(packet.src, packet.src_port),
+        SocketAddrV4::new(packet.dst, packet.dst_port),
+    )
+}
+
+/// Public ports for announced data endpoints, claimed in the fast path as the ALG's.
+struct DataPorts<'a> {
+    rng: &'a mut u64,
+    maps: &'a mut dyn AlgMaps,
+    settings: &'a AlgSettings,
+    claimed: Vec<Endpoint>,
+}
+
+impl PortAllocator for DataPorts<'_> {
+    fn allocate(&mut self, public: Ipv4Addr, private: SocketAddrV4) -> Option<u16> {
+        let mut owner = Endpoint::from_socket(private, IPPROTO_TCP);
+        owner.flags = endpoint_flags::ALG_CLAIM;
+        let ports = self
+            .settings
+            .masquerade
+            .as_ref()
+            .filter(|masquerade| masquerade.addresses.contains(&public))
+            .map_or(self.settings.data_ports.clone(), |masquerade| {
+                masquerade.ports.clone()
+            });
+        let socket = allocate(
+            self.rng,
+            self.maps,
+            public,
+            private.port(),
+            &ports,
+            &self.settings.reserved,
+            owner,
+        )?;
+        self.claimed
+            .push(Endpoint::from_socket(socket, IPPROTO_TCP));
+        Some(socket.port())
+    }
+}
+
+/// Claims a public port on `address` for `owner`: `preferred` if it is in range and free,
+/// else random ports in range, `PORT_TRIES` probes in all (as the fast path allocates).
+fn allocate(
+    rng: &mut u64,
+    maps: &mut dyn AlgMaps,
+    address: Ipv4Addr,
+    preferred: u16,
+    ports: &RangeInclusive<u16>,
+    reserved: &HashSet<SocketAddrV4>,
+    owner: Endpoint,
+) -> Option<SocketAddrV4> {
+    let span = u32::from(*ports.end()) - u32::from(*ports.start()) + 1;
+    for attempt in 0..PORT_TRIES {
+        let port = if attempt == 0 && ports.contains(&preferred) {
+            preferred
+        } else {
+            (u32::from(*ports.start()) + next_random(rng) % span) as u16
+        };
+        let candidate = SocketAddrV4::new(address, port);
+        if reserved.contains(&candidate) {
+            continue;
+        }
+        if maps.claim(Endpoint::from_socket(candidate, IPPROTO_TCP), owner) {
+            return Some(candidate);
+        }
+    }
+    None
+}
+
+/// xorshift64: port choice needs to be unpredictable to outsiders only loosely (the seed
+/// comes from the OS); it must not repeat in a short cycle.
+fn next_random(state: &mut u64) -> u32 {
+    let mut x = *state;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    *state = x;
+    (x >> 32) as u32
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,10 @@
+//! The FTP ALG's I/O shell: packets punted by the fast path in, translated and rewritten
+//! packets out, map entries (mappings, claimed data ports, expectations) in between.
+//!
+//! - [`packet`]: IPv4/TCP parsing and building, checksums;
+//! - [`control`]: the control connections and their NAT, over the sans-IO `gateway-ftp` core;
+//! - [`shell`]: the ring buffer reader, the raw socket that sends, and the map adapter.
+
+pub mod control;
+pub mod packet;
+pub mod shell;

@@ -1,0 +1,197 @@
+//! The ALG's I/O: the punt ring buffer read under tokio, a raw IPv4 socket that sends the
+//! translated packets, and the fast path's maps behind [`AlgMaps`].
+//!
+//! Sending through a raw socket (`IPPROTO_RAW`, which implies `IP_HDRINCL`) hands the packet,
+//! headers and checksums as built, to the gateway's own routing: the kernel picks the egress
+//! interface and resolves the next hop's link address, as for any forwarded packet. It leaves
+//! on the egress path, where no gateway program runs, so it is never translated twice.
+
+use std::{
+    io,
+        net::SocketAddrV4,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
+
+use aya::maps::{MapData, RingBuf};
+use gateway_common::{Endpoint, ExpectationEntry, ExpectationKey, PUNT_HEADER_LEN, PuntHeader};
+use tokio::io::unix::AsyncFd;
+
+use super::control::{AlgMaps, Outgoing};
+use crate::dataplane::Dataplane;
+
+/// One punt record: why the packet came, and the packet from its IPv4 header on.
+pub struct Punted<'a> {
+    pub header: PuntHeader,
+    pub packet: &'a [u8],
+}
+
+/// Splits a ring record into header and packet; `None` for a record shorter than it says.
+pub fn decode(record: &[u8]) -> Option<Punted<'_>> {
+    let head = record.get(..PUNT_HEADER_LEN)?;
+    let word = |at: usize| u32::from_ne_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);
+    let header = PuntHeader {
+        ifindex: word(0),
+        len: word(4),
+        reason: head[8],
+        _pad: [0; 7],
+    };
+    let end = PUNT_HEADER_LEN.checked_add(usize::try_from(header.len).ok()?)?;
+    Some(Punted {
+        header,
+        packet: record.get(PUNT_HEADER_LEN..end)?,
+    })
+}
+
+/// The punt ring, readable under tokio.
+pub struct PuntReader {
+    ring: AsyncFd<RingBuf<MapData>>,
+}
+
+impl PuntReader {
+    pub fn new(ring: RingBuf<MapData>) -> io::Result<PuntReader> {
+                // SAFETY: the ring buffer owns its map's descriptor, which stays open and the same
+        // for as long as the AsyncFd owns the ring.
+        let ring =
+            unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+                .map_err(|err| err.into_parts().1)?;
+        Ok(PuntReader { ring })
+    }
+
+        /// Waits for records, then takes every one the ring holds (reason, packet), in order.
+    /// Records that do not decode are counted in the second value and skipped.
+    pub async fn next_batch(&mut self, batch: &mut Vec<(u8, Vec<u8>)>) -> io::Result<usize> {
+        let mut guard = self.ring.readable_mut().await?;
+        let ring = guard.get_inner_mut();
+        let mut undecodable = 0;
+        while let Some(record) = ring.next() {
+            match decode(&record) {
+                Some(punted) => batch.push((punted.header.reason, punted.packet.to_vec())),
+                None => undecodable += 1,
+            }
+        }
+        guard.clear_ready();
+        Ok(undecodable)
+    }
+}
+
+/// A raw IPv4 socket for packets built whole by the ALG.
+pub struct RawSender {
+    fd: OwnedFd,
+}
+
+impl RawSender {
+    pub fn open() -> io::Result<RawSender> {
+        // SAFETY: plain socket(2); the result is checked before use.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor that nothing else owns.
+        Ok(RawSender {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    pub fn send(&self, packet: &Outgoing) -> io::Result<()> {
+        let destination = socket_address(SocketAddrV4::new(packet.dst, 0));
+        // SAFETY: the buffer and the address outlive the call; lengths are theirs.
+        let sent = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                packet.bytes.as_ptr().cast(),
+                packet.bytes.len(),
+                0,
+                (&raw const destination).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+fn socket_address(address: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: address.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*address.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// The fast path's maps as the control connections use them. Map errors other than "taken"
+/// are logged and reported as failures: the packet that needed the entry is not sent.
+impl AlgMaps for Dataplane {
+    fn mapping(&mut self, private: Endpoint) -> Option<Endpoint> {
+        self.masquerade_mapping(private)
+            .inspect_err(|err| tracing::warn!("mapping lookup failed: {err:#}"))
+            .ok()
+            .flatten()
+    }
+
+    fn claim(&mut self, public: Endpoint, owner: Endpoint) -> bool {
+        self.claim_public(public, owner)
+            .inspect_err(|err| tracing::warn!("port claim failed: {err:#}"))
+            .unwrap_or(false)
+    }
+
+    fn record_mapping(&mut self, private: Endpoint, public: Endpoint) {
+        if let Err(err) = Dataplane::record_mapping(self, private, public) {
+            tracing::warn!("mapping record failed: {err:#}");
+        }
+    }
+
+    fn expect(&mut self, key: ExpectationKey, entry: ExpectationEntry) -> bool {
+        Dataplane::expect(self, key, entry)
+            .inspect_err(|err| tracing::warn!("expectation install failed: {err:#}"))
+            .is_ok()
+    }
+
+    fn unexpect(&mut self, key: ExpectationKey) {
+        if let Err(err) = Dataplane::unexpect(self, key) {
+            tracing::warn!("expectation removal failed: {err:#}");
+        }
+    }
+}
+
+/// A seed for the ALG's port choice from the kernel's random pool.
+pub fn random_seed() -> u64 {
+    let mut seed = [0u8; 8];
+    // SAFETY: getrandom(2) writes at most `seed.len()` bytes into `seed`.
+    let filled = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+    if filled == seed.len() as isize {
+        u64::from_ne_bytes(seed)
+    } else {
+        // Not cryptographic either way; the clock is good enough to avoid fixed sequences.
+        crate::dataplane::monotonic_now_ns() ^ u64::from(std::process::id())
+    }
+}
+
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_decode_and_short_ones_are_refused() {
+        let mut record = vec![0u8; PUNT_HEADER_LEN + 4];
+        record[0..4].copy_from_slice(&7u32.to_ne_bytes());
+        record[4..8].copy_from_slice(&3u32.to_ne_bytes());
+        record[8] = 2;
+        record[PUNT_HEADER_LEN..].copy_from_slice(&[0x45, 1, 2, 3]);
+        let punted = decode(&record).unwrap();
+        assert_eq!(
+            (punted.header.ifindex, punted.header.reason),
+            (7, 2)
+        );
+        assert_eq!(punted.packet, &[0x45, 1, 2]);
+        record[4..8].copy_from_slice(&9u32.to_ne_bytes());
+        assert!(decode(&record).is_none());
+        assert!(decode(&record[..4]).is_none());
+    }
+}
