@@ -26,7 +26,7 @@ pub mod names {
     pub const EXPECTATIONS: &str = "EXPECTATIONS";
     pub const NAT_CONFIG: &str = "NAT_CONFIG";
     pub const PROG_XDP: &str = "gateway_xdp";
-        pub const PROG_TC: &str = "gateway_tc";
+    pub const PROG_TC: &str = "gateway_tc";
     pub const PUNT: &str = "PUNT";
     pub const PUNT_ENDPOINTS: &str = "PUNT_ENDPOINTS";
 }
@@ -44,7 +44,7 @@ pub struct Endpoint {
     pub addr: [u8; 4],
     /// TCP/UDP port, network order.
     pub port: [u8; 2],
-        /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
     pub proto: u8,
     /// `endpoint_flags`; always zero in keys (hash-map keys are compared bytewise).
     pub flags: u8,
@@ -62,7 +62,7 @@ impl Endpoint {
         Self {
             addr,
             port,
-                        proto,
+            proto,
             flags: 0,
         }
     }
@@ -292,7 +292,7 @@ pub struct NatConfig {
     /// Interface roles (ifindex; 0 = not set): new masqueraded connections only come in on
     /// the inside one, unsolicited traffic is only judged on the outside one, and a packet
     /// arriving outside with an inside network's source address is a spoof.
-        pub inside_ifindex: u32,
+    pub inside_ifindex: u32,
     pub outside_ifindex: u32,
     /// FTP control ports (network order) of outside servers: masqueraded connections to
     /// them, and their replies, go to the agent's ALG (first `ftp_control_port_count`).
@@ -401,7 +401,7 @@ pub enum Counter {
     /// A data connection's first packet found its expectation: two sessions created.
     ExpectationUsed = 19,
     /// An expectation found past its expiry (removed; the packet is treated as unexpected).
-        ExpectationExpired = 20,
+    ExpectationExpired = 20,
     /// A packet of an FTP control connection, handed to the agent through the punt ring.
     Punted = 21,
     /// A packet of an FTP control connection that the punt ring had no room for (or that is
@@ -410,7 +410,7 @@ pub enum Counter {
 }
 
 impl Counter {
-        pub const ALL: [Counter; 23] = [
+    pub const ALL: [Counter; 23] = [
         Counter::DnatPublished,
         Counter::SnatPublished,
         Counter::PassNotIpv4,
@@ -431,7 +431,7 @@ impl Counter {
         Counter::Redirected,
         Counter::DropSpoofed,
         Counter::ExpectationUsed,
-                Counter::ExpectationExpired,
+        Counter::ExpectationExpired,
         Counter::Punted,
         Counter::DropPuntFailed,
     ];
@@ -460,7 +460,7 @@ impl Counter {
             Counter::Redirected => "redirected",
             Counter::DropSpoofed => "drop_spoofed",
             Counter::ExpectationUsed => "expectation_used",
-                        Counter::ExpectationExpired => "expectation_expired",
+            Counter::ExpectationExpired => "expectation_expired",
             Counter::Punted => "punted",
             Counter::DropPuntFailed => "drop_punt_failed",
         }
@@ -527,7 +527,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<FlowKey>(), 16);
         assert_eq!(core::mem::size_of::<Session>(), 40);
         assert_eq!(core::mem::size_of::<ExpectationKey>(), 12);
-                assert_eq!(core::mem::size_of::<ExpectationEntry>(), 24);
+        assert_eq!(core::mem::size_of::<ExpectationEntry>(), 24);
         assert_eq!(PUNT_HEADER_LEN, 16);
         assert_eq!(
             core::mem::offset_of!(NatConfig, tcp_established_timeout_ns) % 8,

@@ -3,11 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-        maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use gateway_common::{
     Counter, DEFAULT_MAX_SESSIONS, Endpoint, ExpectationEntry, ExpectationKey, FlowKey,
-        FragmentKey, FragmentTranslation, MAX_EXPECTATIONS, MAX_FRAGMENTED_DATAGRAMS, MAX_PUBLISHED,
+    FragmentKey, FragmentTranslation, MAX_EXPECTATIONS, MAX_FRAGMENTED_DATAGRAMS, MAX_PUBLISHED,
     MAX_PUNT_ENDPOINTS, NatConfig, PUNT_RING_BYTES, PeerKey, Session,
 };
 
@@ -56,8 +56,7 @@ pub static EXPECTATIONS: HashMap<ExpectationKey, ExpectationEntry> =
 /// Published FTP control endpoints, public and private, with the `punt_reason` of their
 /// packets: those go to the agent.
 #[map(name = "PUNT_ENDPOINTS")]
-pub static PUNT_ENDPOINTS: HashMap<Endpoint, u8> =
-    HashMap::with_max_entries(MAX_PUNT_ENDPOINTS, 0);
+pub static PUNT_ENDPOINTS: HashMap<Endpoint, u8> = HashMap::with_max_entries(MAX_PUNT_ENDPOINTS, 0);
 
 /// Packets of FTP control connections, for the agent (see `punt.rs`).
 #[map(name = "PUNT")]

@@ -9,16 +9,16 @@
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use gateway_common::{
     Counter, Endpoint, ExpectationKey, FlowKey, FragmentKey, FragmentTranslation, IPPROTO_ICMP,
-    IPPROTO_TCP, IPPROTO_UDP, MAX_MASQ_ADDRESSES, MAX_MASQ_NETWORKS, NatConfig,
-        MAX_FTP_CONTROL_PORTS, PORT_ALLOCATION_TRIES, PeerKey, REWRITE_BOTH, REWRITE_DESTINATION,
-    REWRITE_SOURCE, Session, endpoint_flags, expectation_kind, filtering, punt_reason, session_state,
+    IPPROTO_TCP, IPPROTO_UDP, MAX_FTP_CONTROL_PORTS, MAX_MASQ_ADDRESSES, MAX_MASQ_NETWORKS,
+    NatConfig, PORT_ALLOCATION_TRIES, PeerKey, REWRITE_BOTH, REWRITE_DESTINATION, REWRITE_SOURCE,
+    Session, endpoint_flags, expectation_kind, filtering, punt_reason, session_state,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
     maps::{
         EXPECTATIONS, FRAGMENTS, MASQ_BY_PRIVATE, MASQ_BY_PUBLIC, MASQ_PEERS, NAT_CONFIG,
-                PUBLISH_DNAT, PUBLISH_SNAT, PUNT_ENDPOINTS, SESSIONS, count,
+        PUBLISH_DNAT, PUBLISH_SNAT, PUNT_ENDPOINTS, SESSIONS, count,
     },
     packet::{L4Check, Packet, ptr_at},
     punt::punt,
@@ -240,7 +240,7 @@ fn translate_headers<P: Packet>(packet: &mut P, headers: &Headers) -> Result<Cou
         if let Some(config) = config
             && in_networks(config, key.src)
         {
-                        return hairpin(packet, headers, config, endpoint, private);
+            return hairpin(packet, headers, config, endpoint, private);
         }
         if let Some(reason) = punt_reason(endpoint) {
             return Ok(punt(packet, reason));
@@ -262,7 +262,7 @@ fn translate_headers<P: Packet>(packet: &mut P, headers: &Headers) -> Result<Cou
         // both rewrites.
         if let Some(config) = config
             && is_masquerade_address(config, key.dst)
-                        && let Some(result) = session_hit(packet, headers, config, now())
+            && let Some(result) = session_hit(packet, headers, config, now())
         {
             return result;
         }
@@ -298,7 +298,7 @@ fn translate_headers<P: Packet>(packet: &mut P, headers: &Headers) -> Result<Cou
         if config.outside_ifindex != 0 && ingress == config.outside_ifindex {
             return Err(Counter::DropSpoofed);
         }
-                if inside && !in_networks(config, key.dst) {
+        if inside && !in_networks(config, key.dst) {
             if is_ftp_control_port(config, key.proto, key.dst_port) {
                 return Ok(punt(packet, punt_reason::MASQUERADE_FROM_CLIENT));
             }
@@ -307,8 +307,7 @@ fn translate_headers<P: Packet>(packet: &mut P, headers: &Headers) -> Result<Cou
     }
     if outside && is_masquerade_address(config, key.dst) {
         // (The gateway's own FTP client, if any, keeps its connections.)
-        if is_ftp_control_port(config, key.proto, key.src_port)
-            && !packet.local_socket_exists(&key)
+        if is_ftp_control_port(config, key.proto, key.src_port) && !packet.local_socket_exists(&key)
         {
             return Ok(punt(packet, punt_reason::MASQUERADE_FROM_SERVER));
         }
@@ -861,7 +860,7 @@ fn admit_inbound<P: Packet>(
         }
     }
     // SAFETY: map values are plain data and only read here.
-        let Some(private) = (unsafe { MASQ_BY_PUBLIC.get(public) }) else {
+    let Some(private) = (unsafe { MASQ_BY_PUBLIC.get(public) }) else {
         return Err(Counter::DropUnsolicited);
     };
     let private = *private;

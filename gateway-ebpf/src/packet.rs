@@ -9,8 +9,8 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_CURRENT_NETNS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, bpf_sock_tuple},
     helpers::{
-                bpf_sk_lookup_udp, bpf_sk_release, bpf_skb_load_bytes, bpf_skc_lookup_tcp, bpf_xdp_load_bytes,
-        bpf_xdp_store_bytes,
+        bpf_sk_lookup_udp, bpf_sk_release, bpf_skb_load_bytes, bpf_skc_lookup_tcp,
+        bpf_xdp_load_bytes, bpf_xdp_store_bytes,
     },
     programs::{TcContext, XdpContext},
 };
@@ -62,13 +62,13 @@ pub trait Packet {
         new: [u8; 4],
     ) -> Result<(), RewriteFailed>;
 
-        /// The interface the packet arrived on.
+    /// The interface the packet arrived on.
     fn ingress_ifindex(&self) -> u32;
 
     /// Length of the whole frame, including what a non-linear skb keeps outside its head.
     fn total_len(&self) -> usize;
 
-        /// Copies `len` bytes from frame offset `offset` to `dst`, wherever in the frame they are
+    /// Copies `len` bytes from frame offset `offset` to `dst`, wherever in the frame they are
     /// stored. The caller bounds `len` by the room at `dst`, in a way the verifier sees.
     fn load_bytes(&self, offset: u32, dst: *mut u8, len: u32) -> bool;
 
@@ -156,7 +156,7 @@ impl Packet for XdpContext {
         socket_lookup(self.as_ptr(), key)
     }
 
-        #[inline(always)]
+    #[inline(always)]
     fn ingress_ifindex(&self) -> u32 {
         XdpContext::ingress_ifindex(self) as u32
     }
@@ -166,7 +166,7 @@ impl Packet for XdpContext {
         self.data_end() - self.data()
     }
 
-        #[inline(always)]
+    #[inline(always)]
     fn load_bytes(&self, offset: u32, dst: *mut u8, len: u32) -> bool {
         // SAFETY: the helper checks the range against the frame; the caller guarantees the
         // room at `dst` (and the verifier checks it).
@@ -330,7 +330,7 @@ impl Packet for TcContext {
         socket_lookup(self.as_ptr(), key)
     }
 
-        #[inline(always)]
+    #[inline(always)]
     fn ingress_ifindex(&self) -> u32 {
         // SAFETY: skb is the program's context.
         unsafe { (*self.skb.skb).ingress_ifindex }
@@ -341,7 +341,7 @@ impl Packet for TcContext {
         self.len() as usize
     }
 
-        #[inline(always)]
+    #[inline(always)]
     fn load_bytes(&self, offset: u32, dst: *mut u8, len: u32) -> bool {
         // SAFETY: as for XDP: the helper checks the frame, the caller the room at `dst`.
         unsafe { bpf_skb_load_bytes(self.skb.skb.cast(), offset, dst.cast(), len) == 0 }

@@ -5,9 +5,7 @@
 //! untranslated (its sender retransmits it). A record holds the IPv4 packet from its IP
 //! header on; an MTU-sized packet takes a small record, a GSO/GRO super-packet a large one.
 
-use gateway_common::{
-    Counter, PUNT_HEADER_LEN, PUNT_LARGE_DATA, PUNT_SMALL_DATA, PuntHeader,
-};
+use gateway_common::{Counter, PUNT_HEADER_LEN, PUNT_LARGE_DATA, PUNT_SMALL_DATA, PuntHeader};
 
 use crate::{maps::PUNT, packet::Packet};
 
@@ -32,7 +30,6 @@ pub fn punt<P: Packet>(packet: &P, reason: u8) -> Counter {
 /// packet does not fit.
 #[inline(always)]
 fn punt_into<P: Packet, const RECORD: usize>(packet: &P, reason: u8, len: usize) -> bool {
-    
     if len == 0 || len > RECORD - PUNT_HEADER_LEN {
         return false;
     }
@@ -49,7 +46,7 @@ fn punt_into<P: Packet, const RECORD: usize>(packet: &P, reason: u8, len: usize)
     // SAFETY: the record is RECORD bytes, at least PUNT_HEADER_LEN; reserved records are
     // 8-aligned, and the header is written unaligned anyway.
     unsafe { base.cast::<PuntHeader>().write_unaligned(header) };
-        // Re-derive the length where it meets the helper, so the verifier sees it within
+    // Re-derive the length where it meets the helper, so the verifier sees it within
     // [1, data area] (both data areas are powers of two). A no-op after the check above.
     let len = ((len - 1) & (RECORD - PUNT_HEADER_LEN - 1)) + 1;
     // SAFETY: `len` bytes fit after the header, checked above.

@@ -101,7 +101,7 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Capacity of the session table (entries; two per connection).
     pub max_sessions: u32,
-        /// Seconds between two sweeps of expired sessions and mappings.
+    /// Seconds between two sweeps of expired sessions and mappings.
     pub sweep_interval: u64,
     pub ftp: Ftp,
 }
@@ -252,7 +252,7 @@ struct RawConfig {
     masquerade: Option<RawMasquerade>,
     #[serde(default)]
     timeouts: Timeouts,
-        #[serde(default)]
+    #[serde(default)]
     sessions: RawSessions,
     ftp: Option<RawFtp>,
 }
@@ -424,7 +424,7 @@ impl Config {
                     entry.protocol
                 )));
             }
-                        if entry.alg.is_some() && entry.protocol != Protocol::Tcp {
+            if entry.alg.is_some() && entry.protocol != Protocol::Tcp {
                 return Err(invalid(format!(
                     "publish #{number}: alg = \"ftp\" needs protocol = \"tcp\""
                 )));
@@ -475,7 +475,7 @@ impl Config {
             )));
         }
 
-                let ftp = parse_ftp(raw.ftp.as_ref(), masquerade.is_some()).map_err(invalid)?;
+        let ftp = parse_ftp(raw.ftp.as_ref(), masquerade.is_some()).map_err(invalid)?;
 
         Ok(Config {
             ftp,
@@ -666,7 +666,7 @@ mod tests {
             config.publish,
             vec![Publish {
                 public: "203.0.113.1:21".parse().unwrap(),
-                                private: "10.0.0.2:21".parse().unwrap(),
+                private: "10.0.0.2:21".parse().unwrap(),
                 protocol: Protocol::Tcp,
                 alg: None,
             }]
@@ -676,7 +676,8 @@ mod tests {
         assert_eq!(config.ftp.expectation_timeout, 60);
     }
 
-    const MASQUERADE: &str = "\n[masquerade]\nnetworks = [\"10.0.0.0/24\"]\naddresses = [\"203.0.113.1\"]\n";
+    const MASQUERADE: &str =
+        "\n[masquerade]\nnetworks = [\"10.0.0.0/24\"]\naddresses = [\"203.0.113.1\"]\n";
 
     #[test]
     fn ftp_alg_settings() {
@@ -689,9 +690,13 @@ mod tests {
         // With a masquerade the ALG watches port 21 unless told otherwise.
         let masq = format!("{GOOD}{MASQUERADE}");
         assert_eq!(parse(&masq).unwrap().ftp.control_ports, vec![21]);
-        let ports = format!("{masq}\n[ftp]\ncontrol_ports = [21, 2121]\nexpectation_timeout = 30\n");
+        let ports =
+            format!("{masq}\n[ftp]\ncontrol_ports = [21, 2121]\nexpectation_timeout = 30\n");
         let ftp = parse(&ports).unwrap().ftp;
-        assert_eq!((ftp.control_ports, ftp.expectation_timeout), (vec![21, 2121], 30));
+        assert_eq!(
+            (ftp.control_ports, ftp.expectation_timeout),
+            (vec![21, 2121], 30)
+        );
         let off = format!("{masq}\n[ftp]\ncontrol_ports = []\n");
         assert!(parse(&off).unwrap().ftp.control_ports.is_empty());
 

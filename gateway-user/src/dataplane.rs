@@ -4,7 +4,7 @@ use std::fmt;
 
 use aya::{
     Ebpf, EbpfLoader, VerifierLogLevel,
-        maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{
         ProgramError, SchedClassifier, TcAttachType, Xdp,
         tc::SchedClassifierLinkId,
@@ -15,7 +15,7 @@ use std::collections::HashSet;
 
 use gateway_common::{
     Counter, Endpoint, ExpectationEntry, ExpectationKey, FlowKey, Ipv4Cidr, NatConfig, PeerKey,
-        REWRITE_DESTINATION, Session, filtering, names, punt_reason,
+    REWRITE_DESTINATION, Session, filtering, names, punt_reason,
 };
 
 use crate::{
@@ -198,7 +198,7 @@ impl Dataplane {
                 } else {
                     (private, public)
                 };
-                                map.insert(key, value, 0).map_err(map_error(map_name))?;
+                map.insert(key, value, 0).map_err(map_error(map_name))?;
             }
         }
         // Control connections of published FTP servers go to the ALG, both directions.
@@ -220,7 +220,7 @@ impl Dataplane {
 
     /// Writes the masquerade rule and the timeouts (no masquerade: `None`, which also turns
     /// off the session table).
-        pub fn configure_nat(
+    pub fn configure_nat(
         &mut self,
         masquerade: Option<&Masquerade>,
         timeouts: &Timeouts,
@@ -250,7 +250,7 @@ impl Dataplane {
             config.address_count = masquerade.addresses.len().min(config.addresses.len()) as u32;
             config.port_min = *masquerade.ports.start();
             config.port_max = *masquerade.ports.end();
-                        config.filtering = match masquerade.filtering {
+            config.filtering = match masquerade.filtering {
                 Filtering::AddressDependent => filtering::ADDRESS_DEPENDENT,
                 Filtering::AddressAndPortDependent => filtering::ADDRESS_AND_PORT_DEPENDENT,
                 Filtering::EndpointIndependent => filtering::ENDPOINT_INDEPENDENT,
@@ -283,7 +283,7 @@ impl Dataplane {
         map.insert(key, entry, 0).map_err(map_error(map_name))
     }
 
-        /// Removes an expectation (its control connection ended); one already used is gone.
+    /// Removes an expectation (its control connection ended); one already used is gone.
     pub fn unexpect(&mut self, key: ExpectationKey) -> Result<(), DataplaneError> {
         let map_name = names::EXPECTATIONS;
         let mut map: HashMap<_, ExpectationKey, ExpectationEntry> =
@@ -295,7 +295,10 @@ impl Dataplane {
     }
 
     /// The live public mapping of a private endpoint, as the fast path would reuse it.
-    pub fn masquerade_mapping(&self, private: Endpoint) -> Result<Option<Endpoint>, DataplaneError> {
+    pub fn masquerade_mapping(
+        &self,
+        private: Endpoint,
+    ) -> Result<Option<Endpoint>, DataplaneError> {
         let by_private: HashMap<_, Endpoint, Endpoint> =
             HashMap::try_from(self.map(names::MASQ_BY_PRIVATE)?)
                 .map_err(map_error(names::MASQ_BY_PRIVATE))?;
@@ -310,7 +313,11 @@ impl Dataplane {
 
     /// Claims a public endpoint for `owner` unless it is taken (`BPF_NOEXIST`, as the fast
     /// path's own allocation does, so the two never hand out one port twice).
-    pub fn claim_public(&mut self, public: Endpoint, owner: Endpoint) -> Result<bool, DataplaneError> {
+    pub fn claim_public(
+        &mut self,
+        public: Endpoint,
+        owner: Endpoint,
+    ) -> Result<bool, DataplaneError> {
         const BPF_NOEXIST: u64 = 1;
         let map_name = names::MASQ_BY_PUBLIC;
         let mut by_public: HashMap<_, Endpoint, Endpoint> =
@@ -327,11 +334,17 @@ impl Dataplane {
     }
 
     /// Records `private`'s mapping to `public` (claimed before) for reuse by later connections.
-    pub fn record_mapping(&mut self, private: Endpoint, public: Endpoint) -> Result<(), DataplaneError> {
+    pub fn record_mapping(
+        &mut self,
+        private: Endpoint,
+        public: Endpoint,
+    ) -> Result<(), DataplaneError> {
         let map_name = names::MASQ_BY_PRIVATE;
         let mut by_private: HashMap<_, Endpoint, Endpoint> =
             HashMap::try_from(self.map_mut(map_name)?).map_err(map_error(map_name))?;
-        by_private.insert(private, public, 0).map_err(map_error(map_name))
+        by_private
+            .insert(private, public, 0)
+            .map_err(map_error(map_name))
     }
 
     /// Takes the punt ring buffer out of the object, for the ALG's reader.
@@ -489,7 +502,7 @@ impl Dataplane {
                 .count();
         }
 
-                let mut in_use = held.clone();
+        let mut in_use = held.clone();
         let mut expired = Vec::new();
         {
             let sessions: HashMap<_, FlowKey, Session> =

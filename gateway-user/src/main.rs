@@ -130,7 +130,7 @@ fn run(
         }
     })?;
     dataplane.publish(&config.publish)?;
-        dataplane.configure_nat(
+    dataplane.configure_nat(
         config.masquerade.as_ref(),
         &config.timeouts,
         config.dataplane.forwarding,
@@ -171,7 +171,7 @@ fn run(
             "masquerade"
         );
     }
-        for publish in &config.publish {
+    for publish in &config.publish {
         let alg = publish.alg.map_or("none", |_| "ftp");
         tracing::info!(public = %publish.public, private = %publish.private, protocol = %publish.protocol, alg, "published");
     }
@@ -184,7 +184,7 @@ fn run(
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-        let interval = std::time::Duration::from_secs(config.sweep_interval);
+    let interval = std::time::Duration::from_secs(config.sweep_interval);
     let mut alg = Alg {
         table: ControlTable::new(AlgSettings::from_config(&config), shell::random_seed()),
         raw,
@@ -278,26 +278,27 @@ async fn serve(
         tokio::select! {
             _ = interrupt.recv() => return Ok(("SIGINT", total)),
             _ = terminate.recv() => return Ok(("SIGTERM", total)),
-                        read = reader.next_batch(&mut batch) => {
+            read = reader.next_batch(&mut batch) => {
                 alg.undecodable += read.context("cannot read the punt ring buffer")? as u64;
                 for (reason, packet) in batch.drain(..) {
                     alg.handle(dataplane, reason, &packet);
                 }
             }
-            _ = ticks.tick() => match {
+                        _ = ticks.tick() => {
                 let now = monotonic_now_ns();
                 alg.table.expire(now, dataplane);
+                // The ALG's mappings and claimed data ports have no fast-path session yet.
                 let held = alg.table.held_endpoints(now);
-                dataplane.sweep(&mut sweeper, now, &held)
-            } {
-                Ok(sweep) => {
-                    if sweep != Sweep::default() {
-                        tracing::debug!(?sweep, "swept expired state");
+                match dataplane.sweep(&mut sweeper, now, &held) {
+                    Ok(sweep) => {
+                        if sweep != Sweep::default() {
+                            tracing::debug!(?sweep, "swept expired state");
+                        }
+                        total += sweep;
                     }
-                    total += sweep;
+                    Err(err) => tracing::warn!(error = %err, "sweep failed"),
                 }
-                Err(err) => tracing::warn!(error = %err, "sweep failed"),
-            },
+            }
         }
     }
 }

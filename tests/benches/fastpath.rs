@@ -65,7 +65,12 @@ fn dataplane() -> Dataplane {
         filtering: Filtering::AddressDependent,
     };
     dataplane
-        .configure_nat(Some(&masquerade), &Timeouts::default(), Forwarding::Kernel, &[])
+        .configure_nat(
+            Some(&masquerade),
+            &Timeouts::default(),
+            Forwarding::Kernel,
+            &[],
+        )
         .expect("configure");
     dataplane
 }

@@ -8,6 +8,7 @@
 
 pub mod capture;
 pub mod frame;
+pub mod ftp;
 pub mod gateway;
 pub mod lab;
 pub mod netns;

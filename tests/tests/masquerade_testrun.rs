@@ -581,13 +581,17 @@ fn the_sweep_removes_expired_sessions_then_unused_mappings() {
     );
     let mut sweeper = Sweeper::default();
     assert_eq!(
-        dataplane.sweep(&mut sweeper, monotonic_now_ns(), &Default::default()).unwrap(),
+        dataplane
+            .sweep(&mut sweeper, monotonic_now_ns(), &Default::default())
+            .unwrap(),
         Sweep::default(),
         "nothing idle yet"
     );
     std::thread::sleep(Duration::from_millis(1200));
     assert_eq!(
-        dataplane.sweep(&mut sweeper, monotonic_now_ns(), &Default::default()).unwrap(),
+        dataplane
+            .sweep(&mut sweeper, monotonic_now_ns(), &Default::default())
+            .unwrap(),
         Sweep {
             sessions: 2,
             peers: 1,
@@ -597,7 +601,9 @@ fn the_sweep_removes_expired_sessions_then_unused_mappings() {
         "both directions' sessions and the filtering entry; the mapping gets one more sweep"
     );
     assert_eq!(
-        dataplane.sweep(&mut sweeper, monotonic_now_ns(), &Default::default()).unwrap(),
+        dataplane
+            .sweep(&mut sweeper, monotonic_now_ns(), &Default::default())
+            .unwrap(),
         Sweep {
             sessions: 0,
             peers: 0,
@@ -807,7 +813,9 @@ mod expectations {
         );
         assert_eq!(counter(&dataplane, Counter::ExpectationExpired), 1);
         let mut sweeper = gateway_user::dataplane::Sweeper::default();
-        let sweep = dataplane.sweep(&mut sweeper, monotonic_now_ns(), &Default::default()).unwrap();
+        let sweep = dataplane
+            .sweep(&mut sweeper, monotonic_now_ns(), &Default::default())
+            .unwrap();
         assert_eq!(sweep.expectations, 1, "the other expired one");
     }
 }

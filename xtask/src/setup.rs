@@ -4,7 +4,8 @@
 //! - LLVM development packages whose major version matches the nightly rustc's LLVM, which
 //!   bpf-linker links against (a mismatch produces objects the linker cannot read);
 //! - bpf-linker itself, built against that LLVM;
-//! - the tools the lab and tests drive: iproute2, ethtool, ping.
+//! - the tools the lab and tests drive: iproute2, ethtool, ping, iperf3, nftables, and the FTP
+//!   servers and clients (vsftpd, lftp, curl from Debian; pyftpdlib from PyPI).
 
 use std::{
     path::PathBuf,
@@ -17,7 +18,19 @@ use anyhow::{Context as _, anyhow, bail};
 /// bpf-linker release known to build against the LLVM of the machine's nightly.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the lab and tests use, besides the LLVM ones.
-const TOOL_PACKAGES: &[&str] = &["iproute2", "ethtool", "iputils-ping", "iperf3", "nftables"];
+const TOOL_PACKAGES: &[&str] = &[
+    "iproute2",
+    "ethtool",
+    "iputils-ping",
+    "iperf3",
+    "nftables",
+    // FTP servers and clients of the ALG tests.
+    "vsftpd",
+    "lftp",
+    "curl",
+];
+/// Python packages from PyPI the tests use, pinned: (import name, pip requirement).
+const PYTHON_PACKAGES: &[(&str, &str)] = &[("pyftpdlib", "pyftpdlib==2.2.0")];
 
 pub fn run() -> anyhow::Result<()> {
     let started = Instant::now();
@@ -38,6 +51,7 @@ pub fn run() -> anyhow::Result<()> {
     if ensure_bpf_linker(llvm)? {
         installed.push(format!("bpf-linker {BPF_LINKER_VERSION} (LLVM {llvm})"));
     }
+    installed.extend(ensure_python_packages()?);
     if installed.is_empty() {
         println!(
             "setup: all present (nightly rust-src, LLVM {llvm}, bpf-linker, {}) in {:.1?}",
@@ -159,6 +173,33 @@ fn ensure_packages(packages: &[String]) -> anyhow::Result<Vec<String>> {
     install.extend(missing.iter().map(|name| name.as_str()));
     apt(&install).with_context(|| format!("cannot install {list}"))?;
     Ok(missing.into_iter().cloned().collect())
+}
+
+/// Installs the pinned PyPI packages the `python3` on PATH cannot import yet.
+fn ensure_python_packages() -> anyhow::Result<Vec<String>> {
+    let mut installed = Vec::new();
+    for (module, requirement) in PYTHON_PACKAGES {
+        let present = Command::new("python3")
+            .args(["-c", &format!("import {module}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("cannot run python3 (the FTP tests need it)")?
+            .success();
+        if present {
+            continue;
+        }
+        println!("setup: installing {requirement} from PyPI");
+        let status = Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", requirement])
+            .status()
+            .context("cannot run pip")?;
+        if !status.success() {
+            bail!("pip install {requirement} failed ({status})");
+        }
+        installed.push((*requirement).to_owned());
+    }
+    Ok(installed)
 }
 
 fn cargo_bin_dir() -> PathBuf {

@@ -59,15 +59,17 @@ pub struct AlgSettings {
 
 impl AlgSettings {
     pub fn from_config(config: &crate::config::Config) -> AlgSettings {
-        let tcp = |publish: &&crate::config::Publish| {
-            publish.protocol == crate::config::Protocol::Tcp
-        };
+        let tcp =
+            |publish: &&crate::config::Publish| publish.protocol == crate::config::Protocol::Tcp;
         let seconds = |s: u64| s.saturating_mul(1_000_000_000);
-        let masquerade = config.masquerade.as_ref().map(|masquerade| MasqueradeSettings {
-            networks: masquerade.networks.clone(),
-            addresses: masquerade.addresses.clone(),
-            ports: masquerade.ports.clone(),
-        });
+        let masquerade = config
+            .masquerade
+            .as_ref()
+            .map(|masquerade| MasqueradeSettings {
+                networks: masquerade.networks.clone(),
+                addresses: masquerade.addresses.clone(),
+                ports: masquerade.ports.clone(),
+            });
         AlgSettings {
             published: config
                 .publish
@@ -145,7 +147,10 @@ impl AlgStats {
             ("alg_drop_no_port", self.drop_no_port),
             ("alg_drop_stream_error", self.drop_stream_error),
             ("alg_drop_ttl", self.drop_ttl),
-            ("alg_expectation_install_failed", self.expectation_install_failed),
+            (
+                "alg_expectation_install_failed",
+                self.expectation_install_failed,
+            ),
         ]
     }
 }
@@ -397,10 +402,8 @@ impl ControlTable {
             held,
             expectations: Vec::new(),
         };
-        self.flows.insert(
-            key(client, server_seen),
-            (id, Direction::ClientToServer),
-        );
+        self.flows
+            .insert(key(client, server_seen), (id, Direction::ClientToServer));
         self.flows
             .insert(key(server, client_seen), (id, Direction::ServerToClient));
         self.connections.insert(id, connection);
@@ -507,9 +510,11 @@ impl ControlTable {
             }
         };
         let claimed = std::mem::take(&mut ports.claimed);
-        connection
-            .held
-            .extend(claimed.into_iter().map(|public| (public, expectation_until)));
+        connection.held.extend(
+            claimed
+                .into_iter()
+                .map(|public| (public, expectation_until)),
+        );
 
         let mut outgoing = Vec::new();
         for action in actions {
@@ -635,7 +640,7 @@ fn emit(
         packet.seq = seq;
         packet.id = template.id.wrapping_add(index as u16);
         if index != last {
-                        packet.flags &= !(flags::FIN | TCP_PSH);
+            packet.flags &= !(flags::FIN | TCP_PSH);
         }
         packet.payload = chunk.to_vec();
         seq = seq.wrapping_add(chunk.len() as u32);

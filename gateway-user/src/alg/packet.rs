@@ -101,7 +101,12 @@ impl TcpPacket {
         }
         let word = |at: usize| u16::from_be_bytes([segment[at], segment[at + 1]]);
         let long = |at: usize| {
-            u32::from_be_bytes([segment[at], segment[at + 1], segment[at + 2], segment[at + 3]])
+            u32::from_be_bytes([
+                segment[at],
+                segment[at + 1],
+                segment[at + 2],
+                segment[at + 3],
+            ])
         };
         let packet = TcpPacket {
             src,
@@ -265,7 +270,14 @@ mod tests {
     use super::*;
 
     fn sample() -> TcpPacket {
-        let mut options = vec![TCP_OPTION_MSS, 4, 0x05, 0xb4, TCP_OPTION_NOP, TCP_OPTION_NOP];
+        let mut options = vec![
+            TCP_OPTION_MSS,
+            4,
+            0x05,
+            0xb4,
+            TCP_OPTION_NOP,
+            TCP_OPTION_NOP,
+        ];
         options.extend_from_slice(&[TCP_OPTION_SACK, 18]);
         for edge in [100u32, 200, 300, 400] {
             options.extend_from_slice(&edge.to_be_bytes());

@@ -8,7 +8,7 @@
 
 use std::{
     io,
-        net::SocketAddrV4,
+    net::SocketAddrV4,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
@@ -49,15 +49,14 @@ pub struct PuntReader {
 
 impl PuntReader {
     pub fn new(ring: RingBuf<MapData>) -> io::Result<PuntReader> {
-                // SAFETY: the ring buffer owns its map's descriptor, which stays open and the same
+        // SAFETY: the ring buffer owns its map's descriptor, which stays open and the same
         // for as long as the AsyncFd owns the ring.
-        let ring =
-            unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-                .map_err(|err| err.into_parts().1)?;
+        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|err| err.into_parts().1)?;
         Ok(PuntReader { ring })
     }
 
-        /// Waits for records, then takes every one the ring holds (reason, packet), in order.
+    /// Waits for records, then takes every one the ring holds (reason, packet), in order.
     /// Records that do not decode are counted in the second value and skipped.
     pub async fn next_batch(&mut self, batch: &mut Vec<(u8, Vec<u8>)>) -> io::Result<usize> {
         let mut guard = self.ring.readable_mut().await?;
@@ -171,8 +170,6 @@ pub fn random_seed() -> u64 {
     }
 }
 
-
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,10 +182,7 @@ mod tests {
         record[8] = 2;
         record[PUNT_HEADER_LEN..].copy_from_slice(&[0x45, 1, 2, 3]);
         let punted = decode(&record).unwrap();
-        assert_eq!(
-            (punted.header.ifindex, punted.header.reason),
-            (7, 2)
-        );
+        assert_eq!((punted.header.ifindex, punted.header.reason), (7, 2));
         assert_eq!(punted.packet, &[0x45, 1, 2]);
         record[4..8].copy_from_slice(&9u32.to_ne_bytes());
         assert!(decode(&record).is_none());

@@ -42,10 +42,7 @@ impl AlgMaps for FakeMaps {
 
 fn settings() -> AlgSettings {
     AlgSettings {
-        published: HashMap::from([(
-            SocketAddrV4::new(PUBLIC, 21),
-            SocketAddrV4::new(SERVER, 21),
-        )]),
+        published: HashMap::from([(SocketAddrV4::new(PUBLIC, 21), SocketAddrV4::new(SERVER, 21))]),
         reserved: HashSet::from([SocketAddrV4::new(PUBLIC, 21)]),
         masquerade: Some(MasqueradeSettings {
             networks: vec!["10.0.0.0/24".parse().unwrap()],
@@ -111,7 +108,15 @@ fn published_handshake(table: &mut ControlTable, maps: &mut FakeMaps) {
     assert_eq!(out[0].dst, SERVER);
     let out = table.on_packet(
         punt_reason::PUBLISHED_FROM_SERVER,
-        &segment((SERVER, 21), client, 500, 101, SYN_ACK, b"", MSS_1460.to_vec()),
+        &segment(
+            (SERVER, 21),
+            client,
+            500,
+            101,
+            SYN_ACK,
+            b"",
+            MSS_1460.to_vec(),
+        ),
         0,
         maps,
     );
@@ -136,7 +141,15 @@ fn passive_reply_of_a_published_server_is_rewritten_after_its_expectation() {
     let reply = b"227 Entering Passive Mode (10,0,0,2,195,80).\r\n";
     let out = table.on_packet(
         punt_reason::PUBLISHED_FROM_SERVER,
-        &segment((SERVER, 21), (CLIENT, 40000), 501, 101, PSH_ACK, reply, vec![]),
+        &segment(
+            (SERVER, 21),
+            (CLIENT, 40000),
+            501,
+            101,
+            PSH_ACK,
+            reply,
+            vec![],
+        ),
         SECOND,
         &mut maps,
     );
@@ -162,7 +175,15 @@ fn passive_reply_of_a_published_server_is_rewritten_after_its_expectation() {
     // The line grew by 3 bytes (46 to 49): the client's ACK of it is mapped back for the server.
     let out = table.on_packet(
         punt_reason::PUBLISHED_FROM_CLIENT,
-        &segment((CLIENT, 40000), (PUBLIC, 21), 101, 501 + 49, ACK, b"", vec![]),
+        &segment(
+            (CLIENT, 40000),
+            (PUBLIC, 21),
+            101,
+            501 + 49,
+            ACK,
+            b"",
+            vec![],
+        ),
         SECOND,
         &mut maps,
     );
@@ -230,7 +251,15 @@ fn masqueraded_client_gets_a_mapping_and_its_port_command_an_expectation() {
     // The server's reply arrives at the public mapping.
     let out = table.on_packet(
         punt_reason::MASQUERADE_FROM_SERVER,
-        &segment(server, (PUBLIC, 41000), 9, 2, SYN_ACK, b"", MSS_1460.to_vec()),
+        &segment(
+            server,
+            (PUBLIC, 41000),
+            9,
+            2,
+            SYN_ACK,
+            b"",
+            MSS_1460.to_vec(),
+        ),
         0,
         &mut maps,
     );
@@ -238,7 +267,15 @@ fn masqueraded_client_gets_a_mapping_and_its_port_command_an_expectation() {
     assert_eq!((syn_ack.dst, syn_ack.dst_port), (inside.0, 41000));
     let out = table.on_packet(
         punt_reason::MASQUERADE_FROM_CLIENT,
-        &segment(inside, server, 2, 10, PSH_ACK, b"PORT 10,0,0,5,160,1\r\n", vec![]),
+        &segment(
+            inside,
+            server,
+            2,
+            10,
+            PSH_ACK,
+            b"PORT 10,0,0,5,160,1\r\n",
+            vec![],
+        ),
         0,
         &mut maps,
     );
@@ -260,7 +297,15 @@ fn segments_of_unknown_connections_are_dropped() {
     let mut maps = FakeMaps::default();
     let out = table.on_packet(
         punt_reason::PUBLISHED_FROM_CLIENT,
-        &segment((CLIENT, 40000), (PUBLIC, 21), 101, 501, PSH_ACK, b"PASV\r\n", vec![]),
+        &segment(
+            (CLIENT, 40000),
+            (PUBLIC, 21),
+            101,
+            501,
+            PSH_ACK,
+            b"PASV\r\n",
+            vec![],
+        ),
         0,
         &mut maps,
     );
@@ -296,7 +341,15 @@ fn a_super_packet_leaves_cut_to_the_receivers_mss() {
     }
     let out = table.on_packet(
         punt_reason::PUBLISHED_FROM_CLIENT,
-        &segment((CLIENT, 40000), (PUBLIC, 21), 101, 501, PSH_ACK, &payload, vec![]),
+        &segment(
+            (CLIENT, 40000),
+            (PUBLIC, 21),
+            101,
+            501,
+            PSH_ACK,
+            &payload,
+            vec![],
+        ),
         0,
         &mut maps,
     );
@@ -335,13 +388,29 @@ fn a_closed_connection_goes_with_its_unused_expectations() {
     assert_eq!(maps.expectations.len(), 1);
     table.on_packet(
         punt_reason::PUBLISHED_FROM_CLIENT,
-        &segment((CLIENT, 40000), (PUBLIC, 21), 101, 550, flags::FIN | ACK, b"", vec![]),
+        &segment(
+            (CLIENT, 40000),
+            (PUBLIC, 21),
+            101,
+            550,
+            flags::FIN | ACK,
+            b"",
+            vec![],
+        ),
         SECOND,
         &mut maps,
     );
     table.on_packet(
         punt_reason::PUBLISHED_FROM_SERVER,
-        &segment((SERVER, 21), (CLIENT, 40000), 546, 102, flags::FIN | ACK, b"", vec![]),
+        &segment(
+            (SERVER, 21),
+            (CLIENT, 40000),
+            546,
+            102,
+            flags::FIN | ACK,
+            b"",
+            vec![],
+        ),
         SECOND,
         &mut maps,
     );
