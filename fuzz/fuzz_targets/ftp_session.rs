@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
     let mut session = Session::new(endpoints, 256);
     let mut ports = Ports(0);
     // Start both directions so segments are accepted.
-    let syn = |seq| TcpSegment { seq, ack: 0, flags: flags::SYN, window: 1000, sack: Vec::new(), payload: Vec::new() };
+    let syn = |seq| TcpSegment { seq, ack: 0, flags: flags::SYN, window: 1000, window_scale: None, sack: Vec::new(), payload: Vec::new() };
     let _ = session.on_segment(Direction::ClientToServer, syn(1000), &mut ports);
     let _ = session.on_segment(Direction::ServerToClient, syn(u32::MAX - 40), &mut ports);
     // Each record: direction+flags byte, seq offset (2), ack offset (2), length (1), payload.
@@ -49,7 +49,7 @@ fuzz_target!(|data: &[u8]| {
         let seq = base.wrapping_add(u16::from_be_bytes([head[1], head[2]]) as u32);
         let ack = other.wrapping_add(u16::from_be_bytes([head[3], head[4]]) as u32);
         let sack = if head[0] & 0x20 != 0 { vec![(ack.wrapping_sub(10), ack.wrapping_add(30))] } else { Vec::new() };
-        let segment = TcpSegment { seq, ack, flags: (head[0] & 0x1f) | flags::ACK, window: 1000, sack, payload };
+        let segment = TcpSegment { seq, ack, flags: (head[0] & 0x1f) | flags::ACK, window: 1000, window_scale: None, sack, payload };
         let _ = session.on_segment(direction, segment, &mut ports);
     }
 });

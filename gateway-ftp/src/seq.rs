@@ -105,6 +105,13 @@ impl SeqMap {
         self.folded_shift + self.edits.iter().map(Edit::delta).sum::<i64>()
     }
 
+    /// How many bytes longer the receiver's stream is than the sender's past the last
+    /// acknowledged edit: what the receiver's window must be reduced by for the sender, so
+    /// that rewrites still in flight cannot push data past the receiver's right edge.
+    pub fn unacknowledged_growth(&self) -> u64 {
+        self.edits.iter().map(Edit::delta).sum::<i64>().max(0) as u64
+    }
+
     /// Records that original bytes `[at, at + old_len)` are sent as `new_len` bytes.
     pub fn record(&mut self, at: u64, old_len: u64, new_len: u64) -> Result<(), SeqError> {
         if old_len == new_len {

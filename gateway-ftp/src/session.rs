@@ -49,6 +49,8 @@ pub struct TcpSegment {
     pub ack: u32,
     pub flags: u8,
     pub window: u16,
+    /// The window-scale option's shift, in a SYN that has one.
+    pub window_scale: Option<u8>,
     /// SACK blocks, as (left, right) edges.
     pub sack: Vec<(u32, u32)>,
     pub payload: Vec<u8>,
@@ -119,6 +121,8 @@ pub struct Session {
     max_line: usize,
     client_to_server: Option<StreamRewriter>,
     server_to_client: Option<StreamRewriter>,
+    /// Window-scale shifts announced in each side's SYN (client's, server's).
+    window_scales: [Option<u8>; 2],
 }
 
 impl Session {
@@ -128,6 +132,7 @@ impl Session {
             max_line,
             client_to_server: None,
             server_to_client: None,
+            window_scales: [None; 2],
         }
     }
 
@@ -139,6 +144,7 @@ impl Session {
     ) -> Result<Vec<Action>, SessionError> {
         let mut actions = Vec::new();
         if segment.flags & flags::SYN != 0 {
+            self.window_scales[side(direction)] = segment.window_scale;
             let (stream, candidate) = match direction {
                 Direction::ClientToServer => (
                     &mut self.client_to_server,
@@ -164,9 +170,10 @@ impl Session {
             return Ok(actions);
         }
 
-        // The ACK and SACK blocks speak of the other direction's stream.
+        // The ACK, the window and SACK blocks speak of the other direction's stream.
         if segment.flags & flags::ACK != 0 {
             segment.ack = self.ack_for(direction, segment.ack);
+            segment.window = self.window_for(direction, segment.window);
             let other = self.stream(opposite(direction));
             if let Some(other) = other {
                 segment.sack = segment
@@ -265,6 +272,25 @@ impl Session {
         }
     }
 
+    /// The window a segment in `direction` advertises, as the other side must see it: less
+    /// the growth of rewrites in flight towards this side, so the other side never sends
+    /// past this side's real right edge.
+    fn window_for(&self, direction: Direction, window: u16) -> u16 {
+        let growth = self
+            .stream(opposite(direction))
+            .map_or(0, |stream| stream.seq_map().unacknowledged_growth());
+        if growth == 0 {
+            return window;
+        }
+        // Windows are scaled only when both SYNs carried the option (RFC 7323 2.2).
+        let shift = match self.window_scales {
+            [Some(_), Some(_)] => self.window_scales[side(direction)].unwrap_or(0).min(14),
+            _ => 0,
+        };
+        let units = growth.div_ceil(1u64 << shift);
+        window.saturating_sub(units.min(u64::from(u16::MAX)) as u16)
+    }
+
     /// An ACK carried by a segment in `direction` acknowledges the opposite stream.
     fn ack_for(&mut self, direction: Direction, ack: u32) -> u32 {
         let other = match opposite(direction) {
@@ -272,6 +298,13 @@ impl Session {
             Direction::ServerToClient => self.server_to_client.as_mut(),
         };
         other.map_or(ack, |stream| stream.on_ack(ack))
+    }
+}
+
+fn side(direction: Direction) -> usize {
+    match direction {
+        Direction::ClientToServer => 0,
+        Direction::ServerToClient => 1,
     }
 }
 
@@ -454,6 +487,7 @@ mod tests {
             ack,
             flags,
             window: 65535,
+            window_scale: None,
             sack: Vec::new(),
             payload: payload.as_bytes().to_vec(),
         }
@@ -545,6 +579,45 @@ mod tests {
             emitted(&actions)[0].seq,
             S_ISN + 1 + reply.len() as u32 + delta
         );
+    }
+
+    #[test]
+    fn windows_shrink_by_the_growth_in_flight_in_scaled_units() {
+        let mut session = published();
+        let mut ports = Ports(40000);
+        let mut syn = seg(C_ISN, 0, flags::SYN, "");
+        syn.window_scale = Some(7);
+        session
+            .on_segment(Direction::ClientToServer, syn, &mut ports)
+            .unwrap();
+        let mut syn_ack = seg(S_ISN, C_ISN + 1, flags::SYN | flags::ACK, "");
+        syn_ack.window_scale = Some(7);
+        session
+            .on_segment(Direction::ServerToClient, syn_ack, &mut ports)
+            .unwrap();
+        let reply = "227 Entering Passive Mode (10,0,0,2,195,80).\r\n";
+        session
+            .on_segment(
+                Direction::ServerToClient,
+                seg(S_ISN + 1, C_ISN + 1, flags::ACK, reply),
+                &mut ports,
+            )
+            .unwrap();
+        // The client has not acknowledged the 3 bytes of growth yet: its window, as the
+        // server sees it, is one 128-byte unit smaller.
+        let window_of = |actions: Vec<Action>| emitted(&actions)[0].window;
+        let mut ack = seg(C_ISN + 1, S_ISN + 1, flags::ACK, "");
+        ack.window = 500;
+        let actions = session
+            .on_segment(Direction::ClientToServer, ack.clone(), &mut ports)
+            .unwrap();
+        assert_eq!(window_of(actions), 499);
+        // Once the client acknowledges the rewritten line, nothing is in flight.
+        ack.ack = S_ISN + 1 + reply.len() as u32 + 3;
+        let actions = session
+            .on_segment(Direction::ClientToServer, ack, &mut ports)
+            .unwrap();
+        assert_eq!(window_of(actions), 500);
     }
 
     #[test]

@@ -485,6 +485,7 @@ impl ControlTable {
             ack: packet.ack,
             flags: packet.flags,
             window: packet.window,
+            window_scale: packet.window_scale(),
             sack: packet.sack(),
             payload: packet.payload.clone(),
         };

@@ -15,6 +15,7 @@ const IP_FRAGMENT_OFFSET: u16 = 0x1fff;
 const TCP_OPTION_END: u8 = 0;
 const TCP_OPTION_NOP: u8 = 1;
 const TCP_OPTION_MSS: u8 = 2;
+const TCP_OPTION_WINDOW_SCALE: u8 = 3;
 const TCP_OPTION_SACK: u8 = 5;
 /// The MSS a TCP sender may assume when the receiver's SYN named none (RFC 9293 3.7.1).
 pub const DEFAULT_MSS: u16 = 536;
@@ -136,6 +137,14 @@ impl TcpPacket {
             .flatten()
             .find(|(kind, data)| *kind == TCP_OPTION_MSS && data.len() == 2)
             .map(|(_, data)| u16::from_be_bytes([data[0], data[1]]))
+    }
+
+    /// The window-scale option's shift, if the segment has one.
+    pub fn window_scale(&self) -> Option<u8> {
+        options(&self.options)
+            .flatten()
+            .find(|(kind, data)| *kind == TCP_OPTION_WINDOW_SCALE && data.len() == 1)
+            .map(|(_, data)| data[0])
     }
 
     /// The SACK blocks, as (left, right) edges.
