@@ -1,0 +1,184 @@
+//! The punt path under BPF_PROG_TEST_RUN: which packets go to the agent (published FTP
+//! control endpoints, masqueraded connections to `[ftp] control_ports`), that they are never
+//! forwarded, that the ring record is the packet itself, and that a full ring fails closed.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+mod common;
+
+use aya::programs::{TestRun, TestRunOptions};
+use common::{Hook, TC_ACT_SHOT, XDP_DROP, run};
+use gateway_common::{Counter, punt_reason};
+use gateway_tests::{check_environment, frame::FrameSpec};
+use gateway_user::{
+    alg::shell::decode,
+    config::{Alg, Filtering, Forwarding, Ipv4Net, Masquerade, Protocol, Publish, Timeouts},
+    dataplane::Dataplane,
+};
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const INSIDE_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
+const OUTSIDE_SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+const ETH_LEN: usize = 14;
+
+fn dataplane() -> Dataplane {
+    check_environment().expect("environment");
+    let mut dataplane = Dataplane::load(false, 4096).expect("load");
+    dataplane
+        .publish(&[Publish {
+            public: SocketAddrV4::new(PUBLIC, 21),
+            private: SocketAddrV4::new(SERVER, 21),
+            protocol: Protocol::Tcp,
+            alg: Some(Alg::Ftp),
+        }])
+        .expect("publish");
+    let masquerade = Masquerade {
+        networks: vec!["10.0.0.0/24".parse::<Ipv4Net>().unwrap()],
+        addresses: vec![PUBLIC],
+        ports: 1024..=65535,
+        filtering: Filtering::AddressDependent,
+    };
+    dataplane
+        .configure_nat(
+            Some(&masquerade),
+            &Timeouts::default(),
+            Forwarding::Kernel,
+            &[21],
+        )
+        .expect("configure");
+    dataplane
+}
+
+fn dropped(hook: Hook) -> u32 {
+    match hook {
+        Hook::Xdp => XDP_DROP,
+        Hook::Tc => TC_ACT_SHOT,
+    }
+}
+
+fn counter(dataplane: &Dataplane, wanted: Counter) -> u64 {
+    dataplane
+        .counters()
+        .unwrap()
+        .into_iter()
+        .find(|(counter, _)| *counter == wanted)
+        .map_or(0, |(_, value)| value)
+}
+
+#[test]
+fn control_packets_go_to_the_ring_whole_and_no_further() {
+    let mut dataplane = dataplane();
+    let mut ring = dataplane.take_punt_ring().expect("ring");
+    let cases = [
+        (
+            FrameSpec::tcp(
+                SocketAddrV4::new(CLIENT, 40000),
+                SocketAddrV4::new(PUBLIC, 21),
+            ),
+            punt_reason::PUBLISHED_FROM_CLIENT,
+        ),
+        (
+            FrameSpec::tcp(
+                SocketAddrV4::new(SERVER, 21),
+                SocketAddrV4::new(CLIENT, 40000),
+            ),
+            punt_reason::PUBLISHED_FROM_SERVER,
+        ),
+        (
+            FrameSpec::tcp(
+                SocketAddrV4::new(INSIDE_CLIENT, 41000),
+                SocketAddrV4::new(OUTSIDE_SERVER, 21),
+            ),
+            punt_reason::MASQUERADE_FROM_CLIENT,
+        ),
+        (
+            FrameSpec::tcp(
+                SocketAddrV4::new(OUTSIDE_SERVER, 21),
+                SocketAddrV4::new(PUBLIC, 41000),
+            ),
+            punt_reason::MASQUERADE_FROM_SERVER,
+        ),
+    ];
+    let mut punted = 0;
+    for hook in [Hook::Xdp, Hook::Tc] {
+        for (spec, reason) in &cases {
+            let frame = spec.build();
+            let (verdict, out) = run(&mut dataplane, hook, &frame);
+            assert_eq!(
+                verdict,
+                dropped(hook),
+                "{hook:?} reason {reason}: not forwarded"
+            );
+            assert_eq!(out, frame, "{hook:?} reason {reason}: not modified");
+            punted += 1;
+            let record = ring.next().expect("a record per punted packet");
+            let record = decode(&record).expect("record decodes");
+            assert_eq!(record.header.reason, *reason);
+            assert_eq!(
+                record.packet,
+                &frame[ETH_LEN..],
+                "the packet, from its IPv4 header"
+            );
+        }
+    }
+    assert!(ring.next().is_none());
+    assert_eq!(counter(&dataplane, Counter::Punted), punted);
+    assert_eq!(counter(&dataplane, Counter::DropPuntFailed), 0);
+
+    // Neither UDP to the control port, nor TCP to other ports, nor published endpoints
+    // without `alg` are punted.
+    for spec in [
+        FrameSpec::udp(
+            SocketAddrV4::new(CLIENT, 40000),
+            SocketAddrV4::new(PUBLIC, 21),
+        ),
+        FrameSpec::tcp(
+            SocketAddrV4::new(INSIDE_CLIENT, 41001),
+            SocketAddrV4::new(OUTSIDE_SERVER, 80),
+        ),
+    ] {
+        let (verdict, _) = run(&mut dataplane, Hook::Tc, &spec.build());
+        assert_ne!(verdict, TC_ACT_SHOT);
+    }
+    assert!(ring.next().is_none());
+    assert_eq!(counter(&dataplane, Counter::Punted), punted);
+}
+
+#[test]
+fn a_full_ring_drops_and_counts_instead_of_forwarding() {
+    let mut dataplane = dataplane();
+    // Nobody reads the ring: it fills, and every packet after that is dropped and counted.
+    let frame = FrameSpec::tcp(
+        SocketAddrV4::new(CLIENT, 40000),
+        SocketAddrV4::new(PUBLIC, 21),
+    )
+    .build();
+    let runs = 3000;
+    let result = dataplane
+        .tc()
+        .unwrap()
+        .test_run(TestRunOptions {
+            data_in: Some(&frame),
+            repeat: runs,
+            ..Default::default()
+        })
+        .expect("test run");
+    assert_eq!(result.return_value, TC_ACT_SHOT);
+    let punted = counter(&dataplane, Counter::Punted);
+    let failed = counter(&dataplane, Counter::DropPuntFailed);
+    assert_eq!(punted + failed, u64::from(runs));
+    assert!(punted > 1000, "{punted} punted before the ring filled");
+    assert!(failed > 0, "the ring never filled");
+    // Draining it makes room again.
+    let mut ring = dataplane.take_punt_ring().expect("ring");
+    let mut drained = 0;
+    while ring.next().is_some() {
+        drained += 1;
+    }
+    assert_eq!(drained, punted);
+    let (verdict, _) = run(&mut dataplane, Hook::Tc, &frame);
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(counter(&dataplane, Counter::Punted), punted + 1);
+}
