@@ -92,6 +92,17 @@ pub fn summarize(frame: &[u8]) -> Option<Ipv4Summary> {
     })
 }
 
+/// The transport payload of an IPv4 TCP or UDP frame.
+pub fn payload(frame: &[u8]) -> Option<&[u8]> {
+    let (ip, segment) = split(frame)?;
+    let header_len = match ip[9] {
+        IPPROTO_TCP if segment.len() >= 20 => ((segment[12] >> 4) as usize) * 4,
+        IPPROTO_UDP if segment.len() >= 8 => 8,
+        _ => return None,
+    };
+    segment.get(header_len..)
+}
+
 /// Why a frame's checksums are wrong, or `None` when they are all right (or it is not an
 /// IPv4 TCP/UDP frame).
 pub fn checksum_error(frame: &[u8]) -> Option<String> {

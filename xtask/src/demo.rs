@@ -1,16 +1,19 @@
 //! `cargo xtask demo`: a newcomer's first look. Builds the lab, shows that the public address
 //! leads nowhere without the gateway, starts the gateway, moves real data through a published
-//! server, and shows each packet's addresses as the client and as the server saw them.
+//! server, and shows each packet's addresses as the client and as the server saw them; then
+//! an FTP download in passive mode through a published vsftpd, with the 227 reply as the
+//! server sent it and as the client received it.
 
 use std::{net::SocketAddrV4, time::Duration};
 
 use anyhow::{Context as _, bail};
 use gateway_tests::{
     capture::{Capture, Frame},
+    ftp::{self, Client, Direction, FtpServer, Mode, ServerKind},
     gateway::GatewayProcess,
     lab::{self, DEFAULT_PREFIX, HOST_IF, Lab, LabOptions},
-    packet::{audit_checksums, summarize},
-    transfer::{hex, tcp_connects, tcp_transfer},
+    packet::{audit_checksums, payload, summarize},
+    transfer::{hex, pattern, tcp_connects, tcp_transfer},
 };
 
 const PUBLIC_PORT: u16 = 80;
@@ -46,7 +49,12 @@ pub fn run() -> anyhow::Result<()> {
     let public = SocketAddrV4::new(lab::PUBLIC, PUBLIC_PORT);
     let private = SocketAddrV4::new(lab::SERVER, PRIVATE_PORT);
     let config_path = std::env::temp_dir().join("gateway-demo.toml");
-    let config = lab::gateway_config("auto", &[(public, private, "tcp")]);
+    let mut config = lab::gateway_config("auto", &[(public, private, "tcp")]);
+    config.push_str(&format!(
+        "\n# An FTP server, through the ALG\n[[publish]]\npublic = \"{}:21\"\nprivate = \"{}:21\"\nprotocol = \"tcp\"\nalg = \"ftp\"\n",
+        lab::PUBLIC,
+        lab::SERVER
+    ));
     std::fs::write(&config_path, &config).context("write the demo config")?;
     let result = demo(
         &lab,
@@ -171,7 +179,9 @@ fn demo(
         client_audit.bad_count + server_audit.bad_count
     );
 
-    println!("\n== 4. Stop the gateway ==");
+    ftp_demo(lab, &gateway)?;
+
+    println!("\n== 5. Stop the gateway ==");
     let before = gateway.output().lines().count();
     let status = gateway.stop()?;
     print_indented(
@@ -194,6 +204,72 @@ fn demo(
             "no connection, as before"
         }
     );
+    Ok(())
+}
+
+/// The classic case: an outside client, passive mode, a published inside FTP server.
+fn ftp_demo(lab: &Lab, gateway: &GatewayProcess) -> anyhow::Result<()> {
+    let ftp_public = SocketAddrV4::new(lab::PUBLIC, 21);
+    println!(
+        "\n== 4. FTP: passive-mode download from vsftpd at {}:21, published at {ftp_public} ==",
+        lab::SERVER
+    );
+    let server = FtpServer::start(ServerKind::Vsftpd, &lab.inside, lab::SERVER)?;
+    let content = pattern(21, 1 << 20);
+    server.put("hello.bin", &content)?;
+    let local = std::env::temp_dir().join("gateway-demo-ftp.bin");
+    let client_capture = Capture::start(&lab.outside, HOST_IF)?;
+    let server_capture = Capture::start(&lab.inside, HOST_IF)?;
+    let result = ftp::transfer(
+        Client::Curl,
+        Mode::Pasv,
+        Direction::Download,
+        &lab.outside,
+        lab::CLIENT,
+        ftp_public,
+        "hello.bin",
+        &local,
+    );
+    let client_frames = client_capture.finish()?;
+    let server_frames = server_capture.finish()?;
+    result.with_context(|| format!("FTP download failed; gateway log:\n{}", gateway.output()))?;
+    let received = ftp::sha256_file(&local)?;
+    let _ = std::fs::remove_file(&local);
+    println!(
+        "curl --disable-epsv ftp://{ftp_public}/hello.bin: {} bytes",
+        content.len()
+    );
+    let reply_227 = |frames: &[Frame]| {
+        frames.iter().find_map(|frame| {
+            let text = String::from_utf8_lossy(payload(&frame.bytes)?).into_owned();
+            text.lines()
+                .find(|line| line.starts_with("227"))
+                .map(str::to_owned)
+        })
+    };
+    println!(
+        "the server sent:     {}",
+        reply_227(&server_frames).unwrap_or_else(|| "(no 227 captured)".into())
+    );
+    println!(
+        "the client received: {}",
+        reply_227(&client_frames).unwrap_or_else(|| "(no 227 captured)".into())
+    );
+    for line in gateway
+        .output()
+        .lines()
+        .filter(|line| line.contains("ftp control session started"))
+    {
+        println!("  | {line}");
+    }
+    println!(
+        "sha256 served {} / received {}",
+        &hex(&ftp::sha256(&content))[..16],
+        &hex(&received)[..16]
+    );
+    if received != ftp::sha256(&content) {
+        bail!("the FTP download changed on the way");
+    }
     Ok(())
 }
 
