@@ -679,6 +679,15 @@ mod tests {
     const MASQUERADE: &str =
         "\n[masquerade]\nnetworks = [\"10.0.0.0/24\"]\naddresses = [\"203.0.113.1\"]\n";
 
+        #[test]
+    fn the_repositorys_example_config_parses() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../gateway.toml"));
+        let config = Config::load(path).unwrap();
+        assert_eq!(config.publish.len(), 2);
+        assert_eq!(config.publish[1].alg, Some(Alg::Ftp));
+        assert_eq!(config.ftp.control_ports, vec![21]);
+    }
+
     #[test]
     fn ftp_alg_settings() {
         let with_alg = GOOD.replace("protocol = \"tcp\"", "protocol = \"tcp\"\nalg = \"ftp\"");
