@@ -679,7 +679,7 @@ mod tests {
     const MASQUERADE: &str =
         "\n[masquerade]\nnetworks = [\"10.0.0.0/24\"]\naddresses = [\"203.0.113.1\"]\n";
 
-        #[test]
+    #[test]
     fn the_repositorys_example_config_parses() {
         let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../gateway.toml"));
         let config = Config::load(path).unwrap();
