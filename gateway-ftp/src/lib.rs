@@ -15,7 +15,9 @@
 
 pub mod line;
 pub mod parse;
+pub mod policy;
 pub mod rewrite;
 pub mod seq;
 pub mod session;
+pub mod state;
 pub mod stream;

@@ -14,12 +14,17 @@
 //! announcement whose address is not the announcing side's own, or whose port is below 1024,
 //! gets no expectation and is reported.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    sync::Arc,
+};
 
 use crate::{
     line::Line,
     parse::{self, ExtendedAddress},
+    policy::{Check, Policy, TlsPolicy, ViolationAction},
     rewrite,
+    state::ProtocolState,
     stream::{
         LineAction, StreamError, StreamRewriter, active_command_candidate, passive_reply_candidate,
     },
@@ -39,6 +44,7 @@ pub mod flags {
     pub const FIN: u8 = 0x01;
     pub const SYN: u8 = 0x02;
     pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
     pub const ACK: u8 = 0x10;
 }
 
@@ -94,18 +100,32 @@ pub enum Action {
         direction: Direction,
         segment: TcpSegment,
     },
-    /// A line the session would not act on, and why; it was passed on unchanged.
+    /// A line that broke a rule, and what was done about it: `None` without a policy (the
+    /// line passed unchanged, reported only).
     Violation {
         direction: Direction,
+        check: Check,
         reason: String,
         line: Vec<u8>,
+        /// The user name given on the session so far, for the log.
+        user: Option<String>,
+        action: Option<ViolationAction>,
     },
+    /// The session is over (a violation under `reset`): the shell removes its expectations;
+    /// the RSTs to both sides are the `Emit`s just before.
+    Terminate,
 }
 
 /// Chooses the public port on `public` for the announced data endpoint `private` (the shell
 /// knows which are free, and claims the one it returns), preferably `private`'s own port.
 pub trait PortAllocator {
     fn allocate(&mut self, public: Ipv4Addr, private: SocketAddrV4) -> Option<u16>;
+
+    /// Whether the session may announce one more data connection now (its pending
+    /// expectations are under the policy's limit).
+    fn may_expect(&mut self) -> bool {
+        true
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,9 +143,40 @@ pub struct Session {
     server_to_client: Option<StreamRewriter>,
     /// Window-scale shifts announced in each side's SYN (client's, server's).
     window_scales: [Option<u8>; 2],
+    /// With a policy every line is held until complete and checked before it passes, and the
+    /// protocol state is followed; without one only announcements are acted on.
+    policy: Option<Arc<Policy>>,
+    state: ProtocolState,
+    /// The server's last advertised window, for replies the gateway sends in its name.
+    server_window: u16,
+    /// Ended by a reset: every further segment is dropped.
+    terminated: bool,
+}
+
+/// What a line's checks decided.
+enum Verdict {
+    Pass,
+    Rewrite {
+        new_line: Vec<u8>,
+        expectation: Expectation,
+    },
+    Outbound(OutboundExpectation),
+    Violation(Check, String),
+}
+
+/// What happened to the lines of one segment, collected while the stream runs the checks.
+#[derive(Default)]
+struct Outcome {
+    announced: Vec<Expectation>,
+    outbound: Vec<OutboundExpectation>,
+    violations: Vec<(Check, String, Vec<u8>, Option<ViolationAction>)>,
+    /// Replies for the client in the gateway's name (rejected commands).
+    rejections: Vec<&'static str>,
+    reset: bool,
 }
 
 impl Session {
+    /// A session that only translates: announcements are rewritten, nothing is enforced.
     pub fn new(endpoints: Endpoints, max_line: usize) -> Session {
         Session {
             endpoints,
@@ -133,7 +184,29 @@ impl Session {
             client_to_server: None,
             server_to_client: None,
             window_scales: [None; 2],
+            policy: None,
+            state: ProtocolState::new(),
+            server_window: u16::MAX,
+            terminated: false,
         }
+    }
+
+    /// A session that also follows the protocol state and enforces `policy`.
+    pub fn with_policy(endpoints: Endpoints, policy: Arc<Policy>) -> Session {
+        Session {
+            max_line: policy.max_line,
+            policy: Some(policy),
+            ..Session::new(endpoints, 0)
+        }
+    }
+
+    /// The user name given on the session so far.
+    pub fn user(&self) -> Option<&str> {
+        self.state.user()
+    }
+
+    pub fn terminated(&self) -> bool {
+        self.terminated
     }
 
     pub fn on_segment(
@@ -143,16 +216,28 @@ impl Session {
         ports: &mut dyn PortAllocator,
     ) -> Result<Vec<Action>, SessionError> {
         let mut actions = Vec::new();
+        if self.terminated {
+            return Ok(actions);
+        }
         if segment.flags & flags::SYN != 0 {
             self.window_scales[side(direction)] = segment.window_scale;
+            let inspect_all = self.policy.is_some();
             let (stream, candidate) = match direction {
                 Direction::ClientToServer => (
                     &mut self.client_to_server,
-                    active_command_candidate as fn(&[u8]) -> bool,
+                    if inspect_all {
+                        every_line as fn(&[u8]) -> bool
+                    } else {
+                        active_command_candidate
+                    },
                 ),
                 Direction::ServerToClient => (
                     &mut self.server_to_client,
-                    passive_reply_candidate as fn(&[u8]) -> bool,
+                    if inspect_all {
+                        every_line as fn(&[u8]) -> bool
+                    } else {
+                        passive_reply_candidate
+                    },
                 ),
             };
             if stream.is_none() {
@@ -165,6 +250,9 @@ impl Session {
             // A SYN's own sequence number is not mapped (it precedes the stream).
             if segment.flags & flags::ACK != 0 {
                 segment.ack = self.ack_for(direction, segment.ack);
+            }
+            if direction == Direction::ServerToClient {
+                self.server_window = segment.window;
             }
             actions.push(Action::Emit { direction, segment });
             return Ok(actions);
@@ -183,8 +271,13 @@ impl Session {
                     .collect();
             }
         }
+        if direction == Direction::ServerToClient {
+            self.server_window = segment.window;
+        }
 
         let endpoints = self.endpoints;
+        let policy = self.policy.clone();
+        let state = &mut self.state;
         let stream = match direction {
             Direction::ClientToServer => self.client_to_server.as_mut(),
             Direction::ServerToClient => self.server_to_client.as_mut(),
@@ -192,54 +285,92 @@ impl Session {
         .ok_or(SessionError::NotStarted)?;
 
         let payload = std::mem::take(&mut segment.payload);
-        let mut announced = Vec::new();
-        let mut outbound = Vec::new();
-        let mut violations = Vec::new();
-        let mut outputs = if payload.is_empty() {
-            Vec::new()
+        let mut outcome = Outcome::default();
+        let result = if payload.is_empty() {
+            Ok(Vec::new())
         } else {
-            stream.on_segment(
-                segment.seq,
-                &payload,
-                &mut |line: &Line| match announcement(direction, line, &endpoints, ports) {
-                    Announcement::None => LineAction::Keep,
-                    Announcement::Outbound(expectation) => {
-                        outbound.push(expectation);
-                        LineAction::Keep
-                    }
-                    Announcement::Rewrite {
-                        new_line,
-                        expectation,
-                    } => {
-                        announced.push(expectation);
-                        LineAction::Replace(new_line)
-                    }
-                    Announcement::Refused(reason) => {
-                        violations.push((reason, line.bytes.clone()));
-                        LineAction::Keep
-                    }
-                },
-            )?
+            stream.on_segment(segment.seq, &payload, &mut |line: &Line| {
+                judge(
+                    direction,
+                    line,
+                    &endpoints,
+                    ports,
+                    policy.as_deref(),
+                    state,
+                    &mut outcome,
+                )
+            })
         };
+        let mut outputs = match result {
+            Ok(outputs) => outputs,
+            Err(StreamError::LineTooLong(err)) if policy.is_some() => {
+                // The line's end cannot be found within the bound: nothing after it can be
+                // framed, so whatever the policy's action, the session ends.
+                outcome.violations.push((
+                    Check::LineTooLong,
+                    err.to_string(),
+                    Vec::new(),
+                    Some(ViolationAction::Reset),
+                ));
+                outcome.reset = true;
+                Vec::new()
+            }
+            Err(err) => return Err(err.into()),
+        };
+        if self.state.tls_started() {
+            // AUTH accepted: what follows is TLS, not lines.
+            for stream in [&mut self.client_to_server, &mut self.server_to_client]
+                .into_iter()
+                .flatten()
+            {
+                stream.set_opaque();
+            }
+        }
+        let user = self.state.user().map(str::to_owned);
+        actions.extend(
+            outcome
+                .announced
+                .into_iter()
+                .map(Action::InstallExpectation),
+        );
+        actions.extend(
+            outcome
+                .outbound
+                .into_iter()
+                .map(Action::InstallOutboundExpectation),
+        );
+        actions.extend(
+            outcome
+                .violations
+                .into_iter()
+                .map(|(check, reason, line, action)| Action::Violation {
+                    direction,
+                    check,
+                    reason,
+                    line,
+                    user: user.clone(),
+                    action,
+                }),
+        );
+        if outcome.reset {
+            actions.extend(self.reset_both());
+            return Ok(actions);
+        }
+
+        let stream = match direction {
+            Direction::ClientToServer => self.client_to_server.as_mut(),
+            Direction::ServerToClient => self.server_to_client.as_mut(),
+        }
+        .ok_or(SessionError::NotStarted)?;
         if segment.flags & flags::FIN != 0 {
             // The sender is done: a line it left unfinished goes out as it is, before the FIN.
             outputs.extend(stream.flush());
         }
-        actions.extend(announced.into_iter().map(Action::InstallExpectation));
-        actions.extend(outbound.into_iter().map(Action::InstallOutboundExpectation));
-        actions.extend(
-            violations
-                .into_iter()
-                .map(|(reason, line)| Action::Violation {
-                    direction,
-                    reason,
-                    line,
-                }),
-        );
+        let sender_next = stream.next_seq();
 
         if outputs.is_empty() {
             // Nothing to carry (a pure ACK, a FIN, or data held back as part of an unfinished
-            // candidate line): the control bits and the ACK still go, positioned at the next
+            // line, or refused): the control bits and the ACK still go, positioned at the next
             // byte the receiver will get.
             segment.seq = if payload.is_empty() {
                 stream.seq_to_receiver(segment.seq)
@@ -247,22 +378,77 @@ impl Session {
                 stream_next_seq(stream)
             };
             actions.push(Action::Emit { direction, segment });
-            return Ok(actions);
-        }
-        let last = outputs.len() - 1;
-        for (index, output) in outputs.into_iter().enumerate() {
-            let mut emitted = segment.clone();
-            emitted.seq = output.seq;
-            emitted.payload = output.payload;
-            if index != last {
-                emitted.flags &= !flags::FIN;
+        } else {
+            let last = outputs.len() - 1;
+            for (index, output) in outputs.into_iter().enumerate() {
+                let mut emitted = segment.clone();
+                emitted.seq = output.seq;
+                emitted.payload = output.payload;
+                if index != last {
+                    emitted.flags &= !flags::FIN;
+                }
+                actions.push(Action::Emit {
+                    direction,
+                    segment: emitted,
+                });
             }
-            actions.push(Action::Emit {
-                direction,
-                segment: emitted,
-            });
+        }
+
+        // Rejected commands are answered in the server's name, acknowledging them.
+        if !outcome.rejections.is_empty()
+            && let Some(server) = self.server_to_client.as_mut()
+        {
+            for reply in outcome.rejections {
+                if let Some(injected) = server.inject(reply.as_bytes())? {
+                    actions.push(Action::Emit {
+                        direction: Direction::ServerToClient,
+                        segment: TcpSegment {
+                            seq: injected.seq,
+                            ack: sender_next,
+                            flags: flags::ACK | flags::PSH,
+                            window: self.server_window,
+                            window_scale: None,
+                            sack: Vec::new(),
+                            payload: injected.payload,
+                        },
+                    });
+                }
+            }
         }
         Ok(actions)
+    }
+
+    /// RSTs to both sides, each at the sequence number its receiver expects next, and the
+    /// end of the session.
+    fn reset_both(&mut self) -> Vec<Action> {
+        self.terminated = true;
+        let mut actions = Vec::new();
+        let (Some(client), Some(server)) = (
+            self.client_to_server.as_ref(),
+            self.server_to_client.as_ref(),
+        ) else {
+            actions.push(Action::Terminate);
+            return actions;
+        };
+        let rst = |seq: u32, ack: u32| TcpSegment {
+            seq,
+            ack,
+            flags: flags::RST | flags::ACK,
+            window: 0,
+            window_scale: None,
+            sack: Vec::new(),
+            payload: Vec::new(),
+        };
+        actions.push(Action::Emit {
+            direction: Direction::ServerToClient,
+            segment: rst(stream_next_seq(server), client.next_seq()),
+        });
+        actions.push(Action::Emit {
+            direction: Direction::ClientToServer,
+            segment: rst(stream_next_seq(client), server.next_seq()),
+        });
+        actions.push(Action::Terminate);
+        actions
     }
 
     fn stream(&self, direction: Direction) -> Option<&StreamRewriter> {
@@ -322,6 +508,240 @@ fn stream_next_seq(stream: &StreamRewriter) -> u32 {
         .wrapping_add(map.to_receiver(stream.sent_up_to()) as u32)
 }
 
+/// Holds every line until it is complete (with a policy, each one is checked).
+fn every_line(_: &[u8]) -> bool {
+    true
+}
+
+/// Runs a complete line through the checks (with a policy), the announcement logic, and the
+/// protocol state; returns what the stream does with it.
+fn judge(
+    direction: Direction,
+    line: &Line,
+    endpoints: &Endpoints,
+    ports: &mut dyn PortAllocator,
+    policy: Option<&Policy>,
+    state: &mut ProtocolState,
+    outcome: &mut Outcome,
+) -> LineAction {
+    if outcome.reset {
+        // The session is being reset: nothing more of this segment goes through.
+        return LineAction::Replace(Vec::new());
+    }
+    if state.tls_started() {
+        return LineAction::Keep;
+    }
+    let content = strip_telnet(line.content());
+    let mut command = None;
+    let verdict = match (direction, policy) {
+        (Direction::ClientToServer, Some(policy)) => {
+            match check_command(line, content, state, policy) {
+                Ok(parsed) => {
+                    command = Some(parsed);
+                    verdict_of(announcement(direction, line, endpoints, ports))
+                }
+                Err((check, reason)) => Verdict::Violation(check, reason),
+            }
+        }
+        (Direction::ServerToClient, Some(_)) => match check_reply(line, content) {
+            Ok(()) => verdict_of(announcement(direction, line, endpoints, ports)),
+            Err((check, reason)) => Verdict::Violation(check, reason),
+        },
+        (_, None) => verdict_of(announcement(direction, line, endpoints, ports)),
+    };
+    // The state follows what the server really said, and the commands that really went.
+    if direction == Direction::ServerToClient {
+        let reply = parse::reply_line(content).map(|reply| (reply.code, reply.continued));
+        state.on_reply_line(reply, content);
+    }
+    let action = match verdict {
+        Verdict::Pass => LineAction::Keep,
+        Verdict::Outbound(expectation) => {
+            outcome.outbound.push(expectation);
+            LineAction::Keep
+        }
+        Verdict::Rewrite {
+            new_line,
+            expectation,
+        } => {
+            outcome.announced.push(expectation);
+            LineAction::Replace(new_line)
+        }
+        Verdict::Violation(check, reason) => {
+            let Some(policy) = policy else {
+                // Without a policy the line is reported, and passes as it is.
+                outcome
+                    .violations
+                    .push((check, reason, line.bytes.clone(), None));
+                return LineAction::Keep;
+            };
+            let action = policy.on_violation;
+            outcome
+                .violations
+                .push((check, reason, line.bytes.clone(), Some(action)));
+            return match action {
+                ViolationAction::Drop => LineAction::Replace(Vec::new()),
+                ViolationAction::Reset => {
+                    outcome.reset = true;
+                    LineAction::Replace(Vec::new())
+                }
+                ViolationAction::Reject => match direction {
+                    Direction::ClientToServer => {
+                        outcome.rejections.push(check.reject_reply());
+                        LineAction::Replace(Vec::new())
+                    }
+                    // A refused reply is replaced by a failure the client understands (a text
+                    // line inside a multi-line reply just goes).
+                    Direction::ServerToClient => {
+                        if parse::reply_line(content).is_some_and(|reply| !reply.continued) {
+                            LineAction::Replace(REFUSED_REPLY.as_bytes().to_vec())
+                        } else {
+                            LineAction::Replace(Vec::new())
+                        }
+                    }
+                },
+            };
+        }
+    };
+    if let Some((verb, argument)) = command {
+        state.on_command(&verb, &argument);
+    }
+    action
+}
+
+/// What the client gets instead of a server reply the policy refused.
+const REFUSED_REPLY: &str = "451 Reply refused by the gateway.\r\n";
+
+fn verdict_of(announcement: Announcement) -> Verdict {
+    match announcement {
+        Announcement::None => Verdict::Pass,
+        Announcement::Outbound(expectation) => Verdict::Outbound(expectation),
+        Announcement::Rewrite {
+            new_line,
+            expectation,
+        } => Verdict::Rewrite {
+            new_line,
+            expectation,
+        },
+        Announcement::Refused(check, reason) => Verdict::Violation(check, reason),
+    }
+}
+
+/// The checks of a client's line, in order; the command's verb and argument when it passes.
+fn check_command(
+    line: &Line,
+    content: &[u8],
+    state: &ProtocolState,
+    policy: &Policy,
+) -> Result<(String, String), (Check, String)> {
+    if line.has_nul_or_bare_cr() {
+        return Err((Check::NulOrBareCr, "NUL or bare CR inside a command".into()));
+    }
+    if parse::reply_line(content).is_some() {
+        return Err((
+            Check::SpoofedDirection,
+            "a reply code from the client".into(),
+        ));
+    }
+    let Some(command) = parse::command_line(content) else {
+        return Err((Check::Malformed, "not a command".into()));
+    };
+    let verb = command.verb.clone();
+    let argument = String::from_utf8_lossy(command.argument).into_owned();
+    if policy.command_denied(&verb) {
+        return Err((Check::DeniedCommand, format!("{verb} is denied")));
+    }
+    if verb == "AUTH" && policy.tls == TlsPolicy::Deny {
+        return Err((Check::Tls, format!("AUTH {argument} while TLS is denied")));
+    }
+    state
+        .check_command(&verb, policy)
+        .map_err(|why| (Check::OutOfState, why.0))?;
+    if verb == "USER" && !policy.user_allowed(&argument) {
+        return Err((
+            Check::ForbiddenUser,
+            format!("user {argument:?} is not allowed"),
+        ));
+    }
+    if verb != "PORT" && verb != "EPRT" && embedded_address(command.argument) {
+        return Err((
+            Check::Embedded,
+            format!("a data address inside {verb}'s argument"),
+        ));
+    }
+    Ok((verb, argument))
+}
+
+/// The checks of a server's line.
+fn check_reply(line: &Line, content: &[u8]) -> Result<(), (Check, String)> {
+    if line.has_nul_or_bare_cr() {
+        return Err((Check::NulOrBareCr, "NUL or bare CR inside a reply".into()));
+    }
+    if let Some(command) = parse::command_line(content)
+        && matches!(command.verb.as_str(), "PORT" | "EPRT")
+    {
+        return Err((
+            Check::SpoofedDirection,
+            format!("{} from the server", command.verb),
+        ));
+    }
+    let announcing = parse::reply_line(content)
+        .is_some_and(|reply| !reply.continued && matches!(reply.code, 227 | 229));
+    if !announcing && embedded_address(content) {
+        return Err((
+            Check::Embedded,
+            "a data address inside a reply that announces none".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Leading Telnet commands (IAC IP, IAC DM, as clients send before ABOR), which are not part of
+/// the command.
+fn strip_telnet(content: &[u8]) -> &[u8] {
+    let mut rest = content;
+    loop {
+        match rest {
+            [0xff, 0xff, ..] => return rest,
+            [0xff, _, tail @ ..] => rest = tail,
+            [0xf2, tail @ ..] => rest = tail,
+            _ => return rest,
+        }
+    }
+}
+
+/// Whether `text` holds something a lax ALG would take for a data address: six comma-separated
+/// numbers (`h1,h2,h3,h4,p1,p2`) or an extended `|1|addr|port|` / `|2|addr|port|`.
+pub fn embedded_address(text: &[u8]) -> bool {
+    if text.windows(3).any(|w| w == b"|1|" || w == b"|2|") {
+        return true;
+    }
+    let mut fields = 0;
+    let mut digits = 0;
+    for &byte in text {
+        match byte {
+            b'0'..=b'9' => {
+                digits += 1;
+                if digits > 3 {
+                    fields = 0;
+                }
+            }
+            b',' if (1..=3).contains(&digits) => {
+                fields += 1;
+                digits = 0;
+            }
+            _ => {
+                if (1..=3).contains(&digits) && fields >= 5 {
+                    return true;
+                }
+                fields = 0;
+                digits = 0;
+            }
+        }
+    }
+    (1..=3).contains(&digits) && fields >= 5
+}
+
 enum Announcement {
     None,
     Outbound(OutboundExpectation),
@@ -329,7 +749,7 @@ enum Announcement {
         new_line: Vec<u8>,
         expectation: Expectation,
     },
-    Refused(String),
+    Refused(Check, String),
 }
 
 /// Reads a complete candidate line: is it an announcement this side makes from behind the
@@ -347,7 +767,9 @@ fn announcement(
         Direction::ServerToClient => match parse::reply_line(content) {
             Some(reply) if reply.code == 227 => match parse::passive_reply(content) {
                 Ok(announced) => (announced.endpoint, announced.span, Form::HostPort),
-                Err(err) => return Announcement::Refused(format!("malformed 227: {err}")),
+                Err(err) => {
+                    return Announcement::Refused(Check::Malformed, format!("malformed 227: {err}"));
+                }
             },
             Some(reply) if reply.code == 229 => match parse::extended_passive_reply(content) {
                 Ok((port, span)) => (
@@ -355,7 +777,9 @@ fn announcement(
                     span,
                     Form::PortOnly,
                 ),
-                Err(err) => return Announcement::Refused(format!("malformed 229: {err}")),
+                Err(err) => {
+                    return Announcement::Refused(Check::Malformed, format!("malformed 229: {err}"));
+                }
             },
             _ => return Announcement::None,
         },
@@ -366,7 +790,12 @@ fn announcement(
             match command.verb.as_str() {
                 "PORT" => match parse::port_argument(&command) {
                     Ok(announced) => (announced.endpoint, announced.span, Form::HostPort),
-                    Err(err) => return Announcement::Refused(format!("malformed PORT: {err}")),
+                    Err(err) => {
+                        return Announcement::Refused(
+                            Check::Malformed,
+                            format!("malformed PORT: {err}"),
+                        );
+                    }
                 },
                 "EPRT" => match parse::eprt_argument(&command) {
                     Ok(ExtendedAddress::V4 {
@@ -375,10 +804,16 @@ fn announcement(
                     }) => (announced.endpoint, announced.span, Form::Eprt(delimiter)),
                     Ok(ExtendedAddress::V6 { .. }) => {
                         return Announcement::Refused(
+                            Check::Malformed,
                             "EPRT with an IPv6 address through a NAT44".into(),
                         );
                     }
-                    Err(err) => return Announcement::Refused(format!("malformed EPRT: {err}")),
+                    Err(err) => {
+                        return Announcement::Refused(
+                            Check::Malformed,
+                            format!("malformed EPRT: {err}"),
+                        );
+                    }
                 },
                 _ => return Announcement::None,
             }
@@ -399,16 +834,22 @@ fn announcement(
         ),
     };
     if *endpoint.ip() != real {
-        return Announcement::Refused(format!(
-            "announces {} but the sender is {real}",
-            endpoint.ip()
-        ));
+        return Announcement::Refused(
+            Check::Bounce,
+            format!("announces {} but the sender is {real}", endpoint.ip()),
+        );
     }
     if endpoint.port() < MIN_DATA_PORT {
-        return Announcement::Refused(format!(
-            "data port {} is below {MIN_DATA_PORT}",
-            endpoint.port()
-        ));
+        return Announcement::Refused(
+            Check::LowPort,
+            format!("data port {} is below {MIN_DATA_PORT}", endpoint.port()),
+        );
+    }
+    if (real != seen || peer != peer_seen) && !ports.may_expect() {
+        return Announcement::Refused(
+            Check::TooManyExpectations,
+            "too many data connections announced and not yet opened".into(),
+        );
     }
     if real == seen {
         // The announcer is not behind the gateway: nothing to translate in the line. If the
@@ -425,7 +866,10 @@ fn announcement(
         };
     }
     let Some(public_port) = ports.allocate(seen, endpoint) else {
-        return Announcement::Refused("no public port free for the data connection".into());
+        return Announcement::Refused(
+            Check::TooManyExpectations,
+            "no public port free for the data connection".into(),
+        );
     };
     let public = SocketAddrV4::new(seen, public_port);
     let text = match form {
@@ -843,5 +1287,266 @@ mod tests {
             &mut Ports(0),
         );
         assert!(matches!(result, Err(SessionError::NotStarted)));
+    }
+
+    // With a policy: the protocol state is followed and violations acted on.
+
+    fn guarded(policy: Policy) -> Session {
+        Session::with_policy(
+            Endpoints {
+                client_real: CLIENT,
+                client_seen: CLIENT,
+                server_real: SERVER,
+                server_seen: PUBLIC,
+            },
+            Arc::new(policy),
+        )
+    }
+
+    /// Handshake and the server's greeting (sent and acknowledged). Returns the next client
+    /// and server sequence numbers.
+    fn greeted(session: &mut Session, ports: &mut Ports) -> (u32, u32) {
+        handshake(session, ports);
+        let greeting = "220 ready\r\n";
+        session
+            .on_segment(
+                Direction::ServerToClient,
+                seg(S_ISN + 1, C_ISN + 1, flags::ACK, greeting),
+                ports,
+            )
+            .unwrap();
+        (C_ISN + 1, S_ISN + 1 + greeting.len() as u32)
+    }
+
+    fn violations(actions: &[Action]) -> Vec<Check> {
+        actions
+            .iter()
+            .filter_map(|action| match action {
+                Action::Violation { check, .. } => Some(*check),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rejected_commands_are_answered_by_the_gateway_and_the_session_goes_on() {
+        let mut session = guarded(Policy::default());
+        let mut ports = Ports(40000);
+        let (c, s) = greeted(&mut session, &mut ports);
+        // RETR before login: the server never sees it; the client gets 503 in the server's
+        // name, acknowledging the command.
+        let retr = "RETR /etc/passwd\r\n";
+        let actions = session
+            .on_segment(
+                Direction::ClientToServer,
+                seg(c, s, flags::ACK, retr),
+                &mut ports,
+            )
+            .unwrap();
+        assert_eq!(violations(&actions), vec![Check::OutOfState]);
+        let out = emitted(&actions);
+        assert_eq!(out.len(), 2);
+        assert!(
+            out[0].payload.is_empty(),
+            "nothing of it reaches the server"
+        );
+        assert_eq!(
+            out[0].seq, c,
+            "the server's view of the client stream did not move"
+        );
+        let reply = Check::OutOfState.reject_reply();
+        assert_eq!(out[1].payload, reply.as_bytes());
+        assert_eq!((out[1].seq, out[1].ack), (s, c + retr.len() as u32));
+        let c = c + retr.len() as u32;
+        // The client goes on: its USER reaches the server at the server's numbering (the
+        // refused command is not in it), and the server's reply lands after the injected one.
+        let user = "USER alice\r\n";
+        let actions = session
+            .on_segment(
+                Direction::ClientToServer,
+                seg(c, s + reply.len() as u32, flags::ACK, user),
+                &mut ports,
+            )
+            .unwrap();
+        let out = emitted(&actions);
+        assert_eq!(out[0].payload, user.as_bytes());
+        assert_eq!(
+            out[0].seq,
+            C_ISN + 1,
+            "the server sees USER where RETR would have been"
+        );
+        assert_eq!(
+            out[0].ack, s,
+            "the client's ACK of the injected reply maps back"
+        );
+        let actions = session
+            .on_segment(
+                Direction::ServerToClient,
+                seg(
+                    s,
+                    C_ISN + 1 + user.len() as u32,
+                    flags::ACK,
+                    "331 password\r\n",
+                ),
+                &mut ports,
+            )
+            .unwrap();
+        let out = emitted(&actions);
+        assert_eq!(out[0].seq, s + reply.len() as u32);
+        assert_eq!(
+            out[0].ack,
+            c + user.len() as u32,
+            "acks map forward past the refused bytes"
+        );
+        assert!(violations(&actions).is_empty());
+    }
+
+    #[test]
+    fn forbidden_users_denied_commands_and_tls_are_refused() {
+        let policy = Policy {
+            deny_users: vec!["root".into()],
+            deny_commands: vec!["SITE".into()],
+            pipelining: true,
+            ..Policy::default()
+        };
+        let mut session = guarded(policy);
+        let mut ports = Ports(40000);
+        let (c, s) = greeted(&mut session, &mut ports);
+        let lines = "USER root\r\nAUTH TLS\r\nSITE CHMOD 777 x\r\nNOOP\r\n";
+        let actions = session
+            .on_segment(
+                Direction::ClientToServer,
+                seg(c, s, flags::ACK, lines),
+                &mut ports,
+            )
+            .unwrap();
+        assert_eq!(
+            violations(&actions),
+            vec![Check::ForbiddenUser, Check::Tls, Check::DeniedCommand]
+        );
+        let out = emitted(&actions);
+        assert_eq!(
+            out[0].payload, b"NOOP\r\n",
+            "only the allowed command goes on"
+        );
+        let replies: Vec<&[u8]> = out[1..].iter().map(|s| s.payload.as_slice()).collect();
+        assert_eq!(
+            replies,
+            vec![
+                Check::ForbiddenUser.reject_reply().as_bytes(),
+                Check::Tls.reject_reply().as_bytes(),
+                Check::DeniedCommand.reject_reply().as_bytes(),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bounce_port_under_reset_resets_both_sides() {
+        let mut session = guarded(Policy {
+            on_violation: ViolationAction::Reset,
+            ..Policy::default()
+        });
+        let mut ports = Ports(40000);
+        let (mut c, mut s) = greeted(&mut session, &mut ports);
+        for (command, reply) in [("USER a\r\n", "331 p\r\n"), ("PASS b\r\n", "230 ok\r\n")] {
+            session
+                .on_segment(
+                    Direction::ClientToServer,
+                    seg(c, s, flags::ACK, command),
+                    &mut ports,
+                )
+                .unwrap();
+            c += command.len() as u32;
+            session
+                .on_segment(
+                    Direction::ServerToClient,
+                    seg(s, c, flags::ACK, reply),
+                    &mut ports,
+                )
+                .unwrap();
+            s += reply.len() as u32;
+        }
+        // PORT naming a third host.
+        let actions = session
+            .on_segment(
+                Direction::ClientToServer,
+                seg(c, s, flags::ACK, "PORT 198,51,100,9,0,80\r\n"),
+                &mut ports,
+            )
+            .unwrap();
+        assert_eq!(violations(&actions), vec![Check::Bounce]);
+        let out = emitted(&actions);
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|segment| segment.flags & flags::RST != 0));
+        assert_eq!(
+            out[0].seq, s,
+            "the client's RST is at the server stream's next byte"
+        );
+        assert_eq!(
+            out[1].seq, c,
+            "the server's RST is at the client stream's next byte"
+        );
+        assert_eq!(actions.last(), Some(&Action::Terminate));
+        assert!(session.terminated());
+        let after = session
+            .on_segment(
+                Direction::ClientToServer,
+                seg(c, s, flags::ACK, "NOOP\r\n"),
+                &mut ports,
+            )
+            .unwrap();
+        assert!(after.is_empty(), "nothing passes after a reset");
+    }
+
+    #[test]
+    fn pipelining_embedded_addresses_and_spoofed_replies() {
+        let mut session = guarded(Policy {
+            on_violation: ViolationAction::Drop,
+            ..Policy::default()
+        });
+        let mut ports = Ports(40000);
+        let (c, s) = greeted(&mut session, &mut ports);
+        let lines = "USER a\r\nPASS b\r\n";
+        let actions = session
+            .on_segment(
+                Direction::ClientToServer,
+                seg(c, s, flags::ACK, lines),
+                &mut ports,
+            )
+            .unwrap();
+        assert_eq!(violations(&actions), vec![Check::OutOfState]);
+        assert_eq!(
+            emitted(&actions)[0].payload,
+            b"USER a\r\n",
+            "dropped, not answered"
+        );
+        assert_eq!(emitted(&actions).len(), 1);
+        // A reply carrying an address it does not announce, and a 227 from the client.
+        let actions = session
+            .on_segment(
+                Direction::ServerToClient,
+                seg(s, c + 8, flags::ACK, "331 see 10,0,0,2,195,80 now\r\n"),
+                &mut ports,
+            )
+            .unwrap();
+        assert_eq!(violations(&actions), vec![Check::Embedded]);
+        let actions = session
+            .on_segment(
+                Direction::ClientToServer,
+                seg(
+                    c + lines.len() as u32,
+                    s,
+                    flags::ACK,
+                    "227 (10,0,0,2,1,1)\r\n",
+                ),
+                &mut ports,
+            )
+            .unwrap();
+        assert_eq!(violations(&actions), vec![Check::SpoofedDirection]);
+        assert!(embedded_address(b"x 1,2,3,4,5,6"));
+        assert!(embedded_address(b"EPRT |1|10.0.0.2|5000|"));
+        assert!(!embedded_address(b"214 PORT PASV EPRT EPSV"));
+        assert!(!embedded_address(b"150 file (1048576 bytes)"));
+        assert!(!embedded_address(b"1,2,3,4,5"));
     }
 }

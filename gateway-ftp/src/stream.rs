@@ -64,6 +64,8 @@ pub struct StreamRewriter {
     candidate: fn(&[u8]) -> bool,
     /// Set by the first error: framing and sequence state are no longer trustworthy.
     broken: bool,
+    /// No more line framing: every byte passes as it is (an encrypted session).
+    opaque: bool,
 }
 
 impl StreamRewriter {
@@ -81,7 +83,44 @@ impl StreamRewriter {
             out_of_order_bytes: 0,
             candidate,
             broken: false,
+            opaque: false,
         }
+    }
+
+    /// From now on the stream is not framed into lines: bytes pass unchanged (the sequence
+    /// shift of earlier edits still applies).
+    pub fn set_opaque(&mut self) {
+        self.opaque = true;
+    }
+
+    /// The sender's sequence number of the next byte expected from it in order.
+    pub fn next_seq(&self) -> u32 {
+        self.map.base_seq().wrapping_add(self.next as u32)
+    }
+
+    /// Inserts `bytes` into the stream for the receiver at the current position, as if the
+    /// sender had sent them (the gateway answering a client itself). `None` when the position
+    /// is inside a line already partly sent, where an insertion would split it.
+    pub fn inject(&mut self, bytes: &[u8]) -> Result<Option<Segment>, StreamError> {
+        if self.broken {
+            return Err(StreamError::Broken);
+        }
+        let pending = self.lines.pending();
+        let pending_start = self.lines.next_offset() - pending.len() as u64;
+        if !self.opaque && !pending.is_empty() && pending_start < self.sent_up_to {
+            return Ok(None);
+        }
+        let at = self.sent_up_to;
+        let receiver_offset = self.map.to_receiver(at);
+        self.map.record(at, 0, bytes.len() as u64)?;
+        if self.history.is_empty() {
+            self.history_start = receiver_offset;
+        }
+        self.history.extend(bytes.iter().copied());
+        Ok(Some(Segment {
+            seq: self.receiver_seq(receiver_offset),
+            payload: bytes.to_vec(),
+        }))
     }
 
     pub fn seq_map(&self) -> &SeqMap {
@@ -205,6 +244,19 @@ impl StreamRewriter {
         rewrite: &mut dyn FnMut(&Line) -> LineAction,
     ) -> Result<Option<Segment>, StreamError> {
         let send_from = self.sent_up_to;
+        if self.opaque {
+            self.next += bytes.len() as u64;
+            self.sent_up_to = self.next;
+            let receiver_offset = self.map.to_receiver(send_from);
+            if self.history.is_empty() {
+                self.history_start = receiver_offset;
+            }
+            self.history.extend(bytes.iter().copied());
+            return Ok(Some(Segment {
+                seq: self.receiver_seq(receiver_offset),
+                payload: bytes.to_vec(),
+            }));
+        }
         let mut output = Vec::new();
         let lines = self.lines.push(bytes)?;
         self.next += bytes.len() as u64;
