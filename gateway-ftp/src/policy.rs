@@ -46,6 +46,9 @@ pub struct Policy {
     pub pipelining: bool,
     /// Most data connections a session may have announced and not yet opened.
     pub max_pending_expectations: usize,
+    /// Most control sessions one client address may hold at once (enforced by the shell, which
+    /// sees all sessions; a new one beyond it is refused at its SYN).
+    pub max_sessions_per_client: usize,
 }
 
 impl Default for Policy {
@@ -60,6 +63,7 @@ impl Default for Policy {
             on_violation: ViolationAction::Reject,
             pipelining: false,
             max_pending_expectations: 16,
+            max_sessions_per_client: 64,
         }
     }
 }

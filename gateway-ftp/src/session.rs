@@ -768,7 +768,10 @@ fn announcement(
             Some(reply) if reply.code == 227 => match parse::passive_reply(content) {
                 Ok(announced) => (announced.endpoint, announced.span, Form::HostPort),
                 Err(err) => {
-                    return Announcement::Refused(Check::Malformed, format!("malformed 227: {err}"));
+                    return Announcement::Refused(
+                        Check::Malformed,
+                        format!("malformed 227: {err}"),
+                    );
                 }
             },
             Some(reply) if reply.code == 229 => match parse::extended_passive_reply(content) {
@@ -778,7 +781,10 @@ fn announcement(
                     Form::PortOnly,
                 ),
                 Err(err) => {
-                    return Announcement::Refused(Check::Malformed, format!("malformed 229: {err}"));
+                    return Announcement::Refused(
+                        Check::Malformed,
+                        format!("malformed 229: {err}"),
+                    );
                 }
             },
             _ => return Announcement::None,

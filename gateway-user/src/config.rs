@@ -11,6 +11,7 @@ use std::{
 };
 
 use gateway_common::{IPPROTO_TCP, IPPROTO_UDP};
+pub use gateway_ftp::policy::{Policy, TlsPolicy, ViolationAction};
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -114,8 +115,8 @@ pub struct Ftp {
     pub control_ports: Vec<u16>,
     /// Seconds an announced data connection may take to open.
     pub expectation_timeout: u64,
-    /// Longest line (bytes, CRLF included) the ALG reads on a control connection.
-    pub max_line: usize,
+    /// `[ftp.policy]`: what control sessions may do (a publish may override it).
+    pub policy: Policy,
 }
 
 /// Application-level gateways a publish can name.
@@ -230,7 +231,7 @@ pub struct Dataplane {
 }
 
 /// A server on the inside network, reachable from outside at `public`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publish {
     pub public: SocketAddrV4,
     pub private: SocketAddrV4,
@@ -238,6 +239,8 @@ pub struct Publish {
     /// `alg = "ftp"`: this is an FTP server's control port; its connections go through the
     /// ALG, which opens their data connections.
     pub alg: Option<Alg>,
+    /// `[publish.policy]`: this server's policy, `[ftp.policy]` with its own keys over it.
+    pub policy: Option<Policy>,
 }
 
 // The file's shape. Kept apart from the validated types so that validation has one place.
@@ -263,16 +266,123 @@ struct RawFtp {
     control_ports: Option<Vec<u16>>,
     #[serde(default = "default_expectation_timeout")]
     expectation_timeout: u64,
-    #[serde(default = "default_max_line")]
-    max_line: usize,
+    policy: Option<RawPolicy>,
+}
+
+/// `[ftp.policy]` and `[publish.policy]`: every key optional, so a publish names only what
+/// it changes.
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    allow_users: Option<Vec<String>>,
+    deny_users: Option<Vec<String>>,
+    anonymous: Option<bool>,
+    deny_commands: Option<Vec<String>>,
+    max_line: Option<usize>,
+    tls: Option<RawTls>,
+    on_violation: Option<RawViolationAction>,
+    pipelining: Option<bool>,
+    max_pending_expectations: Option<usize>,
+    max_sessions_per_client: Option<usize>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RawTls {
+    Deny,
+    Pass,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RawViolationAction {
+    Drop,
+    Reject,
+    Reset,
 }
 
 fn default_expectation_timeout() -> u64 {
     60
 }
 
-fn default_max_line() -> usize {
-    1024
+/// `raw`'s keys over `base`, validated; `table` names the section in errors.
+fn apply_policy(base: &Policy, raw: &RawPolicy, table: &str) -> Result<Policy, String> {
+    let mut policy = base.clone();
+    let globs = |key: &str, list: &Option<Vec<String>>| -> Result<Option<Vec<String>>, String> {
+        match list {
+            Some(list) if list.iter().any(|glob| glob.is_empty()) => Err(format!(
+                "{table}.{key}: an empty pattern matches no user name"
+            )),
+            other => Ok(other.clone()),
+        }
+    };
+    if let Some(list) = globs("allow_users", &raw.allow_users)? {
+        policy.allow_users = list;
+    }
+    if let Some(list) = globs("deny_users", &raw.deny_users)? {
+        policy.deny_users = list;
+    }
+    if let Some(anonymous) = raw.anonymous {
+        policy.anonymous = anonymous;
+    }
+    if let Some(commands) = &raw.deny_commands {
+        policy.deny_commands = commands
+            .iter()
+            .map(|verb| {
+                if (3..=4).contains(&verb.len()) && verb.chars().all(|c| c.is_ascii_alphabetic()) {
+                    Ok(verb.to_ascii_uppercase())
+                } else {
+                    Err(format!(
+                        "{table}.deny_commands: {verb:?} is not an FTP command (3 or 4 letters)"
+                    ))
+                }
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    if let Some(max_line) = raw.max_line {
+        if !(128..=65536).contains(&max_line) {
+            return Err(format!(
+                "{table}.max_line = {max_line}: expected 128 to 65536 bytes"
+            ));
+        }
+        policy.max_line = max_line;
+    }
+    if let Some(tls) = raw.tls {
+        policy.tls = match tls {
+            RawTls::Deny => TlsPolicy::Deny,
+            RawTls::Pass => TlsPolicy::Pass,
+        };
+    }
+    if let Some(action) = raw.on_violation {
+        policy.on_violation = match action {
+            RawViolationAction::Drop => ViolationAction::Drop,
+            RawViolationAction::Reject => ViolationAction::Reject,
+            RawViolationAction::Reset => ViolationAction::Reset,
+        };
+    }
+    if let Some(pipelining) = raw.pipelining {
+        policy.pipelining = pipelining;
+    }
+    for (key, value, slot) in [
+        (
+            "max_pending_expectations",
+            raw.max_pending_expectations,
+            &mut policy.max_pending_expectations,
+        ),
+        (
+            "max_sessions_per_client",
+            raw.max_sessions_per_client,
+            &mut policy.max_sessions_per_client,
+        ),
+    ] {
+        if let Some(value) = value {
+            if !(1..=100_000).contains(&value) {
+                return Err(format!("{table}.{key} = {value}: expected 1 to 100000"));
+            }
+            *slot = value;
+        }
+    }
+    Ok(policy)
 }
 
 #[derive(Deserialize)]
@@ -340,6 +450,7 @@ struct RawPublish {
     private: String,
     protocol: Protocol,
     alg: Option<Alg>,
+    policy: Option<RawPolicy>,
 }
 
 /// Linux's IFNAMSIZ less the terminating NUL.
@@ -434,6 +545,7 @@ impl Config {
                 private,
                 protocol: entry.protocol,
                 alg: entry.alg,
+                policy: None,
             });
         }
         if publish.len() > gateway_common::MAX_PUBLISHED as usize {
@@ -476,6 +588,24 @@ impl Config {
         }
 
         let ftp = parse_ftp(raw.ftp.as_ref(), masquerade.is_some()).map_err(invalid)?;
+        for (index, (publish, entry)) in publish.iter_mut().zip(&raw.publish).enumerate() {
+            if let Some(overrides) = &entry.policy {
+                if publish.alg.is_none() {
+                    return Err(invalid(format!(
+                        "publish #{}: a policy needs alg = \"ftp\"",
+                        index + 1
+                    )));
+                }
+                publish.policy = Some(
+                    apply_policy(
+                        &ftp.policy,
+                        overrides,
+                        &format!("publish #{}: policy", index + 1),
+                    )
+                    .map_err(invalid)?,
+                );
+            }
+        }
 
         Ok(Config {
             ftp,
@@ -553,8 +683,12 @@ fn parse_ftp(raw: Option<&RawFtp>, masquerade: bool) -> Result<Ftp, String> {
         return Ok(Ftp {
             control_ports: default_ports,
             expectation_timeout: default_expectation_timeout(),
-            max_line: default_max_line(),
+            policy: Policy::default(),
         });
+    };
+    let policy = match &raw.policy {
+        Some(policy) => apply_policy(&Policy::default(), policy, "ftp.policy")?,
+        None => Policy::default(),
     };
     let control_ports = match &raw.control_ports {
         None => default_ports,
@@ -590,16 +724,10 @@ fn parse_ftp(raw: Option<&RawFtp>, masquerade: bool) -> Result<Ftp, String> {
             raw.expectation_timeout
         ));
     }
-    if !(128..=65536).contains(&raw.max_line) {
-        return Err(format!(
-            "ftp.max_line = {}: expected 128 to 65536 bytes",
-            raw.max_line
-        ));
-    }
     Ok(Ftp {
         control_ports,
         expectation_timeout: raw.expectation_timeout,
-        max_line: raw.max_line,
+        policy,
     })
 }
 
@@ -669,6 +797,7 @@ mod tests {
                 private: "10.0.0.2:21".parse().unwrap(),
                 protocol: Protocol::Tcp,
                 alg: None,
+                policy: None,
             }]
         );
         // No masquerade: no outside control ports to watch.
@@ -715,8 +844,33 @@ mod tests {
         assert!(error(&twice).contains("names 21 twice"));
         let zero = format!("{masq}\n[ftp]\nexpectation_timeout = 0\n");
         assert!(error(&zero).contains("ftp.expectation_timeout = 0"));
-        let short = format!("{masq}\n[ftp]\nmax_line = 10\n");
-        assert!(error(&short).contains("ftp.max_line = 10"));
+        let short = format!("{masq}\n[ftp.policy]\nmax_line = 10\n");
+        assert!(error(&short).contains("ftp.policy.max_line = 10"));
+    }
+
+    #[test]
+    fn policies_global_and_per_publish() {
+        let text = format!(
+            "{}\nalg = \"ftp\"\n[publish.policy]\nanonymous = false\ndeny_commands = [\"dele\"]\n\n[ftp.policy]\non_violation = \"reset\"\ndeny_users = [\"root\", \"adm*\"]\ntls = \"pass\"\n",
+            GOOD.trim_end()
+        );
+        let config = parse(&text).unwrap();
+        let global = &config.ftp.policy;
+        assert_eq!(global.on_violation, ViolationAction::Reset);
+        assert_eq!(global.tls, TlsPolicy::Pass);
+        assert!(global.anonymous);
+        let server = config.publish[0].policy.as_ref().unwrap();
+        assert!(!server.anonymous, "the publish's own key");
+        assert_eq!(server.deny_commands, vec!["DELE"]);
+        assert_eq!(server.on_violation, ViolationAction::Reset, "inherited");
+        assert_eq!(server.deny_users.len(), 2);
+
+        let bad = text.replace("\"dele\"", "\"DELETE\"");
+        assert!(error(&bad).contains("publish #1: policy.deny_commands: \"DELETE\""));
+        let bad = text.replace("\"reset\"", "\"explode\"");
+        assert!(error(&bad).contains("unknown variant `explode`"));
+        let no_alg = text.replace("alg = \"ftp\"\n", "");
+        assert!(error(&no_alg).contains("publish #1: a policy needs alg = \"ftp\""));
     }
 
     #[test]

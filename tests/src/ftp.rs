@@ -238,7 +238,7 @@ pub fn transfer(
                 "lftp",
                 "-e",
                 &format!(
-                    "set net:max-retries 1; set net:timeout 10; set xfer:clobber on; {settings}; {action}; bye"
+                    "set net:max-retries 1; set net:timeout 10; set ftp:ssl-allow no; set xfer:clobber on; {settings}; {action}; bye"
                 ),
                 &format!("ftp://anonymous:gateway@{}:{}", server.ip(), server.port()),
             ]);

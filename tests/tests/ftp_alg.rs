@@ -409,7 +409,7 @@ fn split_227_and_229_replies_longer_and_shorter_with_the_session_going_on() {
             "-d",
             "-e",
             &format!(
-                "set net:max-retries 1; set net:timeout 10; set ftp:passive-mode on; \
+                "set net:max-retries 1; set net:timeout 10; set ftp:ssl-allow no; set ftp:passive-mode on; \
                  set ftp:prefer-epsv yes; get a -o {}; set ftp:prefer-epsv no; get b -o {}; bye",
                 first.display(),
                 second.display()

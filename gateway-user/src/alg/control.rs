@@ -14,14 +14,16 @@ use std::{
     collections::{HashMap, HashSet},
     net::{Ipv4Addr, SocketAddrV4},
     ops::RangeInclusive,
+    sync::Arc,
 };
 
 use gateway_common::{
     Endpoint, ExpectationEntry, ExpectationKey, FlowKey, IPPROTO_TCP, endpoint_flags,
     expectation_kind, punt_reason,
 };
-use gateway_ftp::session::{
-    self, Action, Direction, Endpoints, PortAllocator, SessionError, TcpSegment, flags,
+use gateway_ftp::{
+    policy::{Check, Policy, ViolationAction},
+    session::{self, Action, Direction, Endpoints, PortAllocator, SessionError, TcpSegment, flags},
 };
 
 use super::packet::{DEFAULT_MSS, TcpPacket};
@@ -52,7 +54,10 @@ pub struct AlgSettings {
     /// own port is taken (the masquerade's range when there is one).
     pub data_ports: RangeInclusive<u16>,
     pub expectation_timeout_ns: u64,
-    pub max_line: usize,
+    /// `[ftp.policy]`: masqueraded clients' sessions, and published servers without their own.
+    pub policy: Arc<Policy>,
+    /// Published servers' own policies, by public control endpoint.
+    pub published_policies: HashMap<SocketAddrV4, Arc<Policy>>,
     pub established_timeout_ns: u64,
     pub transitory_timeout_ns: u64,
 }
@@ -89,7 +94,12 @@ impl AlgSettings {
                 .map_or(1024..=65535, |masquerade| masquerade.ports.clone()),
             masquerade,
             expectation_timeout_ns: seconds(config.ftp.expectation_timeout),
-            max_line: config.ftp.max_line,
+            policy: Arc::new(config.ftp.policy.clone()),
+            published_policies: config
+                .publish
+                .iter()
+                .filter_map(|publish| Some((publish.public, Arc::new(publish.policy.clone()?))))
+                .collect(),
             established_timeout_ns: seconds(config.timeouts.tcp_established),
             transitory_timeout_ns: seconds(config.timeouts.tcp_transitory),
         }
@@ -131,11 +141,16 @@ pub struct AlgStats {
     pub drop_stream_error: u64,
     pub drop_ttl: u64,
     pub expectation_install_failed: u64,
+    /// Sessions ended by a violation under `reset`.
+    pub sessions_reset: u64,
+    /// Violations by check, in `Check::ALL` order.
+    pub violations_by_check: [u64; Check::ALL.len()],
 }
 
 impl AlgStats {
-    pub fn pairs(&self) -> [(&'static str, u64); 12] {
-        [
+    /// Every counter with its name (violations by check as `alg_violation_<check>`).
+    pub fn pairs(&self) -> Vec<(String, u64)> {
+        let totals = [
             ("alg_packets", self.packets),
             ("alg_emitted", self.emitted),
             ("alg_sessions_opened", self.sessions_opened),
@@ -151,7 +166,18 @@ impl AlgStats {
                 "alg_expectation_install_failed",
                 self.expectation_install_failed,
             ),
-        ]
+            ("alg_sessions_reset", self.sessions_reset),
+        ];
+        totals
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), *value))
+            .chain(
+                Check::ALL
+                    .iter()
+                    .zip(self.violations_by_check)
+                    .map(|(check, value)| (format!("alg_violation_{}", check.name()), value)),
+            )
+            .collect()
     }
 }
 
@@ -185,6 +211,11 @@ struct Connection {
     held: Vec<(Endpoint, u64)>,
     /// Expectations installed and maybe not used yet, with their expiry.
     expectations: Vec<(ExpectationKey, u64)>,
+    policy: Arc<Policy>,
+    /// The last segment from each side (client, server), payload dropped: the template of
+    /// what the gateway sends in that side's name (its replies, its RSTs), so their TCP
+    /// options (timestamps) are that side's.
+    last_from: [Option<TcpPacket>; 2],
 }
 
 impl Connection {
@@ -354,6 +385,26 @@ impl ControlTable {
     ) -> Option<u64> {
         let client = SocketAddrV4::new(packet.src, packet.src_port);
         let destination = SocketAddrV4::new(packet.dst, packet.dst_port);
+        let policy = self
+            .settings
+            .published_policies
+            .get(&destination)
+            .unwrap_or(&self.settings.policy)
+            .clone();
+        let sessions_of_client = self
+            .connections
+            .values()
+            .filter(|connection| connection.client.ip() == client.ip() && !connection.closed())
+            .count();
+        if sessions_of_client >= policy.max_sessions_per_client {
+            self.stats.violations += 1;
+            self.stats.violations_by_check[check_index(Check::TooManySessions)] += 1;
+            tracing::warn!(
+                %client, server = %destination, check = Check::TooManySessions.name(),
+                "ftp control session refused: {sessions_of_client} sessions from this client already"
+            );
+            return None;
+        }
         let (client_seen, server, server_seen, held) = match reason {
             punt_reason::PUBLISHED_FROM_CLIENT => {
                 let Some(private) = self.settings.published.get(&destination).copied() else {
@@ -383,15 +434,17 @@ impl ControlTable {
             client_seen,
             server,
             server_seen,
-            core: session::Session::new(
+            core: session::Session::with_policy(
                 Endpoints {
                     client_real: *client.ip(),
                     client_seen: *client_seen.ip(),
                     server_real: *server.ip(),
                     server_seen: *server_seen.ip(),
                 },
-                self.settings.max_line,
+                policy.clone(),
             ),
+            policy,
+            last_from: [None, None],
             mss_to_client: DEFAULT_MSS,
             mss_to_server: DEFAULT_MSS,
             fin_from_client: false,
@@ -461,6 +514,10 @@ impl ControlTable {
             return Vec::new();
         }
         connection.last_seen_ns = now_ns;
+        connection.last_from[side(direction)] = Some(TcpPacket {
+            payload: Vec::new(),
+            ..packet.clone()
+        });
         if packet.flags & flags::SYN != 0 {
             let mss = packet.mss().unwrap_or(DEFAULT_MSS);
             match direction {
@@ -490,11 +547,18 @@ impl ControlTable {
             payload: packet.payload.clone(),
         };
         let expectation_until = now_ns.saturating_add(self.settings.expectation_timeout_ns);
+        let pending = connection
+            .expectations
+            .iter()
+            .filter(|(_, expires)| *expires >= now_ns)
+            .count();
         let mut ports = DataPorts {
             rng: &mut self.rng,
             maps: &mut *maps,
             settings: &self.settings,
             claimed: Vec::new(),
+            pending,
+            max_pending: connection.policy.max_pending_expectations,
         };
         let actions = match connection.core.on_segment(direction, segment, &mut ports) {
             Ok(actions) => actions,
@@ -565,16 +629,35 @@ impl ControlTable {
                 }
                 Action::Violation {
                     direction,
+                    check,
                     reason,
                     line,
+                    user,
+                    action,
                 } => {
                     self.stats.violations += 1;
+                    self.stats.violations_by_check[check_index(check)] += 1;
                     tracing::warn!(
-                        client = %connection.client, server = %connection.server,
+                        client = %connection.client,
+                        server = %connection.server,
+                        user = user.as_deref().unwrap_or("-"),
                         from = if direction == Direction::ClientToServer { "client" } else { "server" },
                         line = %String::from_utf8_lossy(&line).trim_end(),
-                        "ftp announcement refused: {reason}"
+                        check = check.name(),
+                        action = action.map_or("reported", |action| match action {
+                            ViolationAction::Drop => "drop",
+                            ViolationAction::Reject => "reject",
+                            ViolationAction::Reset => "reset",
+                        }),
+                        "ftp policy violation: {reason}"
                     );
+                }
+                Action::Terminate => {
+                    connection.reset = true;
+                    self.stats.sessions_reset += 1;
+                    for (key, _) in connection.expectations.drain(..) {
+                        maps.unexpect(key);
+                    }
                 }
             }
         }
@@ -592,6 +675,21 @@ fn emit(
     segment: TcpSegment,
     outgoing: &mut Vec<Outgoing>,
 ) {
+    // A segment in the other side's name (a reply or RST of the gateway's) takes that side's
+    // last segment as its template.
+    let original = connection.last_from[side(direction)]
+        .as_ref()
+        .filter(|_| {
+            let arrived = if original.src == *connection.client.ip()
+                && original.src_port == connection.client.port()
+            {
+                Direction::ClientToServer
+            } else {
+                Direction::ServerToClient
+            };
+            arrived != direction
+        })
+        .unwrap_or(original);
     let (src, dst, mss) = match direction {
         Direction::ClientToServer => (
             connection.client_seen,
@@ -652,6 +750,20 @@ fn emit(
     }
 }
 
+fn side(direction: Direction) -> usize {
+    match direction {
+        Direction::ClientToServer => 0,
+        Direction::ServerToClient => 1,
+    }
+}
+
+fn check_index(check: Check) -> usize {
+    Check::ALL
+        .iter()
+        .position(|candidate| *candidate == check)
+        .unwrap_or(0)
+}
+
 fn key(src: SocketAddrV4, dst: SocketAddrV4) -> FlowKey {
     FlowKey {
         src: src.ip().octets(),
@@ -676,9 +788,20 @@ struct DataPorts<'a> {
     maps: &'a mut dyn AlgMaps,
     settings: &'a AlgSettings,
     claimed: Vec<Endpoint>,
+    /// Expectations of this session still pending, and the policy's limit.
+    pending: usize,
+    max_pending: usize,
 }
 
 impl PortAllocator for DataPorts<'_> {
+    fn may_expect(&mut self) -> bool {
+        if self.pending >= self.max_pending {
+            return false;
+        }
+        self.pending += 1;
+        true
+    }
+
     fn allocate(&mut self, public: Ipv4Addr, private: SocketAddrV4) -> Option<u16> {
         let mut owner = Endpoint::from_socket(private, IPPROTO_TCP);
         owner.flags = endpoint_flags::ALG_CLAIM;

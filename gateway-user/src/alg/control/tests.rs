@@ -51,7 +51,8 @@ fn settings() -> AlgSettings {
         }),
         data_ports: 1024..=65535,
         expectation_timeout_ns: 60 * SECOND,
-        max_line: 512,
+        policy: Arc::new(Policy::default()),
+        published_policies: HashMap::new(),
         established_timeout_ns: 7440 * SECOND,
         transitory_timeout_ns: 240 * SECOND,
     }
@@ -265,13 +266,45 @@ fn masqueraded_client_gets_a_mapping_and_its_port_command_an_expectation() {
     );
     let syn_ack = TcpPacket::parse(&out[0].bytes).unwrap();
     assert_eq!((syn_ack.dst, syn_ack.dst_port), (inside.0, 41000));
+    // Greeting and login, as the policy's state machine wants them before PORT.
+    let (mut c, mut s) = (2u32, 10u32);
+    for (reply, command) in [
+        ("220 hello\r\n", "USER anonymous\r\n"),
+        ("331 password\r\n", "PASS x@\r\n"),
+        ("230 ok\r\n", ""),
+    ] {
+        table.on_packet(
+            punt_reason::MASQUERADE_FROM_SERVER,
+            &segment(
+                server,
+                (PUBLIC, 41000),
+                s,
+                c,
+                PSH_ACK,
+                reply.as_bytes(),
+                vec![],
+            ),
+            0,
+            &mut maps,
+        );
+        s += reply.len() as u32;
+        if !command.is_empty() {
+            table.on_packet(
+                punt_reason::MASQUERADE_FROM_CLIENT,
+                &segment(inside, server, c, s, PSH_ACK, command.as_bytes(), vec![]),
+                0,
+                &mut maps,
+            );
+            c += command.len() as u32;
+        }
+    }
     let out = table.on_packet(
         punt_reason::MASQUERADE_FROM_CLIENT,
         &segment(
             inside,
             server,
-            2,
-            10,
+            c,
+            s,
             PSH_ACK,
             b"PORT 10,0,0,5,160,1\r\n",
             vec![],
