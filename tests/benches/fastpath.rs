@@ -56,6 +56,7 @@ fn dataplane() -> Dataplane {
             private: SocketAddrV4::new(SERVER, 9000),
             protocol: Protocol::Tcp,
             alg: None,
+            policy: None,
         }])
         .expect("publish");
     let masquerade = Masquerade {

@@ -32,12 +32,14 @@ fn loaded_dataplane() -> Dataplane {
                 private: endpoint(SERVER, 9000),
                 protocol: Protocol::Tcp,
                 alg: None,
+                policy: None,
             },
             Publish {
                 public: endpoint(PUBLIC, 5353),
                 private: endpoint(SERVER, 53),
                 protocol: Protocol::Udp,
                 alg: None,
+                policy: None,
             },
         ])
         .expect("publish");

@@ -479,6 +479,7 @@ fn hairpinned_connections_are_translated_both_ways() {
                 private: server,
                 protocol: gateway_user::config::Protocol::Tcp,
                 alg: None,
+                policy: None,
             }])
             .unwrap();
         let client = at(HOST_B, 45000);

@@ -32,6 +32,7 @@ fn dataplane() -> Dataplane {
             private: SocketAddrV4::new(SERVER, 21),
             protocol: Protocol::Tcp,
             alg: Some(Alg::Ftp),
+            policy: None,
         }])
         .expect("publish");
     let masquerade = Masquerade {
