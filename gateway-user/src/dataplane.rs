@@ -290,6 +290,11 @@ impl Dataplane {
             HashMap::try_from(self.map_mut(map_name)?).map_err(map_error(map_name))?;
         match map.remove(&key) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(err))
+                if err.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
             Err(err) => Err(map_error(map_name)(err)),
         }
     }

@@ -1,0 +1,199 @@
+//! The ALG's policy against hostile clients, in namespaces, once per action (drop, reject,
+//! reset): for every check a client breaks it, and the test shows from vsftpd's own protocol
+//! log that the offending line never reached the server, that the configured action happened
+//! (the gateway's reply and a session that goes on; silence; a reset), that the per-check
+//! counter moved, and that a legitimate session through the same gateway worked meanwhile.
+
+use std::{net::SocketAddrV4, time::Duration};
+
+use gateway_tests::{
+    TempFile, check_environment,
+    ftp::{self, FtpServer, Script, ServerKind},
+    gateway::GatewayProcess,
+    lab::{self, HOST_IF, Lab, LabOptions},
+    netns::unique_prefix,
+    transfer::pattern,
+};
+use serde_json::Value;
+
+const SESSION_LIMIT: usize = 16;
+const LIMIT_CLIENT: std::net::Ipv4Addr = std::net::Ipv4Addr::new(203, 0, 113, 4);
+
+/// Every scenario of `hostile_client.py`: its check, what the server's log must not contain,
+/// and the gateway's reply code under `reject`.
+const SCENARIOS: &[(&str, &str, &str)] = &[
+    ("out_of_state", "secret-before-login", "503"),
+    ("forbidden_user", "USER root", "530"),
+    ("tls", "AUTH TLS", "534"),
+    ("nul_or_bare_cr", "RETR smuggled", "501"),
+    ("spoofed_direction", "203,0,113,2,200,1", "501"),
+    ("denied_command", "denied-site", "502"),
+    ("bounce", "203,0,113,3,200,1", "504"),
+    ("low_port", "203,0,113,2,0,80", "504"),
+    ("embedded", "203,0,113,2,200,2", "501"),
+    ("malformed", "203,0,113,2,300,1", "501"),
+    ("line_too_long", "xxxxxxxxxxxxxxxx", "reset"),
+];
+
+fn config(action: &str) -> String {
+    format!(
+        "[interfaces]\ninside = \"veth-in\"\noutside = \"veth-out\"\n\n\
+         [[publish]]\npublic = \"{public}:21\"\nprivate = \"{server}:21\"\nprotocol = \"tcp\"\nalg = \"ftp\"\n\
+         [publish.policy]\ndeny_users = [\"root\"]\ndeny_commands = [\"SITE\"]\nmax_line = 256\n\
+         max_pending_expectations = 2\nmax_sessions_per_client = {SESSION_LIMIT}\non_violation = \"{action}\"\n",
+        public = lab::PUBLIC,
+        server = lab::SERVER,
+    )
+}
+
+fn hostile_clients_against(action: &str) {
+    check_environment().expect("environment");
+    let prefix = unique_prefix();
+    let lab = Lab::up(&prefix, LabOptions::default()).expect("lab up");
+    let config = TempFile::write(&format!("{prefix}-gateway.toml"), &config(action));
+    let mut gateway = GatewayProcess::start(&lab.router, &config.0, &[]).expect("gateway");
+    let server = FtpServer::start(ServerKind::Vsftpd, &lab.inside, lab::SERVER).expect("vsftpd");
+    let content = pattern(11, 512 * 1024);
+    server.put("legit", &content).expect("put");
+
+    // A third outside address, only for the sessions-per-client check.
+    lab.outside
+        .sh(&format!("ip addr add {LIMIT_CLIENT}/24 dev {HOST_IF}"))
+        .expect("address");
+    let hostile = Script::spawn(
+        &lab.outside,
+        "hostile_client.py",
+        &[
+            &lab::PUBLIC.to_string(),
+            "21",
+            &lab::CLIENT.to_string(),
+            &lab::CLIENT2.to_string(),
+            &SESSION_LIMIT.to_string(),
+            &LIMIT_CLIENT.to_string(),
+        ],
+    )
+    .expect("hostile clients");
+    // Meanwhile, a legitimate client from the other outside address.
+    std::thread::sleep(Duration::from_millis(300));
+    let local = std::env::temp_dir().join(format!("{prefix}-legit"));
+    let legit = lab
+        .outside
+        .command("timeout")
+        .args([
+            "30",
+            "curl",
+            "-sS",
+            "--interface",
+            &lab::CLIENT2.to_string(),
+        ])
+        .arg(format!(
+            "ftp://{}/legit",
+            SocketAddrV4::new(lab::PUBLIC, 21)
+        ))
+        .args(["-o", local.to_str().unwrap()])
+        .output()
+        .expect("curl");
+    assert!(
+        legit.status.success(),
+        "legitimate session: {}\n{}",
+        String::from_utf8_lossy(&legit.stderr),
+        gateway.output()
+    );
+    assert_eq!(ftp::sha256_file(&local).unwrap(), ftp::sha256(&content));
+    let _ = std::fs::remove_file(&local);
+
+    let output = hostile
+        .finish(Duration::from_secs(90))
+        .unwrap_or_else(|err| panic!("{err:#}\ngateway:\n{}", gateway.output()));
+    let results: Vec<Value> = serde_json::from_str(&output).expect("script output");
+    let outcome = |name: &str| -> (String, String) {
+        let result = results
+            .iter()
+            .find(|result| result["name"] == name)
+            .unwrap_or_else(|| panic!("no result for {name}: {output}"));
+        (
+            result["outcome"].as_str().unwrap_or_default().to_owned(),
+            result["after"].as_str().unwrap_or_default().to_owned(),
+        )
+    };
+    gateway.stop().expect("stop gateway");
+    let gateway_log = gateway.output();
+    let server_log = server.log();
+    assert!(
+        server_log.contains("FTP command"),
+        "vsftpd logs the commands it receives:\n{server_log}"
+    );
+
+    for (check, marker, code) in SCENARIOS {
+        let (result, after) = outcome(check);
+        // The server never saw it.
+        assert!(
+            !server_log.contains(marker),
+            "{action} {check}: {marker:?} reached the server:\n{server_log}"
+        );
+        // The configured action happened.
+        let expected = match (action, *code) {
+            (_, "reset") | ("reset", _) => "reset".to_owned(),
+            ("drop", _) => "silent".to_owned(),
+            _ => format!("reply:{code}"),
+        };
+        assert!(
+            result.starts_with(&expected),
+            "{action} {check}: got {result:?}, want {expected:?}\n{gateway_log}"
+        );
+        if expected.starts_with("reply:") {
+            // The server answers the next command: the session goes on (before login
+            // vsftpd answers NOOP with 530, after it with 200).
+            let answered = after.len() >= 3 && after.as_bytes()[..3].iter().all(u8::is_ascii_digit);
+            assert!(
+                answered,
+                "{action} {check}: the session must go on after the gateway's reply, NOOP got {after:?}"
+            );
+        }
+        // Counted under its own check, and logged with its fields.
+        assert!(
+            gateway.final_counter(&format!("alg_violation_{check}")) >= 1,
+            "{action} {check}: counter\n{gateway_log}"
+        );
+        assert!(
+            gateway_log.contains(&format!("check=\"{check}\""))
+                || gateway_log.contains(&format!("check={check}")),
+            "{action} {check}: log line\n{gateway_log}"
+        );
+    }
+
+    // The third pending data connection: the server's 227 is refused.
+    let (result, _) = outcome("too_many_expectations");
+    let expected = match action {
+        "reject" => "reply:451",
+        "drop" => "silent",
+        _ => "reset",
+    };
+    assert!(
+        result.starts_with(expected),
+        "{action} expectations: {result}"
+    );
+    assert!(gateway.final_counter("alg_violation_too_many_expectations") >= 1);
+    // Sessions per client: the limit, and no more.
+    let (result, _) = outcome("too_many_sessions");
+    assert_eq!(result, format!("greeted:{SESSION_LIMIT}"), "{gateway_log}");
+    assert!(gateway.final_counter("alg_violation_too_many_sessions") >= 1);
+    if action == "reset" {
+        assert!(gateway.final_counter("alg_sessions_reset") >= 1);
+    }
+}
+
+#[test]
+fn hostile_clients_are_rejected_and_their_sessions_go_on() {
+    hostile_clients_against("reject");
+}
+
+#[test]
+fn hostile_clients_are_dropped() {
+    hostile_clients_against("drop");
+}
+
+#[test]
+fn hostile_clients_are_reset() {
+    hostile_clients_against("reset");
+}
