@@ -114,6 +114,9 @@ pub enum Action {
     /// The session is over (a violation under `reset`): the shell removes its expectations;
     /// the RSTs to both sides are the `Emit`s just before.
     Terminate,
+    /// The server accepted `AUTH` (policy `tls = "pass"`): the rest of the session is
+    /// encrypted, passes unchanged, and is no longer inspected or translated.
+    Encrypted,
 }
 
 /// Chooses the public port on `public` for the announced data endpoint `private` (the shell
@@ -151,6 +154,8 @@ pub struct Session {
     server_window: u16,
     /// Ended by a reset: every further segment is dropped.
     terminated: bool,
+    /// AUTH was accepted: the streams are opaque from here on.
+    encrypted: bool,
 }
 
 /// What a line's checks decided.
@@ -188,6 +193,7 @@ impl Session {
             state: ProtocolState::new(),
             server_window: u16::MAX,
             terminated: false,
+            encrypted: false,
         }
     }
 
@@ -317,14 +323,16 @@ impl Session {
             }
             Err(err) => return Err(err.into()),
         };
-        if self.state.tls_started() {
+        if self.state.tls_started() && !self.encrypted {
             // AUTH accepted: what follows is TLS, not lines.
+            self.encrypted = true;
             for stream in [&mut self.client_to_server, &mut self.server_to_client]
                 .into_iter()
                 .flatten()
             {
                 stream.set_opaque();
             }
+            actions.push(Action::Encrypted);
         }
         let user = self.state.user().map(str::to_owned);
         actions.extend(

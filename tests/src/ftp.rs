@@ -37,6 +37,17 @@ pub struct FtpServer {
 impl FtpServer {
     /// Starts `kind` in `netns` on `address:21`, serving a fresh directory.
     pub fn start(kind: ServerKind, netns: &Netns, address: Ipv4Addr) -> anyhow::Result<FtpServer> {
+        FtpServer::start_with(kind, netns, address, false)
+    }
+
+    /// As [`FtpServer::start`]; `tls`: vsftpd also offers `AUTH TLS`, with a self-signed
+    /// certificate made for the occasion.
+    pub fn start_with(
+        kind: ServerKind,
+        netns: &Netns,
+        address: Ipv4Addr,
+        tls: bool,
+    ) -> anyhow::Result<FtpServer> {
         let base = std::env::temp_dir().join(format!("{}-{kind:?}", netns.name()));
         let root = base.join("root");
         let _ = std::fs::remove_dir_all(&base);
@@ -51,21 +62,45 @@ impl FtpServer {
                 // vsftpd insists on an empty directory to chroot its helper into.
                 std::fs::create_dir_all("/var/run/vsftpd/empty")?;
                 let config = base.join("vsftpd.conf");
+                let mut tls_lines = String::new();
+                if tls {
+                    let (cert, key) = (base.join("cert.pem"), base.join("key.pem"));
+                    crate::run(
+                        Command::new("openssl")
+                            .args([
+                                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                            ])
+                            .args(["-subj", "/CN=gateway-test"])
+                            .arg("-keyout")
+                            .arg(&key)
+                            .arg("-out")
+                            .arg(&cert),
+                    )
+                    .context("make a test certificate")?;
+                    tls_lines = format!(
+                        "ssl_enable=YES\nallow_anon_ssl=YES\nforce_anon_logins_ssl=NO\n\
+                         force_anon_data_ssl=NO\nrequire_ssl_reuse=NO\nrsa_cert_file={}\n\
+                         rsa_private_key_file={}\n",
+                        cert.display(),
+                        key.display()
+                    );
+                }
                 std::fs::write(
                     &config,
-                    format!(
-                        "listen=YES\nlisten_address={address}\nbackground=NO\n\
+                    tls_lines
+                        + &format!(
+                            "listen=YES\nlisten_address={address}\nbackground=NO\n\
                          anonymous_enable=YES\nno_anon_password=YES\nlocal_enable=NO\n\
                          anon_root={root}\nwrite_enable=YES\nanon_upload_enable=YES\n\
                          anon_umask=022\npasv_enable=YES\npasv_min_port={}\npasv_max_port={}\n\
                          port_enable=YES\nconnect_from_port_20=YES\nseccomp_sandbox=NO\n\
                          log_ftp_protocol=YES\nvsftpd_log_file={log}\nxferlog_enable=YES\n\
                          dual_log_enable=NO\nsyslog_enable=NO\n",
-                        VSFTPD_PASSIVE_PORTS.0,
-                        VSFTPD_PASSIVE_PORTS.1,
-                        root = root.display(),
-                        log = log.display(),
-                    ),
+                            VSFTPD_PASSIVE_PORTS.0,
+                            VSFTPD_PASSIVE_PORTS.1,
+                            root = root.display(),
+                            log = log.display(),
+                        ),
                 )?;
                 netns
                     .command("vsftpd")

@@ -197,3 +197,112 @@ fn hostile_clients_are_dropped() {
 fn hostile_clients_are_reset() {
     hostile_clients_against("reset");
 }
+
+#[test]
+fn a_hostile_server_cannot_slip_addresses_or_commands_to_the_client() {
+    check_environment().expect("environment");
+    let prefix = unique_prefix();
+    let lab = Lab::up(&prefix, LabOptions::default()).expect("lab up");
+    let config = TempFile::write(&format!("{prefix}-gateway.toml"), &config("reject"));
+    let mut gateway = GatewayProcess::start(&lab.router, &config.0, &[]).expect("gateway");
+    let log = std::env::temp_dir().join(format!("{prefix}-hostile-server.log"));
+    let _server = Script::spawn(
+        &lab.inside,
+        "hostile_server.py",
+        &[&lab::SERVER.to_string(), log.to_str().unwrap()],
+    )
+    .expect("hostile server");
+    ftp::wait_listening(&lab.inside, 21, Duration::from_secs(10)).expect("listening");
+    // A plain client: what does it get for USER, PASS, NOOP?
+    let transcript = lab
+        .outside
+        .command("python3")
+        .args([
+            "-c",
+            "import socket\n\
+             s = socket.create_connection(('203.0.113.1', 21), timeout=5)\n\
+             f = s.makefile('rb')\n\
+             print(f.readline().decode().strip())\n\
+             for c in ('USER alice', 'PASS secret', 'NOOP'):\n\
+             \x20   s.sendall((c + '\\r\\n').encode())\n\
+             \x20   print(f.readline().decode().strip())\n",
+        ])
+        .output()
+        .expect("client");
+    let _ = std::fs::remove_file(&log);
+    let lines = String::from_utf8_lossy(&transcript.stdout).into_owned();
+    gateway.stop().expect("stop");
+    let gateway_log = gateway.output();
+    let lines: Vec<&str> = lines.lines().collect();
+    assert_eq!(
+        lines,
+        vec![
+            "220 hostile server",
+            "451 Reply refused by the gateway.",
+            // The PORT line from the server is removed (not a reply: nothing to stand in for).
+            "230 Logged in.",
+            "200 OK.",
+        ],
+        "{gateway_log}"
+    );
+    assert!(!lines.iter().any(|line| line.contains("10,0,0,2")));
+    assert_eq!(
+        gateway.final_counter("alg_violation_embedded"),
+        1,
+        "{gateway_log}"
+    );
+    assert_eq!(
+        gateway.final_counter("alg_violation_spoofed_direction"),
+        1,
+        "{gateway_log}"
+    );
+}
+
+/// `AUTH TLS` with `tls = "pass"`: the session goes on encrypted, uninspected (and says so in
+/// the log); with `tls = "deny"` the same client, which insists on TLS, is refused.
+#[test]
+fn tls_is_passed_or_denied_as_the_policy_says() {
+    check_environment().expect("environment");
+    for (tls, works) in [("pass", true), ("deny", false)] {
+        let prefix = unique_prefix();
+        let lab = Lab::up(&prefix, LabOptions::default()).expect("lab up");
+        let text = config("reject").replace(
+            "on_violation = \"reject\"",
+            &format!("on_violation = \"reject\"\ntls = \"{tls}\""),
+        );
+        let config = TempFile::write(&format!("{prefix}-gateway.toml"), &text);
+        let mut gateway = GatewayProcess::start(&lab.router, &config.0, &[]).expect("gateway");
+        let _server = FtpServer::start_with(ServerKind::Vsftpd, &lab.inside, lab::SERVER, true)
+            .expect("vsftpd with TLS");
+        let output = lab
+            .outside
+            .command("timeout")
+            .args([
+                "30",
+                "lftp",
+                "-e",
+                "set net:max-retries 1; set net:timeout 10; set ftp:ssl-force yes; \
+                 set ssl:verify-certificate no; quote PWD; bye",
+                &format!("ftp://anonymous:x@{}", lab::PUBLIC),
+            ])
+            .output()
+            .expect("lftp");
+        gateway.stop().expect("stop");
+        let log = gateway.output();
+        let said = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        if works {
+            assert!(output.status.success(), "TLS session: {said}\n{log}");
+            assert!(said.contains("257"), "PWD answered over TLS: {said}");
+            assert_eq!(gateway.final_counter("alg_sessions_encrypted"), 1, "{log}");
+            assert!(
+                log.contains("switched to TLS: no longer inspected"),
+                "{log}"
+            );
+        } else {
+            assert!(!output.status.success(), "TLS must be refused: {said}");
+            assert!(gateway.final_counter("alg_violation_tls") >= 1, "{log}");
+            assert_eq!(gateway.final_counter("alg_sessions_encrypted"), 0, "{log}");
+        }
+    }
+}

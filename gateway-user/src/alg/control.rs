@@ -143,6 +143,8 @@ pub struct AlgStats {
     pub expectation_install_failed: u64,
     /// Sessions ended by a violation under `reset`.
     pub sessions_reset: u64,
+    /// Sessions that switched to TLS (`tls = "pass"`).
+    pub sessions_encrypted: u64,
     /// Violations by check, in `Check::ALL` order.
     pub violations_by_check: [u64; Check::ALL.len()],
 }
@@ -167,6 +169,7 @@ impl AlgStats {
                 self.expectation_install_failed,
             ),
             ("alg_sessions_reset", self.sessions_reset),
+            ("alg_sessions_encrypted", self.sessions_encrypted),
         ];
         totals
             .iter()
@@ -650,6 +653,14 @@ impl ControlTable {
                             ViolationAction::Reset => "reset",
                         }),
                         "ftp policy violation: {reason}"
+                    );
+                }
+                Action::Encrypted => {
+                    self.stats.sessions_encrypted += 1;
+                    tracing::info!(
+                        client = %connection.client,
+                        server = %connection.server,
+                        "ftp control session switched to TLS: no longer inspected, its data connections are not opened by the ALG"
                     );
                 }
                 Action::Terminate => {
