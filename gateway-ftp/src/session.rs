@@ -215,6 +215,29 @@ impl Session {
         self.terminated
     }
 
+    /// Where the session stands, for listings: `reset`, `tls`, or the login state.
+    pub fn phase(&self) -> &'static str {
+        if self.terminated {
+            "reset"
+        } else if self.encrypted {
+            "tls"
+        } else {
+            match self.state.login() {
+                crate::state::Login::User => "login",
+                crate::state::Login::Password { .. } => "password",
+                crate::state::Login::Account { .. } => "account",
+                crate::state::Login::LoggedIn { .. } => "logged-in",
+            }
+        }
+    }
+
+    /// Replaces the policy (a reload): it applies to the lines that come next.
+    pub fn set_policy(&mut self, policy: Arc<Policy>) {
+        if self.policy.is_some() {
+            self.policy = Some(policy);
+        }
+    }
+
     pub fn on_segment(
         &mut self,
         direction: Direction,

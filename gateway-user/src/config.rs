@@ -105,6 +105,10 @@ pub struct Config {
     /// Seconds between two sweeps of expired sessions and mappings.
     pub sweep_interval: u64,
     pub ftp: Ftp,
+    /// `[management] socket`: where the agent answers `gateway status`, `sessions`, ...
+    pub management_socket: PathBuf,
+    /// `[metrics] listen`: where the agent serves Prometheus metrics, if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The FTP ALG's settings (`[ftp]`); which published servers it serves is `Publish::alg`.
@@ -258,6 +262,35 @@ struct RawConfig {
     #[serde(default)]
     sessions: RawSessions,
     ftp: Option<RawFtp>,
+    #[serde(default)]
+    management: RawManagement,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManagement {
+    #[serde(default = "default_socket")]
+    socket: PathBuf,
+}
+
+impl Default for RawManagement {
+    fn default() -> Self {
+        RawManagement {
+            socket: default_socket(),
+        }
+    }
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from(crate::management::DEFAULT_SOCKET)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -607,7 +640,28 @@ impl Config {
             }
         }
 
+        if !raw.management.socket.is_absolute() {
+            return Err(invalid(format!(
+                "management.socket = {:?}: expected an absolute path",
+                raw.management.socket
+            )));
+        }
+        let metrics_listen = raw
+            .metrics
+            .listen
+            .as_deref()
+            .map(|text| {
+                text.parse::<std::net::SocketAddr>().map_err(|_| {
+                    invalid(format!(
+                        "metrics.listen = {text:?}: expected an address and port such as \"127.0.0.1:9469\""
+                    ))
+                })
+            })
+            .transpose()?;
+
         Ok(Config {
+            management_socket: raw.management.socket,
+            metrics_listen,
             ftp,
             masquerade,
             timeouts,

@@ -595,6 +595,66 @@ impl Dataplane {
             .ok_or(DataplaneError::Missing { kind: "map", name })
     }
 
+    /// Every session-table entry (one per direction of a connection), as the fast path holds
+    /// it. Entries may come and go under the iteration; those are skipped.
+    pub fn sessions(&self) -> Result<Vec<(FlowKey, Session)>, DataplaneError> {
+        let sessions: HashMap<_, FlowKey, Session> =
+            HashMap::try_from(self.map(names::SESSIONS)?).map_err(map_error(names::SESSIONS))?;
+        Ok(sessions.iter().flatten().collect())
+    }
+
+    /// The expectations not used yet.
+    pub fn expectations(&self) -> Result<Vec<(ExpectationKey, ExpectationEntry)>, DataplaneError> {
+        let map: HashMap<_, ExpectationKey, ExpectationEntry> =
+            HashMap::try_from(self.map(names::EXPECTATIONS)?)
+                .map_err(map_error(names::EXPECTATIONS))?;
+        Ok(map.iter().flatten().collect())
+    }
+
+    /// Removes every session entry (mappings and filtering entries stay, so connections that
+    /// go on get their sessions back with the same public endpoints). Returns how many went.
+    pub fn flush_sessions(&mut self) -> Result<usize, DataplaneError> {
+        let keys: Vec<FlowKey> = self.sessions()?.into_iter().map(|(key, _)| key).collect();
+        let mut sessions: HashMap<_, FlowKey, Session> =
+            HashMap::try_from(self.map_mut(names::SESSIONS)?)
+                .map_err(map_error(names::SESSIONS))?;
+        Ok(keys
+            .iter()
+            .filter(|key| sessions.remove(key).is_ok())
+            .count())
+    }
+
+    /// Removes published servers (the inverse of [`Dataplane::publish`]).
+    pub fn unpublish(&mut self, publishes: &[Publish]) -> Result<(), DataplaneError> {
+        for publish in publishes {
+            let proto = publish.protocol.number();
+            let public = Endpoint::from_socket(publish.public, proto);
+            let private = Endpoint::from_socket(publish.private, proto);
+            for (map_name, key) in [
+                (names::PUBLISH_DNAT, public),
+                (names::PUBLISH_SNAT, private),
+            ] {
+                let mut map: HashMap<_, Endpoint, Endpoint> =
+                    HashMap::try_from(self.map_mut(map_name)?).map_err(map_error(map_name))?;
+                let _ = map.remove(&key);
+            }
+            let mut punt: HashMap<_, Endpoint, u8> =
+                HashMap::try_from(self.map_mut(names::PUNT_ENDPOINTS)?)
+                    .map_err(map_error(names::PUNT_ENDPOINTS))?;
+            let _ = punt.remove(&public);
+            let _ = punt.remove(&private);
+        }
+        Ok(())
+    }
+
+    /// The kernel's ids of the loaded programs, by name.
+    pub fn program_ids(&self) -> Vec<(String, u32)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, program)| Some((name.to_owned(), program.info().ok()?.id())))
+            .collect()
+    }
+
     /// The fast path's counters, summed over CPUs, in [`Counter::ALL`] order.
     pub fn counters(&self) -> Result<Vec<(Counter, u64)>, DataplaneError> {
         let map = self.ebpf.map(names::STATS).ok_or(DataplaneError::Missing {

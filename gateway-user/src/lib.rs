@@ -1,9 +1,12 @@
 //! The gateway agent: configuration, loading and attaching the fast path, and (in later
 //! layers) the FTP ALG. The `gateway` binary in `main.rs` is a thin command line over this.
 
+pub mod agent;
 pub mod alg;
 pub mod config;
 pub mod dataplane;
+pub mod management;
+pub mod metrics;
 pub mod system;
 
 /// The BPF object built from `gateway-ebpf` by build.rs, embedded so one binary ships it all.

@@ -63,6 +63,9 @@ fn build_binary() -> anyhow::Result<PathBuf> {
 pub struct GatewayProcess {
     child: Option<Child>,
     log: Arc<Mutex<Vec<String>>>,
+    /// Its management socket, private to this process (tests run gateways side by side).
+    socket: PathBuf,
+    binary: PathBuf,
 }
 
 /// The line `gateway run` logs once everything is attached.
@@ -83,9 +86,12 @@ impl GatewayProcess {
         extra: &[&str],
     ) -> anyhow::Result<GatewayProcess> {
         let mut command = netns.command(binary.to_str().context("binary path is not UTF-8")?);
+        let socket = std::env::temp_dir().join(format!("{}-gateway.sock", netns.name()));
         command
             .args(["run", "--config"])
             .arg(config)
+            .arg("--socket")
+            .arg(&socket)
             .args(extra)
             .env_remove("RUST_BACKTRACE")
             .env("RUST_LOG", "info")
@@ -127,6 +133,8 @@ impl GatewayProcess {
         let mut process = GatewayProcess {
             child: Some(child),
             log,
+            socket,
+            binary: binary.to_owned(),
         };
         match ready_rx.recv_timeout(Duration::from_secs(30)) {
             Ok(()) => Ok(process),
@@ -138,6 +146,24 @@ impl GatewayProcess {
                 )
             }
         }
+    }
+
+    /// The management socket it listens on.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Runs `gateway <args> --socket <its socket>` (a management command) and returns its
+    /// standard output; an error carries its standard error.
+    pub fn ask(&self, args: &[&str]) -> anyhow::Result<String> {
+        let output = crate::run(
+            std::process::Command::new(&self.binary)
+                .args(args)
+                .arg("--socket")
+                .arg(&self.socket)
+                .env_remove("RUST_BACKTRACE"),
+        )?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     /// Everything the process wrote so far.

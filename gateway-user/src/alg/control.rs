@@ -193,6 +193,10 @@ pub struct ControlInfo {
     pub server_seen: SocketAddrV4,
     pub pending_expectations: usize,
     pub closed: bool,
+    pub user: Option<String>,
+    /// `login`, `password`, `logged-in`, `tls`, `reset`, `closed`.
+    pub phase: &'static str,
+    pub age_ns: u64,
 }
 
 struct Connection {
@@ -215,6 +219,7 @@ struct Connection {
     /// Expectations installed and maybe not used yet, with their expiry.
     expectations: Vec<(ExpectationKey, u64)>,
     policy: Arc<Policy>,
+    created_ns: u64,
     /// The last segment from each side (client, server), payload dropped: the template of
     /// what the gateway sends in that side's name (its replies, its RSTs), so their TCP
     /// options (timestamps) are that side's.
@@ -238,6 +243,13 @@ impl Connection {
                 .filter(|(_, expires)| *expires >= now_ns)
                 .count(),
             closed: self.closed(),
+            user: self.core.user().map(str::to_owned),
+            phase: if self.closed() && !self.core.terminated() {
+                "closed"
+            } else {
+                self.core.phase()
+            },
+            age_ns: now_ns.saturating_sub(self.created_ns),
         }
     }
 }
@@ -265,6 +277,31 @@ impl ControlTable {
 
     pub fn stats(&self) -> AlgStats {
         self.stats
+    }
+
+    /// New settings (a reload): new sessions follow them; running sessions keep their
+    /// translation and get the policy that now applies to their server for what comes next.
+    pub fn set_settings(&mut self, settings: AlgSettings) {
+        for connection in self.connections.values_mut() {
+            let policy = settings
+                .published_policies
+                .get(&connection.server_seen)
+                .unwrap_or(&settings.policy)
+                .clone();
+            connection.core.set_policy(policy.clone());
+            connection.policy = policy;
+        }
+        self.settings = settings;
+    }
+
+    /// Forgets every control session and removes their expectations (`gateway flush --ftp`):
+    /// their later segments are dropped as unknown. Returns how many went.
+    pub fn flush(&mut self, maps: &mut dyn AlgMaps) -> usize {
+        let ids: Vec<u64> = self.connections.keys().copied().collect();
+        for id in &ids {
+            self.remove(*id, maps);
+        }
+        ids.len()
     }
 
     pub fn connections(&self, now_ns: u64) -> Vec<ControlInfo> {
@@ -447,6 +484,7 @@ impl ControlTable {
                 policy.clone(),
             ),
             policy,
+            created_ns: now_ns,
             last_from: [None, None],
             mss_to_client: DEFAULT_MSS,
             mss_to_server: DEFAULT_MSS,

@@ -1,0 +1,761 @@
+//! `gateway run`: loads and attaches the fast path, then serves until SIGINT or SIGTERM: the
+//! FTP ALG (punt ring in, raw socket out), the periodic sweep, the management API on its Unix
+//! socket and, if configured, Prometheus metrics.
+//!
+//! Everything runs on one thread (tokio's current-thread runtime): the ALG, the sweep and the
+//! management requests take turns on the maps, so none of them needs a lock. Connections to
+//! the management socket and the metrics port are read by their own tasks, which hand the
+//! parsed request to the main loop and wait for its answer.
+
+use std::{
+    net::SocketAddrV4,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use gateway_common::{
+    FlowKey, REWRITE_BOTH, REWRITE_DESTINATION, REWRITE_SOURCE, expectation_kind, session_state,
+};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, UnixListener, UnixStream},
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, oneshot},
+};
+
+use crate::{
+    alg::{
+        control::{AlgSettings, ControlTable},
+        shell::{self, PuntReader, RawSender},
+    },
+    config::{Config, Hook, XdpMode},
+    dataplane::{Attachment, Dataplane, DataplaneError, Sweep, Sweeper, monotonic_now_ns},
+    management::{
+        ExpectationRow, Filter, FtpSessionRow, InterfaceStatus, MAX_REQUEST, Request, Response,
+        SessionRow, Stats, Status,
+    },
+    metrics,
+    system::{self, SysctlGuard},
+};
+
+pub struct RunOptions {
+    pub config_path: PathBuf,
+    /// `--xdp-mode`: XDP in this mode on both interfaces, whatever the config says.
+    pub xdp_mode: Option<XdpMode>,
+    pub verbose: bool,
+    /// `--socket`: the management socket, instead of `[management] socket`.
+    pub socket: Option<PathBuf>,
+}
+
+/// The FTP ALG's moving parts in the agent.
+struct Alg {
+    table: ControlTable,
+    raw: RawSender,
+    send_failures: u64,
+    undecodable: u64,
+}
+
+impl Alg {
+    fn handle(&mut self, dataplane: &mut Dataplane, reason: u8, packet: &[u8]) {
+        let now = monotonic_now_ns();
+        for outgoing in self.table.on_packet(reason, packet, now, dataplane) {
+            if let Err(err) = self.raw.send(&outgoing) {
+                self.send_failures += 1;
+                tracing::warn!(dst = %outgoing.dst, "cannot send a control packet: {err}");
+            }
+        }
+    }
+
+    fn counters(&self) -> Vec<(String, u64)> {
+        let mut counters = self.table.stats().pairs();
+        counters.push(("alg_send_failed".into(), self.send_failures));
+        counters.push(("alg_undecodable".into(), self.undecodable));
+        counters
+    }
+}
+
+struct Agent {
+    config: Config,
+    config_path: PathBuf,
+    dataplane: Dataplane,
+    alg: Alg,
+    attachments: Vec<Attachment>,
+    ifindexes: [u32; 2],
+    started: Instant,
+    sweeper: Sweeper,
+    swept: Sweep,
+}
+
+/// What the connection tasks ask the main loop.
+enum Query {
+    Api(Request),
+    Metrics,
+}
+
+type QueryChannel = mpsc::Sender<(Query, oneshot::Sender<String>)>;
+
+pub fn run(options: &RunOptions) -> anyhow::Result<()> {
+    let config_path = &options.config_path;
+    let config = Config::load(config_path)?;
+    let hook = config.dataplane.hook;
+    let xdp_mode = options.xdp_mode.or(config.dataplane.xdp_mode);
+    if options.xdp_mode.is_some() && hook == Hook::Tc {
+        bail!(
+            "--xdp-mode conflicts with dataplane.hook = \"tc\" in {}",
+            config_path.display()
+        );
+    }
+    let hook = if options.xdp_mode.is_some() {
+        Hook::Xdp
+    } else {
+        hook
+    };
+
+    system::check_privileges().map_err(|why| anyhow!(why))?;
+    let mut ifindexes = [0; 2];
+    for (slot, (role, name)) in ifindexes.iter_mut().zip([
+        ("inside", &config.interfaces.inside),
+        ("outside", &config.interfaces.outside),
+    ]) {
+        *slot = system::if_index(name).ok_or_else(|| {
+            anyhow!(
+                "interface {name:?} (interfaces.{role}) does not exist in this network namespace"
+            )
+        })?;
+    }
+    let socket_path = options
+        .socket
+        .clone()
+        .unwrap_or_else(|| config.management_socket.clone());
+    refuse_second_agent(&socket_path)?;
+
+    let mut dataplane =
+        Dataplane::load(options.verbose, config.max_sessions).inspect_err(|err| {
+            if let DataplaneError::Verifier {
+                log, verbose: true, ..
+            } = err
+            {
+                eprintln!("{log}");
+            }
+        })?;
+    dataplane.publish(&config.publish)?;
+    dataplane.configure_nat(
+        config.masquerade.as_ref(),
+        &config.timeouts,
+        config.dataplane.forwarding,
+        &config.ftp.control_ports,
+    )?;
+    dataplane.set_interface_roles(ifindexes[0], ifindexes[1])?;
+    let punt_ring = dataplane.take_punt_ring()?;
+    let raw = RawSender::open().context("cannot open the raw socket the FTP ALG sends with")?;
+
+    let mut attachments = Vec::new();
+    for name in [&config.interfaces.inside, &config.interfaces.outside] {
+        let attachment = dataplane.attach(name, hook, xdp_mode)?;
+        tracing::info!(interface = %attachment.interface, hook = %attachment.hook, "fast path attached");
+        attachments.push(attachment);
+    }
+    // Translation happens at ingress, before the kernel routes. The translated packets the
+    // stack still routes (all of XDP's; TC's expiring TTLs and oversized packets) reach it on
+    // the inside interface already carrying the public source address, usually the gateway's
+    // own. The kernel drops such packets as martians unless accept_local is on, and strict
+    // reverse-path filtering drops them too (loose mode still drops sources with no route at
+    // all). Both are restored on a clean exit.
+    let mut sysctls: Vec<SysctlGuard> = Vec::new();
+    for name in [&config.interfaces.inside, &config.interfaces.outside] {
+        sysctls.push(
+            SysctlGuard::set_ipv4_conf(name, "accept_local", "1")
+                .context("cannot set accept_local")?,
+        );
+        sysctls.extend(system::relax_strict_rp_filter(name).context("cannot adjust rp_filter")?);
+    }
+    log_config(&config);
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let mut agent = Agent {
+        alg: Alg {
+            table: ControlTable::new(AlgSettings::from_config(&config), shell::random_seed()),
+            raw,
+            send_failures: 0,
+            undecodable: 0,
+        },
+        config,
+        config_path: config_path.clone(),
+        dataplane,
+        attachments,
+        ifindexes,
+        started: Instant::now(),
+        sweeper: Sweeper::default(),
+        swept: Sweep::default(),
+    };
+    let result = runtime.block_on(async {
+        let reader = PuntReader::new(punt_ring).context("cannot watch the punt ring buffer")?;
+        let listener = bind_management(&socket_path)?;
+        let metrics = match agent.config.metrics_listen {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("cannot listen for metrics on {address}"))?,
+            ),
+            None => None,
+        };
+        tracing::info!(
+            config = %config_path.display(),
+            management = %socket_path.display(),
+            metrics = ?agent.config.metrics_listen,
+            "gateway running; SIGINT or SIGTERM stops it"
+        );
+        agent.serve(reader, listener, metrics).await
+    });
+    let _ = std::fs::remove_file(&socket_path);
+    let signal_name = result?;
+    tracing::info!(signal = signal_name, "stopping");
+    agent.shutdown()?;
+    drop(sysctls);
+    Ok(())
+}
+
+fn log_config(config: &Config) {
+    if let Some(masquerade) = &config.masquerade {
+        let list = |items: Vec<String>| items.join(",");
+        tracing::info!(
+            networks = %list(masquerade.networks.iter().map(ToString::to_string).collect()),
+            addresses = %list(masquerade.addresses.iter().map(ToString::to_string).collect()),
+            ports = %format!("{}-{}", masquerade.ports.start(), masquerade.ports.end()),
+            filtering = ?masquerade.filtering,
+            "masquerade"
+        );
+    }
+    for publish in &config.publish {
+        let alg = publish.alg.map_or("none", |_| "ftp");
+        tracing::info!(public = %publish.public, private = %publish.private, protocol = %publish.protocol, alg, "published");
+    }
+    if !config.ftp.control_ports.is_empty() {
+        tracing::info!(control_ports = ?config.ftp.control_ports, "ftp alg for masqueraded clients");
+    }
+}
+
+/// A live agent answering on the socket is not replaced; a stale socket file is.
+fn refuse_second_agent(path: &Path) -> anyhow::Result<()> {
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        bail!(
+            "another gateway agent answers at {} (one agent per socket: stop it, or set [management] socket)",
+            path.display()
+        );
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(err).with_context(|| format!("cannot remove stale {}", path.display())),
+    }
+}
+
+fn bind_management(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    // Root only: the API shows every connection and can flush them.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", path.display()))?;
+    Ok(listener)
+}
+
+impl Agent {
+    /// Runs until SIGINT or SIGTERM; returns the signal's name.
+    async fn serve(
+        &mut self,
+        mut reader: PuntReader,
+        listener: UnixListener,
+        metrics: Option<TcpListener>,
+    ) -> anyhow::Result<&'static str> {
+        let mut interrupt =
+            signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+        let mut terminate =
+            signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+        let mut interval = self.config.sweep_interval;
+        let mut ticks = sweep_ticks(interval);
+        let (queries, mut incoming) = mpsc::channel(16);
+        let mut batch = Vec::new();
+        loop {
+            tokio::select! {
+                _ = interrupt.recv() => return Ok("SIGINT"),
+                _ = terminate.recv() => return Ok("SIGTERM"),
+                read = reader.next_batch(&mut batch) => {
+                    self.alg.undecodable += read.context("cannot read the punt ring buffer")? as u64;
+                    for (reason, packet) in batch.drain(..) {
+                        self.alg.handle(&mut self.dataplane, reason, &packet);
+                    }
+                }
+                _ = ticks.tick() => self.sweep(),
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        tokio::spawn(answer_management(stream, queries.clone()));
+                    }
+                    Err(err) => tracing::warn!("management socket: {err}"),
+                },
+                accepted = accept_metrics(metrics.as_ref()) => match accepted {
+                    Ok(stream) => {
+                        tokio::spawn(answer_metrics(stream, queries.clone()));
+                    }
+                    Err(err) => tracing::warn!("metrics listener: {err}"),
+                },
+                Some((query, reply)) = incoming.recv() => {
+                    let answer = match query {
+                        Query::Api(request) => {
+                            let response = match self.handle(request) {
+                                Ok(data) => Response::Ok { data },
+                                Err(err) => Response::Error { message: format!("{err:#}") },
+                            };
+                            serde_json::to_string(&response).unwrap_or_default()
+                        }
+                        Query::Metrics => metrics::render(&self.snapshot()),
+                    };
+                    let _ = reply.send(answer);
+                    if self.config.sweep_interval != interval {
+                        interval = self.config.sweep_interval;
+                        ticks = sweep_ticks(interval);
+                    }
+                }
+            }
+        }
+    }
+
+    fn sweep(&mut self) {
+        let now = monotonic_now_ns();
+        self.alg.table.expire(now, &mut self.dataplane);
+        // The ALG's mappings and claimed data ports have no fast-path session yet.
+        let held = self.alg.table.held_endpoints(now);
+        match self.dataplane.sweep(&mut self.sweeper, now, &held) {
+            Ok(sweep) => {
+                if sweep != Sweep::default() {
+                    tracing::debug!(?sweep, "swept expired state");
+                }
+                self.swept += sweep;
+            }
+            Err(err) => tracing::warn!(error = %err, "sweep failed"),
+        }
+    }
+
+    fn handle(&mut self, request: Request) -> anyhow::Result<serde_json::Value> {
+        let now = monotonic_now_ns();
+        let value = match request {
+            Request::Status => serde_json::to_value(self.status()?)?,
+            Request::Sessions { ftp: false, filter } => {
+                let filter: Filter = filter
+                    .as_deref()
+                    .unwrap_or_default()
+                    .parse()
+                    .map_err(|why: String| anyhow!(why))?;
+                let rows: Vec<SessionRow> = self
+                    .dataplane
+                    .sessions()?
+                    .into_iter()
+                    .filter_map(|(key, session)| {
+                        let (original, translated) = tuples(&key, &session);
+                        let proto = proto_name(key.proto);
+                        filter
+                            .matches(proto, &[original.0, original.1, translated.0, translated.1])
+                            .then(|| SessionRow {
+                                proto: proto.to_owned(),
+                                original: format!("{} -> {}", original.0, original.1),
+                                translated: format!("{} -> {}", translated.0, translated.1),
+                                state: state_name(key.proto, session.state).to_owned(),
+                                idle_seconds: now.saturating_sub(session.last_seen_ns)
+                                    / 1_000_000_000,
+                                packets: session.packets,
+                                bytes: session.bytes,
+                            })
+                    })
+                    .collect();
+                serde_json::to_value(rows)?
+            }
+            Request::Sessions { ftp: true, filter } => {
+                let filter: Filter = filter
+                    .as_deref()
+                    .unwrap_or_default()
+                    .parse()
+                    .map_err(|why: String| anyhow!(why))?;
+                let rows: Vec<FtpSessionRow> = self
+                    .alg
+                    .table
+                    .connections(now)
+                    .into_iter()
+                    .filter(|info| {
+                        filter.matches(
+                            "tcp",
+                            &[info.client, info.client_seen, info.server, info.server_seen],
+                        )
+                    })
+                    .map(|info| FtpSessionRow {
+                        client: info.client.to_string(),
+                        client_seen: info.client_seen.to_string(),
+                        server: info.server.to_string(),
+                        server_seen: info.server_seen.to_string(),
+                        user: info.user.unwrap_or_else(|| "-".into()),
+                        state: info.phase.to_owned(),
+                        pending_expectations: info.pending_expectations,
+                        age_seconds: info.age_ns / 1_000_000_000,
+                    })
+                    .collect();
+                serde_json::to_value(rows)?
+            }
+            Request::Expectations => {
+                let rows: Vec<ExpectationRow> = self
+                    .dataplane
+                    .expectations()?
+                    .into_iter()
+                    .map(|(key, entry)| ExpectationRow {
+                        kind: if entry.kind == expectation_kind::INBOUND {
+                            "inbound"
+                        } else {
+                            "outbound"
+                        }
+                        .into(),
+                        endpoint: key.endpoint.socket().to_string(),
+                        peer: std::net::Ipv4Addr::from(key.peer).to_string(),
+                        target: if entry.kind == expectation_kind::INBOUND {
+                            entry.target.socket().to_string()
+                        } else {
+                            format!("source {}", std::net::Ipv4Addr::from(entry.target.addr))
+                        },
+                        expires_in_seconds: (entry.expires_ns as i128 - now as i128)
+                            .clamp(i64::MIN as i128, i64::MAX as i128)
+                            as i64
+                            / 1_000_000_000,
+                    })
+                    .collect();
+                serde_json::to_value(rows)?
+            }
+            Request::Stats => serde_json::to_value(Stats {
+                fastpath: self
+                    .dataplane
+                    .counters()?
+                    .into_iter()
+                    .map(|(counter, value)| (counter.name().to_owned(), value))
+                    .collect(),
+                alg: self.alg.counters(),
+            })?,
+            Request::Reload => serde_json::to_value(self.reload()?)?,
+            Request::Flush { ftp: true } => {
+                let removed = self.alg.table.flush(&mut self.dataplane);
+                tracing::info!(removed, "ftp control sessions flushed");
+                serde_json::json!({ "removed": removed })
+            }
+            Request::Flush { ftp: false } => {
+                let removed = self.dataplane.flush_sessions()?;
+                tracing::info!(removed, "session table flushed");
+                serde_json::json!({ "removed": removed })
+            }
+        };
+        Ok(value)
+    }
+
+    fn status(&self) -> anyhow::Result<Status> {
+        let now = monotonic_now_ns();
+        let policy = &self.config.ftp.policy;
+        Ok(Status {
+            pid: std::process::id(),
+            config: self.config_path.display().to_string(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            interfaces: self
+                .attachments
+                .iter()
+                .zip(["inside", "outside"])
+                .zip(self.ifindexes)
+                .map(|((attachment, role), ifindex)| InterfaceStatus {
+                    role: role.into(),
+                    name: attachment.interface.clone(),
+                    ifindex,
+                    hook: attachment.hook.to_string(),
+                })
+                .collect(),
+            programs: self.dataplane.program_ids(),
+            sessions: self.dataplane.sessions()?.len(),
+            ftp_sessions: self.alg.table.connections(now).len(),
+            expectations: self.dataplane.expectations()?.len(),
+            publishes: self.config.publish.len(),
+            masquerade: self.config.masquerade.as_ref().map(|masquerade| {
+                format!(
+                    "{} behind {} ports {}-{}",
+                    masquerade
+                        .networks
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    masquerade
+                        .addresses
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    masquerade.ports.start(),
+                    masquerade.ports.end()
+                )
+            }),
+            policy: format!(
+                "on_violation={:?} tls={:?} anonymous={} pipelining={} deny_commands={} allow_users={} deny_users={}",
+                policy.on_violation,
+                policy.tls,
+                policy.anonymous,
+                policy.pipelining,
+                policy.deny_commands.len(),
+                policy.allow_users.len(),
+                policy.deny_users.len()
+            )
+            .to_lowercase(),
+        })
+    }
+
+    /// Re-reads the config and applies what changed, keeping every session. An invalid file,
+    /// or a change that needs a restart, is refused and the running configuration stays.
+    fn reload(&mut self) -> anyhow::Result<Vec<String>> {
+        let new = Config::load(&self.config_path)
+            .map_err(|err| anyhow!("{err}; the running configuration stays"))?;
+        let old = &self.config;
+        for (what, changed) in [
+            ("interfaces", new.interfaces != old.interfaces),
+            ("dataplane", new.dataplane != old.dataplane),
+            ("sessions.max", new.max_sessions != old.max_sessions),
+            ("management", new.management_socket != old.management_socket),
+            ("metrics", new.metrics_listen != old.metrics_listen),
+        ] {
+            if changed {
+                bail!("{what} changed: that needs a restart of the gateway; nothing was applied");
+            }
+        }
+        let mut changes = Vec::new();
+        let removed: Vec<_> = old
+            .publish
+            .iter()
+            .filter(|publish| !new.publish.contains(publish))
+            .cloned()
+            .collect();
+        let added: Vec<_> = new
+            .publish
+            .iter()
+            .filter(|publish| !old.publish.contains(publish))
+            .cloned()
+            .collect();
+        if !removed.is_empty() {
+            self.dataplane.unpublish(&removed)?;
+            changes.push(format!("{} publish entries removed", removed.len()));
+        }
+        if !added.is_empty() {
+            self.dataplane.publish(&added)?;
+            changes.push(format!("{} publish entries added", added.len()));
+        }
+        if new.masquerade != old.masquerade
+            || new.timeouts != old.timeouts
+            || new.ftp.control_ports != old.ftp.control_ports
+        {
+            self.dataplane.configure_nat(
+                new.masquerade.as_ref(),
+                &new.timeouts,
+                new.dataplane.forwarding,
+                &new.ftp.control_ports,
+            )?;
+            self.dataplane
+                .set_interface_roles(self.ifindexes[0], self.ifindexes[1])?;
+            changes.push("masquerade, timeouts and control ports applied".into());
+        }
+        if new.ftp != old.ftp || new.publish != old.publish || new.timeouts != old.timeouts {
+            self.alg.table.set_settings(AlgSettings::from_config(&new));
+            changes.push("ftp settings and policies applied (running sessions included)".into());
+        }
+        if new.sweep_interval != old.sweep_interval {
+            changes.push(format!("sweep interval {}s", new.sweep_interval));
+        }
+        if changes.is_empty() {
+            changes.push("no change".into());
+        }
+        tracing::info!(changes = %changes.join("; "), "configuration reloaded");
+        self.config = new;
+        Ok(changes)
+    }
+
+    fn snapshot(&self) -> metrics::Snapshot {
+        let now = monotonic_now_ns();
+        metrics::Snapshot {
+            fastpath: self.dataplane.counters().unwrap_or_default(),
+            alg: self.alg.counters(),
+            sessions: self
+                .dataplane
+                .sessions()
+                .map_or(0, |sessions| sessions.len()),
+            ftp_sessions: self.alg.table.connections(now).len(),
+            expectations: self
+                .dataplane
+                .expectations()
+                .map_or(0, |expectations| expectations.len()),
+            uptime_seconds: self.started.elapsed().as_secs(),
+        }
+    }
+
+    /// Detaches the programs and logs what happened in all.
+    fn shutdown(mut self) -> anyhow::Result<()> {
+        for attachment in std::mem::take(&mut self.attachments) {
+            let interface = attachment.interface.clone();
+            if let Err(err) = self.dataplane.detach(attachment) {
+                tracing::warn!(%interface, %err, "detach failed");
+            }
+        }
+        let counters = self.dataplane.counters()?;
+        let summary: Vec<String> = counters
+            .iter()
+            .filter(|(_, value)| *value > 0)
+            .map(|(counter, value)| format!("{}={value}", counter.name()))
+            .collect();
+        let swept = self.swept;
+        tracing::info!(
+            counters = %summary.join(" "),
+            swept = %format!(
+                "sessions={} peers={} mappings={} expectations={}",
+                swept.sessions, swept.peers, swept.mappings, swept.expectations
+            ),
+            "fast path detached"
+        );
+        let alg_summary: Vec<String> = self
+            .alg
+            .counters()
+            .into_iter()
+            .filter(|(_, value)| *value > 0)
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect();
+        tracing::info!(counters = %alg_summary.join(" "), "ftp alg stopped");
+        Ok(())
+    }
+}
+
+fn sweep_ticks(seconds: u64) -> tokio::time::Interval {
+    let mut ticks = tokio::time::interval(Duration::from_secs(seconds));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks
+}
+
+async fn accept_metrics(listener: Option<&TcpListener>) -> std::io::Result<tokio::net::TcpStream> {
+    match listener {
+        Some(listener) => listener.accept().await.map(|(stream, _)| stream),
+        None => std::future::pending().await,
+    }
+}
+
+/// One management request: read it whole (the client closes its side), ask the main loop,
+/// write the answer.
+async fn answer_management(mut stream: UnixStream, queries: QueryChannel) {
+    let mut request = Vec::new();
+    let read = tokio::time::timeout(
+        Duration::from_secs(5),
+        (&mut stream)
+            .take(MAX_REQUEST as u64 + 1)
+            .read_to_end(&mut request),
+    )
+    .await;
+    let answer = match read {
+        Ok(Ok(_)) if request.len() <= MAX_REQUEST => {
+            match serde_json::from_slice::<Request>(&request) {
+                Ok(request) => ask(&queries, Query::Api(request)).await,
+                Err(err) => serde_json::to_string(&Response::Error {
+                    message: format!("bad request: {err}"),
+                })
+                .unwrap_or_default(),
+            }
+        }
+        _ => serde_json::to_string(&Response::Error {
+            message: "request too long or not received".into(),
+        })
+        .unwrap_or_default(),
+    };
+    let _ = stream.write_all(answer.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+/// A Prometheus scrape: `GET /metrics` over HTTP/1.x.
+async fn answer_metrics(mut stream: tokio::net::TcpStream, queries: QueryChannel) {
+    let mut head = Vec::new();
+    let mut buffer = [0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        while !head.windows(4).any(|window| window == b"\r\n\r\n") && head.len() < 8192 {
+            let n = stream.read(&mut buffer).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buffer[..n]);
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    if !matches!(read, Ok(Ok(()))) {
+        return;
+    }
+    let wanted = head.starts_with(b"GET /metrics ") || head.starts_with(b"GET /metrics?");
+    let response = if wanted {
+        let body = ask(&queries, Query::Metrics).await;
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    } else {
+        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
+    };
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+async fn ask(queries: &QueryChannel, query: Query) -> String {
+    let (reply, answer) = oneshot::channel();
+    if queries.send((query, reply)).await.is_err() {
+        return String::new();
+    }
+    answer.await.unwrap_or_default()
+}
+
+/// The original and translated (source, destination) of one session-table entry.
+fn tuples(
+    key: &FlowKey,
+    session: &gateway_common::Session,
+) -> ((SocketAddrV4, SocketAddrV4), (SocketAddrV4, SocketAddrV4)) {
+    let endpoint =
+        |addr: [u8; 4], port: [u8; 2]| SocketAddrV4::new(addr.into(), u16::from_be_bytes(port));
+    let src = endpoint(key.src, key.src_port);
+    let dst = endpoint(key.dst, key.dst_port);
+    let own = endpoint(session.addr, session.port);
+    let translated = match session.rewrite {
+        REWRITE_SOURCE => (own, dst),
+        REWRITE_DESTINATION => (src, own),
+        REWRITE_BOTH => (own, endpoint(session.peer_addr, session.peer_port)),
+        _ => (src, dst),
+    };
+    ((src, dst), translated)
+}
+
+fn proto_name(proto: u8) -> &'static str {
+    match proto {
+        gateway_common::IPPROTO_TCP => "tcp",
+        gateway_common::IPPROTO_UDP => "udp",
+        _ => "icmp",
+    }
+}
+
+fn state_name(proto: u8, state: u8) -> &'static str {
+    if proto != gateway_common::IPPROTO_TCP {
+        return "-";
+    }
+    if state & session_state::RST != 0 {
+        "reset"
+    } else if state & session_state::FIN != 0 {
+        "closing"
+    } else if state & session_state::ESTABLISHED != 0 {
+        "established"
+    } else {
+        "syn"
+    }
+}
