@@ -30,6 +30,7 @@ use crate::{
         control::{AlgSettings, ControlTable},
         shell::{self, PuntReader, RawSender},
     },
+    capture,
     config::{Config, Hook, XdpMode},
     dataplane::{Attachment, Dataplane, DataplaneError, Sweep, Sweeper, monotonic_now_ns},
     management::{
@@ -55,17 +56,35 @@ struct Alg {
     raw: RawSender,
     send_failures: u64,
     undecodable: u64,
+    /// `gateway capture` clients: pcap records of every punted packet as it arrived and
+    /// every packet the ALG sent. A client that falls behind loses records, not the ALG time.
+    captures: Vec<mpsc::Sender<Vec<u8>>>,
 }
 
 impl Alg {
     fn handle(&mut self, dataplane: &mut Dataplane, reason: u8, packet: &[u8]) {
         let now = monotonic_now_ns();
+        self.capture(packet);
         for outgoing in self.table.on_packet(reason, packet, now, dataplane) {
+            self.capture(&outgoing.bytes);
             if let Err(err) = self.raw.send(&outgoing) {
                 self.send_failures += 1;
                 tracing::warn!(dst = %outgoing.dst, "cannot send a control packet: {err}");
             }
         }
+    }
+
+    fn capture(&mut self, packet: &[u8]) {
+        if self.captures.is_empty() {
+            return;
+        }
+        let record = capture::record(std::time::SystemTime::now(), packet);
+        self.captures.retain(|client| {
+            !matches!(
+                client.try_send(record.clone()),
+                Err(mpsc::error::TrySendError::Closed(_))
+            )
+        });
     }
 
     fn counters(&self) -> Vec<(String, u64)> {
@@ -92,6 +111,8 @@ struct Agent {
 enum Query {
     Api(Request),
     Metrics,
+    /// Start sending capture records to this channel.
+    Capture(mpsc::Sender<Vec<u8>>),
 }
 
 type QueryChannel = mpsc::Sender<(Query, oneshot::Sender<String>)>;
@@ -183,6 +204,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
             raw,
             send_failures: 0,
             undecodable: 0,
+            captures: Vec::new(),
         },
         config,
         config_path: config_path.clone(),
@@ -316,7 +338,11 @@ impl Agent {
                             };
                             serde_json::to_string(&response).unwrap_or_default()
                         }
-                        Query::Metrics => metrics::render(&self.snapshot()),
+                                                Query::Metrics => metrics::render(&self.snapshot()),
+                        Query::Capture(records) => {
+                            self.alg.captures.push(records);
+                            String::new()
+                        }
                     };
                     let _ = reply.send(answer);
                     if self.config.sweep_interval != interval {
@@ -449,6 +475,8 @@ impl Agent {
                 tracing::info!(removed, "ftp control sessions flushed");
                 serde_json::json!({ "removed": removed })
             }
+            // Answered by its connection's task, which streams records instead of JSON.
+            Request::Capture => bail!("capture is a stream: use `gateway capture`"),
             Request::Flush { ftp: false } => {
                 let removed = self.dataplane.flush_sessions()?;
                 tracing::info!(removed, "session table flushed");
@@ -662,6 +690,10 @@ async fn answer_management(mut stream: UnixStream, queries: QueryChannel) {
     let answer = match read {
         Ok(Ok(_)) if request.len() <= MAX_REQUEST => {
             match serde_json::from_slice::<Request>(&request) {
+                Ok(Request::Capture) => {
+                    stream_capture(stream, queries).await;
+                    return;
+                }
                 Ok(request) => ask(&queries, Query::Api(request)).await,
                 Err(err) => serde_json::to_string(&Response::Error {
                     message: format!("bad request: {err}"),
@@ -676,6 +708,20 @@ async fn answer_management(mut stream: UnixStream, queries: QueryChannel) {
     };
     let _ = stream.write_all(answer.as_bytes()).await;
     let _ = stream.shutdown().await;
+}
+
+/// `gateway capture`: a pcap file header, then records until the client goes away.
+async fn stream_capture(mut stream: UnixStream, queries: QueryChannel) {
+    let (records, mut incoming) = mpsc::channel(4096);
+    ask(&queries, Query::Capture(records)).await;
+    if stream.write_all(&capture::file_header()).await.is_err() {
+        return;
+    }
+    while let Some(record) = incoming.recv().await {
+        if stream.write_all(&record).await.is_err() {
+            break;
+        }
+    }
 }
 
 /// A Prometheus scrape: `GET /metrics` over HTTP/1.x.

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod alg;
+pub mod capture;
 pub mod config;
 pub mod dataplane;
 pub mod management;

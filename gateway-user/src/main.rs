@@ -74,6 +74,23 @@ enum Command {
     Stats(Ask),
     /// Re-read the agent's config file and apply what changed, keeping every session.
     Reload(Ask),
+    /// Write the FTP control packets the agent handles, as punted and as sent, to a pcap file.
+    Capture {
+        /// The agent's management socket.
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(short = 'w', value_name = "FILE")]
+        write: PathBuf,
+        /// Only FTP control packets (the only ones the agent sees today; kept for scripts).
+        #[arg(long)]
+        ftp: bool,
+        /// Stop after this many packets.
+        #[arg(long, short = 'c')]
+        count: Option<usize>,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        duration: Option<u64>,
+    },
     /// Empty the session table, or (--ftp) forget the ALG's control sessions.
     Flush {
         #[command(flatten)]
@@ -141,6 +158,24 @@ fn main() -> ExitCode {
             }
         }
         Command::Expectations(ask) => show(&ask, Request::Expectations, print_expectations),
+        Command::Capture {
+            socket,
+            write,
+            ftp: _,
+            count,
+            duration,
+        } => std::fs::File::create(&write)
+            .with_context(|| format!("cannot create {}", write.display()))
+            .and_then(|mut file| {
+                let written = management::capture(
+                    &socket,
+                    &mut file,
+                    count,
+                    duration.map(std::time::Duration::from_secs),
+                )?;
+                eprintln!("{written} packets written to {}", write.display());
+                Ok(())
+            }),
         Command::Stats(ask) => show(&ask, Request::Stats, print_stats),
         Command::Reload(ask) => show(&ask, Request::Reload, |changes: Vec<String>| {
             for change in changes {

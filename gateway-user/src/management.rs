@@ -36,6 +36,8 @@ pub enum Request {
         #[serde(default)]
         ftp: bool,
     },
+    /// A pcap stream of the ALG's packets (as punted and as sent) follows instead of JSON.
+    Capture,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -130,6 +132,71 @@ pub fn call(socket: &Path, request: &Request) -> anyhow::Result<serde_json::Valu
         Response::Ok { data } => Ok(data),
         Response::Error { message } => bail!("{message}"),
     }
+}
+
+/// Streams the agent's capture into `out` (a pcap file) until `count` packets or `duration`
+/// have passed (either may be unlimited). Returns the packets written.
+pub fn capture(
+    socket: &Path,
+    out: &mut impl std::io::Write,
+    count: Option<usize>,
+    duration: Option<Duration>,
+) -> anyhow::Result<usize> {
+    let mut stream = UnixStream::connect(socket).with_context(|| {
+        format!(
+            "cannot reach the gateway agent at {} (is `gateway run` running, and are you root?)",
+            socket.display()
+        )
+    })?;
+    stream.write_all(&serde_json::to_vec(&Request::Capture)?)?;
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let deadline = duration.map(|duration| std::time::Instant::now() + duration);
+    let mut read_exact = |buffer: &mut [u8]| -> anyhow::Result<bool> {
+        if let Some(deadline) = deadline {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            stream.set_read_timeout(Some(left))?;
+        }
+        match stream.read_exact(buffer) {
+            Ok(()) => Ok(true),
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(err) => Err(err.into()),
+        }
+    };
+    let mut header = [0u8; 24];
+    if !read_exact(&mut header)? {
+        bail!("the agent sent no capture");
+    }
+    out.write_all(&header)?;
+    out.flush()?;
+    let mut written = 0;
+    while count.is_none_or(|count| written < count) {
+        let mut record = [0u8; 16];
+        if !read_exact(&mut record)? {
+            break;
+        }
+        let kept = u32::from_ne_bytes([record[8], record[9], record[10], record[11]]) as usize;
+        let mut packet = vec![0u8; kept];
+        if !read_exact(&mut packet)? {
+            break;
+        }
+        out.write_all(&record)?;
+        out.write_all(&packet)?;
+        out.flush()?;
+        written += 1;
+    }
+    Ok(written)
 }
 
 /// Prints rows as a table with aligned columns.

@@ -279,3 +279,79 @@ fn reload_applies_a_new_policy_while_a_transfer_runs() {
 fn config_text(extra: &str) -> String {
     config(extra)
 }
+
+#[test]
+fn capture_writes_the_alg_packets_as_punted_and_as_sent() {
+    check_environment().expect("environment");
+    let prefix = unique_prefix();
+    let lab = Lab::up(&prefix, LabOptions::default()).expect("lab up");
+    let config = TempFile::write(&format!("{prefix}-gateway.toml"), &config(""));
+    let gateway = GatewayProcess::start(&lab.router, &config.0, &[]).expect("gateway");
+    let server = FtpServer::start(ServerKind::Vsftpd, &lab.inside, lab::SERVER).expect("vsftpd");
+    server.put("file", b"captured\n").expect("put");
+    let pcap = std::env::temp_dir().join(format!("{prefix}.pcap"));
+    let binary = gateway_tests::gateway::binary().expect("binary");
+    let capture = std::process::Command::new(&binary)
+        .args(["capture", "--ftp", "--duration", "4", "-w"])
+        .arg(&pcap)
+        .arg("--socket")
+        .arg(gateway.socket())
+        .spawn()
+        .expect("capture");
+    std::thread::sleep(Duration::from_millis(500));
+    let local = std::env::temp_dir().join(format!("{prefix}-file"));
+    ftp::transfer(
+        ftp::Client::Curl,
+        ftp::Mode::Pasv,
+        ftp::Direction::Download,
+        &lab.outside,
+        lab::CLIENT,
+        SocketAddrV4::new(lab::PUBLIC, 21),
+        "file",
+        &local,
+    )
+    .expect("download");
+    let _ = std::fs::remove_file(&local);
+    let status = capture.wait_with_output().expect("capture ends");
+    assert!(status.status.success());
+    let file = std::fs::read(&pcap).expect("pcap");
+    // tcpdump reads it.
+    let read = std::process::Command::new("tcpdump")
+        .args(["-nn", "-r"])
+        .arg(&pcap)
+        .output()
+        .expect("tcpdump (cargo xtask setup installs it)");
+    let _ = std::fs::remove_file(&pcap);
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let listing = String::from_utf8_lossy(&read.stdout);
+    assert!(listing.contains("10.0.0.2.21 > 203.0.113.2."), "{listing}");
+    assert!(
+        listing.contains("203.0.113.1.21 > 203.0.113.2."),
+        "{listing}"
+    );
+    let packets = gateway_user::capture::packets(&file).expect("a well-formed pcap");
+    assert!(packets.len() > 10, "{} packets", packets.len());
+    let text: Vec<String> = packets
+        .iter()
+        .map(|packet| String::from_utf8_lossy(packet).into_owned())
+        .collect();
+    // The 227 as the server sent it and as the client got it.
+    assert!(
+        text.iter().any(|t| t.contains("(10,0,0,2,")),
+        "the 227 as punted"
+    );
+    assert!(
+        text.iter().any(|t| t.contains("(203,0,113,1,")),
+        "the 227 as sent"
+    );
+    // Every record is an IPv4 packet.
+    assert!(
+        packets
+            .iter()
+            .all(|packet| packet.first().is_some_and(|b| b >> 4 == 4))
+    );
+}

@@ -28,6 +28,8 @@ const TOOL_PACKAGES: &[&str] = &[
     "vsftpd",
     "lftp",
     "curl",
+    // Reads the pcap files of `gateway capture` in its test.
+    "tcpdump",
 ];
 /// Python packages from PyPI the tests use, pinned: (import name, pip requirement).
 const PYTHON_PACKAGES: &[(&str, &str)] = &[("pyftpdlib", "pyftpdlib==2.2.0")];
