@@ -872,6 +872,33 @@ mod tests {
     }
 
     #[test]
+    fn the_packaged_example_config_parses() {
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../packaging/gateway.toml"
+        ));
+        let config = Config::load(path).unwrap();
+        assert_eq!(config.interfaces.outside, "eth0");
+        assert_eq!(config.management_socket, Path::new("/run/gateway.sock"));
+        assert_eq!(config.ftp.policy.on_violation, ViolationAction::Reject);
+    }
+
+    #[test]
+    fn management_and_metrics_settings() {
+        let text = format!(
+            "{GOOD}\n[management]\nsocket = \"/run/gw/api.sock\"\n[metrics]\nlisten = \"127.0.0.1:9469\"\n"
+        );
+        let config = parse(&text).unwrap();
+        assert_eq!(config.management_socket, Path::new("/run/gw/api.sock"));
+        assert_eq!(
+            config.metrics_listen,
+            Some("127.0.0.1:9469".parse().unwrap())
+        );
+        assert!(error(&text.replace("/run/gw/api.sock", "api.sock")).contains("absolute path"));
+        assert!(error(&text.replace("127.0.0.1:9469", "localhost")).contains("metrics.listen"));
+    }
+
+    #[test]
     fn ftp_alg_settings() {
         let with_alg = GOOD.replace("protocol = \"tcp\"", "protocol = \"tcp\"\nalg = \"ftp\"");
         assert_eq!(parse(&with_alg).unwrap().publish[0].alg, Some(Alg::Ftp));

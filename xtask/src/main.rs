@@ -51,6 +51,16 @@ enum Task {
         #[arg(long, default_value_t = 60)]
         seconds: u32,
     },
+    /// Build the release binary and install it with its systemd unit and an example config
+    /// (an existing config is never overwritten).
+    Install {
+        /// Where the binary goes (`<prefix>/bin/gateway`).
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+        /// Install under this directory instead of / (for packaging, or to look first).
+        #[arg(long)]
+        destdir: Option<PathBuf>,
+    },
     /// Set up, build, and run every test (needs root). Extra arguments go to `cargo test`.
     Test {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -68,6 +78,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Setup => setup::run(),
+        Task::Install { prefix, destdir } => install(&prefix, destdir.as_deref()),
         Task::Build { release } => setup::run().and_then(|()| {
             build_gateway(release).map(|path| {
                 println!("built {}", path.display());
@@ -129,6 +140,49 @@ pub fn build_gateway(release: bool) -> anyhow::Result<PathBuf> {
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));
     Ok(target_dir.join(profile).join("gateway"))
+}
+
+/// `cargo xtask install`: binary, unit, example config and README.
+fn install(prefix: &std::path::Path, destdir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    setup::run()?;
+    let binary = build_gateway(true)?;
+    let root = destdir.unwrap_or(std::path::Path::new("/"));
+    let under = |path: &std::path::Path| root.join(path.strip_prefix("/").unwrap_or(path));
+    let packaging = workspace_root().join("packaging");
+    let bin = under(&prefix.join("bin/gateway"));
+    let unit = under(std::path::Path::new("/etc/systemd/system/gateway.service"));
+    let config = under(std::path::Path::new("/etc/gateway/gateway.toml"));
+    let doc = under(&prefix.join("share/doc/gateway/README.md"));
+    let copy = |from: &std::path::Path, to: &std::path::Path, mode: u32| -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt as _;
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::copy(from, to)
+            .with_context(|| format!("cannot install {} as {}", from.display(), to.display()))?;
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode))?;
+        println!("installed {}", to.display());
+        Ok(())
+    };
+    copy(&binary, &bin, 0o755)?;
+    // The unit names /usr/local/bin; another prefix gets a unit that says so.
+    let unit_text = std::fs::read_to_string(packaging.join("gateway.service"))?
+        .replace("/usr/local/", &format!("{}/", prefix.display()));
+    let staged = std::env::temp_dir().join("gateway.service");
+    std::fs::write(&staged, unit_text)?;
+    copy(&staged, &unit, 0o644)?;
+    copy(&workspace_root().join("README.md"), &doc, 0o644)?;
+    if config.exists() {
+        println!("kept {} (exists)", config.display());
+    } else {
+        copy(&packaging.join("gateway.toml"), &config, 0o600)?;
+    }
+    println!(
+        "next: edit {}, then `systemctl daemon-reload && systemctl enable --now gateway`",
+        config.display()
+    );
+    Ok(())
 }
 
 fn require_root(what: &str) -> anyhow::Result<()> {
