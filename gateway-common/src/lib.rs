@@ -29,7 +29,31 @@ pub mod names {
     pub const PROG_TC: &str = "gateway_tc";
     pub const PUNT: &str = "PUNT";
     pub const PUNT_ENDPOINTS: &str = "PUNT_ENDPOINTS";
+    pub const FRAGMENTS: &str = "FRAGMENTS";
+    pub const LAYOUT: &str = "LAYOUT";
+    /// Every map of the object: what `[dataplane] pin_path` pins, and a restarted agent
+    /// adopts.
+    pub const ALL_MAPS: [&str; 13] = [
+        PUBLISH_DNAT,
+        PUBLISH_SNAT,
+        STATS,
+        SESSIONS,
+        MASQ_BY_PRIVATE,
+        MASQ_BY_PUBLIC,
+        MASQ_PEERS,
+        EXPECTATIONS,
+        NAT_CONFIG,
+        PUNT,
+        PUNT_ENDPOINTS,
+        FRAGMENTS,
+        LAYOUT,
+    ];
 }
+
+/// The version of everything the maps hold: key and value layouts and their meaning. Bumped
+/// whenever any of them changes, so that an agent never adopts pinned maps of another layout
+/// (it refuses, and says how to start fresh). Stored in the `LAYOUT` map.
+pub const LAYOUT_VERSION: u32 = 1;
 
 /// Capacity of each published-server map. A publish is one (address, port, protocol) triple,
 /// so this bounds the number of `[[publish]]` entries in a config.
@@ -529,6 +553,14 @@ mod tests {
         assert_eq!(core::mem::size_of::<ExpectationKey>(), 12);
         assert_eq!(core::mem::size_of::<ExpectationEntry>(), 24);
         assert_eq!(PUNT_HEADER_LEN, 16);
+        // Changing any of these sizes (or a field's meaning) needs a LAYOUT_VERSION bump.
+        assert_eq!(core::mem::size_of::<NatConfig>(), 184);
+        assert_eq!(core::mem::size_of::<PeerKey>(), 12);
+        assert_eq!(LAYOUT_VERSION, 1);
+        let mut names = names::ALL_MAPS.to_vec();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), names::ALL_MAPS.len());
         assert_eq!(
             core::mem::offset_of!(NatConfig, tcp_established_timeout_ns) % 8,
             0

@@ -62,6 +62,11 @@ pub static PUNT_ENDPOINTS: HashMap<Endpoint, u8> = HashMap::with_max_entries(MAX
 #[map(name = "PUNT")]
 pub static PUNT: RingBuf = RingBuf::with_byte_size(PUNT_RING_BYTES, 0);
 
+/// `LAYOUT_VERSION` of the agent that created the maps (element 0): a restarted agent adopts
+/// pinned maps only when it matches its own. The programs never read it.
+#[map(name = "LAYOUT")]
+pub static LAYOUT: Array<u32> = Array::with_max_entries(1, 0);
+
 /// Masquerade and timeout settings; element 0.
 #[map(name = "NAT_CONFIG")]
 pub static NAT_CONFIG: Array<NatConfig> = Array::with_max_entries(1, 0);

@@ -48,6 +48,9 @@ pub struct RunOptions {
     pub verbose: bool,
     /// `--socket`: the management socket, instead of `[management] socket`.
     pub socket: Option<PathBuf>,
+    /// With `[dataplane] pin_path`: on exit, detach and unpin everything instead of leaving
+    /// the fast path running for the next agent.
+    pub detach_on_exit: bool,
 }
 
 /// The FTP ALG's moving parts in the agent.
@@ -152,15 +155,28 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         .unwrap_or_else(|| config.management_socket.clone());
     refuse_second_agent(&socket_path)?;
 
-    let mut dataplane =
-        Dataplane::load(options.verbose, config.max_sessions).inspect_err(|err| {
-            if let DataplaneError::Verifier {
-                log, verbose: true, ..
-            } = err
-            {
-                eprintln!("{log}");
-            }
-        })?;
+    let loaded = match &config.dataplane.pin_path {
+        Some(pin_path) => Dataplane::load_pinned(options.verbose, config.max_sessions, pin_path),
+        None => Dataplane::load(options.verbose, config.max_sessions),
+    };
+    let mut dataplane = loaded.inspect_err(|err| {
+        if let DataplaneError::Verifier {
+            log, verbose: true, ..
+        } = err
+        {
+            eprintln!("{log}");
+        }
+    })?;
+    if dataplane.adopted() {
+        // Sessions, mappings, expectations and counters carry on; the publishes are the
+        // new config's.
+        dataplane.clear_publishes()?;
+        tracing::info!(
+            pin_path = %dataplane.pin_dir().map(Path::display).map(|d| d.to_string()).unwrap_or_default(),
+            sessions = dataplane.sessions().map_or(0, |sessions| sessions.len()),
+            "adopted the fast path an earlier agent left pinned"
+        );
+    }
     dataplane.publish(&config.publish)?;
     dataplane.configure_nat(
         config.masquerade.as_ref(),
@@ -237,8 +253,14 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&socket_path);
     let signal_name = result?;
     tracing::info!(signal = signal_name, "stopping");
-    agent.shutdown()?;
-    drop(sysctls);
+    let left_running = agent.dataplane.pin_dir().is_some() && !options.detach_on_exit;
+    agent.shutdown(left_running)?;
+    if left_running {
+        // The fast path still translates, and still needs them.
+        sysctls.into_iter().for_each(SysctlGuard::keep);
+    } else {
+        drop(sysctls);
+    }
     Ok(())
 }
 
@@ -628,12 +650,23 @@ impl Agent {
         }
     }
 
-    /// Detaches the programs and logs what happened in all.
-    fn shutdown(mut self) -> anyhow::Result<()> {
-        for attachment in std::mem::take(&mut self.attachments) {
-            let interface = attachment.interface.clone();
-            if let Err(err) = self.dataplane.detach(attachment) {
-                tracing::warn!(%interface, %err, "detach failed");
+    /// Detaches the programs (unless `left_running`: pinned, for the next agent) and logs
+    /// what happened in all.
+    fn shutdown(mut self, left_running: bool) -> anyhow::Result<()> {
+        if left_running {
+            tracing::info!(
+                pin_path = %self.dataplane.pin_dir().map(|dir| dir.display().to_string()).unwrap_or_default(),
+                "fast path left running and pinned for the next agent (--detach-on-exit removes it)"
+            );
+        } else {
+            for attachment in std::mem::take(&mut self.attachments) {
+                let interface = attachment.interface.clone();
+                if let Err(err) = self.dataplane.detach(attachment) {
+                    tracing::warn!(%interface, %err, "detach failed");
+                }
+            }
+            if let Err(err) = self.dataplane.unpin_maps() {
+                tracing::warn!("cannot unpin the maps: {err}");
             }
         }
         let counters = self.dataplane.counters()?;
@@ -649,7 +682,8 @@ impl Agent {
                 "sessions={} peers={} mappings={} expectations={}",
                 swept.sessions, swept.peers, swept.mappings, swept.expectations
             ),
-            "fast path detached"
+                        "{}",
+            if left_running { "fast path left running" } else { "fast path detached" }
         );
         let alg_summary: Vec<String> = self
             .alg

@@ -232,6 +232,9 @@ pub struct Dataplane {
     /// Forces an XDP attach mode; `None` lets the hook choice decide (native).
     pub xdp_mode: Option<XdpMode>,
     pub forwarding: Forwarding,
+    /// A directory on a bpffs where maps and links are pinned, so the fast path outlives
+    /// the agent and a new agent adopts it (restart and upgrade without losing sessions).
+    pub pin_path: Option<PathBuf>,
 }
 
 /// A server on the inside network, reachable from outside at `public`.
@@ -474,6 +477,7 @@ struct RawDataplane {
     xdp_mode: Option<XdpMode>,
     #[serde(default)]
     forwarding: Forwarding,
+    pin_path: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -640,6 +644,13 @@ impl Config {
             }
         }
 
+        if let Some(pin_path) = &raw.dataplane.pin_path
+            && !pin_path.is_absolute()
+        {
+            return Err(invalid(format!(
+                "dataplane.pin_path = {pin_path:?}: expected an absolute path (on a bpffs)"
+            )));
+        }
         if !raw.management.socket.is_absolute() {
             return Err(invalid(format!(
                 "management.socket = {:?}: expected an absolute path",
@@ -675,6 +686,7 @@ impl Config {
                 hook: raw.dataplane.hook,
                 xdp_mode: raw.dataplane.xdp_mode,
                 forwarding: raw.dataplane.forwarding,
+                pin_path: raw.dataplane.pin_path,
             },
             publish,
         })

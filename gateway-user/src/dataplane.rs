@@ -1,21 +1,25 @@
 //! Loading the fast path, filling its maps, attaching it to interfaces, reading its counters.
 
-use std::fmt;
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader, VerifierLogLevel,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{
-        ProgramError, SchedClassifier, TcAttachType, Xdp,
-        tc::SchedClassifierLinkId,
-        xdp::{XdpLinkId, XdpMode as AyaXdpMode},
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp,
+        links::{FdLink, LinkError, PinnedLink},
+        tc::{SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions},
+        xdp::{XdpLink, XdpLinkId, XdpMode as AyaXdpMode},
     },
 };
 use std::collections::HashSet;
 
 use gateway_common::{
-    Counter, Endpoint, ExpectationEntry, ExpectationKey, FlowKey, Ipv4Cidr, NatConfig, PeerKey,
-    REWRITE_DESTINATION, Session, filtering, names, punt_reason,
+    Counter, Endpoint, ExpectationEntry, ExpectationKey, FlowKey, Ipv4Cidr, LAYOUT_VERSION,
+    NatConfig, PeerKey, REWRITE_DESTINATION, Session, filtering, names, punt_reason,
 };
 
 use crate::{
@@ -54,6 +58,16 @@ pub enum DataplaneError {
         map: &'static str,
         #[source]
         source: aya::maps::MapError,
+    },
+    #[error("pin directory {path}: {message}")]
+    Pin { path: PathBuf, message: String },
+    #[error(
+        "the maps pinned at {path} have layout {found}, this agent uses {expected}: they cannot be adopted without misreading them; stop the agent that made them with --detach-on-exit, or remove {path} to start afresh"
+    )]
+    Layout {
+        path: PathBuf,
+        found: String,
+        expected: u32,
     },
     #[error("cannot attach {hook} to {interface}")]
     Attach {
@@ -95,6 +109,13 @@ pub struct Attachment {
 enum Link {
     Xdp(XdpLinkId),
     Tc(SchedClassifierLinkId),
+    /// Pinned at this path: it outlives the agent unless detached.
+    Pinned(PathBuf),
+}
+
+struct LinkPin {
+    path: PathBuf,
+    previous: Option<FdLink>,
 }
 
 /// What one [`Dataplane::sweep`] removed.
@@ -135,37 +156,127 @@ pub fn monotonic_now_ns() -> u64 {
 /// The loaded fast path: both programs verified and loaded, maps created.
 pub struct Dataplane {
     ebpf: Ebpf,
+    pins: Option<Pins>,
 }
+
+/// `[dataplane] pin_path`: maps pinned under `<dir>/maps/<NAME>`, links under
+/// `<dir>/links/<interface>`, so that the fast path outlives the agent and the next agent
+/// adopts it.
+struct Pins {
+    dir: PathBuf,
+    /// The maps were already there (left by an earlier agent) and were adopted.
+    adopted: bool,
+}
+
+/// `statfs` magic of bpffs.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 impl Dataplane {
     /// Loads the embedded object and both programs, with session tables of `max_sessions`
     /// entries. `verbose` keeps the verifier's log.
     pub fn load(verbose: bool, max_sessions: u32) -> Result<Dataplane, DataplaneError> {
-        Dataplane::load_object(crate::FASTPATH_OBJECT, verbose, max_sessions)
+        Dataplane::load_object(crate::FASTPATH_OBJECT, verbose, max_sessions, None)
+    }
+
+    /// As [`Dataplane::load`], with the maps pinned under `pin_dir` (on a bpffs): maps an
+    /// earlier agent pinned there are adopted, with their entries, if their layout is this
+    /// agent's.
+    pub fn load_pinned(
+        verbose: bool,
+        max_sessions: u32,
+        pin_dir: &Path,
+    ) -> Result<Dataplane, DataplaneError> {
+        Dataplane::load_object(crate::FASTPATH_OBJECT, verbose, max_sessions, Some(pin_dir))
     }
 
     pub fn load_object(
         object: &[u8],
         verbose: bool,
         max_sessions: u32,
+        pin_dir: Option<&Path>,
     ) -> Result<Dataplane, DataplaneError> {
         let level = if verbose {
             VerifierLogLevel::VERBOSE | VerifierLogLevel::STATS
         } else {
             VerifierLogLevel::default()
         };
-        let ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .verifier_log_level(level)
             .map_max_entries(names::SESSIONS, max_sessions)
             .map_max_entries(names::MASQ_BY_PRIVATE, max_sessions)
             .map_max_entries(names::MASQ_BY_PUBLIC, max_sessions)
-            .map_max_entries(names::MASQ_PEERS, max_sessions)
-            .load(object)
-            .map_err(DataplaneError::Object)?;
-        let mut dataplane = Dataplane { ebpf };
+            .map_max_entries(names::MASQ_PEERS, max_sessions);
+        let pins = match pin_dir {
+            Some(dir) => {
+                let adopted = prepare_pin_dir(dir)?;
+                for name in names::ALL_MAPS {
+                    loader.map_pin_path(name, dir.join("maps").join(name));
+                }
+                Some(Pins {
+                    dir: dir.to_owned(),
+                    adopted,
+                })
+            }
+            None => None,
+        };
+        let ebpf = loader.load(object).map_err(DataplaneError::Object)?;
+        let mut dataplane = Dataplane { ebpf, pins };
         load_program(dataplane.xdp()?, names::PROG_XDP, verbose)?;
         load_program(dataplane.tc()?, names::PROG_TC, verbose)?;
+        let map_name = names::LAYOUT;
+        let mut layout: Array<_, u32> =
+            Array::try_from(dataplane.map_mut(map_name)?).map_err(map_error(map_name))?;
+        layout
+            .set(0, LAYOUT_VERSION, 0)
+            .map_err(map_error(map_name))?;
         Ok(dataplane)
+    }
+
+    /// Removes the maps' pins (a clean exit with pinning): the next agent starts afresh.
+    pub fn unpin_maps(&mut self) -> std::io::Result<()> {
+        let Some(pins) = &self.pins else {
+            return Ok(());
+        };
+        for name in names::ALL_MAPS {
+            match std::fs::remove_file(pins.dir.join("maps").join(name)) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the maps were adopted from an earlier agent's pins.
+    pub fn adopted(&self) -> bool {
+        self.pins.as_ref().is_some_and(|pins| pins.adopted)
+    }
+
+    /// Where the maps and links are pinned, if they are.
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pins.as_ref().map(|pins| pins.dir.as_path())
+    }
+
+    /// Empties the published-server maps (an adopted fast path may hold publishes the new
+    /// config no longer has).
+    pub fn clear_publishes(&mut self) -> Result<(), DataplaneError> {
+        for map_name in [names::PUBLISH_DNAT, names::PUBLISH_SNAT] {
+            let mut map: HashMap<_, Endpoint, Endpoint> =
+                HashMap::try_from(self.map_mut(map_name)?).map_err(map_error(map_name))?;
+            let keys: Vec<Endpoint> = map.keys().flatten().collect();
+            for key in keys {
+                let _ = map.remove(&key);
+            }
+        }
+        let map_name = names::PUNT_ENDPOINTS;
+        let mut map: HashMap<_, Endpoint, u8> =
+            HashMap::try_from(self.map_mut(map_name)?).map_err(map_error(map_name))?;
+        let keys: Vec<Endpoint> = map.keys().flatten().collect();
+        for key in keys {
+            let _ = map.remove(&key);
+        }
+        Ok(())
     }
 
     /// The loaded object, for reading maps directly (tests, and later the management API).
@@ -424,41 +535,148 @@ impl Dataplane {
             XdpMode::Native => (AyaXdpMode::Driver, AttachedHook::XdpNative),
             XdpMode::Generic => (AyaXdpMode::Skb, AttachedHook::XdpGeneric),
         };
-        let link =
-            self.xdp()?
-                .attach(interface, flags)
-                .map_err(|source| DataplaneError::Attach {
-                    hook,
-                    interface: interface.to_owned(),
-                    source,
+        let attach_error = |source| DataplaneError::Attach {
+            hook,
+            interface: interface.to_owned(),
+            source,
+        };
+        let Some(pin) = self.link_pin(interface, "xdp", "tc")? else {
+            let link = self.xdp()?.attach(interface, flags).map_err(attach_error)?;
+            return Ok(Attachment {
+                interface: interface.to_owned(),
+                hook,
+                link: Link::Xdp(link),
+            });
+        };
+        // An earlier agent's link: its program is replaced in place, atomically.
+        let link_id = match pin.previous {
+            Some(old) => {
+                let link = XdpLink::try_from(old).map_err(|err| {
+                    attach_error(ProgramError::IOError(std::io::Error::other(
+                        err.to_string(),
+                    )))
                 })?;
+                self.xdp()?.attach_to_link(link).map_err(attach_error)?
+            }
+            None => self.xdp()?.attach(interface, flags).map_err(attach_error)?,
+        };
+        let link = self.xdp()?.take_link(link_id).map_err(attach_error)?;
+        let fd_link: FdLink = link.try_into().map_err(|err: LinkError| {
+            attach_error(ProgramError::IOError(std::io::Error::other(
+                err.to_string(),
+            )))
+        })?;
+        self.pin_link(fd_link, &pin.path)?;
         Ok(Attachment {
             interface: interface.to_owned(),
             hook,
-            link: Link::Xdp(link),
+            link: Link::Pinned(pin.path),
         })
     }
 
     fn attach_tc(&mut self, interface: &str) -> Result<Attachment, DataplaneError> {
         let hook = AttachedHook::Tc;
+        let attach_error = |source| DataplaneError::Attach {
+            hook,
+            interface: interface.to_owned(),
+            source,
+        };
         // On kernels >= 6.6 aya attaches through TCX links, which need no clsact qdisc.
-        let link = self
-            .tc()?
-            .attach(interface, TcAttachType::Ingress)
-            .map_err(|source| DataplaneError::Attach {
-                hook,
+        let Some(pin) = self.link_pin(interface, "tc", "xdp")? else {
+            let link = self
+                .tc()?
+                .attach(interface, TcAttachType::Ingress)
+                .map_err(attach_error)?;
+            return Ok(Attachment {
                 interface: interface.to_owned(),
-                source,
-            })?;
+                hook,
+                link: Link::Tc(link),
+            });
+        };
+        // An earlier agent's link: its program is replaced in place, atomically.
+        let link_id = match pin.previous {
+            Some(old) => {
+                let link = SchedClassifierLink::try_from(old).map_err(|err| {
+                    attach_error(ProgramError::IOError(std::io::Error::other(
+                        err.to_string(),
+                    )))
+                })?;
+                self.tc()?.attach_to_link(link).map_err(attach_error)?
+            }
+            None => self
+                .tc()?
+                .attach_with_options(
+                    interface,
+                    TcAttachType::Ingress,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .map_err(attach_error)?,
+        };
+        let link = self.tc()?.take_link(link_id).map_err(attach_error)?;
+        let fd_link: FdLink = link.try_into().map_err(|err: LinkError| {
+            attach_error(ProgramError::IOError(std::io::Error::other(
+                err.to_string(),
+            )))
+        })?;
+        self.pin_link(fd_link, &pin.path)?;
         Ok(Attachment {
             interface: interface.to_owned(),
             hook,
-            link: Link::Tc(link),
+            link: Link::Pinned(pin.path),
         })
     }
 
+    /// With pinning: where `interface`'s `kind` link is pinned, and the link an earlier agent
+    /// left there (unpinned now, to be replaced). A link of the `other` kind left there (the
+    /// hook changed between runs) is detached.
+    fn link_pin(
+        &self,
+        interface: &str,
+        kind: &str,
+        other: &str,
+    ) -> Result<Option<LinkPin>, DataplaneError> {
+        let Some(pins) = &self.pins else {
+            return Ok(None);
+        };
+        let links = pins.dir.join("links");
+        let pin_error = |message: String| DataplaneError::Pin {
+            path: links.clone(),
+            message,
+        };
+        let stale = links.join(format!("{interface}-{other}"));
+        if stale.exists() {
+            let old = PinnedLink::from_pin(&stale)
+                .map_err(|err| pin_error(format!("cannot open {}: {err}", stale.display())))?;
+            // Unpinned and dropped: detached.
+            drop(old.unpin().map_err(|err| pin_error(err.to_string()))?);
+        }
+        let path = links.join(format!("{interface}-{kind}"));
+        let previous = if path.exists() {
+            let old = PinnedLink::from_pin(&path)
+                .map_err(|err| pin_error(format!("cannot open {}: {err}", path.display())))?;
+            Some(old.unpin().map_err(|err| pin_error(err.to_string()))?)
+        } else {
+            None
+        };
+        Ok(Some(LinkPin { path, previous }))
+    }
+
+    fn pin_link(&self, link: FdLink, path: &Path) -> Result<(), DataplaneError> {
+        link.pin(path).map(drop).map_err(|err| DataplaneError::Pin {
+            path: path.to_owned(),
+            message: format!("cannot pin the link: {err}"),
+        })
+    }
+
+    /// Detaches; a pinned link is unpinned first (see [`Dataplane::leave_attached`]).
     pub fn detach(&mut self, attachment: Attachment) -> Result<(), ProgramError> {
         match attachment.link {
+            Link::Pinned(path) => {
+                let link = PinnedLink::from_pin(&path)
+                    .map_err(|err| ProgramError::IOError(std::io::Error::other(err.to_string())))?;
+                drop(link.unpin()?);
+                Ok(())
+            }
             Link::Xdp(link) => self
                 .xdp()
                 .map_err(|_| ProgramError::NotAttached)?
@@ -678,6 +896,54 @@ impl Dataplane {
 /// Turns a map error into ours, naming the map.
 fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
     move |source| DataplaneError::Map { map, source }
+}
+
+/// Checks `dir` is on a bpffs and, if maps are pinned there, that they have this agent's
+/// layout. Returns whether there are maps to adopt.
+fn prepare_pin_dir(dir: &Path) -> Result<bool, DataplaneError> {
+    let pin_error = |message: String| DataplaneError::Pin {
+        path: dir.to_owned(),
+        message,
+    };
+    for sub in ["maps", "links"] {
+        std::fs::create_dir_all(dir.join(sub))
+            .map_err(|err| pin_error(format!("cannot create {sub}/: {err}")))?;
+    }
+    let c_path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| pin_error("path contains a NUL byte".into()))?;
+    // SAFETY: statfs(2) on a NUL-terminated path into a zeroed out-parameter.
+    let mut stats: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut stats) } != 0 {
+        return Err(pin_error(format!("{}", std::io::Error::last_os_error())));
+    }
+    if stats.f_type as i64 != BPF_FS_MAGIC {
+        return Err(pin_error(format!(
+            "not on a bpffs (mount one: mount -t bpf bpf {})",
+            dir.display()
+        )));
+    }
+    let layout_pin = dir.join("maps").join(names::LAYOUT);
+    if !layout_pin.exists() {
+        return Ok(false);
+    }
+    let data = aya::maps::MapData::from_pin(&layout_pin)
+        .map_err(|err| pin_error(format!("cannot open the pinned LAYOUT map: {err}")))?;
+    let map = aya::maps::Map::from_map_data(data).map_err(|err| {
+        pin_error(format!(
+            "pinned LAYOUT is not a map this agent knows: {err}"
+        ))
+    })?;
+    let found = Array::<_, u32>::try_from(map)
+        .ok()
+        .and_then(|array| array.get(&0, 0).ok());
+    if found != Some(LAYOUT_VERSION) {
+        return Err(DataplaneError::Layout {
+            path: dir.to_owned(),
+            found: found.map_or("unreadable".into(), |version| version.to_string()),
+            expected: LAYOUT_VERSION,
+        });
+    }
+    Ok(true)
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, DataplaneError>

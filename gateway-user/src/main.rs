@@ -50,6 +50,10 @@ enum Command {
         /// The management socket, instead of `[management] socket`.
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
+        /// With `[dataplane] pin_path`: on exit, detach and unpin everything (default: leave
+        /// the fast path running and pinned, for the next agent to adopt).
+        #[arg(long)]
+        detach_on_exit: bool,
     },
     /// Validate a configuration file and exit.
     Check {
@@ -129,11 +133,13 @@ fn main() -> ExitCode {
             xdp_mode,
             verbose,
             socket,
+            detach_on_exit,
         } => agent::run(&RunOptions {
             config_path: config,
             xdp_mode,
             verbose,
             socket,
+            detach_on_exit,
         }),
         Command::Check { config } => Config::load(&config)
             .map(|config| {

@@ -136,6 +136,11 @@ impl SysctlGuard {
         fs::write(&path, value)?;
         Ok(SysctlGuard { path, previous })
     }
+
+    /// Leaves the value as set (the fast path stays attached for the next agent, and needs it).
+    pub fn keep(self) {
+        std::mem::forget(self);
+    }
 }
 
 fn read_ipv4_conf(interface: &str, key: &str) -> io::Result<u32> {
