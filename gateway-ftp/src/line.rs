@@ -53,7 +53,7 @@ pub struct LineTooLong {
     pub max_line: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct LineAssembler {
     partial: Vec<u8>,
     /// Stream offset of `partial[0]` (or of the next byte when `partial` is empty).

@@ -4,7 +4,7 @@
 //! action on a violation is the operator's ([`ViolationAction`]).
 
 /// What happens to the line that broke a rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum ViolationAction {
     /// The line is discarded, as the classic ALG does: the receiver never sees it, and the
     /// sender is left to its retransmissions and timeouts.
@@ -18,7 +18,7 @@ pub enum ViolationAction {
 }
 
 /// What to do with `AUTH TLS` / `AUTH SSL`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum TlsPolicy {
     /// Refused, as a violation.
     #[default]
@@ -28,7 +28,7 @@ pub enum TlsPolicy {
     Pass,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Policy {
     /// When not empty, only user names matching one of these globs may log in.
     pub allow_users: Vec<String>,

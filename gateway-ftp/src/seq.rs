@@ -36,7 +36,7 @@ pub enum Round {
 }
 
 /// One rewrite: original bytes `[at, at + old_len)` reached the receiver as `new_len` bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Edit {
     at: u64,
     old_len: u64,
@@ -53,7 +53,7 @@ impl Edit {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SeqMap {
     /// Sequence number of stream offset 0 (the SYN's sequence number plus one). The ALG never
     /// changes initial sequence numbers, so it is the same on both sides.

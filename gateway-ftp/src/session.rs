@@ -63,7 +63,7 @@ pub struct TcpSegment {
 }
 
 /// Where each side really is, and where the other side sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Endpoints {
     pub client_real: Ipv4Addr,
     /// The client's address as the server sees it (the public one when masqueraded).
@@ -139,6 +139,9 @@ pub enum SessionError {
     Stream(#[from] StreamError),
 }
 
+/// Serializable (serde), so that the agent can keep it across its own restart; call
+/// [`Session::restored`] on what comes back.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct Session {
     endpoints: Endpoints,
     max_line: usize,
@@ -204,6 +207,26 @@ impl Session {
             policy: Some(policy),
             ..Session::new(endpoints, 0)
         }
+    }
+
+    /// A session deserialized from a saved state: its streams' candidate tests set again.
+    pub fn restored(mut self) -> Session {
+        let inspect_all = self.policy.is_some();
+        if let Some(stream) = self.client_to_server.as_mut() {
+            stream.set_candidate(if inspect_all {
+                every_line
+            } else {
+                active_command_candidate
+            });
+        }
+        if let Some(stream) = self.server_to_client.as_mut() {
+            stream.set_candidate(if inspect_all {
+                every_line
+            } else {
+                passive_reply_candidate
+            });
+        }
+        self
     }
 
     /// The user name given on the session so far.

@@ -18,7 +18,7 @@ const BEFORE_LOGIN: &[&str] = &[
 /// meant to interrupt a transfer or ask about it).
 const OUT_OF_BAND: &[&str] = &["ABOR", "STAT", "QUIT", "NOOP"];
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Login {
     /// Waiting for USER.
     User,
@@ -35,7 +35,7 @@ pub enum Login {
     },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ProtocolState {
     login: Login,
     /// Commands let through and not yet finally answered, oldest first; the first entry of
@@ -47,7 +47,7 @@ pub struct ProtocolState {
     tls_started: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Pending {
     verb: String,
     argument: String,

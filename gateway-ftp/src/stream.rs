@@ -48,6 +48,9 @@ pub enum LineAction {
     Replace(Vec<u8>),
 }
 
+/// Serializable (serde) so that the agent can keep a session across its own restart; the
+/// `candidate` test is a function and is set again by the owner after restoring.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct StreamRewriter {
     map: SeqMap,
     lines: LineAssembler,
@@ -61,6 +64,7 @@ pub struct StreamRewriter {
     /// Segments ahead of `next`, by original offset.
     out_of_order: BTreeMap<u64, Vec<u8>>,
     out_of_order_bytes: usize,
+    #[serde(skip, default = "default_candidate")]
     candidate: fn(&[u8]) -> bool,
     /// Set by the first error: framing and sequence state are no longer trustworthy.
     broken: bool,
@@ -121,6 +125,11 @@ impl StreamRewriter {
             seq: self.receiver_seq(receiver_offset),
             payload: bytes.to_vec(),
         }))
+    }
+
+    /// Sets the candidate test again (after a restore).
+    pub fn set_candidate(&mut self, candidate: fn(&[u8]) -> bool) {
+        self.candidate = candidate;
     }
 
     pub fn seq_map(&self) -> &SeqMap {
@@ -341,6 +350,15 @@ impl StreamRewriter {
         // The map's base sequence number is the same on both sides.
         self.map.base_seq().wrapping_add(receiver_offset as u32)
     }
+}
+
+fn default_candidate() -> fn(&[u8]) -> bool {
+    hold_every_line
+}
+
+/// `candidate` that holds every line until it is complete (every line is checked).
+pub fn hold_every_line(_: &[u8]) -> bool {
+    true
 }
 
 /// `candidate` for a server's replies: lines that may be `227` or `229`.

@@ -62,18 +62,44 @@ struct Alg {
     /// `gateway capture` clients: pcap records of every punted packet as it arrived and
     /// every packet the ALG sent. A client that falls behind loses records, not the ALG time.
     captures: Vec<mpsc::Sender<Vec<u8>>>,
+    /// With a pinned fast path: where the control sessions are saved, before any packet they
+    /// produce leaves (so a restart never finds state older than what the peers saw).
+    state_file: Option<PathBuf>,
 }
 
 impl Alg {
-    fn handle(&mut self, dataplane: &mut Dataplane, reason: u8, packet: &[u8]) {
+    /// Handles a batch of punted packets: translates them all, saves the state, then sends.
+    fn handle_batch(&mut self, dataplane: &mut Dataplane, batch: &mut Vec<(u8, Vec<u8>)>) {
         let now = monotonic_now_ns();
-        self.capture(packet);
-        for outgoing in self.table.on_packet(reason, packet, now, dataplane) {
-            self.capture(&outgoing.bytes);
-            if let Err(err) = self.raw.send(&outgoing) {
+        let mut outgoing = Vec::new();
+        for (reason, packet) in batch.drain(..) {
+            self.capture(&packet);
+            outgoing.extend(self.table.on_packet(reason, &packet, now, dataplane));
+        }
+        self.save_state();
+        for packet in outgoing {
+            self.capture(&packet.bytes);
+            if let Err(err) = self.raw.send(&packet) {
                 self.send_failures += 1;
-                tracing::warn!(dst = %outgoing.dst, "cannot send a control packet: {err}");
+                tracing::warn!(dst = %packet.dst, "cannot send a control packet: {err}");
             }
+        }
+    }
+
+    /// Writes the control sessions to the state file (atomically: a new file renamed over).
+    fn save_state(&self) {
+        let Some(path) = &self.state_file else {
+            return;
+        };
+        let result = serde_json::to_vec(&self.table.save())
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                let temporary = path.with_extension("tmp");
+                std::fs::write(&temporary, bytes)?;
+                std::fs::rename(&temporary, path)
+            });
+        if let Err(err) = result {
+            tracing::warn!(path = %path.display(), "cannot save the ftp sessions: {err}");
         }
     }
 
@@ -214,13 +240,19 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let state_file = dataplane
+        .pin_dir()
+        .is_some()
+        .then(|| config.ftp.state_file.clone());
+    let table = restore_alg(&config, state_file.as_deref(), dataplane.adopted());
     let mut agent = Agent {
         alg: Alg {
-            table: ControlTable::new(AlgSettings::from_config(&config), shell::random_seed()),
+            table,
             raw,
             send_failures: 0,
             undecodable: 0,
             captures: Vec::new(),
+            state_file,
         },
         config,
         config_path: config_path.clone(),
@@ -254,14 +286,62 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
     let signal_name = result?;
     tracing::info!(signal = signal_name, "stopping");
     let left_running = agent.dataplane.pin_dir().is_some() && !options.detach_on_exit;
+    agent.alg.save_state();
+    let state_path_on_exit = agent.alg.state_file.clone();
     agent.shutdown(left_running)?;
     if left_running {
         // The fast path still translates, and still needs them.
         sysctls.into_iter().for_each(SysctlGuard::keep);
     } else {
         drop(sysctls);
+        if let Some(path) = &state_path_on_exit {
+            let _ = std::fs::remove_file(path);
+        }
     }
     Ok(())
+}
+
+/// The ALG's control sessions: those a previous agent saved, when its fast path was adopted;
+/// otherwise none (and a stale save is removed).
+fn restore_alg(config: &Config, state_file: Option<&Path>, adopted: bool) -> ControlTable {
+    let settings = AlgSettings::from_config(config);
+    let Some(path) = state_file else {
+        return ControlTable::new(settings, shell::random_seed());
+    };
+    if let Some(parent) = path.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    if !adopted {
+        let _ = std::fs::remove_file(path);
+        return ControlTable::new(settings, shell::random_seed());
+    }
+    let saved = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            return ControlTable::new(settings, shell::random_seed());
+        }
+        Err(err) => {
+            tracing::warn!(path = %path.display(), "cannot read the saved ftp sessions: {err}");
+            return ControlTable::new(settings, shell::random_seed());
+        }
+    };
+    match serde_json::from_slice(&saved)
+        .ok()
+        .and_then(|saved| ControlTable::restore(settings.clone(), saved))
+    {
+        Some(table) => {
+            tracing::info!(
+                sessions = table.connections(monotonic_now_ns()).len(),
+                path = %path.display(),
+                "restored the ftp control sessions of the previous agent"
+            );
+            table
+        }
+        None => {
+            tracing::warn!(path = %path.display(), "saved ftp sessions unreadable or of another version: not restored");
+            ControlTable::new(settings, shell::random_seed())
+        }
+    }
 }
 
 fn log_config(config: &Config) {
@@ -334,9 +414,7 @@ impl Agent {
                 _ = terminate.recv() => return Ok("SIGTERM"),
                 read = reader.next_batch(&mut batch) => {
                     self.alg.undecodable += read.context("cannot read the punt ring buffer")? as u64;
-                    for (reason, packet) in batch.drain(..) {
-                        self.alg.handle(&mut self.dataplane, reason, &packet);
-                    }
+                                        self.alg.handle_batch(&mut self.dataplane, &mut batch);
                 }
                 _ = ticks.tick() => self.sweep(),
                 accepted = listener.accept() => match accepted {
@@ -366,7 +444,9 @@ impl Agent {
                             String::new()
                         }
                     };
-                    let _ = reply.send(answer);
+                                        let _ = reply.send(answer);
+                    // Reloads and flushes change the sessions.
+                    self.alg.save_state();
                     if self.config.sweep_interval != interval {
                         interval = self.config.sweep_interval;
                         ticks = sweep_ticks(interval);
@@ -378,7 +458,9 @@ impl Agent {
 
     fn sweep(&mut self) {
         let now = monotonic_now_ns();
-        self.alg.table.expire(now, &mut self.dataplane);
+        if self.alg.table.expire(now, &mut self.dataplane) > 0 {
+            self.alg.save_state();
+        }
         // The ALG's mappings and claimed data ports have no fast-path session yet.
         let held = self.alg.table.held_endpoints(now);
         match self.dataplane.sweep(&mut self.sweeper, now, &held) {

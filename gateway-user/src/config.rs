@@ -121,6 +121,9 @@ pub struct Ftp {
     pub expectation_timeout: u64,
     /// `[ftp.policy]`: what control sessions may do (a publish may override it).
     pub policy: Policy,
+    /// With `[dataplane] pin_path`: where the ALG keeps its control sessions' state, so that
+    /// a restarted agent carries on with them.
+    pub state_file: PathBuf,
 }
 
 /// Application-level gateways a publish can name.
@@ -303,6 +306,11 @@ struct RawFtp {
     #[serde(default = "default_expectation_timeout")]
     expectation_timeout: u64,
     policy: Option<RawPolicy>,
+    state_file: Option<PathBuf>,
+}
+
+fn default_state_file() -> PathBuf {
+    PathBuf::from("/run/gateway/ftp-state.json")
 }
 
 /// `[ftp.policy]` and `[publish.policy]`: every key optional, so a publish names only what
@@ -750,6 +758,7 @@ fn parse_ftp(raw: Option<&RawFtp>, masquerade: bool) -> Result<Ftp, String> {
             control_ports: default_ports,
             expectation_timeout: default_expectation_timeout(),
             policy: Policy::default(),
+            state_file: default_state_file(),
         });
     };
     let policy = match &raw.policy {
@@ -790,10 +799,17 @@ fn parse_ftp(raw: Option<&RawFtp>, masquerade: bool) -> Result<Ftp, String> {
             raw.expectation_timeout
         ));
     }
+    let state_file = raw.state_file.clone().unwrap_or_else(default_state_file);
+    if !state_file.is_absolute() {
+        return Err(format!(
+            "ftp.state_file = {state_file:?}: expected an absolute path"
+        ));
+    }
     Ok(Ftp {
         control_ports,
         expectation_timeout: raw.expectation_timeout,
         policy,
+        state_file,
     })
 }
 

@@ -394,6 +394,14 @@ impl Dataplane {
         map.insert(key, entry, 0).map_err(map_error(map_name))
     }
 
+    /// Whether an expectation is in the map (not used yet, not removed).
+    pub fn expectation_exists(&self, key: ExpectationKey) -> Result<bool, DataplaneError> {
+        let map_name = names::EXPECTATIONS;
+        let map: HashMap<_, ExpectationKey, ExpectationEntry> =
+            HashMap::try_from(self.map(map_name)?).map_err(map_error(map_name))?;
+        Ok(map.get(&key, 0).is_ok())
+    }
+
     /// Removes an expectation (its control connection ended); one already used is gone.
     pub fn unexpect(&mut self, key: ExpectationKey) -> Result<(), DataplaneError> {
         let map_name = names::EXPECTATIONS;

@@ -85,7 +85,29 @@ impl GatewayProcess {
         config: &Path,
         extra: &[&str],
     ) -> anyhow::Result<GatewayProcess> {
-        let mut command = netns.command(binary.to_str().context("binary path is not UTF-8")?);
+        GatewayProcess::start_wrapped(binary, netns, config, extra, &[])
+    }
+
+    /// As [`GatewayProcess::start_binary`], run through `wrapper` (a command that execs the
+    /// rest, such as `nsenter --mount=...` to share a private bpffs mount).
+    pub fn start_wrapped(
+        binary: &Path,
+        netns: &Netns,
+        config: &Path,
+        extra: &[&str],
+        wrapper: &[String],
+    ) -> anyhow::Result<GatewayProcess> {
+        let binary_text = binary.to_str().context("binary path is not UTF-8")?;
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = std::process::Command::new(program);
+                command
+                    .args(args)
+                    .args(["ip", "netns", "exec", netns.name(), binary_text]);
+                command
+            }
+            None => netns.command(binary_text),
+        };
         let socket = std::env::temp_dir().join(format!("{}-gateway.sock", netns.name()));
         command
             .args(["run", "--config"])
@@ -183,6 +205,17 @@ impl GatewayProcess {
             .filter_map(|word| word.rsplit_once(wanted.as_str()))
             .find_map(|(_, value)| value.parse().ok())
             .unwrap_or(0)
+    }
+
+    /// SIGKILL, as a crash would end it; waits for it.
+    pub fn kill_hard(&mut self) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            bail!("gateway already stopped")
+        };
+        child.kill()?;
+        child.wait()?;
+        std::thread::sleep(Duration::from_millis(50));
+        Ok(())
     }
 
     /// SIGTERM, then waits for it to exit (SIGKILL after 10 s). Returns its exit status.

@@ -40,6 +40,8 @@ pub trait AlgMaps {
     fn record_mapping(&mut self, private: Endpoint, public: Endpoint);
     fn expect(&mut self, key: ExpectationKey, entry: ExpectationEntry) -> bool;
     fn unexpect(&mut self, key: ExpectationKey);
+    /// Whether an expectation is still waiting for its data connection (not used, not gone).
+    fn expectation_pending(&mut self, key: ExpectationKey) -> bool;
 }
 
 /// The ALG's view of the configuration.
@@ -127,7 +129,7 @@ pub struct Outgoing {
 }
 
 /// What the ALG did, for the log and the counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AlgStats {
     pub packets: u64,
     pub emitted: u64,
@@ -254,6 +256,42 @@ impl Connection {
     }
 }
 
+/// Version of [`SavedTable`]'s format; a file of another version is not restored.
+const SAVED_TABLE_VERSION: u32 = 1;
+
+/// The control sessions as saved to disk, so that a restarted agent (adopting a pinned fast
+/// path) carries on with them: their translation, FTP state and sequence edits.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct SavedTable {
+    version: u32,
+    next_id: u64,
+    rng: u64,
+    stats: AlgStats,
+    connections: Vec<SavedConnection>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedConnection {
+    id: u64,
+    client: SocketAddrV4,
+    client_seen: SocketAddrV4,
+    server: SocketAddrV4,
+    server_seen: SocketAddrV4,
+    core: session::Session,
+    mss_to_client: u16,
+    mss_to_server: u16,
+    fin_from_client: bool,
+    fin_from_server: bool,
+    established: bool,
+    reset: bool,
+    last_seen_ns: u64,
+    created_ns: u64,
+    held: Vec<(SocketAddrV4, u64)>,
+    /// (endpoint, peer, expiry) of each expectation.
+    expectations: Vec<(SocketAddrV4, Ipv4Addr, u64)>,
+    last_from: [Option<TcpPacket>; 2],
+}
+
 pub struct ControlTable {
     settings: AlgSettings,
     connections: HashMap<u64, Connection>,
@@ -277,6 +315,124 @@ impl ControlTable {
 
     pub fn stats(&self) -> AlgStats {
         self.stats
+    }
+
+    /// Everything needed to carry on after a restart.
+    pub fn save(&self) -> SavedTable {
+        SavedTable {
+            version: SAVED_TABLE_VERSION,
+            next_id: self.next_id,
+            rng: self.rng,
+            stats: self.stats,
+            connections: self
+                .connections
+                .iter()
+                .map(|(id, connection)| SavedConnection {
+                    id: *id,
+                    client: connection.client,
+                    client_seen: connection.client_seen,
+                    server: connection.server,
+                    server_seen: connection.server_seen,
+                    core: connection.core.clone(),
+                    mss_to_client: connection.mss_to_client,
+                    mss_to_server: connection.mss_to_server,
+                    fin_from_client: connection.fin_from_client,
+                    fin_from_server: connection.fin_from_server,
+                    established: connection.established,
+                    reset: connection.reset,
+                    last_seen_ns: connection.last_seen_ns,
+                    created_ns: connection.created_ns,
+                    held: connection
+                        .held
+                        .iter()
+                        .map(|(endpoint, until)| (endpoint.socket(), *until))
+                        .collect(),
+                    expectations: connection
+                        .expectations
+                        .iter()
+                        .map(|(key, expires)| {
+                            (key.endpoint.socket(), Ipv4Addr::from(key.peer), *expires)
+                        })
+                        .collect(),
+                    last_from: connection.last_from.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// A table from a saved one; policies come from `settings` (the config now in force).
+    /// `None` for a save of another format version.
+    pub fn restore(settings: AlgSettings, saved: SavedTable) -> Option<ControlTable> {
+        if saved.version != SAVED_TABLE_VERSION {
+            return None;
+        }
+        let mut table = ControlTable {
+            settings,
+            connections: HashMap::new(),
+            flows: HashMap::new(),
+            next_id: saved.next_id,
+            rng: saved.rng | 1,
+            stats: saved.stats,
+        };
+        for saved in saved.connections {
+            let policy = table
+                .settings
+                .published_policies
+                .get(&saved.server_seen)
+                .unwrap_or(&table.settings.policy)
+                .clone();
+            let mut core = saved.core.restored();
+            core.set_policy(policy.clone());
+            table.flows.insert(
+                key(saved.client, saved.server_seen),
+                (saved.id, Direction::ClientToServer),
+            );
+            table.flows.insert(
+                key(saved.server, saved.client_seen),
+                (saved.id, Direction::ServerToClient),
+            );
+            table.connections.insert(
+                saved.id,
+                Connection {
+                    client: saved.client,
+                    client_seen: saved.client_seen,
+                    server: saved.server,
+                    server_seen: saved.server_seen,
+                    core,
+                    mss_to_client: saved.mss_to_client,
+                    mss_to_server: saved.mss_to_server,
+                    fin_from_client: saved.fin_from_client,
+                    fin_from_server: saved.fin_from_server,
+                    established: saved.established,
+                    reset: saved.reset,
+                    last_seen_ns: saved.last_seen_ns,
+                    held: saved
+                        .held
+                        .into_iter()
+                        .map(|(endpoint, until)| {
+                            (Endpoint::from_socket(endpoint, IPPROTO_TCP), until)
+                        })
+                        .collect(),
+                    expectations: saved
+                        .expectations
+                        .into_iter()
+                        .map(|(endpoint, peer, expires)| {
+                            (
+                                ExpectationKey {
+                                    endpoint: Endpoint::from_socket(endpoint, IPPROTO_TCP),
+                                    peer: peer.octets(),
+                                },
+                                expires,
+                            )
+                        })
+                        .collect(),
+                    policy,
+                    created_ns: saved.created_ns,
+                    last_from: saved.last_from,
+                },
+            );
+        }
+        Some(table)
     }
 
     /// New settings (a reload): new sessions follow them; running sessions keep their
@@ -592,13 +748,15 @@ impl ControlTable {
             .expectations
             .iter()
             .filter(|(_, expires)| *expires >= now_ns)
-            .count();
+            .map(|(key, _)| *key)
+            .collect();
         let mut ports = DataPorts {
             rng: &mut self.rng,
             maps: &mut *maps,
             settings: &self.settings,
             claimed: Vec::new(),
             pending,
+            announced: 0,
             max_pending: connection.policy.max_pending_expectations,
         };
         let actions = match connection.core.on_segment(direction, segment, &mut ports) {
@@ -837,17 +995,22 @@ struct DataPorts<'a> {
     maps: &'a mut dyn AlgMaps,
     settings: &'a AlgSettings,
     claimed: Vec<Endpoint>,
-    /// Expectations of this session still pending, and the policy's limit.
-    pending: usize,
+    /// Expectations this session installed and that have not expired (some may have been
+    /// used since), those announced in this segment, and the policy's limit.
+    pending: Vec<ExpectationKey>,
+    announced: usize,
     max_pending: usize,
 }
 
 impl PortAllocator for DataPorts<'_> {
     fn may_expect(&mut self) -> bool {
-        if self.pending >= self.max_pending {
+        // Only the ones still in the map count: a used expectation is gone from it.
+        let maps = &mut *self.maps;
+        self.pending.retain(|key| maps.expectation_pending(*key));
+        if self.pending.len() + self.announced >= self.max_pending {
             return false;
         }
-        self.pending += 1;
+        self.announced += 1;
         true
     }
 

@@ -39,7 +39,7 @@ pub enum PacketError {
 }
 
 /// A parsed IPv4 TCP segment.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TcpPacket {
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,

@@ -150,6 +150,10 @@ impl AlgMaps for Dataplane {
             .is_ok()
     }
 
+    fn expectation_pending(&mut self, key: ExpectationKey) -> bool {
+        self.expectation_exists(key).unwrap_or(true)
+    }
+
     fn unexpect(&mut self, key: ExpectationKey) {
         if let Err(err) = Dataplane::unexpect(self, key) {
             tracing::warn!("expectation removal failed: {err:#}");

@@ -34,6 +34,9 @@ impl AlgMaps for FakeMaps {
         self.expectations.insert(key, entry);
         true
     }
+    fn expectation_pending(&mut self, key: ExpectationKey) -> bool {
+        self.expectations.contains_key(&key)
+    }
     fn unexpect(&mut self, key: ExpectationKey) {
         self.log.push(format!("unexpect {}", key.endpoint.socket()));
         self.expectations.remove(&key);
