@@ -27,7 +27,7 @@ struct BpfMount {
 impl BpfMount {
     fn new(dir: PathBuf) -> BpfMount {
         std::fs::create_dir_all(&dir).expect("mount point");
-                let mut holder = std::process::Command::new("unshare")
+        let mut holder = std::process::Command::new("unshare")
             .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
             .arg(format!(
                 "mount -t bpf bpf {} && exec sleep 3600",
@@ -42,7 +42,7 @@ impl BpfMount {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-                let _ = holder.kill();
+        let _ = holder.kill();
         let _ = holder.wait();
         panic!("bpffs did not appear at {}", dir.display());
     }
