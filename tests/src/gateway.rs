@@ -66,6 +66,8 @@ pub struct GatewayProcess {
     /// Its management socket, private to this process (tests run gateways side by side).
     socket: PathBuf,
     binary: PathBuf,
+    /// The threads that read its output; they end when it exits and closes its pipes.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// The line `gateway run` logs once everything is attached.
@@ -125,6 +127,7 @@ impl GatewayProcess {
             .with_context(|| format!("spawn {command:?}"))?;
         let log = Arc::new(Mutex::new(Vec::new()));
         let (ready_tx, ready_rx) = mpsc::channel();
+        let mut readers = Vec::new();
         for stream in [
             child
                 .stderr
@@ -140,7 +143,7 @@ impl GatewayProcess {
         {
             let log = log.clone();
             let ready_tx = ready_tx.clone();
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     if line.contains(READY) {
                         let _ = ready_tx.send(());
@@ -149,7 +152,7 @@ impl GatewayProcess {
                         log.push(line);
                     }
                 }
-            });
+            }));
         }
         drop(ready_tx);
         let mut process = GatewayProcess {
@@ -157,6 +160,7 @@ impl GatewayProcess {
             log,
             socket,
             binary: binary.to_owned(),
+            readers,
         };
         match ready_rx.recv_timeout(Duration::from_secs(30)) {
             Ok(()) => Ok(process),
@@ -214,8 +218,15 @@ impl GatewayProcess {
         };
         child.kill()?;
         child.wait()?;
-        std::thread::sleep(Duration::from_millis(50));
+        self.drain();
         Ok(())
+    }
+
+    /// Waits until everything the process wrote is in the log.
+    fn drain(&mut self) {
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
     }
 
     /// SIGTERM, then waits for it to exit (SIGKILL after 10 s). Returns its exit status.
@@ -228,14 +239,15 @@ impl GatewayProcess {
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         for _ in 0..200 {
             if let Some(status) = child.try_wait()? {
-                // Let the reader threads drain the pipes.
-                std::thread::sleep(Duration::from_millis(50));
+                self.drain();
                 return Ok(status);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         child.kill()?;
-        Ok(child.wait()?)
+        let status = child.wait()?;
+        self.drain();
+        Ok(status)
     }
 }
 

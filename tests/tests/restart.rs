@@ -199,7 +199,11 @@ fn pinned_maps_of_another_layout_are_refused() {
         GatewayProcess::start_wrapped(&binary, &lab.router, &config.0, &[], &bpf.wrapper())
             .expect("gateway");
     first.stop().expect("stop");
-    assert!(first.output().contains("left running and pinned"));
+    assert!(
+        first.output().contains("left running and pinned"),
+        "{}",
+        first.output()
+    );
     // What another version would have left there.
     let layout = pins.join("maps").join("LAYOUT");
     let mut command = bpf.wrapper();
