@@ -129,11 +129,21 @@ struct Agent {
     config_path: PathBuf,
     dataplane: Dataplane,
     alg: Alg,
-    attachments: Vec<Attachment>,
+    /// One per configured interface, inside then outside; `None` while it is gone.
+    attachments: Vec<Option<Attachment>>,
     ifindexes: [u32; 2],
+    hook: Hook,
+    xdp_mode: Option<XdpMode>,
+    /// Host settings per interface, restored on a clean exit.
+    sysctls: Vec<(String, Vec<SysctlGuard>)>,
     started: Instant,
     sweeper: Sweeper,
     swept: Sweep,
+}
+
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
 }
 
 /// What the connection tasks ask the main loop.
@@ -218,7 +228,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
     for name in [&config.interfaces.inside, &config.interfaces.outside] {
         let attachment = dataplane.attach(name, hook, xdp_mode)?;
         tracing::info!(interface = %attachment.interface, hook = %attachment.hook, "fast path attached");
-        attachments.push(attachment);
+        attachments.push(Some(attachment));
     }
     // Translation happens at ingress, before the kernel routes. The translated packets the
     // stack still routes (all of XDP's; TC's expiring TTLs and oversized packets) reach it on
@@ -226,13 +236,9 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
     // own. The kernel drops such packets as martians unless accept_local is on, and strict
     // reverse-path filtering drops them too (loose mode still drops sources with no route at
     // all). Both are restored on a clean exit.
-    let mut sysctls: Vec<SysctlGuard> = Vec::new();
+    let mut sysctls = Vec::new();
     for name in [&config.interfaces.inside, &config.interfaces.outside] {
-        sysctls.push(
-            SysctlGuard::set_ipv4_conf(name, "accept_local", "1")
-                .context("cannot set accept_local")?,
-        );
-        sysctls.extend(system::relax_strict_rp_filter(name).context("cannot adjust rp_filter")?);
+        sysctls.push((name.clone(), host_settings(name)?));
     }
     log_config(&config);
 
@@ -259,6 +265,9 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         dataplane,
         attachments,
         ifindexes,
+        hook,
+        xdp_mode,
+        sysctls,
         started: Instant::now(),
         sweeper: Sweeper::default(),
         swept: Sweep::default(),
@@ -274,13 +283,19 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
             ),
             None => None,
         };
+        // Handlers first: a signal that arrives once "running" is logged must stop the agent
+        // cleanly, not kill it.
+        let signals = Signals {
+            interrupt: signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?,
+            terminate: signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?,
+        };
         tracing::info!(
             config = %config_path.display(),
             management = %socket_path.display(),
             metrics = ?agent.config.metrics_listen,
             "gateway running; SIGINT or SIGTERM stops it"
         );
-        agent.serve(reader, listener, metrics).await
+        agent.serve(reader, listener, metrics, signals).await
     });
     let _ = std::fs::remove_file(&socket_path);
     let signal_name = result?;
@@ -288,10 +303,14 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
     let left_running = agent.dataplane.pin_dir().is_some() && !options.detach_on_exit;
     agent.alg.save_state();
     let state_path_on_exit = agent.alg.state_file.clone();
+    let sysctls = std::mem::take(&mut agent.sysctls);
     agent.shutdown(left_running)?;
     if left_running {
         // The fast path still translates, and still needs them.
-        sysctls.into_iter().for_each(SysctlGuard::keep);
+        sysctls
+            .into_iter()
+            .flat_map(|(_, guards)| guards)
+            .for_each(SysctlGuard::keep);
     } else {
         drop(sysctls);
         if let Some(path) = &state_path_on_exit {
@@ -364,6 +383,19 @@ fn log_config(config: &Config) {
     }
 }
 
+/// What the host must allow on an interface the fast path translates on, restored when the
+/// guards drop: translated packets the stack still routes reach it on the inside interface
+/// already carrying the public source address, usually the gateway's own, which the kernel
+/// drops as martians unless accept_local is on; strict reverse-path filtering drops them too.
+fn host_settings(interface: &str) -> anyhow::Result<Vec<SysctlGuard>> {
+    let mut guards = vec![
+        SysctlGuard::set_ipv4_conf(interface, "accept_local", "1")
+            .context("cannot set accept_local")?,
+    ];
+    guards.extend(system::relax_strict_rp_filter(interface).context("cannot adjust rp_filter")?);
+    Ok(guards)
+}
+
 /// A live agent answering on the socket is not replaced; a stale socket file is.
 fn refuse_second_agent(path: &Path) -> anyhow::Result<()> {
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -399,13 +431,16 @@ impl Agent {
         mut reader: PuntReader,
         listener: UnixListener,
         metrics: Option<TcpListener>,
+        signals: Signals,
     ) -> anyhow::Result<&'static str> {
-        let mut interrupt =
-            signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
-        let mut terminate =
-            signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+        let Signals {
+            mut interrupt,
+            mut terminate,
+        } = signals;
         let mut interval = self.config.sweep_interval;
         let mut ticks = sweep_ticks(interval);
+        let mut interface_checks = tokio::time::interval(Duration::from_secs(1));
+        interface_checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (queries, mut incoming) = mpsc::channel(16);
         let mut batch = Vec::new();
         loop {
@@ -416,7 +451,8 @@ impl Agent {
                     self.alg.undecodable += read.context("cannot read the punt ring buffer")? as u64;
                                         self.alg.handle_batch(&mut self.dataplane, &mut batch);
                 }
-                _ = ticks.tick() => self.sweep(),
+                                _ = ticks.tick() => self.sweep(),
+                _ = interface_checks.tick() => self.check_interfaces(),
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => {
                         tokio::spawn(answer_management(stream, queries.clone()));
@@ -450,6 +486,65 @@ impl Agent {
                     if self.config.sweep_interval != interval {
                         interval = self.config.sweep_interval;
                         ticks = sweep_ticks(interval);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Notices an interface that went away (its links went with it) and re-attaches when it
+    /// is back, with a new ifindex: roles, links and host settings are redone.
+    fn check_interfaces(&mut self) {
+        let names = [
+            self.config.interfaces.inside.clone(),
+            self.config.interfaces.outside.clone(),
+        ];
+        for (slot, name) in names.iter().enumerate() {
+            let now = system::if_index(name);
+            let attached = self.attachments[slot].is_some();
+            match now {
+                Some(index) if attached && index == self.ifindexes[slot] => {}
+                None if !attached => {}
+                None => {
+                    // Its links went with it; a pinned one is only a stale pin now.
+                    if let Some(attachment) = self.attachments[slot].take() {
+                        let _ = self.dataplane.detach(attachment);
+                    }
+                    tracing::warn!(interface = %name, "interface gone: the fast path waits for it to come back");
+                }
+                Some(index) => {
+                    if let Some(attachment) = self.attachments[slot].take() {
+                        let _ = self.dataplane.detach(attachment);
+                    }
+                    match self.dataplane.attach(name, self.hook, self.xdp_mode) {
+                        Ok(attachment) => {
+                            self.ifindexes[slot] = index;
+                            if let Err(err) = self
+                                .dataplane
+                                .set_interface_roles(self.ifindexes[0], self.ifindexes[1])
+                            {
+                                tracing::warn!("cannot update interface roles: {err}");
+                            }
+                            // The new interface has the host's defaults: set them again (the
+                            // old guards would restore into it, so they are forgotten).
+                            match host_settings(name) {
+                                Ok(guards) => {
+                                    if let Some((_, old)) =
+                                        self.sysctls.iter_mut().find(|(iface, _)| iface == name)
+                                    {
+                                        std::mem::take(old).into_iter().for_each(SysctlGuard::keep);
+                                        *old = guards;
+                                    }
+                                }
+                                Err(err) => tracing::warn!(interface = %name, "{err:#}"),
+                            }
+                            tracing::info!(
+                                interface = %name, ifindex = index, hook = %attachment.hook,
+                                "interface back: fast path re-attached"
+                            );
+                            self.attachments[slot] = Some(attachment);
+                        }
+                        Err(err) => tracing::warn!(interface = %name, "cannot re-attach: {err:#}"),
                     }
                 }
             }
@@ -597,16 +692,19 @@ impl Agent {
             pid: std::process::id(),
             config: self.config_path.display().to_string(),
             uptime_seconds: self.started.elapsed().as_secs(),
-            interfaces: self
+                        interfaces: self
                 .attachments
                 .iter()
                 .zip(["inside", "outside"])
+                .zip([&self.config.interfaces.inside, &self.config.interfaces.outside])
                 .zip(self.ifindexes)
-                .map(|((attachment, role), ifindex)| InterfaceStatus {
+                .map(|(((attachment, role), name), ifindex)| InterfaceStatus {
                     role: role.into(),
-                    name: attachment.interface.clone(),
+                    name: name.clone(),
                     ifindex,
-                    hook: attachment.hook.to_string(),
+                    hook: attachment
+                        .as_ref()
+                        .map_or("gone".into(), |attachment| attachment.hook.to_string()),
                 })
                 .collect(),
             programs: self.dataplane.program_ids(),
@@ -741,7 +839,7 @@ impl Agent {
                 "fast path left running and pinned for the next agent (--detach-on-exit removes it)"
             );
         } else {
-            for attachment in std::mem::take(&mut self.attachments) {
+            for attachment in std::mem::take(&mut self.attachments).into_iter().flatten() {
                 let interface = attachment.interface.clone();
                 if let Err(err) = self.dataplane.detach(attachment) {
                     tracing::warn!(%interface, %err, "detach failed");

@@ -1,0 +1,224 @@
+//! Faults while the gateway runs: an interface removed and re-added, and the agent killed
+//! (SIGKILL) in the middle of a burst of new FTP sessions. (A full punt ring is in
+//! `punt_testrun.rs`; an invalid config on reload in `operations.rs`; a crash during a
+//! transfer in `restart.rs`.)
+
+use std::{path::PathBuf, process::Child, time::Duration};
+
+use gateway_tests::{
+    TempFile, check_environment,
+    ftp::{FtpServer, Script, ServerKind},
+    gateway::{self, GatewayProcess},
+    lab::{self, HOST_IF, Lab, LabOptions, ROUTER_OUTSIDE_IF},
+    netns::unique_prefix,
+};
+
+const MASQUERADE: &str = "[interfaces]\ninside = \"veth-in\"\noutside = \"veth-out\"\n\n\
+     [masquerade]\nnetworks = [\"10.0.0.0/24\"]\naddresses = [\"203.0.113.1\"]\n";
+
+/// Whether a ping from the inside host reaches the outside one (it can only come back
+/// translated: the outside has no route to the inside network).
+fn ping_through(lab: &Lab) -> bool {
+    lab.inside
+        .sh(&format!("ping -c 1 -W 1 -q {} >/dev/null", lab::CLIENT))
+        .is_ok()
+}
+
+#[test]
+fn an_interface_removed_and_added_again_is_taken_back() {
+    check_environment().expect("environment");
+    let prefix = unique_prefix();
+    let lab = Lab::up(&prefix, LabOptions::default()).expect("lab up");
+    let config = TempFile::write(&format!("{prefix}-gateway.toml"), MASQUERADE);
+    let mut gateway = GatewayProcess::start(&lab.router, &config.0, &[]).expect("gateway");
+    assert!(ping_through(&lab), "masquerade works at first");
+
+    lab.router
+        .sh(&format!("ip link del {ROUTER_OUTSIDE_IF}"))
+        .expect("remove the outside interface");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!ping_through(&lab));
+    let status = gateway.ask(&["status"]).expect("status");
+    assert!(status.contains("gone"), "{status}");
+
+    // The same pair again, directly between the two namespaces, as the lab makes it.
+    gateway_tests::run(std::process::Command::new("ip").args([
+        "link",
+        "add",
+        ROUTER_OUTSIDE_IF,
+        "netns",
+        lab.router.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        HOST_IF,
+        "netns",
+        lab.outside.name(),
+    ]))
+    .expect("add the pair again");
+    lab.router
+        .sh(&format!(
+            "ip addr add {}/24 dev {ROUTER_OUTSIDE_IF} && ip link set {ROUTER_OUTSIDE_IF} up",
+            lab::PUBLIC
+        ))
+        .expect("router side");
+    lab.outside
+        .sh(&format!(
+            "ip addr add {}/24 dev {HOST_IF} && ip link set {HOST_IF} up",
+            lab::CLIENT
+        ))
+        .expect("outside side");
+    let mut back = false;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(200));
+        if ping_through(&lab) {
+            back = true;
+            break;
+        }
+    }
+    assert!(
+        back,
+        "no translation after the interface came back:\n{}",
+        gateway.output()
+    );
+    let output = gateway.output();
+    assert!(output.contains("interface gone"), "{output}");
+    assert!(
+        output.contains("interface back: fast path re-attached"),
+        "{output}"
+    );
+    gateway.stop().expect("stop");
+}
+
+/// A private mount namespace with a bpffs at `dir`, held by a `sleep`.
+struct BpfMount {
+    holder: Child,
+    dir: PathBuf,
+}
+
+impl BpfMount {
+    fn new(dir: PathBuf) -> BpfMount {
+        std::fs::create_dir_all(&dir).expect("mount point");
+        let mut holder = std::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg(format!(
+                "mount -t bpf bpf {} && exec sleep 3600",
+                dir.display()
+            ))
+            .spawn()
+            .expect("unshare");
+        for _ in 0..100 {
+            let mounted = std::process::Command::new("nsenter")
+                .args([
+                    "-t",
+                    &holder.id().to_string(),
+                    "-m",
+                    "--",
+                    "mountpoint",
+                    "-q",
+                ])
+                .arg(&dir)
+                .status()
+                .is_ok_and(|status| status.success());
+            if mounted {
+                return BpfMount { holder, dir };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = holder.kill();
+        let _ = holder.wait();
+        panic!("bpffs did not appear at {}", dir.display());
+    }
+
+    fn wrapper(&self) -> Vec<String> {
+        ["nsenter", "-t", &self.holder.id().to_string(), "-m", "--"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    }
+}
+
+impl Drop for BpfMount {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[test]
+fn sigkill_during_a_burst_of_new_ftp_sessions() {
+    check_environment().expect("environment");
+    let prefix = unique_prefix();
+    let lab = Lab::up(&prefix, LabOptions::default()).expect("lab up");
+    let bpf = BpfMount::new(std::env::temp_dir().join(format!("{prefix}-bpf")));
+    let state = std::env::temp_dir().join(format!("{prefix}-state"));
+    let config = TempFile::write(
+        &format!("{prefix}-gateway.toml"),
+        &format!(
+            "[interfaces]\ninside = \"veth-in\"\noutside = \"veth-out\"\n\n\
+             [dataplane]\npin_path = \"{}\"\n\n\
+             [[publish]]\npublic = \"{}:21\"\nprivate = \"{}:21\"\nprotocol = \"tcp\"\nalg = \"ftp\"\n\n\
+             [ftp]\nstate_file = \"{}/ftp.json\"\n",
+            bpf.dir.join("gateway").display(),
+            lab::PUBLIC,
+            lab::SERVER,
+            state.display()
+        ),
+    );
+    let binary = gateway::binary().expect("binary");
+    let start = |extra: &[&str]| {
+        GatewayProcess::start_wrapped(&binary, &lab.router, &config.0, extra, &bpf.wrapper())
+            .expect("gateway")
+    };
+    let server = FtpServer::start(ServerKind::Vsftpd, &lab.inside, lab::SERVER).expect("vsftpd");
+    server.put("f", b"burst\n").expect("put");
+
+    let mut first = start(&[]);
+    // 40 sessions, 8 at a time, each: login, PASV, RETR, QUIT.
+    let burst = Script::spawn(
+        &lab.outside,
+        "ftp_burst.py",
+        &[&lab::PUBLIC.to_string(), "40", "8"],
+    )
+    .expect("burst");
+    std::thread::sleep(Duration::from_millis(400));
+    first.kill_hard().expect("kill -9");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut second = start(&["--detach-on-exit"]);
+    let during = burst
+        .finish(Duration::from_secs(120))
+        .expect("the burst script ends");
+    // Sessions in flight at the kill may fail (their client gives up); none may hang, and
+    // most go through.
+    let (ok, failed) = counts(&during);
+    assert_eq!(ok + failed, 40, "{during}");
+    assert!(ok >= 20, "{during}\nsecond agent:\n{}", second.output());
+
+    // After the restart every new session works.
+    let after = Script::spawn(
+        &lab.outside,
+        "ftp_burst.py",
+        &[&lab::PUBLIC.to_string(), "20", "5"],
+    )
+    .expect("burst")
+    .finish(Duration::from_secs(120))
+    .expect("second burst");
+    assert_eq!(counts(&after), (20, 0), "{after}\n{}", second.output());
+    second.stop().expect("stop");
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+/// "ok N failed M" from the burst script.
+fn counts(output: &str) -> (usize, usize) {
+    let words: Vec<&str> = output.split_whitespace().collect();
+    let find = |key: &str| {
+        words
+            .windows(2)
+            .find(|pair| pair[0] == key)
+            .and_then(|pair| pair[1].parse().ok())
+            .unwrap_or(usize::MAX)
+    };
+    (find("ok"), find("failed"))
+}
