@@ -353,6 +353,27 @@ impl Script {
         Ok(Script { child })
     }
 
+    /// Its output if it has ended (an error if it failed), `None` while it runs.
+    pub fn try_finish(&mut self) -> anyhow::Result<Option<anyhow::Result<String>>> {
+        let Some(status) = self.child.try_wait()? else {
+            return Ok(None);
+        };
+        let mut out = String::new();
+        let mut err = String::new();
+        use std::io::Read as _;
+        if let Some(mut s) = self.child.stdout.take() {
+            s.read_to_string(&mut out)?;
+        }
+        if let Some(mut s) = self.child.stderr.take() {
+            s.read_to_string(&mut err)?;
+        }
+        Ok(Some(if status.success() {
+            Ok(out)
+        } else {
+            Err(anyhow::anyhow!("script failed ({status}): {err}{out}"))
+        }))
+    }
+
     /// Waits for it to end; its output, or an error with it.
     pub fn finish(mut self, limit: Duration) -> anyhow::Result<String> {
         let start = Instant::now();

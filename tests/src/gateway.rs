@@ -174,6 +174,11 @@ impl GatewayProcess {
         }
     }
 
+    /// Its process id (for memory readings).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// The management socket it listens on.
     pub fn socket(&self) -> &Path {
         &self.socket

@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod fuzz;
 mod setup;
+mod soak;
 
 use std::{path::PathBuf, process::Command};
 
@@ -45,6 +46,18 @@ enum Task {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// Load and soak (needs root; bounded in time): thousands of FTP control sessions held
+    /// open through the gateway and hundreds of downloads through them, then checks for
+    /// failures, memory growth and state left behind.
+    Soak {
+        #[arg(long, default_value_t = 10_000)]
+        sessions: usize,
+        #[arg(long, default_value_t = 1_000)]
+        transfers: usize,
+        /// Seconds of downloads.
+        #[arg(long, default_value_t = 120)]
+        seconds: u64,
+    },
     /// Run every fuzz target (after replaying past crashes) for a while each.
     Fuzz {
         /// Seconds per target.
@@ -78,6 +91,11 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Setup => setup::run(),
+        Task::Soak {
+            sessions,
+            transfers,
+            seconds,
+        } => soak::run(sessions, transfers, seconds),
         Task::Install { prefix, destdir } => install(&prefix, destdir.as_deref()),
         Task::Build { release } => setup::run().and_then(|()| {
             build_gateway(release).map(|path| {

@@ -1,0 +1,156 @@
+//! `cargo xtask soak`: load and soak, bounded in time. In a lab of its own: a published
+//! pyftpdlib behind the gateway, thousands of FTP control sessions held open at once and
+//! hundreds of passive downloads running through them for a while; then everything closed.
+//! Passes when no session and no transfer failed, the agent's memory stayed flat once the
+//! sessions were open, and nothing was left in the maps after the sessions ended.
+
+use std::{net::SocketAddrV4, time::Duration};
+
+use anyhow::{Context as _, bail};
+use gateway_tests::{
+    TempFile,
+    ftp::{Script, sha256, wait_listening},
+    gateway::GatewayProcess,
+    lab::{self, Lab, LabOptions},
+    transfer::{hex, pattern},
+};
+
+const PREFIX: &str = "gwsoak";
+
+pub fn run(sessions: usize, transfers: usize, seconds: u64) -> anyhow::Result<()> {
+    crate::require_root("cargo xtask soak")?;
+    crate::setup::run()?;
+    let binary = crate::build_gateway(true)?;
+    Lab::down(PREFIX);
+    let lab = Lab::up(PREFIX, LabOptions::default())?;
+    let root = std::env::temp_dir().join("gateway-soak");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root)?;
+    let content = pattern(17, 256 * 1024);
+    std::fs::write(root.join("f"), &content)?;
+    let config = TempFile::write(
+        "gateway-soak.toml",
+        &format!(
+            "[interfaces]\ninside = \"veth-in\"\noutside = \"veth-out\"\n\n\
+             [[publish]]\npublic = \"{}:21\"\nprivate = \"{}:21\"\nprotocol = \"tcp\"\nalg = \"ftp\"\n\n\
+             [ftp.policy]\nmax_sessions_per_client = {}\n\n\
+             [timeouts]\ntcp_transitory = 15\n\n[sessions]\nsweep_interval = 1\n",
+            lab::PUBLIC,
+            lab::SERVER,
+            sessions + 16
+        ),
+    );
+    let _server = Script::spawn(
+        &lab.inside,
+        "load_server.py",
+        &[&lab::SERVER.to_string(), root.to_str().context("path")?],
+    )?;
+    wait_listening(&lab.inside, 21, Duration::from_secs(10))?;
+    let gateway = GatewayProcess::start_binary(&binary, &lab.router, &config.0, &[])?;
+    let rss = || rss_kib(gateway.pid()).unwrap_or(0);
+    let rss_start = rss();
+    println!(
+        "soak: {sessions} control sessions, {transfers} downloads at a time for {seconds} s (agent {} MiB)",
+        rss_start / 1024
+    );
+
+    let mut load = Script::spawn(
+        &lab.outside,
+        "load_client.py",
+        &[
+            &SocketAddrV4::new(lab::PUBLIC, 21).ip().to_string(),
+            &sessions.to_string(),
+            &transfers.to_string(),
+            &seconds.to_string(),
+            &hex(&sha256(&content)),
+        ],
+    )?;
+    // Memory while the sessions are open: sampled every second.
+    let mut samples = Vec::new();
+    let started = std::time::Instant::now();
+    let load_limit = Duration::from_secs(seconds + 600);
+    let output = loop {
+        if let Some(output) = load.try_finish()? {
+            break output?;
+        }
+        if started.elapsed() > load_limit {
+            bail!("the load did not finish in {load_limit:?}");
+        }
+        samples.push((started.elapsed().as_secs(), rss()));
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    let report: serde_json::Value =
+        serde_json::from_str(output.trim()).context("the load client's report")?;
+    println!("soak: load {report}");
+
+    // After the end: control sessions linger 10 s for retransmissions, fast-path sessions
+    // expire after tcp_transitory; the sweep runs every second.
+    std::thread::sleep(Duration::from_secs(30));
+    let count = |args: &[&str]| -> anyhow::Result<usize> {
+        let text = gateway.ask(args)?;
+        let value: serde_json::Value = serde_json::from_str(&text)?;
+        Ok(value.as_array().map_or(0, Vec::len))
+    };
+    let left_ftp = count(&["sessions", "--ftp", "--json"])?;
+    let left_sessions = count(&["sessions", "--json"])?;
+    let left_expectations = count(&["expectations", "--json"])?;
+    let rss_end = rss();
+    drop(gateway);
+    drop(lab);
+    let _ = std::fs::remove_dir_all(&root);
+
+    // Flat memory: the second half of the load does not grow past the first by more than
+    // a tenth.
+    let loaded: Vec<u64> = samples.iter().map(|(_, kib)| *kib).collect();
+    let half = loaded.len() / 2;
+    let first_peak = loaded[..half.max(1).min(loaded.len())]
+        .iter()
+        .max()
+        .copied()
+        .unwrap_or(0);
+    let second_peak = loaded[half..].iter().max().copied().unwrap_or(0);
+    let opened = report["opened"].as_u64().unwrap_or(0) as usize;
+    let per_session = first_peak.saturating_sub(rss_start) * 1024 / opened.max(1) as u64;
+    println!(
+        "soak: agent memory {} MiB at start, peak {} MiB then {} MiB, {} MiB at the end; about {per_session} bytes per control session",
+        rss_start / 1024,
+        first_peak / 1024,
+        second_peak / 1024,
+        rss_end / 1024
+    );
+    println!(
+        "soak: left after the end: {left_ftp} control sessions, {left_sessions} session entries, {left_expectations} expectations"
+    );
+    let mut failures = Vec::new();
+    for key in ["open_failed", "transfer_failed"] {
+        if report[key].as_u64() != Some(0) {
+            failures.push(format!("{key} = {}", report[key]));
+        }
+    }
+    if report["alive_at_end"].as_u64() != Some(opened as u64) || opened != sessions {
+        failures.push(format!(
+            "{opened} of {sessions} sessions opened, {} alive at the end",
+            report["alive_at_end"]
+        ));
+    }
+    if second_peak > first_peak + first_peak / 10 {
+        failures.push("agent memory grew during the load".into());
+    }
+    if left_ftp + left_sessions + left_expectations > 0 {
+        failures.push("state left in the maps after the sessions ended".into());
+    }
+    if !failures.is_empty() {
+        bail!("soak failed: {}", failures.join("; "));
+    }
+    println!("soak: passed");
+    Ok(())
+}
+
+/// Resident memory of a process, KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+}
