@@ -32,7 +32,9 @@ use crate::{
     },
     capture,
     config::{Config, Hook, XdpMode},
-    dataplane::{Attachment, Dataplane, DataplaneError, Sweep, Sweeper, monotonic_now_ns},
+    dataplane::{
+        Attachment, Dataplane, DataplaneError, LoadOptions, Sweep, Sweeper, monotonic_now_ns,
+    },
     management::{
         ExpectationRow, Filter, FtpSessionRow, InterfaceStatus, MAX_REQUEST, Request, Response,
         SessionRow, Stats, Status,
@@ -137,6 +139,9 @@ struct Agent {
     /// Host settings per interface, restored on a clean exit.
     sysctls: Vec<(String, Vec<SysctlGuard>)>,
     started: Instant,
+    /// Sweeps that found the session table at least 90 % full, and when that was last said.
+    table_full_sweeps: u64,
+    table_full_warned: Instant,
     sweeper: Sweeper,
     swept: Sweep,
 }
@@ -191,10 +196,12 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         .unwrap_or_else(|| config.management_socket.clone());
     refuse_second_agent(&socket_path)?;
 
-    let loaded = match &config.dataplane.pin_path {
-        Some(pin_path) => Dataplane::load_pinned(options.verbose, config.max_sessions, pin_path),
-        None => Dataplane::load(options.verbose, config.max_sessions),
-    };
+    let loaded = Dataplane::load_with(&LoadOptions {
+        verbose: options.verbose,
+        max_sessions: config.max_sessions,
+        pin_dir: config.dataplane.pin_path.clone(),
+        punt_ring_bytes: config.dataplane.punt_ring_bytes,
+    });
     let mut dataplane = loaded.inspect_err(|err| {
         if let DataplaneError::Verifier {
             log, verbose: true, ..
@@ -269,6 +276,8 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         xdp_mode,
         sysctls,
         started: Instant::now(),
+        table_full_sweeps: 0,
+        table_full_warned: Instant::now(),
         sweeper: Sweeper::default(),
         swept: Sweep::default(),
     };
@@ -567,6 +576,22 @@ impl Agent {
             }
             Err(err) => tracing::warn!(error = %err, "sweep failed"),
         }
+        // An LRU table never refuses an entry: when full it evicts the least recently used
+        // connection, whose next packet then needs a new session. Say so before it bites.
+        let (entries, capacity) = self.dataplane.session_occupancy();
+        if entries as u64 * 10 >= u64::from(capacity) * 9 {
+            self.table_full_sweeps += 1;
+            if self.table_full_sweeps == 1
+                || self.table_full_warned.elapsed() > Duration::from_secs(60)
+            {
+                self.table_full_warned = Instant::now();
+                tracing::warn!(
+                    entries,
+                    capacity,
+                    "session table nearly full: the least recently used connections are evicted first; raise [sessions] max"
+                );
+            }
+        }
     }
 
     fn handle(&mut self, request: Request) -> anyhow::Result<serde_json::Value> {
@@ -666,7 +691,15 @@ impl Agent {
                     .into_iter()
                     .map(|(counter, value)| (counter.name().to_owned(), value))
                     .collect(),
-                alg: self.alg.counters(),
+                alg: self
+                    .alg
+                    .counters()
+                    .into_iter()
+                    .chain([(
+                        "session_table_nearly_full_sweeps".to_owned(),
+                        self.table_full_sweeps,
+                    )])
+                    .collect(),
             })?,
             Request::Reload => serde_json::to_value(self.reload()?)?,
             Request::Flush { ftp: true } => {

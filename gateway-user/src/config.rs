@@ -238,6 +238,8 @@ pub struct Dataplane {
     /// A directory on a bpffs where maps and links are pinned, so the fast path outlives
     /// the agent and a new agent adopts it (restart and upgrade without losing sessions).
     pub pin_path: Option<PathBuf>,
+    /// Bytes of the punt ring (FTP control packets on their way to the agent); `None`: 4 MiB.
+    pub punt_ring_bytes: Option<u32>,
 }
 
 /// A server on the inside network, reachable from outside at `public`.
@@ -486,6 +488,7 @@ struct RawDataplane {
     #[serde(default)]
     forwarding: Forwarding,
     pin_path: Option<PathBuf>,
+    punt_ring_bytes: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -652,6 +655,13 @@ impl Config {
             }
         }
 
+        if let Some(bytes) = raw.dataplane.punt_ring_bytes
+            && (!bytes.is_power_of_two() || !(16 * 1024..=1 << 30).contains(&bytes))
+        {
+            return Err(invalid(format!(
+                "dataplane.punt_ring_bytes = {bytes}: expected a power of two from 16384 to 1073741824"
+            )));
+        }
         if let Some(pin_path) = &raw.dataplane.pin_path
             && !pin_path.is_absolute()
         {
@@ -695,6 +705,7 @@ impl Config {
                 xdp_mode: raw.dataplane.xdp_mode,
                 forwarding: raw.dataplane.forwarding,
                 pin_path: raw.dataplane.pin_path,
+                punt_ring_bytes: raw.dataplane.punt_ring_bytes,
             },
             publish,
         })

@@ -153,10 +153,37 @@ pub fn monotonic_now_ns() -> u64 {
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
+/// How to load the fast path.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Keep the verifier's log for errors.
+    pub verbose: bool,
+    /// Session-table capacity (and of the mapping tables).
+    pub max_sessions: u32,
+    /// Pin maps (and, when attaching, links) here; adopt what an earlier agent pinned.
+    pub pin_dir: Option<PathBuf>,
+    /// Size of the punt ring, bytes (a power of two); `None`: the object's default.
+    pub punt_ring_bytes: Option<u32>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            verbose: false,
+            max_sessions: gateway_common::DEFAULT_MAX_SESSIONS,
+            pin_dir: None,
+            punt_ring_bytes: None,
+        }
+    }
+}
+
 /// The loaded fast path: both programs verified and loaded, maps created.
 pub struct Dataplane {
     ebpf: Ebpf,
     pins: Option<Pins>,
+    max_sessions: u32,
+    /// Entries in the session table at the last sweep.
+    session_entries: usize,
 }
 
 /// `[dataplane] pin_path`: maps pinned under `<dir>/maps/<NAME>`, links under
@@ -175,7 +202,15 @@ impl Dataplane {
     /// Loads the embedded object and both programs, with session tables of `max_sessions`
     /// entries. `verbose` keeps the verifier's log.
     pub fn load(verbose: bool, max_sessions: u32) -> Result<Dataplane, DataplaneError> {
-        Dataplane::load_object(crate::FASTPATH_OBJECT, verbose, max_sessions, None)
+        Dataplane::load_with(&LoadOptions {
+            verbose,
+            max_sessions,
+            ..LoadOptions::default()
+        })
+    }
+
+    pub fn load_with(options: &LoadOptions) -> Result<Dataplane, DataplaneError> {
+        Dataplane::load_object(crate::FASTPATH_OBJECT, options)
     }
 
     /// As [`Dataplane::load`], with the maps pinned under `pin_dir` (on a bpffs): maps an
@@ -186,15 +221,18 @@ impl Dataplane {
         max_sessions: u32,
         pin_dir: &Path,
     ) -> Result<Dataplane, DataplaneError> {
-        Dataplane::load_object(crate::FASTPATH_OBJECT, verbose, max_sessions, Some(pin_dir))
+        Dataplane::load_with(&LoadOptions {
+            verbose,
+            max_sessions,
+            pin_dir: Some(pin_dir.to_owned()),
+            ..LoadOptions::default()
+        })
     }
 
-    pub fn load_object(
-        object: &[u8],
-        verbose: bool,
-        max_sessions: u32,
-        pin_dir: Option<&Path>,
-    ) -> Result<Dataplane, DataplaneError> {
+    pub fn load_object(object: &[u8], options: &LoadOptions) -> Result<Dataplane, DataplaneError> {
+        let verbose = options.verbose;
+        let max_sessions = options.max_sessions;
+        let pin_dir = options.pin_dir.as_deref();
         let level = if verbose {
             VerifierLogLevel::VERBOSE | VerifierLogLevel::STATS
         } else {
@@ -207,6 +245,10 @@ impl Dataplane {
             .map_max_entries(names::MASQ_BY_PRIVATE, max_sessions)
             .map_max_entries(names::MASQ_BY_PUBLIC, max_sessions)
             .map_max_entries(names::MASQ_PEERS, max_sessions);
+        if let Some(bytes) = options.punt_ring_bytes {
+            // A ring buffer's "max entries" is its size in bytes.
+            loader.map_max_entries(names::PUNT, bytes);
+        }
         let pins = match pin_dir {
             Some(dir) => {
                 let adopted = prepare_pin_dir(dir)?;
@@ -221,7 +263,12 @@ impl Dataplane {
             None => None,
         };
         let ebpf = loader.load(object).map_err(DataplaneError::Object)?;
-        let mut dataplane = Dataplane { ebpf, pins };
+        let mut dataplane = Dataplane {
+            ebpf,
+            pins,
+            max_sessions,
+            session_entries: 0,
+        };
         load_program(dataplane.xdp()?, names::PROG_XDP, verbose)?;
         load_program(dataplane.tc()?, names::PROG_TC, verbose)?;
         let map_name = names::LAYOUT;
@@ -246,6 +293,11 @@ impl Dataplane {
             }
         }
         Ok(())
+    }
+
+    /// Session-table entries at the last sweep, and the table's capacity.
+    pub fn session_occupancy(&self) -> (usize, u32) {
+        (self.session_entries, self.max_sessions)
     }
 
     /// Whether the maps were adopted from an earlier agent's pins.
@@ -735,12 +787,14 @@ impl Dataplane {
 
         let mut in_use = held.clone();
         let mut expired = Vec::new();
+        let mut live: usize = 0;
         {
             let sessions: HashMap<_, FlowKey, Session> =
                 HashMap::try_from(self.map(names::SESSIONS)?)
                     .map_err(map_error(names::SESSIONS))?;
             // Entries may vanish under the iteration (the fast path and LRU evict): skip errors.
             for (key, session) in sessions.iter().flatten() {
+                live += 1;
                 let idle = now_ns.saturating_sub(session.last_seen_ns);
                 if idle > config.session_timeout_ns(key.proto, session.state) {
                     expired.push(key);
@@ -759,6 +813,7 @@ impl Dataplane {
                 .filter(|key| sessions.remove(key).is_ok())
                 .count();
         }
+        self.session_entries = live.saturating_sub(sweep.sessions);
         {
             let mut peers: HashMap<_, PeerKey, u64> =
                 HashMap::try_from(self.map_mut(names::MASQ_PEERS)?)

@@ -222,3 +222,86 @@ fn counts(output: &str) -> (usize, usize) {
     };
     (find("ok"), find("failed"))
 }
+
+#[test]
+fn a_burst_that_overflows_the_punt_ring_is_counted_and_recovered() {
+    check_environment().expect("environment");
+    let prefix = unique_prefix();
+    let lab = Lab::up(&prefix, LabOptions::default()).expect("lab up");
+    // A ring of 16 KiB holds seven MTU-sized packets: 40 sessions opening at once overflow it.
+    let config = TempFile::write(
+        &format!("{prefix}-gateway.toml"),
+        &format!(
+            "[interfaces]\ninside = \"veth-in\"\noutside = \"veth-out\"\n\n\
+             [dataplane]\npunt_ring_bytes = 16384\n\n\
+             [[publish]]\npublic = \"{}:21\"\nprivate = \"{}:21\"\nprotocol = \"tcp\"\nalg = \"ftp\"\n",
+            lab::PUBLIC,
+            lab::SERVER
+        ),
+    );
+    let mut gateway = GatewayProcess::start(&lab.router, &config.0, &[]).expect("gateway");
+    let server = FtpServer::start(ServerKind::Pyftpdlib, &lab.inside, lab::SERVER).expect("server");
+    server.put("f", b"burst\n").expect("put");
+    let output = Script::spawn(
+        &lab.outside,
+        "ftp_burst.py",
+        &[&lab::PUBLIC.to_string(), "40", "40"],
+    )
+    .expect("burst")
+    .finish(Duration::from_secs(120))
+    .expect("burst ends");
+    gateway.stop().expect("stop");
+    let log = gateway.output();
+    // Dropped and counted, never forwarded untranslated: every session still got through,
+    // its lost packets retransmitted.
+    assert!(gateway.final_counter("drop_punt_failed") > 0, "{log}");
+    assert_eq!(counts(&output), (40, 0), "{output}\n{log}");
+}
+
+#[test]
+fn a_full_session_table_evicts_warns_and_leaks_nothing() {
+    check_environment().expect("environment");
+    let prefix = unique_prefix();
+    let lab = Lab::up(&prefix, LabOptions::default()).expect("lab up");
+    let config = TempFile::write(
+        &format!("{prefix}-gateway.toml"),
+        &format!("{MASQUERADE}\n[sessions]\nmax = 1024\nsweep_interval = 1\n"),
+    );
+    let mut gateway = GatewayProcess::start(&lab.router, &config.0, &[]).expect("gateway");
+    let capture = gateway_tests::capture::Capture::start(&lab.outside, HOST_IF).expect("capture");
+    // 800 UDP flows, two entries each: far more than 1024.
+    lab.inside
+        .sh(&format!(
+            "python3 -c \"
+import socket
+for port in range(40000, 40800):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(('{server}', port))
+    s.sendto(b'x', ('{client}', 9))
+    s.close()
+\"",
+            server = lab::SERVER,
+            client = lab::CLIENT
+        ))
+        .expect("udp flows");
+    std::thread::sleep(Duration::from_millis(2500));
+    let frames = capture.finish().expect("capture");
+    // Still answering, and still translating.
+    gateway.ask(&["status"]).expect("status");
+    assert!(ping_through(&lab));
+    gateway.stop().expect("stop");
+    let log = gateway.output();
+    assert!(log.contains("session table nearly full"), "{log}");
+    let udp: Vec<_> = frames
+        .iter()
+        .filter(|frame| !frame.outgoing)
+        .filter_map(|frame| gateway_tests::packet::summarize(&frame.bytes))
+        .filter(|summary| summary.proto == 17 && summary.dst_port == 9)
+        .collect();
+    assert!(udp.len() >= 790, "{} datagrams arrived", udp.len());
+    assert!(
+        udp.iter().all(|summary| summary.src == lab::PUBLIC),
+        "an untranslated datagram left: {:?}",
+        udp.iter().find(|summary| summary.src != lab::PUBLIC)
+    );
+}
