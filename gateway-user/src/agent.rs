@@ -651,7 +651,11 @@ impl Agent {
                         server_seen: info.server_seen.to_string(),
                         user: info.user.unwrap_or_else(|| "-".into()),
                         state: info.phase.to_owned(),
-                        pending_expectations: info.pending_expectations,
+                        pending_expectations: info
+                            .expectations
+                            .iter()
+                            .filter(|key| self.dataplane.expectation_exists(**key).unwrap_or(false))
+                            .count(),
                         age_seconds: info.age_ns / 1_000_000_000,
                     })
                     .collect();

@@ -193,7 +193,9 @@ pub struct ControlInfo {
     pub client_seen: SocketAddrV4,
     pub server: SocketAddrV4,
     pub server_seen: SocketAddrV4,
-    pub pending_expectations: usize,
+    /// Expectations installed and not expired; some may have been used since (the fast
+    /// path removes them), which only the map can tell.
+    pub expectations: Vec<ExpectationKey>,
     pub closed: bool,
     pub user: Option<String>,
     /// `login`, `password`, `logged-in`, `tls`, `reset`, `closed`.
@@ -239,11 +241,12 @@ impl Connection {
             client_seen: self.client_seen,
             server: self.server,
             server_seen: self.server_seen,
-            pending_expectations: self
+            expectations: self
                 .expectations
                 .iter()
                 .filter(|(_, expires)| *expires >= now_ns)
-                .count(),
+                .map(|(key, _)| *key)
+                .collect(),
             closed: self.closed(),
             user: self.core.user().map(str::to_owned),
             phase: if self.closed() && !self.core.terminated() {
