@@ -336,6 +336,11 @@ impl Dataplane {
         &self.ebpf
     }
 
+    /// The loaded object, for tests and benchmarks that fill maps directly.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     pub fn xdp(&mut self) -> Result<&mut Xdp, DataplaneError> {
         program(&mut self.ebpf, names::PROG_XDP)
     }

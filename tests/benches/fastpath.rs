@@ -76,8 +76,135 @@ fn dataplane() -> Dataplane {
     dataplane
 }
 
+/// A control connection's packet punted to the ring (the ring is drained between runs, as
+/// the agent would).
+fn punt_cost() {
+    let mut dataplane = Dataplane::load(false, 1 << 16).expect("load the fast path");
+    dataplane
+        .publish(&[Publish {
+            public: SocketAddrV4::new(PUBLIC, 21),
+            private: SocketAddrV4::new(SERVER, 21),
+            protocol: Protocol::Tcp,
+            alg: Some(gateway_user::config::Alg::Ftp),
+            policy: None,
+        }])
+        .expect("publish");
+    let mut ring = dataplane.take_punt_ring().expect("ring");
+    let frame = FrameSpec::tcp(
+        SocketAddrV4::new(REMOTE, 40000),
+        SocketAddrV4::new(PUBLIC, 21),
+    )
+    .build();
+    for (hook, name) in [(Hook::Xdp, "xdp"), (Hook::Tc, "tc")] {
+        let timings: Vec<u64> = (0..SAMPLES)
+            .map(|_| {
+                let ns = run(&mut dataplane, hook, &frame, 1);
+                while ring.next().is_some() {}
+                ns
+            })
+            .collect();
+        println!("fastpath {name} punt {}", median(timings));
+    }
+}
+
+/// The established-session hit with the table holding `entries` other sessions: the cost
+/// must not grow with the table. Also the maps' locked memory at that capacity.
+fn scale_cost() {
+    const CAPACITY: u32 = 1 << 21;
+    let mut dataplane = Dataplane::load(false, CAPACITY).expect("load the fast path");
+    let masquerade = Masquerade {
+        networks: vec!["10.0.0.0/24".parse().expect("prefix")],
+        addresses: vec![PUBLIC],
+        ports: 1024..=65535,
+        filtering: Filtering::AddressDependent,
+    };
+    dataplane
+        .configure_nat(
+            Some(&masquerade),
+            &Timeouts::default(),
+            Forwarding::Kernel,
+            &[],
+        )
+        .expect("configure");
+    let outbound = FrameSpec::tcp(
+        SocketAddrV4::new(SERVER, 41000),
+        SocketAddrV4::new(REMOTE, 80),
+    )
+    .build();
+    let mut filled = 0u32;
+    for entries in [1_000u32, 100_000, 1_000_000] {
+        fill_sessions(&mut dataplane, filled, entries);
+        filled = entries;
+        for (hook, name) in [(Hook::Xdp, "xdp"), (Hook::Tc, "tc")] {
+            run(&mut dataplane, hook, &outbound, 1);
+            let ns = median(
+                (0..SAMPLES)
+                    .map(|_| run(&mut dataplane, hook, &outbound, 1))
+                    .collect(),
+            );
+            println!("fastpath {name} scale_{entries} {ns}");
+        }
+    }
+    println!("fastpath memory maps_bytes {}", map_memory());
+    println!("fastpath memory capacity {CAPACITY}");
+}
+
+/// Adds sessions `from..to` (synthetic remote endpoints) to the table.
+fn fill_sessions(dataplane: &mut Dataplane, from: u32, to: u32) {
+    use gateway_common::{FlowKey, IPPROTO_TCP, REWRITE_SOURCE, Session};
+    let map = dataplane
+        .ebpf_mut()
+        .map_mut(gateway_common::names::SESSIONS)
+        .expect("SESSIONS");
+    let mut sessions: aya::maps::HashMap<_, FlowKey, Session> =
+        aya::maps::HashMap::try_from(map).expect("hash map");
+    for index in from..to {
+        let key = FlowKey {
+            src: [10, 1, (index >> 16) as u8, (index >> 8) as u8],
+            dst: [198, 51, 100, index as u8],
+            src_port: 40000u16.to_be_bytes(),
+            dst_port: 80u16.to_be_bytes(),
+            proto: IPPROTO_TCP,
+            _pad: [0; 3],
+        };
+        let session = Session {
+            addr: PUBLIC.octets(),
+            port: 40000u16.to_be_bytes(),
+            rewrite: REWRITE_SOURCE,
+            state: 1,
+            ..Session::default()
+        };
+        sessions.insert(key, session, 0).expect("insert");
+    }
+}
+
+/// Locked memory of every BPF map this process holds (from /proc/self/fdinfo).
+fn map_memory() -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir("/proc/self/fdinfo")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Ok(info) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        if !info.contains("map_type:") {
+            continue;
+        }
+        total += info
+            .lines()
+            .find_map(|line| line.strip_prefix("memlock:"))
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    total
+}
+
 fn main() {
     // `cargo bench` passes --bench; nothing else is expected.
+    punt_cost();
+    scale_cost();
     let mut dataplane = dataplane();
     for (hook, name) in [(Hook::Xdp, "xdp"), (Hook::Tc, "tc")] {
         let published = FrameSpec::tcp(

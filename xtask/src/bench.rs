@@ -564,6 +564,19 @@ fn report(
             "miss",
             "no match (every table consulted, passed to the kernel)",
         ),
+        (
+            "punt",
+            "FTP control packet punted to the agent's ring buffer",
+        ),
+        (
+            "scale_1000",
+            "established session, 1,000 other entries in the table",
+        ),
+        ("scale_100000", "established session, 100,000 other entries"),
+        (
+            "scale_1000000",
+            "established session, 1,000,000 other entries",
+        ),
     ] {
         let get = |hook: &str| {
             testrun
@@ -573,6 +586,19 @@ fn report(
                 .unwrap_or("-".into())
         };
         writeln!(out, "| {what} | {} | {} |", get("xdp"), get("tc"))?;
+    }
+    let memory = |case: &str| {
+        testrun
+            .iter()
+            .find(|(hook, c, _)| hook == "memory" && c == case)
+            .map(|(_, _, value)| *value)
+    };
+    if let (Some(bytes), Some(capacity)) = (memory("maps_bytes"), memory("capacity")) {
+        writeln!(
+            out,
+            "\nMap memory (the kernel's memlock accounting of every map, preallocated) with a session table of\n{capacity} entries: {:.0} MiB.",
+            bytes as f64 / (1024.0 * 1024.0)
+        )?;
     }
     writeln!(out, "\n## Across the lab\n")?;
     writeln!(
