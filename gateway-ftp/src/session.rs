@@ -159,6 +159,12 @@ pub struct Session {
     terminated: bool,
     /// AUTH was accepted: the streams are opaque from here on.
     encrypted: bool,
+    /// Per direction (client's, server's): the gateway acknowledged held bytes on the
+    /// receiver's behalf, and so owes their delivery until the receiver acknowledges them.
+    owed: [bool; 2],
+    /// Per side: the last window and ACK number the gateway sent in that side's name.
+    windows: [u16; 2],
+    acks: [u32; 2],
 }
 
 /// What a line's checks decided.
@@ -197,6 +203,9 @@ impl Session {
             server_window: u16::MAX,
             terminated: false,
             encrypted: false,
+            owed: [false; 2],
+            windows: [u16::MAX; 2],
+            acks: [0; 2],
         }
     }
 
@@ -236,6 +245,29 @@ impl Session {
 
     pub fn terminated(&self) -> bool {
         self.terminated
+    }
+
+    /// What the gateway owes in `direction` (bytes it acknowledged on the receiver's behalf
+    /// that the receiver has not acknowledged yet): everything unacknowledged, to send again.
+    /// The shell calls this on a timer; `None` once nothing is owed.
+    pub fn resend_owed(&mut self, direction: Direction) -> Option<TcpSegment> {
+        if !self.owed[side(direction)] || self.terminated {
+            return None;
+        }
+        let stream = self.stream(direction)?;
+        let Some(segment) = stream.unacknowledged() else {
+            self.owed[side(direction)] = false;
+            return None;
+        };
+        Some(TcpSegment {
+            seq: segment.seq,
+            ack: self.acks[side(direction)],
+            flags: flags::ACK | flags::PSH,
+            window: self.windows[side(direction)],
+            window_scale: None,
+            sack: Vec::new(),
+            payload: segment.payload,
+        })
     }
 
     /// Where the session stands, for listings: `reset`, `tls`, or the login state.
@@ -326,6 +358,8 @@ impl Session {
         if direction == Direction::ServerToClient {
             self.server_window = segment.window;
         }
+        self.windows[side(direction)] = segment.window;
+        self.acks[side(direction)] = segment.ack;
 
         let endpoints = self.endpoints;
         let policy = self.policy.clone();
@@ -446,6 +480,33 @@ impl Session {
                     segment: emitted,
                 });
             }
+        }
+
+        // An unfinished line is held back; a sender that waits for its acknowledgement
+        // before sending the rest (Nagle) would wait forever. So the gateway acknowledges it
+        // in the receiver's name, and owes its delivery from then on.
+        let receiver = opposite(direction);
+        let held = !payload.is_empty()
+            && self
+                .stream(direction)
+                .is_some_and(StreamRewriter::holds_back);
+        if held && let Some(peer) = self.stream(receiver) {
+            let ack = self
+                .stream(direction)
+                .map_or(sender_next, StreamRewriter::next_seq);
+            actions.push(Action::Emit {
+                direction: receiver,
+                segment: TcpSegment {
+                    seq: stream_next_seq(peer),
+                    ack,
+                    flags: flags::ACK,
+                    window: self.windows[side(receiver)],
+                    window_scale: None,
+                    sack: Vec::new(),
+                    payload: Vec::new(),
+                },
+            });
+            self.owed[side(direction)] = true;
         }
 
         // Rejected commands are answered in the server's name, acknowledging them.
@@ -1608,5 +1669,56 @@ mod tests {
         assert!(!embedded_address(b"214 PORT PASV EPRT EPSV"));
         assert!(!embedded_address(b"150 file (1048576 bytes)"));
         assert!(!embedded_address(b"1,2,3,4,5"));
+    }
+
+    #[test]
+    fn a_held_partial_line_is_acknowledged_for_the_receiver_and_owed_until_delivered() {
+        let mut session = guarded(Policy::default());
+        let mut ports = Ports(40000);
+        let (c, s) = greeted(&mut session, &mut ports);
+        // Half a command: held back, and acknowledged in the server's name.
+        let actions = session
+            .on_segment(
+                Direction::ClientToServer,
+                seg(c, s, flags::ACK, "US"),
+                &mut ports,
+            )
+            .unwrap();
+        let acknowledgement = actions
+            .iter()
+            .find_map(|action| match action {
+                Action::Emit {
+                    direction: Direction::ServerToClient,
+                    segment,
+                } => Some(segment),
+                _ => None,
+            })
+            .expect("an ACK in the server's name");
+        assert_eq!(acknowledgement.ack, c + 2);
+        assert_eq!(acknowledgement.seq, s);
+        assert!(acknowledgement.payload.is_empty());
+        // The rest completes the line, which goes to the server whole.
+        let actions = session
+            .on_segment(
+                Direction::ClientToServer,
+                seg(c + 2, s, flags::ACK, "ER anonymous\r\n"),
+                &mut ports,
+            )
+            .unwrap();
+        assert_eq!(emitted(&actions)[0].payload, b"USER anonymous\r\n");
+        // Until the server acknowledges it, the gateway owes it.
+        let owed = session
+            .resend_owed(Direction::ClientToServer)
+            .expect("owed");
+        assert_eq!(owed.payload, b"USER anonymous\r\n");
+        assert_eq!(owed.seq, c);
+        session
+            .on_segment(
+                Direction::ServerToClient,
+                seg(s, c + 16, flags::ACK, ""),
+                &mut ports,
+            )
+            .unwrap();
+        assert!(session.resend_owed(Direction::ClientToServer).is_none());
     }
 }

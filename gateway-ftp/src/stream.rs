@@ -9,8 +9,8 @@
 //! A line that may need rewriting (the caller's `candidate` test on its first bytes, e.g.
 //! `227` from a server, `PORT` from a client) is held back until it is complete; every other
 //! byte goes out as soon as it arrives. (A sender that waits, Nagle-style, for the held half
-//! to be acknowledged before sending the rest stalls until its retransmission timer fires and
-//! the two halves meet; acknowledging held bytes on the receiver's behalf is the next step.)
+//! to be acknowledged is acknowledged by the session on the receiver's behalf; see
+//! `Session::resend_owed`.)
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -139,6 +139,24 @@ impl StreamRewriter {
     /// Where the sender's `seq` lands for the receiver (for segments without payload).
     pub fn seq_to_receiver(&mut self, seq: u32) -> u32 {
         self.map.seq_to_receiver(seq, 0)
+    }
+
+    /// Whether bytes received in order are held back (an unfinished line).
+    pub fn holds_back(&self) -> bool {
+        !self.opaque && self.sent_up_to < self.next
+    }
+
+    /// Everything sent that the receiver has not acknowledged yet, as one segment (the
+    /// history), for the gateway's own retransmission of what it acknowledged on the
+    /// receiver's behalf.
+    pub fn unacknowledged(&self) -> Option<Segment> {
+        if self.history.is_empty() {
+            return None;
+        }
+        Some(Segment {
+            seq: self.receiver_seq(self.history_start),
+            payload: self.history.iter().copied().collect(),
+        })
     }
 
     /// Original offset up to which bytes have been sent to the receiver.

@@ -79,6 +79,10 @@ impl Alg {
             outgoing.extend(self.table.on_packet(reason, &packet, now, dataplane));
         }
         self.save_state();
+        self.send_all(outgoing);
+    }
+
+    fn send_all(&mut self, outgoing: Vec<crate::alg::control::Outgoing>) {
         for packet in outgoing {
             self.capture(&packet.bytes);
             if let Err(err) = self.raw.send(&packet) {
@@ -461,7 +465,11 @@ impl Agent {
                                         self.alg.handle_batch(&mut self.dataplane, &mut batch);
                 }
                                 _ = ticks.tick() => self.sweep(),
-                _ = interface_checks.tick() => self.check_interfaces(),
+                                _ = interface_checks.tick() => {
+                    self.check_interfaces();
+                    let owed = self.alg.table.resend_owed();
+                    self.alg.send_all(owed);
+                }
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => {
                         tokio::spawn(answer_management(stream, queries.clone()));

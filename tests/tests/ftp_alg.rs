@@ -582,3 +582,81 @@ fn checksums_of_alg_packets_are_valid_at_both_ends() {
         assert!(audit.bad.is_empty(), "{side}: {:?}", audit.bad);
     }
 }
+
+/// A client with Nagle on (the default) that writes a command in two parts: its second part
+/// waits for the first to be acknowledged, which the server cannot do while the gateway holds
+/// the unfinished line. The gateway acknowledges the held part itself: the capture at the
+/// client shows an ACK of exactly the first part, from the server's public address. (Linux
+/// clients get out of the wait by themselves after a tail-loss probe; others may not.)
+#[test]
+fn a_command_written_in_two_parts_is_acknowledged_while_held() {
+    let mut setup = Setup::new(&published_config(true));
+    let _server =
+        FtpServer::start(ServerKind::Vsftpd, &setup.lab.inside, lab::SERVER).expect("server");
+    let capture = Capture::start(&setup.lab.outside, HOST_IF).expect("capture");
+    let output = setup
+        .lab
+        .outside
+        .command("python3")
+        .args([
+            "-c",
+            "import socket\n\
+             s = socket.create_connection(('203.0.113.1', 21), timeout=5)\n\
+             f = s.makefile('rb')\n\
+             print(f.readline().decode().strip())\n\
+             for part in (b'US', b'ER anonymous\\r\\n'):\n\
+             \x20   s.send(part)\n\
+             print(f.readline().decode().strip())\n\
+             s.send(b'QUIT\\r\\n')\n\
+             print(f.readline().decode().strip())\n",
+        ])
+        .output()
+        .expect("client");
+    let frames = capture.finish().expect("capture");
+    let gateway_log = setup.stop();
+    let lines = String::from_utf8_lossy(&output.stdout).into_owned();
+    // The client's "US" segment, and an ACK from the gateway's side that ends right after it.
+    let tcp = |frame: &Frame| -> Option<(bool, u32, u32, usize)> {
+        let b = &frame.bytes;
+        if b.len() < 54 || b[23] != 6 {
+            return None;
+        }
+        let ihl = usize::from(b[14] & 0x0f) * 4;
+        let t = &b[14 + ihl..];
+        let total = usize::from(u16::from_be_bytes([b[16], b[17]]));
+        let payload = total - ihl - usize::from(t[12] >> 4) * 4;
+        let from_client = b[26..30] == lab::CLIENT.octets() && t[2..4] == [0, 21];
+        let from_gateway = b[26..30] == lab::PUBLIC.octets() && t[0..2] == [0, 21];
+        (from_client || from_gateway).then(|| {
+            (
+                from_client,
+                u32::from_be_bytes([t[4], t[5], t[6], t[7]]),
+                u32::from_be_bytes([t[8], t[9], t[10], t[11]]),
+                payload,
+            )
+        })
+    };
+    let segments: Vec<_> = frames.iter().filter_map(tcp).collect();
+    let first_part = segments
+        .iter()
+        .find(|(from_client, _, _, len)| *from_client && *len == 2)
+        .expect("the client's first part, alone in its segment");
+    let end_of_part = first_part.1 + 2;
+    assert!(
+        segments
+            .iter()
+            .any(|(from_client, _, ack, len)| !from_client && *len == 0 && *ack == end_of_part),
+        "no acknowledgement of the held part: {segments:?}"
+    );
+    assert!(
+        output.status.success(),
+        "{}{lines}\n{gateway_log}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<&str> = lines.lines().collect();
+    assert!(
+        lines[1].starts_with("230") || lines[1].starts_with("331"),
+        "{lines:?}"
+    );
+    assert!(lines[2].starts_with("221"), "{lines:?}");
+}

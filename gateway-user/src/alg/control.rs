@@ -147,6 +147,8 @@ pub struct AlgStats {
     pub sessions_reset: u64,
     /// Sessions that switched to TLS (`tls = "pass"`).
     pub sessions_encrypted: u64,
+    /// Segments the ALG sent again because it had acknowledged them for their receiver.
+    pub resent: u64,
     /// Violations by check, in `Check::ALL` order.
     pub violations_by_check: [u64; Check::ALL.len()],
 }
@@ -172,6 +174,7 @@ impl AlgStats {
             ),
             ("alg_sessions_reset", self.sessions_reset),
             ("alg_sessions_encrypted", self.sessions_encrypted),
+            ("alg_resent", self.resent),
         ];
         totals
             .iter()
@@ -451,6 +454,28 @@ impl ControlTable {
             connection.policy = policy;
         }
         self.settings = settings;
+    }
+
+    /// What the control sessions owe (bytes the gateway acknowledged for a receiver that has
+    /// not acknowledged them yet), to send again: called on a timer.
+    pub fn resend_owed(&mut self) -> Vec<Outgoing> {
+        let mut outgoing = Vec::new();
+        for connection in self.connections.values_mut() {
+            if connection.closed() {
+                continue;
+            }
+            for direction in [Direction::ClientToServer, Direction::ServerToClient] {
+                let Some(segment) = connection.core.resend_owed(direction) else {
+                    continue;
+                };
+                let Some(template) = connection.last_from[side(direction)].clone() else {
+                    continue;
+                };
+                emit(connection, &template, direction, segment, &mut outgoing);
+            }
+        }
+        self.stats.resent += outgoing.len() as u64;
+        outgoing
     }
 
     /// Forgets every control session and removes their expectations (`gateway flush --ftp`):
