@@ -17,10 +17,39 @@ use gateway_tests::{
 
 const PREFIX: &str = "gwsoak";
 
+/// What a soak found.
+pub struct SoakReport {
+    pub sessions: usize,
+    pub transfers_at_once: usize,
+    pub opened: usize,
+    pub open_seconds: f64,
+    pub transfers: u64,
+    pub failed: u64,
+    pub bytes_per_session: u64,
+    pub left: usize,
+    /// Why it failed, if it did.
+    pub failures: Vec<String>,
+}
+
 pub fn run(sessions: usize, transfers: usize, seconds: u64) -> anyhow::Result<()> {
     crate::require_root("cargo xtask soak")?;
     crate::setup::run()?;
     let binary = crate::build_gateway(true)?;
+    let report = soak(&binary, sessions, transfers, seconds)?;
+    if !report.failures.is_empty() {
+        bail!("soak failed: {}", report.failures.join("; "));
+    }
+    println!("soak: passed");
+    Ok(())
+}
+
+/// The soak itself, with an already built gateway.
+pub fn soak(
+    binary: &std::path::Path,
+    sessions: usize,
+    transfers: usize,
+    seconds: u64,
+) -> anyhow::Result<SoakReport> {
     Lab::down(PREFIX);
     let lab = Lab::up(PREFIX, LabOptions::default())?;
     let root = std::env::temp_dir().join("gateway-soak");
@@ -46,7 +75,7 @@ pub fn run(sessions: usize, transfers: usize, seconds: u64) -> anyhow::Result<()
         &[&lab::SERVER.to_string(), root.to_str().context("path")?],
     )?;
     wait_listening(&lab.inside, 21, Duration::from_secs(10))?;
-    let gateway = GatewayProcess::start_binary(&binary, &lab.router, &config.0, &[])?;
+    let gateway = GatewayProcess::start_binary(binary, &lab.router, &config.0, &[])?;
     let rss = || rss_kib(gateway.pid()).unwrap_or(0);
     let rss_start = rss();
     println!(
@@ -139,11 +168,18 @@ pub fn run(sessions: usize, transfers: usize, seconds: u64) -> anyhow::Result<()
     if left_ftp + left_sessions + left_expectations > 0 {
         failures.push("state left in the maps after the sessions ended".into());
     }
-    if !failures.is_empty() {
-        bail!("soak failed: {}", failures.join("; "));
-    }
-    println!("soak: passed");
-    Ok(())
+    Ok(SoakReport {
+        sessions,
+        transfers_at_once: transfers,
+        opened,
+        open_seconds: report["open_seconds"].as_f64().unwrap_or(0.0),
+        transfers: report["transfers"].as_u64().unwrap_or(0),
+        failed: report["open_failed"].as_u64().unwrap_or(0)
+            + report["transfer_failed"].as_u64().unwrap_or(0),
+        bytes_per_session: per_session,
+        left: left_ftp + left_sessions + left_expectations,
+        failures,
+    })
 }
 
 /// Resident memory of a process, KiB.
