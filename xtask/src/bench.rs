@@ -162,8 +162,9 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     let mut report = report(&testrun, &samples, options)?;
     report.push_str(&ftp_report(&ftp, options)?);
     report.push_str(&format!(
-        "\n## Concurrency\n\nFrom `cargo xtask soak` (run here with 60 s of downloads): {} control sessions opened through the\nALG in {:.1} s and held open, {} passive downloads at a time through them: {} downloads, {} failed\n(sessions and downloads; the target is 0); the agent's memory grew by about {} bytes per control session; {}\nentries (control sessions, session-table entries, expectations) were left once the sessions ended.\n{}\n",
-        soak.opened,
+                "\n## Concurrency\n\nFrom `cargo xtask soak` (run here with 60 s of downloads): {} of {} control sessions opened through the\nALG in {:.1} s and held open, {} passive downloads at a time through them: {} downloads, {} failed\n(sessions and downloads; the target is 0); the agent's memory grew by about {} bytes per control session; {}\nentries (control sessions, session-table entries, expectations) were left once the sessions ended.\n{}\n",
+                soak.opened,
+        soak.sessions,
         soak.open_seconds,
         soak.transfers_at_once,
         soak.transfers,
