@@ -464,7 +464,7 @@ fn ftp_report(samples: &[FtpSamples], options: &Options) -> anyhow::Result<Strin
     {
         writeln!(
             out,
-            "\nWhere an ALG packet's time goes: the punt into the ring costs the time in the first table (`punt`); the agent\nthen spends {:.0} ns per punted packet (median of the runs: reading, translating, rewriting, saving nothing\nunless pinned, sending through the raw socket), and the packet crosses the router's stack once more on its\nway out. nf_nat_ftp does all of this inside the kernel's forwarding path.",
+            "\nWhere an ALG packet's time goes: the punt into the ring costs the time in the first table (`punt`); the agent\nthen spends {:.0} ns per punted packet (median of the runs: reading, translating, rewriting, saving nothing\nunless pinned, sending through the raw socket; on veth the send also runs the receiving host's stack,\nwhich processes the packet on the sender's CPU), and the packet crosses the router's stack once more on\nits way out. nf_nat_ftp does all of this inside the kernel's forwarding path, with no trip to user space.",
             median(&samples[gateway].agent_ns)
         )?;
     }
