@@ -585,6 +585,7 @@ impl Agent {
             self.alg.save_state();
         }
         // The ALG's mappings and claimed data ports have no fast-path session yet.
+        self.alg.table.forget_used(&mut self.dataplane);
         let held = self.alg.table.held_endpoints(now);
         match self.dataplane.sweep(&mut self.sweeper, now, &held) {
             Ok(sweep) => {

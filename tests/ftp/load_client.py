@@ -71,6 +71,8 @@ async def transfer(session):
     async with session[2]:
         try:
             answer = await command(session, "PASV")
+            if not answer.startswith("227"):
+                raise ConnectionError(answer)
             numbers = answer[answer.index("(") + 1:answer.index(")")].split(",")
             host = ".".join(numbers[:4])
             port = int(numbers[4]) * 256 + int(numbers[5])

@@ -495,6 +495,29 @@ impl ControlTable {
             .collect()
     }
 
+    /// Forgets the expectations the fast path has used (or that are gone), and the data ports
+    /// held for them: a used port is held from then on by its data connection's sessions, and
+    /// holding it longer would starve the port range under many transfers.
+    pub fn forget_used(&mut self, maps: &mut dyn AlgMaps) {
+        for connection in self.connections.values_mut() {
+            let used: Vec<Endpoint> = connection
+                .expectations
+                .iter()
+                .filter(|(key, _)| !maps.expectation_pending(*key))
+                .map(|(key, _)| key.endpoint)
+                .collect();
+            if used.is_empty() {
+                continue;
+            }
+            connection
+                .expectations
+                .retain(|(key, _)| !used.contains(&key.endpoint));
+            connection
+                .held
+                .retain(|(endpoint, _)| !used.contains(endpoint));
+        }
+    }
+
     /// Public endpoints the control connections hold (their mappings, and data ports of
     /// expectations not yet expired): the sweep must leave them.
     pub fn held_endpoints(&self, now_ns: u64) -> HashSet<Endpoint> {
