@@ -688,7 +688,7 @@ fn report(
     }
     writeln!(
         out,
-        "\nTargets (fast-path issue): TCP bulk >= nftables; added per-packet cost <= half of nftables' (a ratio of 0.50x or\nless in the last column). Translated packets still continue through the router's kernel forwarding path:\nforwarding straight from BPF (FIB lookup and redirect) is not implemented yet. On veth the UDP sender\nlimits the packet rate, so a NAT's added cost only shows when it exceeds the baseline's run-to-run spread\n(marked as within noise otherwise, and its ratio is then not a measurement); the per-packet costs inside the\nprograms are in the first table. Nothing in this file is edited by hand.",
+        "\nTargets (fast-path issue): TCP bulk >= nftables; added per-packet cost <= half of nftables' (a ratio of 0.50x or\nless in the last column). The TC program forwards translated packets itself (FIB lookup and\nbpf_redirect_neigh, past the router's stack); the XDP program hands them to the stack (XDP redirect through a\ndevmap is not implemented), which is part of its cost here. On veth the UDP sender\nlimits the packet rate, so a NAT's added cost only shows when it exceeds the baseline's run-to-run spread\n(marked as within noise otherwise, and its ratio is then not a measurement); the per-packet costs inside the\nprograms are in the first table. Nothing in this file is edited by hand.",
     )?;
     Ok(out)
 }
