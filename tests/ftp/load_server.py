@@ -19,7 +19,8 @@ authorizer.add_anonymous(sys.argv[2])
 FTPHandler.authorizer = authorizer
 FTPHandler.passive_ports = range(20000, 60000)
 FTPHandler.timeout = 3600
-server = FTPServer((sys.argv[1], 21), FTPHandler)
+# A deep accept queue: thousands of sessions open at once.
+server = FTPServer((sys.argv[1], 21), FTPHandler, backlog=4096)
 server.max_cons = 30000
 server.max_cons_per_ip = 0
 server.serve_forever()
