@@ -6,6 +6,7 @@
 //! pairs between them. Nothing is created in the root namespace, and every guard removes what
 //! it made when dropped, also when a test panics.
 
+pub mod bpffs;
 pub mod capture;
 pub mod frame;
 pub mod ftp;

@@ -3,10 +3,12 @@
 //! `punt_testrun.rs`; an invalid config on reload in `operations.rs`; a crash during a
 //! transfer in `restart.rs`.)
 
-use std::{path::PathBuf, process::Child, time::Duration};
+use std::time::Duration;
 
 use gateway_tests::{
-    TempFile, check_environment,
+    TempFile,
+    bpffs::BpfMount,
+    check_environment,
     ftp::{FtpServer, Script, ServerKind},
     gateway::{self, GatewayProcess},
     lab::{self, HOST_IF, Lab, LabOptions, ROUTER_OUTSIDE_IF},
@@ -91,68 +93,12 @@ fn an_interface_removed_and_added_again_is_taken_back() {
     gateway.stop().expect("stop");
 }
 
-/// A private mount namespace with a bpffs at `dir`, held by a `sleep`.
-struct BpfMount {
-    holder: Child,
-    dir: PathBuf,
-}
-
-impl BpfMount {
-    fn new(dir: PathBuf) -> BpfMount {
-        std::fs::create_dir_all(&dir).expect("mount point");
-        let mut holder = std::process::Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-            .arg(format!(
-                "mount -t bpf bpf {} && exec sleep 3600",
-                dir.display()
-            ))
-            .spawn()
-            .expect("unshare");
-        for _ in 0..100 {
-            let mounted = std::process::Command::new("nsenter")
-                .args([
-                    "-t",
-                    &holder.id().to_string(),
-                    "-m",
-                    "--",
-                    "mountpoint",
-                    "-q",
-                ])
-                .arg(&dir)
-                .status()
-                .is_ok_and(|status| status.success());
-            if mounted {
-                return BpfMount { holder, dir };
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = holder.kill();
-        let _ = holder.wait();
-        panic!("bpffs did not appear at {}", dir.display());
-    }
-
-    fn wrapper(&self) -> Vec<String> {
-        ["nsenter", "-t", &self.holder.id().to_string(), "-m", "--"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
-    }
-}
-
-impl Drop for BpfMount {
-    fn drop(&mut self) {
-        let _ = self.holder.kill();
-        let _ = self.holder.wait();
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
-
 #[test]
 fn sigkill_during_a_burst_of_new_ftp_sessions() {
     check_environment().expect("environment");
     let prefix = unique_prefix();
     let lab = Lab::up(&prefix, LabOptions::default()).expect("lab up");
-    let bpf = BpfMount::new(std::env::temp_dir().join(format!("{prefix}-bpf")));
+    let bpf = BpfMount::new(std::env::temp_dir().join(format!("{prefix}-bpf"))).expect("bpffs");
     let state = std::env::temp_dir().join(format!("{prefix}-state"));
     let config = TempFile::write(
         &format!("{prefix}-gateway.toml"),

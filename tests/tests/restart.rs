@@ -7,10 +7,12 @@
 //! The bpffs lives in a private mount namespace held by a `sleep` process: nothing is mounted
 //! in the test's own (the host's) mount namespace.
 
-use std::{net::SocketAddrV4, path::PathBuf, process::Child, time::Duration};
+use std::{net::SocketAddrV4, time::Duration};
 
 use gateway_tests::{
-    TempFile, check_environment,
+    TempFile,
+    bpffs::BpfMount,
+    check_environment,
     ftp::{self, FtpServer, ServerKind},
     gateway::{self, GatewayProcess},
     lab::{self, Lab, LabOptions},
@@ -18,77 +20,12 @@ use gateway_tests::{
     transfer::pattern,
 };
 
-/// A private mount namespace with a bpffs mounted at `dir`, alive while `holder` runs.
-struct BpfMount {
-    holder: Child,
-    dir: PathBuf,
-}
-
-impl BpfMount {
-    fn new(dir: PathBuf) -> BpfMount {
-        std::fs::create_dir_all(&dir).expect("mount point");
-        let mut holder = std::process::Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-            .arg(format!(
-                "mount -t bpf bpf {} && exec sleep 3600",
-                dir.display()
-            ))
-            .spawn()
-            .expect("unshare");
-        // Wait for the mount to be there (seen from inside the namespace).
-        for _ in 0..100 {
-            if BpfMount::run_in(holder.id(), &["mountpoint", "-q", dir.to_str().unwrap()]) {
-                return BpfMount { holder, dir };
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = holder.kill();
-        let _ = holder.wait();
-        panic!("bpffs did not appear at {}", dir.display());
-    }
-
-    fn run_in(pid: u32, command: &[&str]) -> bool {
-        std::process::Command::new("nsenter")
-            .args(["-t", &pid.to_string(), "-m", "--"])
-            .args(command)
-            .status()
-            .is_ok_and(|status| status.success())
-    }
-
-    /// The command prefix that runs a program inside the namespace.
-    fn wrapper(&self) -> Vec<String> {
-        ["nsenter", "-t", &self.holder.id().to_string(), "-m", "--"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
-    }
-
-    fn listing(&self, sub: &str) -> String {
-        let output = std::process::Command::new("nsenter")
-            .args(["-t", &self.holder.id().to_string(), "-m", "--", "ls"])
-            .arg(self.dir.join(sub))
-            .output()
-            .expect("ls");
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-}
-
-impl Drop for BpfMount {
-    fn drop(&mut self) {
-        // The namespace (and with it the bpffs and anything still pinned) goes with its
-        // last process.
-        let _ = self.holder.kill();
-        let _ = self.holder.wait();
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
-
 #[test]
 fn kill_9_during_a_download_loses_nothing() {
     check_environment().expect("environment");
     let prefix = unique_prefix();
     let lab = Lab::up(&prefix, LabOptions::default()).expect("lab up");
-    let bpf = BpfMount::new(std::env::temp_dir().join(format!("{prefix}-bpf")));
+    let bpf = BpfMount::new(std::env::temp_dir().join(format!("{prefix}-bpf"))).expect("bpffs");
     let state = std::env::temp_dir().join(format!("{prefix}-state"));
     let config_text = format!(
         "[interfaces]\ninside = \"veth-in\"\noutside = \"veth-out\"\n\n\
@@ -184,7 +121,7 @@ fn pinned_maps_of_another_layout_are_refused() {
     check_environment().expect("environment");
     let prefix = unique_prefix();
     let lab = Lab::up(&prefix, LabOptions::default()).expect("lab up");
-    let bpf = BpfMount::new(std::env::temp_dir().join(format!("{prefix}-bpf")));
+    let bpf = BpfMount::new(std::env::temp_dir().join(format!("{prefix}-bpf"))).expect("bpffs");
     let pins = bpf.dir.join("gateway");
     let config = TempFile::write(
         &format!("{prefix}-gateway.toml"),
