@@ -168,6 +168,15 @@ impl Drop for FtpServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // vsftpd forks a process pair per session and, with its default isolate_network,
+        // moves them into network namespaces of their own, where removing the lab's
+        // namespaces does not find them: end them by their (unique) config path.
+        if let Some(base) = self.root.parent() {
+            let _ = Command::new("pkill")
+                .args(["-KILL", "-f"])
+                .arg(base.join("vsftpd.conf"))
+                .status();
+        }
         if let Some(base) = self.root.parent() {
             let _ = std::fs::remove_dir_all(base);
         }
