@@ -10,7 +10,7 @@ use aya::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{
         LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp,
-        links::{FdLink, LinkError, PinnedLink},
+        links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions},
         xdp::{XdpLink, XdpLinkId, XdpMode as AyaXdpMode},
     },
@@ -193,6 +193,11 @@ struct Pins {
     dir: PathBuf,
     /// The maps were already there (left by an earlier agent) and were adopted.
     adopted: bool,
+}
+
+/// A link conversion's error, as the program error the attach reports.
+fn link_error(err: impl fmt::Display) -> ProgramError {
+    ProgramError::IOError(std::io::Error::other(err.to_string()))
 }
 
 /// `statfs` magic of bpffs.
@@ -616,21 +621,15 @@ impl Dataplane {
         // An earlier agent's link: its program is replaced in place, atomically.
         let link_id = match pin.previous {
             Some(old) => {
-                let link = XdpLink::try_from(old).map_err(|err| {
-                    attach_error(ProgramError::IOError(std::io::Error::other(
-                        err.to_string(),
-                    )))
-                })?;
+                let link = XdpLink::try_from(old).map_err(|err| attach_error(link_error(err)))?;
                 self.xdp()?.attach_to_link(link).map_err(attach_error)?
             }
             None => self.xdp()?.attach(interface, flags).map_err(attach_error)?,
         };
         let link = self.xdp()?.take_link(link_id).map_err(attach_error)?;
-        let fd_link: FdLink = link.try_into().map_err(|err: LinkError| {
-            attach_error(ProgramError::IOError(std::io::Error::other(
-                err.to_string(),
-            )))
-        })?;
+        let fd_link: FdLink = link
+            .try_into()
+            .map_err(|err| attach_error(link_error(err)))?;
         self.pin_link(fd_link, &pin.path)?;
         Ok(Attachment {
             interface: interface.to_owned(),
@@ -661,11 +660,8 @@ impl Dataplane {
         // An earlier agent's link: its program is replaced in place, atomically.
         let link_id = match pin.previous {
             Some(old) => {
-                let link = SchedClassifierLink::try_from(old).map_err(|err| {
-                    attach_error(ProgramError::IOError(std::io::Error::other(
-                        err.to_string(),
-                    )))
-                })?;
+                let link = SchedClassifierLink::try_from(old)
+                    .map_err(|err| attach_error(link_error(err)))?;
                 self.tc()?.attach_to_link(link).map_err(attach_error)?
             }
             None => self
@@ -678,11 +674,9 @@ impl Dataplane {
                 .map_err(attach_error)?,
         };
         let link = self.tc()?.take_link(link_id).map_err(attach_error)?;
-        let fd_link: FdLink = link.try_into().map_err(|err: LinkError| {
-            attach_error(ProgramError::IOError(std::io::Error::other(
-                err.to_string(),
-            )))
-        })?;
+        let fd_link: FdLink = link
+            .try_into()
+            .map_err(|err| attach_error(link_error(err)))?;
         self.pin_link(fd_link, &pin.path)?;
         Ok(Attachment {
             interface: interface.to_owned(),

@@ -749,10 +749,13 @@ impl ControlTable {
         &mut self,
         id: u64,
         direction: Direction,
-        packet: TcpPacket,
+        mut packet: TcpPacket,
         now_ns: u64,
         maps: &mut dyn AlgMaps,
     ) -> Vec<Outgoing> {
+        // The payload goes to the core; the headers stay as the template of what is sent,
+        // so nothing on this path copies the payload.
+        let payload = std::mem::take(&mut packet.payload);
         let Some(connection) = self.connections.get_mut(&id) else {
             return Vec::new();
         };
@@ -762,10 +765,7 @@ impl ControlTable {
             return Vec::new();
         }
         connection.last_seen_ns = now_ns;
-        connection.last_from[side(direction)] = Some(TcpPacket {
-            payload: Vec::new(),
-            ..packet.clone()
-        });
+        connection.last_from[side(direction)] = Some(packet.clone());
         if packet.flags & flags::SYN != 0 {
             let mss = packet.mss().unwrap_or(DEFAULT_MSS);
             match direction {
@@ -792,7 +792,7 @@ impl ControlTable {
             window: packet.window,
             window_scale: packet.window_scale(),
             sack: packet.sack(),
-            payload: packet.payload.clone(),
+            payload,
         };
         let expectation_until = now_ns.saturating_add(self.settings.expectation_timeout_ns);
         let pending = connection
