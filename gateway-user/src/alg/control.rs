@@ -302,6 +302,9 @@ pub struct ControlTable {
     settings: AlgSettings,
     connections: HashMap<u64, Connection>,
     flows: HashMap<FlowKey, (u64, Direction)>,
+    /// Control sessions not yet closed, per client address: the per-client limit is checked
+    /// on every SYN, which must not cost a walk over every connection (closed ones linger).
+    live_per_client: HashMap<Ipv4Addr, usize>,
     next_id: u64,
     rng: u64,
     stats: AlgStats,
@@ -313,6 +316,7 @@ impl ControlTable {
             settings,
             connections: HashMap::new(),
             flows: HashMap::new(),
+            live_per_client: HashMap::new(),
             next_id: 1,
             rng: seed | 1,
             stats: AlgStats::default(),
@@ -376,6 +380,7 @@ impl ControlTable {
             settings,
             connections: HashMap::new(),
             flows: HashMap::new(),
+            live_per_client: HashMap::new(),
             next_id: saved.next_id,
             rng: saved.rng | 1,
             stats: saved.stats,
@@ -397,6 +402,9 @@ impl ControlTable {
                 key(saved.server, saved.client_seen),
                 (saved.id, Direction::ServerToClient),
             );
+            if !(saved.reset || (saved.fin_from_client && saved.fin_from_server)) {
+                *table.live_per_client.entry(*saved.client.ip()).or_default() += 1;
+            }
             table.connections.insert(
                 saved.id,
                 Connection {
@@ -571,7 +579,25 @@ impl ControlTable {
                 return Vec::new();
             }
         };
-        self.on_segment(id, direction, packet, now_ns, maps)
+        let was_live = self.connections.get(&id).is_some_and(|c| !c.closed());
+        let outgoing = self.on_segment(id, direction, packet, now_ns, maps);
+        if let Some(connection) = self.connections.get(&id)
+            && was_live
+            && connection.closed()
+        {
+            let client = *connection.client.ip();
+            self.client_session_ended(client);
+        }
+        outgoing
+    }
+
+    fn client_session_ended(&mut self, client: Ipv4Addr) {
+        if let Some(count) = self.live_per_client.get_mut(&client) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.live_per_client.remove(&client);
+            }
+        }
     }
 
     /// Forgets connections idle past their timeout, and closed ones after a linger; removes
@@ -609,7 +635,18 @@ impl ControlTable {
         let Some(connection) = self.connections.remove(&id) else {
             return;
         };
-        self.flows.retain(|_, (owner, _)| *owner != id);
+        if !connection.closed() {
+            self.client_session_ended(*connection.client.ip());
+        }
+        // Its two flows, unless a newer connection on the same ports owns them already.
+        for flow in [
+            key(connection.client, connection.server_seen),
+            key(connection.server, connection.client_seen),
+        ] {
+            if self.flows.get(&flow).is_some_and(|(owner, _)| *owner == id) {
+                self.flows.remove(&flow);
+            }
+        }
         // Data connections it announced and that never opened die with it.
         for (key, _) in &connection.expectations {
             maps.unexpect(*key);
@@ -638,11 +675,7 @@ impl ControlTable {
             .get(&destination)
             .unwrap_or(&self.settings.policy)
             .clone();
-        let sessions_of_client = self
-            .connections
-            .values()
-            .filter(|connection| connection.client.ip() == client.ip() && !connection.closed())
-            .count();
+        let sessions_of_client = self.live_per_client.get(client.ip()).copied().unwrap_or(0);
         if sessions_of_client >= policy.max_sessions_per_client {
             self.stats.violations += 1;
             self.stats.violations_by_check[check_index(Check::TooManySessions)] += 1;
@@ -708,6 +741,7 @@ impl ControlTable {
         self.flows
             .insert(key(server, client_seen), (id, Direction::ServerToClient));
         self.connections.insert(id, connection);
+        *self.live_per_client.entry(*client.ip()).or_default() += 1;
         self.stats.sessions_opened += 1;
         tracing::info!(
             %client, client_seen = %client_seen, %server, server_seen = %server_seen,

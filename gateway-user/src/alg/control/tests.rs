@@ -490,3 +490,68 @@ fn a_used_expectation_releases_its_data_port() {
     table.forget_used(&mut maps);
     assert!(!table.held_endpoints(SECOND).contains(&port));
 }
+
+/// Opens a published control connection from `port`; true if the gateway let its SYN through.
+fn syn_from(table: &mut ControlTable, maps: &mut FakeMaps, port: u16) -> bool {
+    !table
+        .on_packet(
+            punt_reason::PUBLISHED_FROM_CLIENT,
+            &segment(
+                (CLIENT, port),
+                (PUBLIC, 21),
+                100,
+                0,
+                SYN,
+                b"",
+                MSS_1460.to_vec(),
+            ),
+            0,
+            maps,
+        )
+        .is_empty()
+}
+
+#[test]
+fn the_per_client_limit_counts_live_sessions_only() {
+    let mut settings = settings();
+    settings.policy = Arc::new(Policy {
+        max_sessions_per_client: 2,
+        ..Policy::default()
+    });
+    let mut table = ControlTable::new(settings.clone(), 7);
+    let mut maps = FakeMaps::default();
+    assert!(syn_from(&mut table, &mut maps, 40001));
+    assert!(syn_from(&mut table, &mut maps, 40002));
+    assert!(!syn_from(&mut table, &mut maps, 40003), "a third one");
+
+    // The client resets one: a place frees up although the closed one lingers.
+    table.on_packet(
+        punt_reason::PUBLISHED_FROM_CLIENT,
+        &segment(
+            (CLIENT, 40001),
+            (PUBLIC, 21),
+            101,
+            0,
+            flags::RST,
+            b"",
+            vec![],
+        ),
+        0,
+        &mut maps,
+    );
+    assert_eq!(table.connections.len(), 2);
+    assert!(syn_from(&mut table, &mut maps, 40003));
+    assert!(!syn_from(&mut table, &mut maps, 40004));
+
+    // A restored table counts the same way.
+    let mut restored = ControlTable::restore(settings, table.save()).unwrap();
+    assert!(!syn_from(&mut restored, &mut maps, 40004));
+
+    // Forgetting the closed one changes nothing; forgetting a live one frees its place.
+    restored.expire(CLOSED_LINGER_NS + 1, &mut maps);
+    assert_eq!(restored.connections.len(), 2);
+    restored.expire(241 * SECOND, &mut maps);
+    assert!(restored.connections.is_empty());
+    assert!(restored.flows.is_empty());
+    assert!(syn_from(&mut restored, &mut maps, 40005));
+}
