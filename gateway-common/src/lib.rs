@@ -53,7 +53,7 @@ pub mod names {
 /// The version of everything the maps hold: key and value layouts and their meaning. Bumped
 /// whenever any of them changes, so that an agent never adopts pinned maps of another layout
 /// (it refuses, and says how to start fresh). Stored in the `LAYOUT` map.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Capacity of each published-server map. A publish is one (address, port, protocol) triple,
 /// so this bounds the number of `[[publish]]` entries in a config.
@@ -513,7 +513,11 @@ pub struct PuntHeader {
     pub len: u32,
     /// One of the `punt_reason` constants.
     pub reason: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+    /// When the packet was punted: the low 32 bits of `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+    /// Enough for the agent to measure how long records wait in the ring (wrapping, under
+    /// 4.29 s), in the header's 16 bytes.
+    pub punted_ns_low: u32,
 }
 
 /// Punt records come in two sizes, chosen per packet, so that the common small segment does
@@ -556,7 +560,7 @@ mod tests {
         // Changing any of these sizes (or a field's meaning) needs a LAYOUT_VERSION bump.
         assert_eq!(core::mem::size_of::<NatConfig>(), 184);
         assert_eq!(core::mem::size_of::<PeerKey>(), 12);
-        assert_eq!(LAYOUT_VERSION, 1);
+        assert_eq!(LAYOUT_VERSION, 2);
         let mut names = names::ALL_MAPS.to_vec();
         names.sort_unstable();
         names.dedup();

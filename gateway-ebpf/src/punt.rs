@@ -40,7 +40,9 @@ fn punt_into<P: Packet, const RECORD: usize>(packet: &P, reason: u8, len: usize)
         ifindex: packet.ingress_ifindex(),
         len: len as u32,
         reason,
-        _pad: [0; 7],
+        _pad: [0; 3],
+        // SAFETY: a helper without arguments.
+        punted_ns_low: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() } as u32,
     };
     let base = record.as_mut_ptr();
     // SAFETY: the record is RECORD bytes, at least PUNT_HEADER_LEN; reserved records are

@@ -71,6 +71,8 @@ struct Alg {
     /// where an ALG packet's time goes, for the benchmarks.
     handled: u64,
     busy_ns: u64,
+    /// Time the handled packets waited in the punt ring before the agent took them.
+    waited_ns: u64,
 }
 
 impl Alg {
@@ -135,6 +137,7 @@ impl Alg {
         counters.push(("alg_undecodable".into(), self.undecodable));
         counters.push(("alg_handled".into(), self.handled));
         counters.push(("alg_busy_ns".into(), self.busy_ns));
+        counters.push(("alg_wait_ns".into(), self.waited_ns));
         counters
     }
 }
@@ -266,6 +269,8 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    // The runtime runs on this thread: the ALG's priority is this thread's.
+    apply_realtime_priority(config.ftp.realtime_priority)?;
     let state_file = dataplane
         .pin_dir()
         .is_some()
@@ -281,6 +286,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
             state_file,
             handled: 0,
             busy_ns: 0,
+            waited_ns: 0,
         },
         config,
         config_path: config_path.clone(),
@@ -387,6 +393,20 @@ fn restore_alg(config: &Config, state_file: Option<&Path>, adopted: bool) -> Con
     }
 }
 
+/// `[ftp] realtime_priority` for the calling thread (the one the runtime runs on).
+fn apply_realtime_priority(priority: Option<u8>) -> anyhow::Result<()> {
+    system::set_realtime_priority(priority).with_context(|| match priority {
+        Some(priority) => format!(
+            "ftp.realtime_priority = {priority}: cannot switch the agent to SCHED_FIFO (it needs CAP_SYS_NICE and, under a cgroup v2 cpu controller, a real-time budget)"
+        ),
+        None => "cannot switch the agent back to the ordinary scheduler".to_owned(),
+    })?;
+    if let Some(priority) = priority {
+        tracing::info!(priority, "agent runs at real-time priority (SCHED_FIFO)");
+    }
+    Ok(())
+}
+
 fn log_config(config: &Config) {
     if let Some(masquerade) = &config.masquerade {
         let list = |items: Vec<String>| items.join(",");
@@ -472,10 +492,12 @@ impl Agent {
                 _ = interrupt.recv() => return Ok("SIGINT"),
                 _ = terminate.recv() => return Ok("SIGTERM"),
                 read = reader.next_batch(&mut batch) => {
-                    self.alg.undecodable += read.context("cannot read the punt ring buffer")? as u64;
-                                        self.alg.handle_batch(&mut self.dataplane, &mut batch);
+                    let read = read.context("cannot read the punt ring buffer")?;
+                    self.alg.undecodable += read.undecodable as u64;
+                    self.alg.waited_ns += read.waited_ns;
+                    self.alg.handle_batch(&mut self.dataplane, &mut batch);
                 }
-                                _ = ticks.tick() => self.sweep(),
+                _ = ticks.tick() => self.sweep(),
                                 _ = interface_checks.tick() => {
                     self.check_interfaces();
                     let owed = self.alg.table.resend_owed();
@@ -502,13 +524,13 @@ impl Agent {
                             };
                             serde_json::to_string(&response).unwrap_or_default()
                         }
-                                                Query::Metrics => metrics::render(&self.snapshot()),
+                        Query::Metrics => metrics::render(&self.snapshot()),
                         Query::Capture(records) => {
                             self.alg.captures.push(records);
                             String::new()
                         }
                     };
-                                        let _ = reply.send(answer);
+                    let _ = reply.send(answer);
                     // Reloads and flushes change the sessions.
                     self.alg.save_state();
                     if self.config.sweep_interval != interval {
@@ -820,6 +842,18 @@ impl Agent {
             }
         }
         let mut changes = Vec::new();
+        // First, as the one change that can still fail on its own: nothing is applied then.
+        if new.ftp.realtime_priority != old.ftp.realtime_priority {
+            apply_realtime_priority(new.ftp.realtime_priority)?;
+            changes.push(format!(
+                "agent priority {}",
+                new.ftp
+                    .realtime_priority
+                    .map_or("ordinary".to_owned(), |priority| format!(
+                        "SCHED_FIFO {priority}"
+                    ))
+            ));
+        }
         let removed: Vec<_> = old
             .publish
             .iter()

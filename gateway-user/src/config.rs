@@ -124,6 +124,10 @@ pub struct Ftp {
     /// With `[dataplane] pin_path`: where the ALG keeps its control sessions' state, so that
     /// a restarted agent carries on with them.
     pub state_file: PathBuf,
+    /// `SCHED_FIFO` priority (1-99) of the agent's thread; `None`: the ordinary scheduler.
+    /// Every control packet waits in the punt ring until the agent runs: at a real-time
+    /// priority a busy host's other tasks no longer stand in front of it.
+    pub realtime_priority: Option<u8>,
 }
 
 /// Application-level gateways a publish can name.
@@ -309,6 +313,7 @@ struct RawFtp {
     expectation_timeout: u64,
     policy: Option<RawPolicy>,
     state_file: Option<PathBuf>,
+    realtime_priority: Option<i64>,
 }
 
 fn default_state_file() -> PathBuf {
@@ -770,6 +775,7 @@ fn parse_ftp(raw: Option<&RawFtp>, masquerade: bool) -> Result<Ftp, String> {
             expectation_timeout: default_expectation_timeout(),
             policy: Policy::default(),
             state_file: default_state_file(),
+            realtime_priority: None,
         });
     };
     let policy = match &raw.policy {
@@ -816,11 +822,21 @@ fn parse_ftp(raw: Option<&RawFtp>, masquerade: bool) -> Result<Ftp, String> {
             "ftp.state_file = {state_file:?}: expected an absolute path"
         ));
     }
+    let realtime_priority = match raw.realtime_priority {
+        None => None,
+        Some(priority @ 1..=99) => Some(priority as u8),
+        Some(other) => {
+            return Err(format!(
+                "ftp.realtime_priority = {other}: expected a SCHED_FIFO priority from 1 to 99"
+            ));
+        }
+    };
     Ok(Ftp {
         control_ports,
         expectation_timeout: raw.expectation_timeout,
         policy,
         state_file,
+        realtime_priority,
     })
 }
 
@@ -957,6 +973,14 @@ mod tests {
         );
         let off = format!("{masq}\n[ftp]\ncontrol_ports = []\n");
         assert!(parse(&off).unwrap().ftp.control_ports.is_empty());
+
+        assert_eq!(parse(GOOD).unwrap().ftp.realtime_priority, None);
+        let realtime = format!("{GOOD}\n[ftp]\nrealtime_priority = 10\n");
+        assert_eq!(parse(&realtime).unwrap().ftp.realtime_priority, Some(10));
+        for wrong in ["0", "100", "-1"] {
+            let text = realtime.replace("= 10", &format!("= {wrong}"));
+            assert!(error(&text).contains("ftp.realtime_priority"), "{wrong}");
+        }
 
         let orphan = format!("{GOOD}\n[ftp]\ncontrol_ports = [21]\n");
         assert!(error(&orphan).contains("there is no [masquerade]"));

@@ -173,3 +173,20 @@ impl Drop for SysctlGuard {
         }
     }
 }
+
+/// Puts the calling thread under `SCHED_FIFO` at `priority`, or back under the ordinary
+/// scheduler for `None`.
+pub fn set_realtime_priority(priority: Option<u8>) -> io::Result<()> {
+    let (policy, priority) = match priority {
+        Some(priority) => (libc::SCHED_FIFO, i32::from(priority)),
+        None => (libc::SCHED_OTHER, 0),
+    };
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: pid 0 is the calling thread; param is a valid sched_param.
+    if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -33,7 +33,8 @@ pub fn decode(record: &[u8]) -> Option<Punted<'_>> {
         ifindex: word(0),
         len: word(4),
         reason: head[8],
-        _pad: [0; 7],
+        _pad: [0; 3],
+        punted_ns_low: word(12),
     };
     let end = PUNT_HEADER_LEN.checked_add(usize::try_from(header.len).ok()?)?;
     Some(Punted {
@@ -57,20 +58,35 @@ impl PuntReader {
     }
 
     /// Waits for records, then takes every one the ring holds (reason, packet), in order.
-    /// Records that do not decode are counted in the second value and skipped.
-    pub async fn next_batch(&mut self, batch: &mut Vec<(u8, Vec<u8>)>) -> io::Result<usize> {
+    pub async fn next_batch(&mut self, batch: &mut Vec<(u8, Vec<u8>)>) -> io::Result<BatchRead> {
         let mut guard = self.ring.readable_mut().await?;
         let ring = guard.get_inner_mut();
-        let mut undecodable = 0;
+        // The punt's clock, truncated as in the header.
+        let taken_ns_low = crate::dataplane::monotonic_now_ns() as u32;
+        let mut read = BatchRead::default();
         while let Some(record) = ring.next() {
             match decode(&record) {
-                Some(punted) => batch.push((punted.header.reason, punted.packet.to_vec())),
-                None => undecodable += 1,
+                Some(punted) => {
+                    read.waited_ns +=
+                        u64::from(taken_ns_low.wrapping_sub(punted.header.punted_ns_low));
+                    batch.push((punted.header.reason, punted.packet.to_vec()));
+                }
+                None => read.undecodable += 1,
             }
         }
         guard.clear_ready();
-        Ok(undecodable)
+        Ok(read)
     }
+}
+
+/// What one read of the ring found besides the packets.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchRead {
+    /// Records that did not decode, skipped.
+    pub undecodable: usize,
+    /// Time the packets of the batch waited in the ring, summed: from their punt to the
+    /// agent taking them (wake-up and scheduling).
+    pub waited_ns: u64,
 }
 
 /// A raw IPv4 socket for packets built whole by the ALG.
