@@ -1,0 +1,661 @@
+//! FTP through the ALG beside Linux nftables NAT with the `ftp` conntrack helper assigned
+//! explicitly (nf_conntrack_ftp + nf_nat_ftp) and plain forwarding, each on a lab of its own:
+//!
+//! - complete sessions per second (connect, login, PASV, LIST over the data connection, QUIT)
+//!   from parallel client workers, which saturate the machine;
+//! - the time a 227 reply takes from the server's interface to the client's, from packet
+//!   captures at both ends (kernel timestamps of one clock), once with one session at a time
+//!   and once under the saturating load; what a gateway adds is its transit minus plain
+//!   forwarding's;
+//! - for the gateway, where its agent's time goes: its own counters and, where `perf` exists,
+//!   a profile of the agent during one loaded run.
+
+use std::{
+    collections::HashMap,
+    fmt::Write as _,
+    io::{BufRead as _, BufReader},
+    net::SocketAddrV4,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use gateway_tests::{
+    TempFile,
+    gateway::GatewayProcess,
+    lab::{self, Lab, LabOptions},
+    netns::{Netns, unique_prefix},
+};
+
+use super::{Options, median, spread};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum FtpSetup {
+    Plain,
+    NftablesHelper,
+    Gateway,
+}
+
+impl FtpSetup {
+    pub(super) const ALL: [FtpSetup; 3] =
+        [FtpSetup::Plain, FtpSetup::NftablesHelper, FtpSetup::Gateway];
+
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            FtpSetup::Plain => "plain forwarding (no NAT)",
+            FtpSetup::NftablesHelper => "Linux nftables DNAT + ftp helper (nf_nat_ftp)",
+            FtpSetup::Gateway => "gateway, TC + FTP ALG",
+        }
+    }
+}
+
+/// Every run of one setup.
+#[derive(Default, Clone)]
+pub(super) struct FtpSamples {
+    rate: Vec<f64>,
+    /// 227 transit (server's interface to client's), one session at a time: p50, p99 in us.
+    quiet: Vec<(f64, f64)>,
+    /// The same under the saturating load.
+    loaded: Vec<(f64, f64)>,
+    failures: u64,
+    agent: Vec<AgentTimes>,
+}
+
+/// The agent's own accounting of a run, per punted packet.
+#[derive(Clone, Copy)]
+struct AgentTimes {
+    /// From the BPF program's punt to the agent taking the packet from the ring, ns.
+    wait_ns: f64,
+    /// From taking it to having sent what it produced, ns.
+    busy_ns: f64,
+}
+
+pub(super) struct FtpSample {
+    pub(super) rate: f64,
+    quiet: (f64, f64),
+    loaded: (f64, f64),
+    pub(super) failures: u64,
+    agent: Option<AgentTimes>,
+}
+
+impl FtpSamples {
+    pub(super) fn push(&mut self, sample: FtpSample) {
+        self.rate.push(sample.rate);
+        self.quiet.push(sample.quiet);
+        self.loaded.push(sample.loaded);
+        self.failures += sample.failures;
+        self.agent.extend(sample.agent);
+    }
+}
+
+impl std::fmt::Display for FtpSample {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.0} sessions/s, 227 transit p50/p99 {:.0}/{:.0} us alone, {:.0}/{:.0} us loaded, {} failed",
+            self.rate, self.quiet.0, self.quiet.1, self.loaded.0, self.loaded.1, self.failures
+        )
+    }
+}
+
+/// Workers running sessions at once in the loaded phase.
+const FTP_PARALLEL: &str = "8";
+/// Seconds of one-session-at-a-time traffic for the quiet transit figures.
+const QUIET_SECONDS: u32 = 3;
+
+/// One FTP configuration on a lab of its own. With `profile`, the agent (gateway runs only) is
+/// profiled by `perf` during the loaded phase, into `profile`.
+pub(super) fn measure(
+    setup: FtpSetup,
+    gateway_binary: &Path,
+    seconds: u32,
+    profile: Option<&Path>,
+) -> anyhow::Result<FtpSample> {
+    let prefix = format!("{}f", unique_prefix());
+    let lab = Lab::up(&prefix, LabOptions::default())?;
+    let root = std::env::temp_dir().join(format!("{prefix}-ftp"));
+    std::fs::create_dir_all(&root)?;
+    for index in 0..20 {
+        std::fs::write(root.join(format!("file{index}")), b"listed\n")?;
+    }
+    let result = measure_on(
+        &lab,
+        &prefix,
+        &root,
+        setup,
+        gateway_binary,
+        seconds,
+        profile,
+    );
+    let _ = std::fs::remove_dir_all(&root);
+    result
+}
+
+fn measure_on(
+    lab: &Lab,
+    prefix: &str,
+    root: &Path,
+    setup: FtpSetup,
+    gateway_binary: &Path,
+    seconds: u32,
+    profile: Option<&Path>,
+) -> anyhow::Result<FtpSample> {
+    let _server = gateway_tests::ftp::Script::spawn(
+        &lab.inside,
+        "load_server.py",
+        &[&lab::SERVER.to_string(), root.to_str().context("path")?],
+    )?;
+    gateway_tests::ftp::wait_listening(&lab.inside, 21, Duration::from_secs(10))?;
+    let mut gateway = None;
+    let mut _config = None;
+    let target = match setup {
+        FtpSetup::Plain => {
+            lab.outside
+                .sh(&format!("ip route add 10.0.0.0/24 via {}", lab::PUBLIC))?;
+            lab::SERVER
+        }
+        FtpSetup::NftablesHelper => {
+            // The helpers are modules of the host kernel; assigning one is per namespace.
+            let _ = Command::new("modprobe").arg("nf_nat_ftp").status();
+            lab.router.sh(&format!(
+                "nft -f - <<'EOF'
+table ip bench_ftp {{
+    ct helper ftp-standard {{
+        type \"ftp\" protocol tcp;
+    }}
+    chain prerouting {{
+        type nat hook prerouting priority dstnat;
+        ip daddr {public} tcp dport 21 dnat to {server}:21
+    }}
+    chain helpers {{
+        type filter hook prerouting priority 0;
+        ip daddr {server} tcp dport 21 ct helper set \"ftp-standard\"
+    }}
+}}
+EOF",
+                public = lab::PUBLIC,
+                server = lab::SERVER,
+            ))?;
+            lab::PUBLIC
+        }
+        FtpSetup::Gateway => {
+            // As packaged (packaging/gateway.toml): the agent, on the packet path of every
+            // control connection, runs at a real-time priority.
+            let text = format!(
+                "{}alg = \"ftp\"\n\n[ftp]\nrealtime_priority = 10\n",
+                lab::gateway_config(
+                    "tc",
+                    &[(
+                        SocketAddrV4::new(lab::PUBLIC, 21),
+                        SocketAddrV4::new(lab::SERVER, 21),
+                        "tcp"
+                    )]
+                )
+            );
+            let config = TempFile::write(&format!("{prefix}-gateway.toml"), &text);
+            gateway = Some(GatewayProcess::start_binary(
+                gateway_binary,
+                &lab.router,
+                &config.0,
+                &[],
+            )?);
+            _config = Some(config);
+            lab::PUBLIC
+        }
+    };
+
+    let capture = ReplyCapture::start(lab, prefix, "quiet")?;
+    rate_run(lab, target, QUIET_SECONDS, "1")?;
+    let quiet = percentiles(capture.finish()?);
+
+    let capture = ReplyCapture::start(lab, prefix, "loaded")?;
+    let perf = match (profile, &gateway) {
+        (Some(path), Some(gateway)) => Some(Perf::record(gateway.pid(), path)?),
+        _ => None,
+    };
+    let value = rate_run(lab, target, seconds, FTP_PARALLEL)?;
+    if let Some(perf) = perf {
+        perf.stop()?;
+    }
+    let loaded = percentiles(capture.finish()?);
+
+    let agent = gateway.as_ref().and_then(|gateway| {
+        let stats: serde_json::Value =
+            serde_json::from_str(&gateway.ask(&["stats", "--json"]).ok()?).ok()?;
+        let counter = |name: &str| {
+            stats["alg"]
+                .as_array()?
+                .iter()
+                .find(|pair| pair[0] == name)?[1]
+                .as_f64()
+        };
+        let handled = counter("alg_handled")?.max(1.0);
+        Some(AgentTimes {
+            wait_ns: counter("alg_wait_ns")? / handled,
+            busy_ns: counter("alg_busy_ns")? / handled,
+        })
+    });
+    let sessions = value["sessions"].as_f64().unwrap_or(0.0);
+    let elapsed = value["seconds"]
+        .as_f64()
+        .filter(|s| *s > 0.0)
+        .unwrap_or(seconds as f64);
+    Ok(FtpSample {
+        rate: sessions / elapsed,
+        quiet,
+        loaded,
+        failures: value["failures"].as_u64().unwrap_or(0),
+        agent,
+    })
+}
+
+/// `ftp_rate.py` from the outside host: its JSON result.
+fn rate_run(
+    lab: &Lab,
+    target: std::net::Ipv4Addr,
+    seconds: u32,
+    parallel: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let output = gateway_tests::ftp::Script::spawn(
+        &lab.outside,
+        "ftp_rate.py",
+        &[&target.to_string(), &seconds.to_string(), parallel],
+    )?
+    .finish(Duration::from_secs(u64::from(seconds) + 120))?;
+    serde_json::from_str(output.trim()).context("ftp_rate.py output")
+}
+
+/// (p50, p99) of transit times in us; NaN for none.
+fn percentiles(mut values: Vec<f64>) -> (f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let percentile = |p: f64| {
+        values
+            .get(((values.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    (percentile(0.5), percentile(0.99))
+}
+
+/// Captures of 227 replies on the server's interface (as it sends them) and on the client's
+/// (as it receives them).
+struct ReplyCapture {
+    server: Tcpdump,
+    client: Tcpdump,
+}
+
+/// TCP segments from port 21 whose payload starts with "227 ". A filter in the kernel: the
+/// captures see one packet per session, so they cost the load next to nothing.
+const REPLY_227_FILTER: &str = "tcp src port 21 and tcp[((tcp[12:1] & 0xf0) >> 2):4] = 0x32323720";
+
+impl ReplyCapture {
+    fn start(lab: &Lab, prefix: &str, phase: &str) -> anyhow::Result<ReplyCapture> {
+        let file = |side: &str| std::env::temp_dir().join(format!("{prefix}-{phase}-{side}.pcap"));
+        Ok(ReplyCapture {
+            server: Tcpdump::start(&lab.inside, file("server"))?,
+            client: Tcpdump::start(&lab.outside, file("client"))?,
+        })
+    }
+
+    /// Transit times in us of the replies seen on both sides, matched by the client's port
+    /// (one 227 per session; a retransmission counts from its first copy).
+    fn finish(self) -> anyhow::Result<Vec<f64>> {
+        let sent = first_reply_per_client_port(&self.server.finish()?)?;
+        let received = first_reply_per_client_port(&self.client.finish()?)?;
+        Ok(received
+            .iter()
+            .filter_map(|(port, at)| {
+                let sent = sent.get(port)?;
+                Some((*at as f64 - *sent as f64) / 1000.0)
+            })
+            .collect())
+    }
+}
+
+struct Tcpdump {
+    child: Child,
+    file: PathBuf,
+}
+
+impl Tcpdump {
+    /// Starts capturing on the host's interface; returns once tcpdump is listening.
+    fn start(netns: &Netns, file: PathBuf) -> anyhow::Result<Tcpdump> {
+        let mut child = netns
+            .command("tcpdump")
+            .args(["-i", lab::HOST_IF, "-U", "-s", "256", "-w"])
+            .arg(&file)
+            .args(["--time-stamp-precision=nano", REPLY_227_FILTER])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("start tcpdump (cargo xtask setup installs it)")?;
+        let stderr = child.stderr.take().context("tcpdump stderr")?;
+        let mut line = String::new();
+        BufReader::new(stderr).read_line(&mut line)?;
+        if !line.contains("listening on") {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("tcpdump in {} did not start: {}", netns.name(), line.trim());
+        }
+        Ok(Tcpdump { child, file })
+    }
+
+    /// Stops tcpdump (SIGINT: it writes out what it holds) and returns the capture's packets
+    /// with their timestamps in ns.
+    fn finish(mut self) -> anyhow::Result<Vec<(u64, Vec<u8>)>> {
+        stop_gently(&mut self.child);
+        let bytes =
+            std::fs::read(&self.file).with_context(|| format!("read {}", self.file.display()))?;
+        let _ = std::fs::remove_file(&self.file);
+        read_pcap(&bytes)
+    }
+}
+
+impl Drop for Tcpdump {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+/// SIGINT, then waits up to 10 s before killing.
+fn stop_gently(child: &mut Child) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    for _ in 0..100 {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The packets of a pcap file (microsecond or nanosecond, either byte order), each with its
+/// timestamp in ns.
+fn read_pcap(bytes: &[u8]) -> anyhow::Result<Vec<(u64, Vec<u8>)>> {
+    let header = bytes
+        .get(..24)
+        .context("pcap file shorter than its header")?;
+    let magic = [header[0], header[1], header[2], header[3]];
+    let (little, nanos) = match magic {
+        [0xd4, 0xc3, 0xb2, 0xa1] => (true, false),
+        [0xa1, 0xb2, 0xc3, 0xd4] => (false, false),
+        [0x4d, 0x3c, 0xb2, 0xa1] => (true, true),
+        [0xa1, 0xb2, 0x3c, 0x4d] => (false, true),
+        _ => bail!("not a pcap file (magic {magic:02x?})"),
+    };
+    let word = |at: &[u8]| {
+        let word = [at[0], at[1], at[2], at[3]];
+        if little {
+            u32::from_le_bytes(word)
+        } else {
+            u32::from_be_bytes(word)
+        }
+    };
+    let mut packets = Vec::new();
+    let mut rest = &bytes[24..];
+    while !rest.is_empty() {
+        let record = rest.get(..16).context("pcap record header cut short")?;
+        let (seconds, fraction, length) =
+            (word(&record[0..]), word(&record[4..]), word(&record[8..]));
+        let length = length as usize;
+        let data = rest.get(16..16 + length).context("pcap record cut short")?;
+        let fraction_ns = if nanos {
+            u64::from(fraction)
+        } else {
+            u64::from(fraction) * 1000
+        };
+        packets.push((
+            u64::from(seconds) * 1_000_000_000 + fraction_ns,
+            data.to_vec(),
+        ));
+        rest = &rest[16 + length..];
+    }
+    Ok(packets)
+}
+
+/// The first 227 each client port received or was sent, by timestamp (Ethernet frames).
+fn first_reply_per_client_port(packets: &[(u64, Vec<u8>)]) -> anyhow::Result<HashMap<u16, u64>> {
+    let mut first = HashMap::new();
+    for (at, frame) in packets {
+        let Some(summary) = gateway_tests::packet::summarize(frame) else {
+            continue;
+        };
+        if !gateway_tests::packet::payload(frame)
+            .is_some_and(|payload| payload.starts_with(b"227 "))
+        {
+            continue;
+        }
+        first.entry(summary.dst_port).or_insert(*at);
+    }
+    Ok(first)
+}
+
+/// `perf record` of one process, with call graphs.
+struct Perf {
+    child: Child,
+}
+
+impl Perf {
+    fn record(pid: u32, output: &Path) -> anyhow::Result<Perf> {
+        let child = Command::new("perf")
+            .args([
+                "record",
+                "-q",
+                "-F",
+                "2999",
+                "-g",
+                "-p",
+                &pid.to_string(),
+                "-o",
+            ])
+            .arg(output)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start perf record")?;
+        // perf needs a moment to attach before the load starts.
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(Perf { child })
+    }
+
+    fn stop(mut self) -> anyhow::Result<()> {
+        stop_gently(&mut self.child);
+        Ok(())
+    }
+}
+
+/// Where the agent's time went, from a `perf record` file: the share of its samples under
+/// each stage (inclusive), and the hottest functions (exclusive).
+pub(super) fn profile_summary(path: &Path) -> anyhow::Result<String> {
+    let report = |args: &[&str]| -> anyhow::Result<String> {
+        let output = Command::new("perf")
+            .args(["report", "--stdio", "-i"])
+            .arg(path)
+            .args(args)
+            .stderr(Stdio::null())
+            .output()
+            .context("perf report")?;
+        if !output.status.success() {
+            bail!("perf report failed ({})", output.status);
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    // Inclusive shares of the stages a punted packet goes through.
+    let children = report(&[
+        "--children",
+        "--sort",
+        "sym",
+        "-g",
+        "none",
+        "--percent-limit",
+        "0.5",
+    ])?;
+    let stages = [
+        (
+            "waiting for packets (epoll_wait, including the switch back to the agent)",
+            "epoll_wait",
+        ),
+        ("reading the punt ring", "RingBuf"),
+        (
+            "the ALG: parsing, the FTP core, rewriting (ControlTable::on_packet)",
+            "ControlTable::on_packet",
+        ),
+        (
+            "  of which the FTP core (gateway_ftp::session::Session::on_segment)",
+            "Session::on_segment",
+        ),
+        (
+            "  of which BPF map updates (bpf(2): expectations, claims)",
+            "__sys_bpf",
+        ),
+        (
+            "sending (sendto on the raw socket, including the receiving host's stack on veth)",
+            "__libc_sendto",
+        ),
+        (
+            "  of which the receiving TCP stack (tcp_v4_rcv)",
+            "tcp_v4_rcv",
+        ),
+        (
+            "  of which preemption by the woken receiver (finish_task_switch)",
+            "exit_to_user_mode_loop",
+        ),
+    ];
+    let mut out = String::new();
+    writeln!(
+        out,
+        "| stage | share of the agent's samples (inclusive) |\n| --- | --- |"
+    )?;
+    for (stage, symbol) in stages {
+        let share = children
+            .lines()
+            .filter(|line| {
+                line.contains(symbol) && line.trim_start().starts_with(|c: char| c.is_ascii_digit())
+            })
+            .filter_map(|line| {
+                line.split_whitespace()
+                    .next()?
+                    .trim_end_matches('%')
+                    .parse::<f64>()
+                    .ok()
+            })
+            .fold(None, |best: Option<f64>, share| {
+                Some(best.map_or(share, |best| best.max(share)))
+            });
+        match share {
+            Some(share) => writeln!(out, "| {stage} | {share:.1}% |")?,
+            None => writeln!(out, "| {stage} | below 0.5% |")?,
+        }
+    }
+    let flat = report(&[
+        "--no-children",
+        "--sort",
+        "dso,sym",
+        "-g",
+        "none",
+        "--percent-limit",
+        "1.5",
+    ])?;
+    writeln!(out, "\nHottest functions (exclusive):\n\n```")?;
+    for line in flat
+        .lines()
+        .filter(|line| line.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .take(15)
+    {
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    writeln!(out, "```")?;
+    Ok(out)
+}
+
+pub(super) fn report(
+    samples: &[FtpSamples],
+    profile: Option<&str>,
+    options: &Options,
+) -> anyhow::Result<String> {
+    let mut out = String::new();
+    writeln!(out, "\n## FTP through the ALG\n")?;
+    writeln!(
+        out,
+        "A published pyftpdlib (async) at 203.0.113.1:21. Sessions: {FTP_PARALLEL} client workers run complete sessions back to back\n(connect, anonymous login, PASV, LIST over the data connection, QUIT) for {} s, which saturates both CPUs with\nthe client, the server and the gateway together; {} runs per setup, alternating; median and range.\n\nThe 227's transit is measured from captures on both sides: tcpdump (a kernel filter that keeps only 227 replies)\non the server's interface, where the reply leaves, and on the client's, where it arrives; kernel timestamps of\none clock, matched by the client's port. Once with one session at a time ({QUIET_SECONDS} s, alone) and once during the\nsaturating sessions run (loaded). What a gateway adds is its transit minus plain forwarding's.\nLinux: nftables DNAT with the `ftp` conntrack helper assigned explicitly (nf_conntrack_ftp and nf_nat_ftp\nrewrite the 227 in the kernel). The gateway runs as packaged: the agent at real-time priority\n(`[ftp] realtime_priority = 10`).\n",
+        options.seconds, options.runs
+    )?;
+    writeln!(
+        out,
+        "| setup | sessions/s (range) | vs Linux | 227 transit alone, p50 / p99 us | added alone, p50 / p99 us | 227 transit loaded, p50 / p99 us | added loaded, p50 / p99 us | failed sessions |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
+    )?;
+    let linux = median(&samples[1].rate);
+    let medians = |pairs: &[(f64, f64)]| {
+        let p50: Vec<f64> = pairs.iter().map(|pair| pair.0).collect();
+        let p99: Vec<f64> = pairs.iter().map(|pair| pair.1).collect();
+        (median(&p50), median(&p99))
+    };
+    let plain_quiet = medians(&samples[0].quiet);
+    let plain_loaded = medians(&samples[0].loaded);
+    let mut added = Vec::new();
+    for (setup, sample) in FtpSetup::ALL.iter().zip(samples) {
+        let rate = median(&sample.rate);
+        let (low, high) = spread(&sample.rate);
+        let quiet = medians(&sample.quiet);
+        let loaded = medians(&sample.loaded);
+        let added_quiet = (quiet.0 - plain_quiet.0, quiet.1 - plain_quiet.1);
+        let added_loaded = (loaded.0 - plain_loaded.0, loaded.1 - plain_loaded.1);
+        added.push((added_quiet, added_loaded));
+        let show = |pair: (f64, f64)| {
+            if *setup == FtpSetup::Plain {
+                "-".to_owned()
+            } else {
+                format!("{:.0} / {:.0}", pair.0, pair.1)
+            }
+        };
+        writeln!(
+            out,
+            "| {} | {rate:.0} ({low:.0}-{high:.0}) | {:.2}x | {:.0} / {:.0} | {} | {:.0} / {:.0} | {} | {} |",
+            setup.name(),
+            rate / linux,
+            quiet.0,
+            quiet.1,
+            show(added_quiet),
+            loaded.0,
+            loaded.1,
+            show(added_loaded),
+            sample.failures
+        )?;
+    }
+    let gateway = FtpSetup::ALL
+        .iter()
+        .position(|setup| *setup == FtpSetup::Gateway)
+        .context("no gateway setup")?;
+    if !samples[gateway].agent.is_empty() {
+        let wait: Vec<f64> = samples[gateway].agent.iter().map(|a| a.wait_ns).collect();
+        let busy: Vec<f64> = samples[gateway].agent.iter().map(|a| a.busy_ns).collect();
+        writeln!(
+            out,
+            "\nWhere a punted packet's time goes, from the agent's counters (means over the loaded runs, median of the\nruns): {:.1} us from the BPF program's punt to the agent taking it from the ring (wake-up and scheduling;\nthe punt itself is the `punt` row of the first table), then {:.1} us until what it produced is sent\n(parsing, the FTP core, map updates, and the raw socket's send, which on veth also runs the receiving\nhost's stack on the agent's CPU). A session is about 21 punted packets. nf_nat_ftp does its work inside the\nkernel's forwarding path, with no trip to user space.",
+            median(&wait) / 1000.0,
+            median(&busy) / 1000.0
+        )?;
+    }
+    if let Some(profile) = profile {
+        writeln!(
+            out,
+            "\nProfile of the agent during one loaded run (`perf record -g`, 2999 Hz):\n\n{profile}"
+        )?;
+    }
+    let ratio = median(&samples[gateway].rate) / linux;
+    let ((_, quiet_p99), (_, loaded_p99)) = added[gateway];
+    let verdict = |met: bool| if met { "met" } else { "missed" };
+    writeln!(
+        out,
+        "\nTargets (benchmark issue): FTP sessions/s >= Linux: {} ({ratio:.2}x); added 227 latency p99 <= 200 us: {} alone ({quiet_p99:.0} us), {} loaded ({loaded_p99:.0} us).",
+        verdict(ratio >= 1.0),
+        verdict(quiet_p99 <= 200.0),
+        verdict(loaded_p99 <= 200.0),
+    )?;
+    Ok(out)
+}
