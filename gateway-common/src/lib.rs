@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod checksum;
+pub mod icmp;
 
 use core::net::{Ipv4Addr, SocketAddrV4};
 
@@ -31,9 +32,10 @@ pub mod names {
     pub const PUNT_ENDPOINTS: &str = "PUNT_ENDPOINTS";
     pub const FRAGMENTS: &str = "FRAGMENTS";
     pub const LAYOUT: &str = "LAYOUT";
+    pub const REDIRECT_PORTS: &str = "REDIRECT_PORTS";
     /// Every map of the object: what `[dataplane] pin_path` pins, and a restarted agent
     /// adopts.
-    pub const ALL_MAPS: [&str; 13] = [
+    pub const ALL_MAPS: [&str; 14] = [
         PUBLISH_DNAT,
         PUBLISH_SNAT,
         STATS,
@@ -47,6 +49,7 @@ pub mod names {
         PUNT_ENDPOINTS,
         FRAGMENTS,
         LAYOUT,
+        REDIRECT_PORTS,
     ];
 }
 
@@ -54,6 +57,9 @@ pub mod names {
 /// whenever any of them changes, so that an agent never adopts pinned maps of another layout
 /// (it refuses, and says how to start fresh). Stored in the `LAYOUT` map.
 pub const LAYOUT_VERSION: u32 = 2;
+
+/// Interfaces in `REDIRECT_PORTS` (the gateway attaches to two; room for more).
+pub const MAX_REDIRECT_PORTS: u32 = 64;
 
 /// Capacity of each published-server map. A publish is one (address, port, protocol) triple,
 /// so this bounds the number of `[[publish]]` entries in a config.
@@ -310,8 +316,9 @@ pub struct NatConfig {
     pub port_max: u16,
     /// One of the `filtering` constants.
     pub filtering: u32,
-    /// Non-zero: TC forwards translated packets itself (FIB lookup and redirect) instead of
-    /// handing them to the stack.
+    /// Non-zero: the programs forward translated packets themselves (FIB lookup, then
+    /// `bpf_redirect_neigh` from TC, a devmap redirect from XDP) instead of handing them to
+    /// the stack.
     pub bpf_forwarding: u32,
     /// Interface roles (ifindex; 0 = not set): new masqueraded connections only come in on
     /// the inside one, unsolicited traffic is only judged on the outside one, and a packet
@@ -378,7 +385,7 @@ unsafe impl aya::Pod for NatConfig {}
 ///
 /// The agent sums them over CPUs. Every packet the programs see lands in exactly one of the
 /// verdict counters (translated, passed for a reason, or dropped for a reason); `Redirected`
-/// counts, besides, the translated packets TC forwarded itself.
+/// and `FragNeededSent` count, besides, what happened to a translated packet next.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
@@ -417,8 +424,8 @@ pub enum Counter {
     /// A later fragment of a datagram whose first fragment was not seen, that would otherwise
     /// leave untranslated (or vanish in the gateway's own reassembly).
     DropFragmentUnknown = 16,
-    /// A translated packet forwarded by the TC program itself (FIB lookup and redirect),
-    /// past the gateway's stack. Counted in addition to its translation counter.
+    /// A translated packet forwarded by the program itself (FIB lookup and redirect), past the
+    /// gateway's stack. Counted in addition to its translation counter.
     Redirected = 17,
     /// Arrived on the outside interface with a source address of an inside network.
     DropSpoofed = 18,
@@ -431,10 +438,15 @@ pub enum Counter {
     /// A packet of an FTP control connection that the punt ring had no room for (or that is
     /// larger than a record): dropped, never forwarded untranslated; TCP retransmits it.
     DropPuntFailed = 22,
+    /// A packet with DF too big for the next link once translated: answered with ICMP
+    /// fragmentation-needed to its original sender, quoting its original header (RFC 1191
+    /// path-MTU discovery), instead of being forwarded. Counted in addition to its
+    /// translation counter.
+    FragNeededSent = 23,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 23] = [
+    pub const ALL: [Counter; 24] = [
         Counter::DnatPublished,
         Counter::SnatPublished,
         Counter::PassNotIpv4,
@@ -458,6 +470,7 @@ impl Counter {
         Counter::ExpectationExpired,
         Counter::Punted,
         Counter::DropPuntFailed,
+        Counter::FragNeededSent,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -487,6 +500,7 @@ impl Counter {
             Counter::ExpectationExpired => "expectation_expired",
             Counter::Punted => "punted",
             Counter::DropPuntFailed => "drop_punt_failed",
+            Counter::FragNeededSent => "frag_needed_sent",
         }
     }
 }

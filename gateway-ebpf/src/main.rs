@@ -26,10 +26,9 @@ use crate::nat::Verdict;
 #[xdp]
 pub fn gateway_xdp(ctx: XdpContext) -> u32 {
     let mut ctx = ctx;
-    match nat::translate(&mut ctx) {
-        // XDP forwarding (FIB lookup and devmap redirect) is not implemented: translated
-        // packets continue into the stack, which routes them.
-        Verdict::Pass | Verdict::Forward => xdp_action::XDP_PASS,
+    match nat::translate(&mut ctx, forward::fresh_quote()) {
+        Verdict::Pass => xdp_action::XDP_PASS,
+        Verdict::Forward => forward::xdp_forward(&mut ctx),
         Verdict::Drop => xdp_action::XDP_DROP,
     }
 }
@@ -37,7 +36,7 @@ pub fn gateway_xdp(ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn gateway_tc(ctx: TcContext) -> i32 {
     let mut ctx = ctx;
-    match nat::translate(&mut ctx) {
+    match nat::translate(&mut ctx, forward::fresh_quote()) {
         Verdict::Pass => TC_ACT_OK,
         Verdict::Forward => forward::tc_redirect(&mut ctx),
         Verdict::Drop => TC_ACT_SHOT,

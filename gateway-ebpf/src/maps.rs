@@ -1,14 +1,15 @@
 //! The maps shared with the agent. Names and value types come from `gateway-common`; sizes
 //! are the defaults, which the agent may override at load time.
 
+use crate::forward::Scratch;
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use gateway_common::{
     Counter, DEFAULT_MAX_SESSIONS, Endpoint, ExpectationEntry, ExpectationKey, FlowKey,
     FragmentKey, FragmentTranslation, MAX_EXPECTATIONS, MAX_FRAGMENTED_DATAGRAMS, MAX_PUBLISHED,
-    MAX_PUNT_ENDPOINTS, NatConfig, PUNT_RING_BYTES, PeerKey, Session,
+    MAX_PUNT_ENDPOINTS, MAX_REDIRECT_PORTS, NatConfig, PUNT_RING_BYTES, PeerKey, Session,
 };
 
 /// Published servers, keyed by public endpoint: where to send traffic addressed to it.
@@ -70,6 +71,17 @@ pub static LAYOUT: Array<u32> = Array::with_max_entries(1, 0);
 /// Masquerade and timeout settings; element 0.
 #[map(name = "NAT_CONFIG")]
 pub static NAT_CONFIG: Array<NatConfig> = Array::with_max_entries(1, 0);
+
+/// The interfaces XDP may redirect translated packets to, keyed by ifindex: the ones the agent
+/// attached the fast path to (it keeps the map in step when an interface comes back with a new
+/// ifindex). An egress interface not in here gets the packet through the stack instead.
+#[map(name = "REDIRECT_PORTS")]
+pub static REDIRECT_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_REDIRECT_PORTS, 0);
+
+/// Per-CPU room for the quote of the packet being handled and the ICMP message built from it
+/// (element 0; see `forward::Scratch`).
+#[map(name = "SCRATCH")]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU packet counters, indexed by [`Counter`].
 #[map(name = "STATS")]

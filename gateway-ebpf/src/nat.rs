@@ -16,6 +16,7 @@ use gateway_common::{
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
+    forward::Quote,
     maps::{
         EXPECTATIONS, FRAGMENTS, MASQ_BY_PRIVATE, MASQ_BY_PUBLIC, MASQ_PEERS, NAT_CONFIG,
         PUBLISH_DNAT, PUBLISH_SNAT, PUNT_ENDPOINTS, SESSIONS, count,
@@ -108,9 +109,11 @@ impl Headers {
     }
 }
 
+/// Translates the packet in place. `quote` receives the head of the packet as it arrived,
+/// for the fragmentation-needed message forwarding may have to send instead of it.
 #[inline(always)]
-pub fn translate<P: Packet>(packet: &mut P) -> Verdict {
-    let counter = match try_translate(packet) {
+pub fn translate<P: Packet>(packet: &mut P, quote: Option<&mut Quote>) -> Verdict {
+    let counter = match try_translate(packet, quote) {
         Ok(counter) | Err(counter) => counter,
     };
     count(counter);
@@ -138,11 +141,14 @@ pub fn translate<P: Packet>(packet: &mut P) -> Verdict {
 
 /// Returns the counter that describes what happened to the packet.
 #[inline(always)]
-fn try_translate<P: Packet>(packet: &mut P) -> Result<Counter, Counter> {
+fn try_translate<P: Packet>(packet: &mut P, quote: Option<&mut Quote>) -> Result<Counter, Counter> {
     let headers = match parse(packet)? {
         Parsed::Packet(headers) => headers,
         Parsed::LaterFragment(fragment) => return translate_later_fragment(packet, fragment),
     };
+    if let Some(quote) = quote {
+        quote.take(packet, headers.l4 - ETH_LEN);
+    }
     let result = translate_headers(packet, &headers);
     if let (Ok(_), Some(fragment)) = (&result, headers.first_fragment) {
         remember_fragment(packet, fragment);

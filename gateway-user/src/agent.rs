@@ -31,9 +31,10 @@ use crate::{
         shell::{self, PuntReader, RawSender},
     },
     capture,
-    config::{Config, Hook, XdpMode},
+    config::{Config, Forwarding, Hook, XdpMode},
     dataplane::{
-        Attachment, Dataplane, DataplaneError, LoadOptions, Sweep, Sweeper, monotonic_now_ns,
+        AttachedHook, Attachment, Dataplane, DataplaneError, LoadOptions, Sweep, Sweeper,
+        monotonic_now_ns,
     },
     management::{
         ExpectationRow, Filter, FtpSessionRow, InterfaceStatus, MAX_REQUEST, Request, Response,
@@ -251,8 +252,11 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
     for name in [&config.interfaces.inside, &config.interfaces.outside] {
         let attachment = dataplane.attach(name, hook, xdp_mode)?;
         tracing::info!(interface = %attachment.interface, hook = %attachment.hook, "fast path attached");
+        warn_of_veth_redirect(&attachment, config.dataplane.forwarding);
         attachments.push(Some(attachment));
     }
+    // XDP forwards to the interfaces it is attached to, through a devmap keyed by ifindex.
+    dataplane.set_redirect_ports(&ifindexes)?;
     // Translation happens at ingress, before the kernel routes. The translated packets the
     // stack still routes (all of XDP's; TC's expiring TTLs and oversized packets) reach it on
     // the inside interface already carrying the public source address, usually the gateway's
@@ -427,6 +431,28 @@ fn log_config(config: &Config) {
     }
 }
 
+/// XDP on a veth redirects translated packets to the other veth, whose peer (in another
+/// namespace or container) receives them as XDP frames. The kernel delivers those only to a
+/// peer that can take them: one with GRO on (`ethtool -K <peer> gro on`) or an XDP program of
+/// its own. Otherwise it drops them at transmission (counted in the sending veth's
+/// `ethtool -S` xdp_xmit_errors, and the xdp:xdp_devmap_xmit tracepoint), where this agent
+/// cannot see the peer to check: it says so once per attach.
+fn warn_of_veth_redirect(attachment: &Attachment, forwarding: Forwarding) {
+    let xdp = matches!(
+        attachment.hook,
+        AttachedHook::XdpNative | AttachedHook::XdpGeneric
+    );
+    if !xdp || forwarding != Forwarding::Bpf {
+        return;
+    }
+    if system::driver_info(&attachment.interface).is_ok_and(|info| info.driver == "veth") {
+        tracing::warn!(
+            interface = %attachment.interface,
+            "XDP forwards to veth peers by XDP_REDIRECT: each peer needs GRO on (ethtool -K <peer> gro on) or an XDP program, or the kernel drops what is redirected to it; use hook = \"tc\" on veth, or forwarding = \"kernel\""
+        );
+    }
+}
+
 /// What the host must allow on an interface the fast path translates on, restored when the
 /// guards drop: translated packets the stack still routes reach it on the inside interface
 /// already carrying the public source address, usually the gateway's own, which the kernel
@@ -561,6 +587,7 @@ impl Agent {
                         let _ = self.dataplane.detach(attachment);
                     }
                     tracing::warn!(interface = %name, "interface gone: the fast path waits for it to come back");
+                    self.refresh_redirect_ports();
                 }
                 Some(index) => {
                     if let Some(attachment) = self.attachments[slot].take() {
@@ -592,12 +619,29 @@ impl Agent {
                                 interface = %name, ifindex = index, hook = %attachment.hook,
                                 "interface back: fast path re-attached"
                             );
+                            warn_of_veth_redirect(&attachment, self.config.dataplane.forwarding);
                             self.attachments[slot] = Some(attachment);
+                            self.refresh_redirect_ports();
                         }
                         Err(err) => tracing::warn!(interface = %name, "cannot re-attach: {err:#}"),
                     }
                 }
             }
+        }
+    }
+
+    /// Lets XDP redirect to exactly the interfaces attached now (a returning interface has a
+    /// new ifindex; a gone one's index may be reused by another device).
+    fn refresh_redirect_ports(&mut self) {
+        let attached: Vec<u32> = self
+            .attachments
+            .iter()
+            .zip(self.ifindexes)
+            .filter(|(attachment, _)| attachment.is_some())
+            .map(|(_, ifindex)| ifindex)
+            .collect();
+        if let Err(err) = self.dataplane.set_redirect_ports(&attached) {
+            tracing::warn!("cannot update the XDP redirect ports: {err:#}");
         }
     }
 

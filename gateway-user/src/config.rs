@@ -58,12 +58,15 @@ pub enum XdpMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Forwarding {
-    /// The TC program looks up the route and redirects the packet itself, past the stack
-    /// (packets the stack must see, such as expiring TTLs or oversized ones, still go there).
-    /// XDP hands packets to the stack either way.
+    /// The programs look up the route and forward the packet themselves, past the stack: TC
+    /// with `bpf_redirect_neigh`, XDP with a devmap redirect to an interface the gateway is
+    /// attached to. Packets the stack must see (expiring TTLs, no neighbour entry yet for
+    /// XDP, no route, oversized without DF) still go there; oversized ones with DF are
+    /// answered with ICMP fragmentation-needed to their original sender.
     #[default]
     Bpf,
-    /// Every translated packet continues into the stack, which routes it.
+    /// Every translated packet continues into the stack, which routes it (and answers an
+    /// oversized one with DF itself, addressed to its translated source).
     Kernel,
 }
 

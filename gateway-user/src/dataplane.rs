@@ -7,7 +7,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader, VerifierLogLevel,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, DevMapHash, HashMap, PerCpuArray, RingBuf},
     programs::{
         LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp,
         links::{FdLink, PinnedLink},
@@ -58,6 +58,12 @@ pub enum DataplaneError {
         map: &'static str,
         #[source]
         source: aya::maps::MapError,
+    },
+    #[error("cannot let XDP redirect to ifindex {ifindex}")]
+    RedirectPort {
+        ifindex: u32,
+        #[source]
+        source: aya::maps::xdp::XdpMapError,
     },
     #[error("pin directory {path}: {message}")]
     Pin { path: PathBuf, message: String },
@@ -541,6 +547,39 @@ impl Dataplane {
             .take_map(name)
             .ok_or(DataplaneError::Missing { kind: "map", name })?;
         RingBuf::try_from(map).map_err(map_error(name))
+    }
+
+    /// Sets the interfaces XDP may redirect translated packets to: exactly `ifindexes` (the
+    /// interfaces the fast path is attached to; an interface that came back has a new index,
+    /// and the old one must not stay). Packets routed anywhere else go through the stack.
+    pub fn set_redirect_ports(&mut self, ifindexes: &[u32]) -> Result<(), DataplaneError> {
+        let map_name = names::REDIRECT_PORTS;
+        let mut ports: DevMapHash<_> =
+            DevMapHash::try_from(self.map_mut(map_name)?).map_err(map_error(map_name))?;
+        let stale: Vec<u32> = ports
+            .keys()
+            .flatten()
+            .filter(|key| !ifindexes.contains(key))
+            .collect();
+        for key in stale {
+            let _ = ports.remove(key);
+        }
+        for &ifindex in ifindexes.iter().filter(|&&ifindex| ifindex != 0) {
+            ports
+                .insert(ifindex, ifindex, None, 0)
+                .map_err(|source| DataplaneError::RedirectPort { ifindex, source })?;
+        }
+        Ok(())
+    }
+
+    /// The interfaces XDP may redirect to (see [`Dataplane::set_redirect_ports`]).
+    pub fn redirect_ports(&self) -> Result<Vec<u32>, DataplaneError> {
+        let map_name = names::REDIRECT_PORTS;
+        let ports: DevMapHash<_> =
+            DevMapHash::try_from(self.map(map_name)?).map_err(map_error(map_name))?;
+        let mut keys: Vec<u32> = ports.keys().flatten().collect();
+        keys.sort_unstable();
+        Ok(keys)
     }
 
     /// Tells the fast path which interface is which (after [`Dataplane::configure_nat`]).

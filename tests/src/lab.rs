@@ -139,6 +139,25 @@ impl Lab {
         }
     }
 
+    /// Makes the end hosts' veths take frames the gateway's XDP program redirects to them.
+    ///
+    /// A veth delivers an XDP_REDIRECTed frame only if its peer runs NAPI for XDP: with an XDP
+    /// program of its own, or GRO on. Otherwise the kernel drops the frame at transmission
+    /// (kernel 6.18: the connection just times out). GRO would merge TCP segments and leave
+    /// partial checksums in what the captures check, so each end host gets an XDP program
+    /// that passes everything (which also leaves GRO elided). They stay attached while the
+    /// returned guards live (the links are this process's file descriptors).
+    pub fn accept_xdp_redirects(&self) -> anyhow::Result<Vec<std::os::fd::OwnedFd>> {
+        [&self.inside, &self.outside]
+            .into_iter()
+            .map(|host| {
+                host.spawn(|| crate::xdp_pass_link(HOST_IF))
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("XDP attach thread panicked"))?
+            })
+            .collect()
+    }
+
     pub fn exists(prefix: &str) -> bool {
         Lab::namespace_names(prefix)
             .iter()

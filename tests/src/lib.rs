@@ -53,6 +53,90 @@ pub fn run(command: &mut Command) -> anyhow::Result<Output> {
     Ok(output)
 }
 
+/// The smallest XDP program (`return XDP_PASS`), attached in native mode to `interface` of the
+/// calling thread's namespace through a BPF link, which lasts as long as the returned
+/// descriptor. Loaded with bpf(2) directly: it needs no object file.
+pub fn xdp_pass_link(interface: &str) -> anyhow::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    let name = std::ffi::CString::new(interface)?;
+    // SAFETY: a valid NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if ifindex == 0 {
+        bail!("no interface {interface}");
+    }
+    let insns: [u64; 2] = [
+        0x0000_0002_0000_00b7, // r0 = XDP_PASS
+        0x0000_0000_0000_0095, // exit
+    ];
+    let license = c"GPL";
+    let attr = ProgLoadAttr {
+        prog_type: 6, // BPF_PROG_TYPE_XDP
+        insn_cnt: 2,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        ..Default::default()
+    };
+    // SAFETY: attr is a valid, zero-padded bpf_attr for BPF_PROG_LOAD (cmd 5).
+    let prog = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            5,
+            &attr as *const ProgLoadAttr,
+            std::mem::size_of::<ProgLoadAttr>(),
+        )
+    };
+    if prog < 0 {
+        return Err(std::io::Error::last_os_error()).context("loading an XDP_PASS program");
+    }
+    // SAFETY: a descriptor bpf(2) just returned to us.
+    let prog = unsafe { std::os::fd::OwnedFd::from_raw_fd(prog as i32) };
+    #[repr(C)]
+    #[derive(Default)]
+    struct LinkCreateAttr {
+        prog_fd: u32,
+        target_ifindex: u32,
+        attach_type: u32,
+        flags: u32,
+        _rest: [u64; 8],
+    }
+    let attr = LinkCreateAttr {
+        prog_fd: std::os::fd::AsRawFd::as_raw_fd(&prog) as u32,
+        target_ifindex: ifindex,
+        attach_type: 37, // BPF_XDP
+        ..Default::default()
+    };
+    // SAFETY: attr is a valid, zero-padded bpf_attr for BPF_LINK_CREATE (cmd 28).
+    let link = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            28,
+            &attr as *const LinkCreateAttr,
+            std::mem::size_of::<LinkCreateAttr>(),
+        )
+    };
+    if link < 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("attaching XDP_PASS to {interface}"));
+    }
+    // SAFETY: as above; the link holds its own reference to the program.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(link as i32) })
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    _rest: [u64; 12],
+}
+
 /// Checks what the namespace tests need: root, and a kernel that lets us load BPF programs.
 pub fn check_environment() -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
@@ -67,20 +151,6 @@ pub fn check_environment() -> anyhow::Result<()> {
         0x0000_0000_0000_0095, // exit
     ];
     let license = c"GPL";
-    #[repr(C)]
-    #[derive(Default)]
-    struct ProgLoadAttr {
-        prog_type: u32,
-        insn_cnt: u32,
-        insns: u64,
-        license: u64,
-        log_level: u32,
-        log_size: u32,
-        log_buf: u64,
-        kern_version: u32,
-        prog_flags: u32,
-        _rest: [u64; 12],
-    }
     let attr = ProgLoadAttr {
         prog_type: 3, // BPF_PROG_TYPE_SCHED_CLS
         insn_cnt: 2,

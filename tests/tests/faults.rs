@@ -26,12 +26,40 @@ fn ping_through(lab: &Lab) -> bool {
         .is_ok()
 }
 
-#[test]
-fn an_interface_removed_and_added_again_is_taken_back() {
+/// Packets the router's own stack has forwarded (`Ip: ForwDatagrams`): what the fast path
+/// forwards itself never counts here.
+fn stack_forwarded(lab: &Lab) -> u64 {
+    let snmp = lab.router.sh("cat /proc/net/snmp").expect("snmp");
+    let mut ip = snmp.lines().filter(|line| line.starts_with("Ip:"));
+    let (Some(names), Some(values)) = (ip.next(), ip.next()) else {
+        panic!("no Ip lines in {snmp}");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "ForwDatagrams")
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or_else(|| panic!("no ForwDatagrams in {snmp}"))
+}
+
+fn interface_removed_and_added_again(hook: &str) {
     check_environment().expect("environment");
     let prefix = unique_prefix();
-    let lab = Lab::up(&prefix, LabOptions::default()).expect("lab up");
-    let config = TempFile::write(&format!("{prefix}-gateway.toml"), MASQUERADE);
+    let xdp = hook == "xdp";
+    let options = LabOptions {
+        endpoint_tx_offload: !xdp,
+        ..LabOptions::default()
+    };
+    let lab = Lab::up(&prefix, options).expect("lab up");
+    let mut xdp_receivers = if xdp {
+        lab.accept_xdp_redirects().expect("XDP on the end hosts")
+    } else {
+        Vec::new()
+    };
+    let config = TempFile::write(
+        &format!("{prefix}-gateway.toml"),
+        &format!("{MASQUERADE}\n[dataplane]\nhook = \"{hook}\"\n"),
+    );
     let mut gateway = GatewayProcess::start(&lab.router, &config.0, &[]).expect("gateway");
     assert!(ping_through(&lab), "masquerade works at first");
 
@@ -71,6 +99,16 @@ fn an_interface_removed_and_added_again_is_taken_back() {
             lab::CLIENT
         ))
         .expect("outside side");
+    if xdp {
+        // The outside host's veth is new too: it needs its XDP_PASS again.
+        xdp_receivers.push(
+            lab.outside
+                .spawn(|| gateway_tests::xdp_pass_link(HOST_IF))
+                .join()
+                .expect("thread")
+                .expect("XDP on the new outside veth"),
+        );
+    }
     let mut back = false;
     for _ in 0..50 {
         std::thread::sleep(Duration::from_millis(200));
@@ -90,7 +128,37 @@ fn an_interface_removed_and_added_again_is_taken_back() {
         output.contains("interface back: fast path re-attached"),
         "{output}"
     );
+    if xdp {
+        // The new interface (new ifindex) must be a redirect target: echo requests to it are
+        // forwarded from XDP, not handed to the stack as they would be with a stale devmap.
+        let before = stack_forwarded(&lab);
+        lab.inside
+            .sh(&format!(
+                "ping -c 5 -i 0.2 -W 1 -q {} >/dev/null",
+                lab::CLIENT
+            ))
+            .expect("pings through the re-attached interface");
+        let forwarded = stack_forwarded(&lab) - before;
+        assert_eq!(
+            forwarded,
+            0,
+            "the router's stack forwarded {forwarded} packets: XDP did not redirect to the interface that came back\n{}",
+            gateway.output()
+        );
+    }
     gateway.stop().expect("stop");
+}
+
+#[test]
+fn an_interface_removed_and_added_again_is_taken_back() {
+    interface_removed_and_added_again("auto");
+}
+
+/// XDP redirects through a devmap keyed by ifindex: the agent must put the returning
+/// interface's new ifindex there.
+#[test]
+fn xdp_redirects_to_an_interface_that_came_back() {
+    interface_removed_and_added_again("xdp");
 }
 
 #[test]

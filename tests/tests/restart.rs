@@ -164,8 +164,10 @@ fn pinned_maps_of_another_layout_are_refused() {
         refused.err().expect("a layout mismatch must be refused")
     );
     assert!(
-        message.contains("have layout 99, this agent uses 1")
-            && message.contains("--detach-on-exit"),
+        message.contains(&format!(
+            "have layout 99, this agent uses {}",
+            gateway_common::LAYOUT_VERSION
+        )) && message.contains("--detach-on-exit"),
         "{message}"
     );
 }

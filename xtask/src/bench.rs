@@ -40,20 +40,31 @@ enum Setup {
     /// Plain forwarding between wire-like end hosts: the baseline of the XDP row.
     PlainWireLike,
     GatewayXdp,
+    /// The same hooks with `forwarding = "kernel"`: translated packets routed by the stack,
+    /// for the "BPF forwarding or the stack's, whichever is faster per hook" comparison.
+    GatewayTcKernel,
+    GatewayXdpKernel,
 }
 
 impl Setup {
-    const ALL: [Setup; 5] = [
+    const ALL: [Setup; 7] = [
         Setup::Plain,
         Setup::Nftables,
         Setup::GatewayTc,
         Setup::PlainWireLike,
         Setup::GatewayXdp,
+        Setup::GatewayTcKernel,
+        Setup::GatewayXdpKernel,
     ];
 
-    /// Configurations between wire-like end hosts (checksum offload off).
+    /// Configurations between wire-like end hosts (checksum offload off). Their end hosts
+    /// also carry an XDP_PASS program, so that the veths take the frames the gateway's XDP
+    /// redirects to them (a veth drops them otherwise); the plain baseline gets the same.
     fn wire_like(self) -> bool {
-        matches!(self, Setup::PlainWireLike | Setup::GatewayXdp)
+        matches!(
+            self,
+            Setup::PlainWireLike | Setup::GatewayXdp | Setup::GatewayXdpKernel
+        )
     }
 
     /// The plain-forwarding run this one's added per-packet cost is measured against.
@@ -70,8 +81,10 @@ impl Setup {
             Setup::Plain => "plain forwarding (no NAT)",
             Setup::PlainWireLike => "plain forwarding, wire-like hosts",
             Setup::Nftables => "Linux nftables DNAT",
-            Setup::GatewayTc => "gateway, TC (tcx)",
-            Setup::GatewayXdp => "gateway, native XDP",
+            Setup::GatewayTc => "gateway, TC (tcx), BPF forwarding (redirect_neigh)",
+            Setup::GatewayXdp => "gateway, native XDP, BPF forwarding (devmap redirect)",
+            Setup::GatewayTcKernel => "gateway, TC (tcx), forwarding = kernel",
+            Setup::GatewayXdpKernel => "gateway, native XDP, forwarding = kernel (XDP_PASS)",
         }
     }
 }
@@ -216,6 +229,11 @@ fn measure(
     };
     let prefix = format!("{}b", unique_prefix());
     let lab = Lab::up(&prefix, options)?;
+    let _xdp_receivers = if setup.wire_like() {
+        lab.accept_xdp_redirects()?
+    } else {
+        Vec::new()
+    };
     let public = SocketAddrV4::new(lab::PUBLIC, PORT);
     let private = SocketAddrV4::new(lab::SERVER, PORT);
     let mut _gateway = None;
@@ -241,14 +259,21 @@ EOF",
             ))?;
             public
         }
-        Setup::GatewayTc | Setup::GatewayXdp => {
-            let hook = if setup == Setup::GatewayTc {
+        Setup::GatewayTc | Setup::GatewayXdp | Setup::GatewayTcKernel | Setup::GatewayXdpKernel => {
+            let hook = if matches!(setup, Setup::GatewayTc | Setup::GatewayTcKernel) {
                 "tc"
             } else {
                 "xdp"
             };
-            let text =
+            let mut text =
                 lab::gateway_config(hook, &[(public, private, "tcp"), (public, private, "udp")]);
+            if matches!(setup, Setup::GatewayTcKernel | Setup::GatewayXdpKernel) {
+                text = text.replacen(
+                    &format!("hook = \"{hook}\"\n"),
+                    &format!("hook = \"{hook}\"\nforwarding = \"kernel\"\n"),
+                    1,
+                );
+            }
             let config = TempFile::write(&format!("{prefix}-gateway.toml"), &text);
             _gateway = Some(GatewayProcess::start_binary(
                 gateway_binary,
@@ -439,7 +464,7 @@ fn report(
     writeln!(out, "\n## Across the lab\n")?;
     writeln!(
         out,
-        "The reference lab (client, router, server namespaces joined by veth pairs), rebuilt for every measurement;\nthe configurations alternate, {} runs of {} s each per figure; median and range. All NAT setups publish the same\nserver at 203.0.113.1:{PORT} (plain forwarding routes to it directly instead). TCP: one iperf3 stream.\nUDP: iperf3 `-u -b 0 -l 64`, packets received per second. The native-XDP runs use end hosts with checksum\noffload off (wire-like packets; XDP cannot update partial checksums), which also means no TSO: that, not the\nprogram, is why its TCP figure is low on veth, and why `auto` picks TC there. Its added per-packet cost is\nmeasured against plain forwarding between the same wire-like hosts.\n",
+        "The reference lab (client, router, server namespaces joined by veth pairs), rebuilt for every measurement;\nthe configurations alternate, {} runs of {} s each per figure; median and range. All NAT setups publish the same\nserver at 203.0.113.1:{PORT} (plain forwarding routes to it directly instead). TCP: one iperf3 stream.\nUDP: iperf3 `-u -b 0 -l 64`, packets received per second. The native-XDP runs use end hosts with checksum\noffload off (wire-like packets; XDP cannot update partial checksums), which also means no TSO: that, not the\nprogram, is why its TCP figure is low on veth, and why `auto` picks TC there. Its added per-packet cost is\nmeasured against plain forwarding between the same wire-like hosts. Those end hosts carry an XDP_PASS program:\na veth only takes frames redirected to it by XDP when its peer runs XDP (or GRO).\n",
         options.runs, options.seconds
     )?;
     let pps_of = |setup: Setup| {
@@ -485,7 +510,7 @@ fn report(
     }
     writeln!(
         out,
-        "\nTargets (fast-path issue): TCP bulk >= nftables; added per-packet cost <= half of nftables' (a ratio of 0.50x or\nless in the last column). The TC program forwards translated packets itself (FIB lookup and\nbpf_redirect_neigh, past the router's stack); the XDP program hands them to the stack (XDP redirect through a\ndevmap is not implemented), which is part of its cost here. On veth the UDP sender\nlimits the packet rate, so a NAT's added cost only shows when it exceeds the baseline's run-to-run spread\n(marked as within noise otherwise, and its ratio is then not a measurement); the per-packet costs inside the\nprograms are in the first table. Nothing in this file is edited by hand.",
+        "\nTargets (fast-path issue): TCP bulk >= nftables; added per-packet cost <= half of nftables' (a ratio of 0.50x or\nless in the last column). Forwarding per row: \"BPF forwarding\" (the default, `forwarding = \"bpf\"`) means the\nprogram forwards translated packets itself, past the router's stack: TC by FIB lookup and bpf_redirect_neigh,\nXDP by FIB lookup and XDP_REDIRECT through a devmap; \"forwarding = kernel\" rows hand every translated packet to\nthe stack, which routes it. The faster of each pair is the one to keep for that hook. On veth the UDP sender\nlimits the packet rate, so a NAT's added cost only shows when it exceeds the baseline's run-to-run spread\n(marked as within noise otherwise, and its ratio is then not a measurement); the per-packet costs inside the\nprograms are in the first table. Nothing in this file is edited by hand.",
     )?;
     Ok(out)
 }
