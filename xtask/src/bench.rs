@@ -98,6 +98,8 @@ struct Samples {
 pub struct Options {
     pub seconds: u32,
     pub runs: usize,
+    /// Only the FTP rows, printed rather than written (for work on the ALG).
+    pub ftp_only: bool,
 }
 
 pub fn run(options: &Options) -> anyhow::Result<()> {
@@ -110,6 +112,11 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     .context("cannot install the Ctrl-C handler")?;
     crate::setup::run()?;
     let gateway = crate::build_gateway(true)?;
+    if options.ftp_only {
+        print!("{}", ftp::run(&gateway, options)?);
+        println!("bench: --ftp-only: BENCHMARKS.md left as it is");
+        return Ok(());
+    }
 
     println!("bench: BPF_PROG_TEST_RUN per-packet cost");
     let output = crate::cargo()
@@ -151,48 +158,11 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             samples[index].udp_pps.push(pps);
         }
     }
-    let mut ftp_samples = vec![ftp::FtpSamples::default(); ftp::FtpSetup::ALL.len()];
-    // The agent is profiled in the last gateway run, if perf is there.
-    let profile_path = std::env::temp_dir().join(format!("{}-agent.perf", unique_prefix()));
-    let perf = Command::new("perf")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    for run in 0..options.runs {
-        for (index, setup) in ftp::FtpSetup::ALL.into_iter().enumerate() {
-            println!(
-                "bench: ftp run {}/{}: {}",
-                run + 1,
-                options.runs,
-                setup.name()
-            );
-            let profile = (perf && run + 1 == options.runs).then_some(profile_path.as_path());
-            let sample = ftp::measure(setup, &gateway, options.seconds, profile)
-                .with_context(|| format!("measuring ftp, {}", setup.name()))?;
-            println!("bench:   {sample}");
-            ftp_samples[index].push(sample);
-        }
-    }
-    let profile = if perf {
-        let summary = ftp::profile_summary(&profile_path);
-        let _ = std::fs::remove_file(&profile_path);
-        match summary {
-            Ok(summary) => Some(summary),
-            Err(err) => {
-                println!("bench: no agent profile: {err:#}");
-                None
-            }
-        }
-    } else {
-        println!("bench: perf is not installed: no agent profile");
-        None
-    };
+    let ftp_report = ftp::run(&gateway, options)?;
     println!("bench: concurrency (the soak)");
     let soak = crate::soak::soak(&gateway, 10_000, 1_000, 60)?;
     let mut report = report(&testrun, &samples, options)?;
-    report.push_str(&ftp::report(&ftp_samples, profile.as_deref(), options)?);
+    report.push_str(&ftp_report);
     report.push_str(&format!(
                 "\n## Concurrency\n\nFrom `cargo xtask soak` (run here with 60 s of downloads): {} of {} control sessions opened through the\nALG in {:.1} s and held open, {} passive downloads at a time through them: {} downloads, {} failed\n(sessions and downloads; the target is 0); the agent's memory grew by about {} bytes per control session; {}\nentries (control sessions, session-table entries, expectations) were left once the sessions ended.\n{}\n",
                 soak.opened,

@@ -45,6 +45,9 @@ enum Task {
         /// Runs of every configuration (alternating); medians are reported.
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Only the FTP rows, printed instead of written to BENCHMARKS.md.
+        #[arg(long)]
+        ftp_only: bool,
     },
     /// Load and soak (needs root; bounded in time): thousands of FTP control sessions held
     /// open through the gateway and hundreds of downloads through them, then checks for
@@ -114,9 +117,14 @@ fn main() {
         }
         Task::Demo => demo::run(),
         Task::Fuzz { seconds } => fuzz::run(seconds),
-        Task::Bench { seconds, runs } => bench::run(&bench::Options {
+        Task::Bench {
+            seconds,
+            runs,
+            ftp_only,
+        } => bench::run(&bench::Options {
             seconds,
             runs: runs.max(1),
+            ftp_only,
         }),
         Task::Test { cargo_test_args } => test(&cargo_test_args),
     };

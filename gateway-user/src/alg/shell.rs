@@ -61,14 +61,15 @@ impl PuntReader {
     pub async fn next_batch(&mut self, batch: &mut Vec<(u8, Vec<u8>)>) -> io::Result<BatchRead> {
         let mut guard = self.ring.readable_mut().await?;
         let ring = guard.get_inner_mut();
-        // The punt's clock, truncated as in the header.
+        // The punt's clock, truncated as in the header. Records punted while the ring is being
+        // drained are younger than this: they count as not having waited.
         let taken_ns_low = crate::dataplane::monotonic_now_ns() as u32;
         let mut read = BatchRead::default();
         while let Some(record) = ring.next() {
             match decode(&record) {
                 Some(punted) => {
-                    read.waited_ns +=
-                        u64::from(taken_ns_low.wrapping_sub(punted.header.punted_ns_low));
+                    let waited = taken_ns_low.wrapping_sub(punted.header.punted_ns_low) as i32;
+                    read.waited_ns += waited.max(0) as u64;
                     batch.push((punted.header.reason, punted.packet.to_vec()));
                 }
                 None => read.undecodable += 1,

@@ -104,6 +104,49 @@ const FTP_PARALLEL: &str = "8";
 /// Seconds of one-session-at-a-time traffic for the quiet transit figures.
 const QUIET_SECONDS: u32 = 3;
 
+/// Every FTP configuration, `options.runs` times, alternating: the report's section.
+pub(super) fn run(gateway: &Path, options: &Options) -> anyhow::Result<String> {
+    let mut ftp_samples = vec![FtpSamples::default(); FtpSetup::ALL.len()];
+    // The agent is profiled in the last gateway run, if perf is there.
+    let profile_path = std::env::temp_dir().join(format!("{}-agent.perf", unique_prefix()));
+    let perf = Command::new("perf")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    for run in 0..options.runs {
+        for (index, setup) in FtpSetup::ALL.into_iter().enumerate() {
+            println!(
+                "bench: ftp run {}/{}: {}",
+                run + 1,
+                options.runs,
+                setup.name()
+            );
+            let profile = (perf && run + 1 == options.runs).then_some(profile_path.as_path());
+            let sample = measure(setup, gateway, options.seconds, profile)
+                .with_context(|| format!("measuring ftp, {}", setup.name()))?;
+            println!("bench:   {sample}");
+            ftp_samples[index].push(sample);
+        }
+    }
+    let profile = if perf {
+        let summary = profile_summary(&profile_path);
+        let _ = std::fs::remove_file(&profile_path);
+        match summary {
+            Ok(summary) => Some(summary),
+            Err(err) => {
+                println!("bench: no agent profile: {err:#}");
+                None
+            }
+        }
+    } else {
+        println!("bench: perf is not installed: no agent profile");
+        None
+    };
+    report(&ftp_samples, profile.as_deref(), options)
+}
+
 /// One FTP configuration on a lab of its own. With `profile`, the agent (gateway runs only) is
 /// profiled by `perf` during the loaded phase, into `profile`.
 pub(super) fn measure(
@@ -510,7 +553,7 @@ pub(super) fn profile_summary(path: &Path) -> anyhow::Result<String> {
             "Session::on_segment",
         ),
         (
-            "  of which BPF map updates (bpf(2): expectations, claims)",
+            "  of which BPF map operations (bpf(2): expectations, claims)",
             "__sys_bpf",
         ),
         (
@@ -522,7 +565,7 @@ pub(super) fn profile_summary(path: &Path) -> anyhow::Result<String> {
             "tcp_v4_rcv",
         ),
         (
-            "  of which preemption by the woken receiver (finish_task_switch)",
+            "  of which preemption on the way back from sendto (exit_to_user_mode_loop)",
             "exit_to_user_mode_loop",
         ),
     ];
@@ -559,7 +602,7 @@ pub(super) fn profile_summary(path: &Path) -> anyhow::Result<String> {
         "-g",
         "none",
         "--percent-limit",
-        "1.5",
+        "0.7",
     ])?;
     writeln!(out, "\nHottest functions (exclusive):\n\n```")?;
     for line in flat
