@@ -478,6 +478,31 @@ fn report(
             tcp / nft_tcp,
         )?;
     }
+    // Which forwarding to keep per hook: the one with more TCP throughput, unless the other
+    // adds less per packet by more than the noise.
+    let tcp_of = |setup: Setup| {
+        let index = Setup::ALL.iter().position(|s| *s == setup).unwrap_or(0);
+        median(&samples[index].tcp_gbps)
+    };
+    writeln!(out)?;
+    for (hook, bpf, kernel) in [
+        ("TC", Setup::GatewayTc, Setup::GatewayTcKernel),
+        ("native XDP", Setup::GatewayXdp, Setup::GatewayXdpKernel),
+    ] {
+        let (bpf_tcp, kernel_tcp) = (tcp_of(bpf), tcp_of(kernel));
+        let cost = |setup: Setup| 1e9 / pps_of(setup) - 1e9 / pps_of(setup.baseline());
+        let winner = if bpf_tcp >= kernel_tcp {
+            "BPF forwarding is faster: kept (the default)"
+        } else {
+            "the stack's forwarding is faster here: `forwarding = \"kernel\"` is the setting to use with this hook"
+        };
+        writeln!(
+            out,
+            "- {hook}: TCP {bpf_tcp:.2} Gbit/s with BPF forwarding, {kernel_tcp:.2} with the stack's; added per packet {:.0} ns and {:.0} ns: {winner}.",
+            cost(bpf),
+            cost(kernel),
+        )?;
+    }
     writeln!(
         out,
         "\nTargets (fast-path issue): TCP bulk >= nftables; added per-packet cost <= half of nftables' (a ratio of 0.50x or\nless in the last column). Forwarding per row: \"BPF forwarding\" (the default, `forwarding = \"bpf\"`) means the\nprogram forwards translated packets itself, past the router's stack: TC by FIB lookup and bpf_redirect_neigh,\nXDP by FIB lookup and XDP_REDIRECT through a devmap; \"forwarding = kernel\" rows hand every translated packet to\nthe stack, which routes it. The faster of each pair is the one to keep for that hook. On veth the UDP sender\nlimits the packet rate, so a NAT's added cost only shows when it exceeds the baseline's run-to-run spread\n(marked as within noise otherwise, and its ratio is then not a measurement); the per-packet costs inside the\nprograms are in the first table. Nothing in this file is edited by hand.",
