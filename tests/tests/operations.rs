@@ -355,3 +355,66 @@ fn capture_writes_the_alg_packets_as_punted_and_as_sent() {
             .all(|packet| packet.first().is_some_and(|b| b >> 4 == 4))
     );
 }
+
+/// The scheduling policy and real-time priority of a process (`/proc/PID/stat` fields 41, 40).
+fn scheduling(pid: u32) -> (u32, u32) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // Fields after the command name, which is in parentheses and may hold spaces; the first
+    // of them is field 3.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("comm")
+        .1
+        .split_whitespace()
+        .collect();
+    let field = |n: usize| fields[n - 3].parse::<u32>().expect("number");
+    (field(41), field(40))
+}
+
+#[test]
+fn realtime_priority_is_applied_and_reloaded() {
+    const SCHED_OTHER: u32 = 0;
+    const SCHED_FIFO: u32 = 1;
+    check_environment().expect("environment");
+    let prefix = unique_prefix();
+    let lab = Lab::up(&prefix, LabOptions::default()).expect("lab up");
+    let config = TempFile::write(
+        &format!("{prefix}-gateway.toml"),
+        &config("\n[ftp]\nrealtime_priority = 7\n"),
+    );
+    let gateway = GatewayProcess::start(&lab.router, &config.0, &[]).expect("gateway");
+    assert_eq!(scheduling(gateway.pid()), (SCHED_FIFO, 7));
+
+    // Out of range: refused, the priority stays.
+    std::fs::write(&config.0, config_text("\n[ftp]\nrealtime_priority = 0\n")).unwrap();
+    let refused = gateway.ask(&["reload"]).expect_err("priority 0");
+    assert!(
+        format!("{refused:#}").contains("ftp.realtime_priority = 0"),
+        "{refused:#}"
+    );
+    assert_eq!(scheduling(gateway.pid()), (SCHED_FIFO, 7));
+
+    // Removed: back to the ordinary scheduler.
+    std::fs::write(&config.0, config_text("")).unwrap();
+    let applied = gateway.ask(&["reload"]).expect("reload");
+    assert!(applied.contains("agent priority ordinary"), "{applied}");
+    assert_eq!(scheduling(gateway.pid()), (SCHED_OTHER, 0));
+
+    // And the ALG still answers at its new priority: a passive download through it.
+    let server = FtpServer::start(ServerKind::Vsftpd, &lab.inside, lab::SERVER).expect("vsftpd");
+    server.put("small", b"small file\n").expect("put");
+    let local = std::env::temp_dir().join(format!("{prefix}-small"));
+    ftp::transfer(
+        ftp::Client::Curl,
+        ftp::Mode::Pasv,
+        ftp::Direction::Download,
+        &lab.outside,
+        lab::CLIENT,
+        SocketAddrV4::new(lab::PUBLIC, 21),
+        "small",
+        &local,
+    )
+    .expect("download");
+    assert_eq!(std::fs::read(&local).unwrap(), b"small file\n");
+    let _ = std::fs::remove_file(&local);
+}
