@@ -381,7 +381,7 @@ fn report(
     )?;
     writeln!(
         out,
-        "Median of single runs timed by the kernel, each on a fresh copy of the frame (with `repeat`, later runs\nwould see the already translated frame and time a miss). Includes the test-run timer's own overhead, so read\nthe rows against each other.\n"
+        "Median of single runs timed by the kernel, each on a fresh copy of the frame (with `repeat`, later runs\nwould see the already translated frame and time a miss). Includes the test-run timer's own overhead, so read\nthe rows against each other. These rows have no Linux column: netfilter cannot be run on one crafted frame;\nthe cost it adds per packet is measured across the lab below, beside ours. The punt row is dominated by the\nring buffer's wake-up of its reader, an irq_work self-IPI, which in this VM is a trapped MSR write.\n"
     )?;
     writeln!(out, "| case | XDP ns | TC ns |\n| --- | --- | --- |")?;
     for (case, what) in [
