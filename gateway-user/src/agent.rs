@@ -29,6 +29,7 @@ use crate::{
     alg::{
         control::{AlgSettings, ControlTable},
         shell::{self, PuntReader, RawSender},
+        store::{self, StateStore},
     },
     capture,
     config::{Config, Forwarding, Hook, XdpMode},
@@ -67,7 +68,7 @@ struct Alg {
     captures: Vec<mpsc::Sender<Vec<u8>>>,
     /// With a pinned fast path: where the control sessions are saved, before any packet they
     /// produce leaves (so a restart never finds state older than what the peers saw).
-    state_file: Option<PathBuf>,
+    store: Option<StateStore>,
     /// Punted packets handled, and the time spent on them (translation, state, sending):
     /// where an ALG packet's time goes, for the benchmarks.
     handled: u64,
@@ -102,20 +103,13 @@ impl Alg {
         }
     }
 
-    /// Writes the control sessions to the state file (atomically: a new file renamed over).
-    fn save_state(&self) {
-        let Some(path) = &self.state_file else {
+    /// Saves what changed in the control sessions (the journal; now and then a snapshot).
+    fn save_state(&mut self) {
+        let Some(store) = &mut self.store else {
             return;
         };
-        let result = serde_json::to_vec(&self.table.save())
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| {
-                let temporary = path.with_extension("tmp");
-                std::fs::write(&temporary, bytes)?;
-                std::fs::rename(&temporary, path)
-            });
-        if let Err(err) = result {
-            tracing::warn!(path = %path.display(), "cannot save the ftp sessions: {err}");
+        if let Err(err) = store.save_changes(&mut self.table) {
+            tracing::warn!("cannot save the ftp sessions: {err}");
         }
     }
 
@@ -279,7 +273,14 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         .pin_dir()
         .is_some()
         .then(|| config.ftp.state_file.clone());
-    let table = restore_alg(&config, state_file.as_deref(), dataplane.adopted());
+    let mut table = restore_alg(&config, state_file.as_deref(), dataplane.adopted());
+    let store = match &state_file {
+        Some(path) => Some(
+            StateStore::create(path, &mut table)
+                .with_context(|| format!("cannot save the ftp sessions to {}", path.display()))?,
+        ),
+        None => None,
+    };
     let mut agent = Agent {
         alg: Alg {
             table,
@@ -287,7 +288,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
             send_failures: 0,
             undecodable: 0,
             captures: Vec::new(),
-            state_file,
+            store,
             handled: 0,
             busy_ns: 0,
             waited_ns: 0,
@@ -336,7 +337,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
     tracing::info!(signal = signal_name, "stopping");
     let left_running = agent.dataplane.pin_dir().is_some() && !options.detach_on_exit;
     agent.alg.save_state();
-    let state_path_on_exit = agent.alg.state_file.clone();
+    let state_path_on_exit = state_file;
     let sysctls = std::mem::take(&mut agent.sysctls);
     agent.shutdown(left_running)?;
     if left_running {
@@ -348,7 +349,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
     } else {
         drop(sysctls);
         if let Some(path) = &state_path_on_exit {
-            let _ = std::fs::remove_file(path);
+            StateStore::remove(path);
         }
     }
     Ok(())
@@ -365,23 +366,18 @@ fn restore_alg(config: &Config, state_file: Option<&Path>, adopted: bool) -> Con
         let _ = std::fs::create_dir_all(parent);
     }
     if !adopted {
-        let _ = std::fs::remove_file(path);
+        StateStore::remove(path);
         return ControlTable::new(settings, shell::random_seed());
     }
-    let saved = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            return ControlTable::new(settings, shell::random_seed());
-        }
+    let saved = match store::load(path) {
+        Ok(Some(saved)) => saved,
+        Ok(None) => return ControlTable::new(settings, shell::random_seed()),
         Err(err) => {
-            tracing::warn!(path = %path.display(), "cannot read the saved ftp sessions: {err}");
+            tracing::warn!(path = %path.display(), "saved ftp sessions unreadable: not restored: {err}");
             return ControlTable::new(settings, shell::random_seed());
         }
     };
-    match serde_json::from_slice(&saved)
-        .ok()
-        .and_then(|saved| ControlTable::restore(settings.clone(), saved))
-    {
+    match ControlTable::restore(settings.clone(), saved) {
         Some(table) => {
             tracing::info!(
                 sessions = table.connections(monotonic_now_ns()).len(),
@@ -647,11 +643,10 @@ impl Agent {
 
     fn sweep(&mut self) {
         let now = monotonic_now_ns();
-        if self.alg.table.expire(now, &mut self.dataplane) > 0 {
-            self.alg.save_state();
-        }
+        self.alg.table.expire(now, &mut self.dataplane);
         // The ALG's mappings and claimed data ports have no fast-path session yet.
         self.alg.table.forget_used(&mut self.dataplane);
+        self.alg.save_state();
         let held = self.alg.table.held_endpoints(now);
         match self.dataplane.sweep(&mut self.sweeper, now, &held) {
             Ok(sweep) => {

@@ -263,20 +263,55 @@ impl Connection {
 }
 
 /// Version of [`SavedTable`]'s format; a file of another version is not restored.
-const SAVED_TABLE_VERSION: u32 = 1;
+const SAVED_TABLE_VERSION: u32 = 2;
 
 /// The control sessions as saved to disk, so that a restarted agent (adopting a pinned fast
 /// path) carries on with them: their translation, FTP state and sequence edits.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct SavedTable {
     version: u32,
-    next_id: u64,
-    rng: u64,
-    stats: AlgStats,
+    /// Which journal continues this snapshot (see `alg::state`): changes saved under another
+    /// generation are older than the snapshot.
+    pub generation: u64,
+    meta: SavedMeta,
     connections: Vec<SavedConnection>,
 }
 
+/// The table-wide part of a save.
+#[derive(Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct SavedMeta {
+    next_id: u64,
+    rng: u64,
+    stats: AlgStats,
+}
+
+/// What changed in the table since the last [`ControlTable::take_changes`]: the connections
+/// as they are now, and those that went.
 #[derive(serde::Serialize, serde::Deserialize)]
+pub struct SavedChanges {
+    pub generation: u64,
+    meta: SavedMeta,
+    changed: Vec<SavedConnection>,
+    removed: Vec<u64>,
+}
+
+impl SavedTable {
+    /// Brings the snapshot up to date with changes saved after it.
+    pub fn apply(&mut self, changes: SavedChanges) {
+        self.meta = changes.meta;
+        let gone: HashSet<u64> = changes
+            .removed
+            .iter()
+            .chain(changes.changed.iter().map(|connection| &connection.id))
+            .copied()
+            .collect();
+        self.connections
+            .retain(|connection| !gone.contains(&connection.id));
+        self.connections.extend(changes.changed);
+    }
+}
+
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct SavedConnection {
     id: u64,
     client: SocketAddrV4,
@@ -308,6 +343,10 @@ pub struct ControlTable {
     next_id: u64,
     rng: u64,
     stats: AlgStats,
+    /// Connections changed, and removed, since the last `take_changes`: what a save after a
+    /// batch must write (a save of everything would cost O(sessions) per batch).
+    changed: HashSet<u64>,
+    removed: Vec<u64>,
 }
 
 impl ControlTable {
@@ -320,6 +359,8 @@ impl ControlTable {
             next_id: 1,
             rng: seed | 1,
             stats: AlgStats::default(),
+            changed: HashSet::new(),
+            removed: Vec::new(),
         }
     }
 
@@ -327,49 +368,82 @@ impl ControlTable {
         self.stats
     }
 
-    /// Everything needed to carry on after a restart.
-    pub fn save(&self) -> SavedTable {
+    /// Everything needed to carry on after a restart, as the snapshot of journal
+    /// `generation`. Pending changes are part of it: they are cleared.
+    pub fn save(&mut self, generation: u64) -> SavedTable {
+        self.changed.clear();
+        self.removed.clear();
         SavedTable {
             version: SAVED_TABLE_VERSION,
-            next_id: self.next_id,
-            rng: self.rng,
-            stats: self.stats,
+            generation,
+            meta: self.meta(),
             connections: self
                 .connections
                 .iter()
-                .map(|(id, connection)| SavedConnection {
-                    id: *id,
-                    client: connection.client,
-                    client_seen: connection.client_seen,
-                    server: connection.server,
-                    server_seen: connection.server_seen,
-                    core: connection.core.clone(),
-                    mss_to_client: connection.mss_to_client,
-                    mss_to_server: connection.mss_to_server,
-                    fin_from_client: connection.fin_from_client,
-                    fin_from_server: connection.fin_from_server,
-                    established: connection.established,
-                    reset: connection.reset,
-                    last_seen_ns: connection.last_seen_ns,
-                    created_ns: connection.created_ns,
-                    held: connection
-                        .held
-                        .iter()
-                        .map(|(endpoint, until)| (endpoint.socket(), *until))
-                        .collect(),
-                    expectations: connection
-                        .expectations
-                        .iter()
-                        .map(|(key, expires)| {
-                            (key.endpoint.socket(), Ipv4Addr::from(key.peer), *expires)
-                        })
-                        .collect(),
-                    last_from: connection.last_from.clone(),
-                })
+                .map(|(id, connection)| saved_connection(*id, connection))
                 .collect(),
         }
     }
 
+    /// What changed since the last call (or `save`), if anything, as a record of journal
+    /// `generation`.
+    pub fn take_changes(&mut self, generation: u64) -> Option<SavedChanges> {
+        if self.changed.is_empty() && self.removed.is_empty() {
+            return None;
+        }
+        let changed = self
+            .changed
+            .drain()
+            .filter_map(|id| Some(saved_connection(id, self.connections.get(&id)?)))
+            .collect();
+        Some(SavedChanges {
+            generation,
+            meta: self.meta(),
+            changed,
+            removed: std::mem::take(&mut self.removed),
+        })
+    }
+
+    fn meta(&self) -> SavedMeta {
+        SavedMeta {
+            next_id: self.next_id,
+            rng: self.rng,
+            stats: self.stats,
+        }
+    }
+}
+
+fn saved_connection(id: u64, connection: &Connection) -> SavedConnection {
+    SavedConnection {
+        id,
+        client: connection.client,
+        client_seen: connection.client_seen,
+        server: connection.server,
+        server_seen: connection.server_seen,
+        core: connection.core.clone(),
+        mss_to_client: connection.mss_to_client,
+        mss_to_server: connection.mss_to_server,
+        fin_from_client: connection.fin_from_client,
+        fin_from_server: connection.fin_from_server,
+        established: connection.established,
+        reset: connection.reset,
+        last_seen_ns: connection.last_seen_ns,
+        created_ns: connection.created_ns,
+        held: connection
+            .held
+            .iter()
+            .map(|(endpoint, until)| (endpoint.socket(), *until))
+            .collect(),
+        expectations: connection
+            .expectations
+            .iter()
+            .map(|(key, expires)| (key.endpoint.socket(), Ipv4Addr::from(key.peer), *expires))
+            .collect(),
+        last_from: connection.last_from.clone(),
+    }
+}
+
+impl ControlTable {
     /// A table from a saved one; policies come from `settings` (the config now in force).
     /// `None` for a save of another format version.
     pub fn restore(settings: AlgSettings, saved: SavedTable) -> Option<ControlTable> {
@@ -381,9 +455,11 @@ impl ControlTable {
             connections: HashMap::new(),
             flows: HashMap::new(),
             live_per_client: HashMap::new(),
-            next_id: saved.next_id,
-            rng: saved.rng | 1,
-            stats: saved.stats,
+            next_id: saved.meta.next_id,
+            rng: saved.meta.rng | 1,
+            stats: saved.meta.stats,
+            changed: HashSet::new(),
+            removed: Vec::new(),
         };
         for saved in saved.connections {
             let policy = table
@@ -468,7 +544,7 @@ impl ControlTable {
     /// not acknowledged them yet), to send again: called on a timer.
     pub fn resend_owed(&mut self) -> Vec<Outgoing> {
         let mut outgoing = Vec::new();
-        for connection in self.connections.values_mut() {
+        for (id, connection) in self.connections.iter_mut() {
             if connection.closed() {
                 continue;
             }
@@ -476,6 +552,7 @@ impl ControlTable {
                 let Some(segment) = connection.core.resend_owed(direction) else {
                     continue;
                 };
+                self.changed.insert(*id);
                 let Some(template) = connection.last_from[side(direction)].clone() else {
                     continue;
                 };
@@ -507,7 +584,7 @@ impl ControlTable {
     /// held for them: a used port is held from then on by its data connection's sessions, and
     /// holding it longer would starve the port range under many transfers.
     pub fn forget_used(&mut self, maps: &mut dyn AlgMaps) {
-        for connection in self.connections.values_mut() {
+        for (id, connection) in self.connections.iter_mut() {
             let used: Vec<Endpoint> = connection
                 .expectations
                 .iter()
@@ -517,6 +594,7 @@ impl ControlTable {
             if used.is_empty() {
                 continue;
             }
+            self.changed.insert(*id);
             connection
                 .expectations
                 .retain(|(key, _)| !used.contains(&key.endpoint));
@@ -581,6 +659,9 @@ impl ControlTable {
         };
         let was_live = self.connections.get(&id).is_some_and(|c| !c.closed());
         let outgoing = self.on_segment(id, direction, packet, now_ns, maps);
+        if self.connections.contains_key(&id) {
+            self.changed.insert(id);
+        }
         if let Some(connection) = self.connections.get(&id)
             && was_live
             && connection.closed()
@@ -622,11 +703,15 @@ impl ControlTable {
         for id in &gone {
             self.remove(*id, maps);
         }
-        for connection in self.connections.values_mut() {
+        for (id, connection) in self.connections.iter_mut() {
+            let before = (connection.held.len(), connection.expectations.len());
             connection.held.retain(|(_, until)| *until >= now_ns);
             connection
                 .expectations
                 .retain(|(_, expires)| *expires >= now_ns);
+            if (connection.held.len(), connection.expectations.len()) != before {
+                self.changed.insert(*id);
+            }
         }
         gone.len()
     }
@@ -635,6 +720,8 @@ impl ControlTable {
         let Some(connection) = self.connections.remove(&id) else {
             return;
         };
+        self.changed.remove(&id);
+        self.removed.push(id);
         if !connection.closed() {
             self.client_session_ended(*connection.client.ip());
         }
@@ -741,6 +828,7 @@ impl ControlTable {
         self.flows
             .insert(key(server, client_seen), (id, Direction::ServerToClient));
         self.connections.insert(id, connection);
+        self.changed.insert(id);
         *self.live_per_client.entry(*client.ip()).or_default() += 1;
         self.stats.sessions_opened += 1;
         tracing::info!(

@@ -8,3 +8,4 @@
 pub mod control;
 pub mod packet;
 pub mod shell;
+pub mod store;

@@ -544,7 +544,7 @@ fn the_per_client_limit_counts_live_sessions_only() {
     assert!(!syn_from(&mut table, &mut maps, 40004));
 
     // A restored table counts the same way.
-    let mut restored = ControlTable::restore(settings, table.save()).unwrap();
+    let mut restored = ControlTable::restore(settings, table.save(1)).unwrap();
     assert!(!syn_from(&mut restored, &mut maps, 40004));
 
     // Forgetting the closed one changes nothing; forgetting a live one frees its place.
@@ -554,4 +554,156 @@ fn the_per_client_limit_counts_live_sessions_only() {
     assert!(restored.connections.is_empty());
     assert!(restored.flows.is_empty());
     assert!(syn_from(&mut restored, &mut maps, 40005));
+}
+
+/// The table as a save would write it, connections in id order (a map's order is arbitrary).
+fn saved_json(table: &mut ControlTable) -> serde_json::Value {
+    let mut value = serde_json::to_value(table.save(0)).unwrap();
+    if let Some(connections) = value["connections"].as_array_mut() {
+        connections.sort_by_key(|connection| connection["id"].as_u64());
+    }
+    value
+}
+
+/// A published control session with an announced data connection: more state than a SYN.
+fn session_with_passive_reply(table: &mut ControlTable, maps: &mut FakeMaps) {
+    published_handshake(table, maps);
+    table.on_packet(
+        punt_reason::PUBLISHED_FROM_SERVER,
+        &segment(
+            (SERVER, 21),
+            (CLIENT, 40000),
+            501,
+            101,
+            PSH_ACK,
+            b"227 Entering Passive Mode (10,0,0,2,195,80)\r\n",
+            vec![],
+        ),
+        0,
+        maps,
+    );
+}
+
+fn state_path(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("gateway-store-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("ftp-state.json")
+}
+
+#[test]
+fn the_journal_brings_back_what_a_full_save_holds() {
+    use crate::alg::store::{self, StateStore};
+    let path = state_path("replay");
+    let mut table = ControlTable::new(settings(), 7);
+    let mut maps = FakeMaps::default();
+    let mut store = StateStore::create(&path, &mut table).unwrap();
+    session_with_passive_reply(&mut table, &mut maps);
+    assert!(syn_from(&mut table, &mut maps, 40001));
+    assert!(syn_from(&mut table, &mut maps, 40002));
+    assert!(store.save_changes(&mut table).unwrap() > 0);
+    // One reset (changed), one forgotten (removed), then nothing at all.
+    table.on_packet(
+        punt_reason::PUBLISHED_FROM_CLIENT,
+        &segment(
+            (CLIENT, 40001),
+            (PUBLIC, 21),
+            101,
+            0,
+            flags::RST,
+            b"",
+            vec![],
+        ),
+        0,
+        &mut maps,
+    );
+    store.save_changes(&mut table).unwrap();
+    table.expire(CLOSED_LINGER_NS + 1, &mut maps);
+    store.save_changes(&mut table).unwrap();
+    assert_eq!(
+        store.save_changes(&mut table).unwrap(),
+        0,
+        "nothing changed"
+    );
+
+    let loaded = store::load(&path).unwrap().expect("a save");
+    let mut restored = ControlTable::restore(settings(), loaded).unwrap();
+    assert_eq!(restored.connections.len(), 2);
+    assert_eq!(saved_json(&mut restored), saved_json(&mut table));
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+#[test]
+fn a_save_after_a_batch_costs_what_the_batch_changed() {
+    use crate::alg::store::StateStore;
+    let path = state_path("cost");
+    let mut settings = settings();
+    settings.policy = Arc::new(Policy {
+        max_sessions_per_client: 1000,
+        ..Policy::default()
+    });
+    let mut table = ControlTable::new(settings, 7);
+    let mut maps = FakeMaps::default();
+    let mut store = StateStore::create(&path, &mut table).unwrap();
+    for port in 41000..41300 {
+        assert!(syn_from(&mut table, &mut maps, port));
+    }
+    let all = store.save_changes(&mut table).unwrap();
+    // The next segment of one of them.
+    table.on_packet(
+        punt_reason::PUBLISHED_FROM_CLIENT,
+        &segment(
+            (CLIENT, 41000),
+            (PUBLIC, 21),
+            101,
+            0,
+            flags::RST,
+            b"",
+            vec![],
+        ),
+        0,
+        &mut maps,
+    );
+    let one = store.save_changes(&mut table).unwrap();
+    assert!(
+        one > 0 && one * 100 < all,
+        "{one} bytes for one session, {all} for 300"
+    );
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+#[test]
+fn replay_stops_at_a_cut_line_and_skips_an_older_generation() {
+    use crate::alg::store::{self, StateStore};
+    let path = state_path("generations");
+    let journal = std::path::PathBuf::from(format!("{}.journal", path.display()));
+    let mut table = ControlTable::new(settings(), 7);
+    let mut maps = FakeMaps::default();
+    let mut store = StateStore::create(&path, &mut table).unwrap();
+    assert!(syn_from(&mut table, &mut maps, 40001));
+    store.save_changes(&mut table).unwrap();
+    let old_generation = std::fs::read(&journal).unwrap();
+
+    // A new snapshot, then the old journal back (as if the truncation never happened) and a
+    // change of the new generation after it.
+    store.compact(&mut table).unwrap();
+    std::fs::write(&journal, &old_generation).unwrap();
+    assert!(syn_from(&mut table, &mut maps, 40002));
+    store.save_changes(&mut table).unwrap();
+    let loaded = store::load(&path).unwrap().unwrap();
+    let mut restored = ControlTable::restore(settings(), loaded).unwrap();
+    assert_eq!(saved_json(&mut restored), saved_json(&mut table));
+
+    // A last line cut short by a crash: what came before it stands.
+    let mut bytes = std::fs::read(&journal).unwrap();
+    let whole = bytes.clone();
+    assert!(syn_from(&mut table, &mut maps, 40003));
+    store.save_changes(&mut table).unwrap();
+    let appended = std::fs::read(&journal).unwrap();
+    bytes.extend_from_slice(&appended[whole.len()..whole.len() + 40]);
+    std::fs::write(&journal, &bytes).unwrap();
+    let loaded = store::load(&path).unwrap().unwrap();
+    let restored = ControlTable::restore(settings(), loaded).unwrap();
+    assert_eq!(restored.connections.len(), 2, "the third is cut off");
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
 }
