@@ -103,6 +103,7 @@ pub struct Options {
 }
 
 pub fn run(options: &Options) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     crate::require_root("cargo xtask bench")?;
     ctrlc::set_handler(|| {
         let removed = gateway_tests::netns::remove_namespaces_of(std::process::id());
@@ -178,6 +179,10 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         } else {
             format!("Its checks failed: {}.", soak.failures.join("; "))
         }
+    ));
+    report.push_str(&format!(
+        "\nThis run of `cargo xtask bench` took {:.1} minutes, set-up check and release build included.\n",
+        started.elapsed().as_secs_f64() / 60.0
     ));
     let path = crate::workspace_root().join("BENCHMARKS.md");
     std::fs::write(&path, report).context("write BENCHMARKS.md")?;
