@@ -51,7 +51,7 @@ pub fn punt_tc(ctx: &mut TcContext, reason: u8) -> i32 {
             // It only fails (TC_ACT_SHOT) for invalid flags.
             if unsafe { bpf_redirect(tap, 0) } == TC_ACT_REDIRECT as i64 {
                 count(Counter::Punted);
-                return TC_ACT_REDIRECT as i32;
+                return TC_ACT_REDIRECT;
             }
         }
     }
