@@ -33,9 +33,10 @@ pub mod names {
     pub const FRAGMENTS: &str = "FRAGMENTS";
     pub const LAYOUT: &str = "LAYOUT";
     pub const REDIRECT_PORTS: &str = "REDIRECT_PORTS";
+    pub const PUNT_TAP: &str = "PUNT_TAP";
     /// Every map of the object: what `[dataplane] pin_path` pins, and a restarted agent
     /// adopts.
-    pub const ALL_MAPS: [&str; 14] = [
+    pub const ALL_MAPS: [&str; 15] = [
         PUBLISH_DNAT,
         PUBLISH_SNAT,
         STATS,
@@ -50,6 +51,7 @@ pub mod names {
         FRAGMENTS,
         LAYOUT,
         REDIRECT_PORTS,
+        PUNT_TAP,
     ];
 }
 
@@ -433,10 +435,12 @@ pub enum Counter {
     ExpectationUsed = 19,
     /// An expectation found past its expiry (removed; the packet is treated as unexpected).
     ExpectationExpired = 20,
-    /// A packet of an FTP control connection, handed to the agent through the punt ring.
+    /// A packet of an FTP control connection, handed to the agent: redirected to its tap
+    /// (TC, when the agent has one) or copied into the punt ring.
     Punted = 21,
     /// A packet of an FTP control connection that the punt ring had no room for (or that is
-    /// larger than a record): dropped, never forwarded untranslated; TCP retransmits it.
+    /// larger than a record), after the tap, if any, refused it too: dropped, never forwarded
+    /// untranslated; TCP retransmits it.
     DropPuntFailed = 22,
     /// A packet with DF too big for the next link once translated: answered with ICMP
     /// fragmentation-needed to its original sender, quoting its original header (RFC 1191
@@ -545,6 +549,83 @@ pub const PUNT_HEADER_LEN: usize = core::mem::size_of::<PuntHeader>();
 /// falls behind, further control packets are dropped (`DropPuntFailed`) and retransmitted.
 pub const PUNT_RING_BYTES: u32 = 1 << 22;
 
+/// Punt over the agent's TAP device (`PUNT_TAP`): the TC program overwrites the Ethernet
+/// header of a punted frame with this metadata and redirects the frame to the tap, whose
+/// reader is the agent. The original MAC addresses are of no use to the agent (it sends
+/// through a raw IPv4 socket and the kernel resolves the next hop); the EtherType stays, so
+/// that tools reading the tap still see IPv4.
+///
+/// Layout, over the 14 bytes of the Ethernet header:
+/// `[0..4]` `punted_ns_low` (native order, as in [`PuntHeader`]), `[4..8]` ingress ifindex
+/// (native order), `[8]` reason, `[9..12]` [`punt_frame::MAGIC`], `[12..14]` EtherType.
+pub mod punt_frame {
+    /// Marks a frame the fast path wrote: whatever else reaches the tap (nothing should: it
+    /// has no address and IPv6 is off on it) is not taken for a punted packet.
+    pub const MAGIC: [u8; 3] = *b"GWP";
+    /// Bytes the program writes: the Ethernet header up to its EtherType.
+    pub const META_LEN: usize = 12;
+    pub const ETH_LEN: usize = 14;
+    const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
+    const ETHERTYPE_VLAN: [[u8; 2]; 2] = [[0x81, 0x00], [0x88, 0xa8]];
+
+    /// What the agent learns of a punted frame besides the packet.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct Meta {
+        pub punted_ns_low: u32,
+        pub ifindex: u32,
+        pub reason: u8,
+    }
+
+    impl Meta {
+        #[inline(always)]
+        pub fn encode(&self) -> [u8; META_LEN] {
+            let time = self.punted_ns_low.to_ne_bytes();
+            let ifindex = self.ifindex.to_ne_bytes();
+            [
+                time[0],
+                time[1],
+                time[2],
+                time[3],
+                ifindex[0],
+                ifindex[1],
+                ifindex[2],
+                ifindex[3],
+                self.reason,
+                MAGIC[0],
+                MAGIC[1],
+                MAGIC[2],
+            ]
+        }
+    }
+
+    /// The metadata of a frame read from the tap and where its IPv4 packet starts; `None`
+    /// for a frame the fast path did not write, or one that carries no IPv4 packet. A frame
+    /// whose skb had its VLAN tag in metadata (a NIC's VLAN offload) gets the tag back in
+    /// front of the EtherType when the tap hands it out: it is skipped.
+    pub fn decode(frame: &[u8]) -> Option<(Meta, usize)> {
+        let head = frame.get(..ETH_LEN)?;
+        if head[9..12] != MAGIC {
+            return None;
+        }
+        let word =
+            |at: usize| u32::from_ne_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);
+        let meta = Meta {
+            punted_ns_low: word(0),
+            ifindex: word(4),
+            reason: head[8],
+        };
+        let mut ethertype_at = 12;
+        if ETHERTYPE_VLAN
+            .iter()
+            .any(|tag| frame.get(12..14) == Some(tag))
+        {
+            ethertype_at = 16;
+        }
+        (frame.get(ethertype_at..ethertype_at + 2)? == ETHERTYPE_IPV4)
+            .then_some((meta, ethertype_at + 2))
+    }
+}
+
 /// Published FTP control endpoints (`alg = "ftp"`), public and private: the key of
 /// `PUNT_ENDPOINTS`, whose value is the `punt_reason` of packets addressed to (public) or
 /// sent from (private) that endpoint.
@@ -598,6 +679,34 @@ mod tests {
             mask: [255, 255, 255, 0],
         };
         assert!(net.contains([10, 0, 0, 77]) && !net.contains([10, 0, 1, 1]));
+    }
+
+    #[test]
+    fn punt_frame_metadata_round_trips_and_foreign_frames_are_refused() {
+        let meta = punt_frame::Meta {
+            punted_ns_low: 0xdead_beef,
+            ifindex: 7,
+            reason: punt_reason::MASQUERADE_FROM_SERVER,
+        };
+        let mut frame = [0u8; 40];
+        frame[..punt_frame::META_LEN].copy_from_slice(&meta.encode());
+        frame[12..14].copy_from_slice(&[0x08, 0x00]);
+        frame[14] = 0x45;
+        assert_eq!(punt_frame::decode(&frame), Some((meta, 14)));
+        // A VLAN tag the tap put back in front of the EtherType.
+        let mut tagged = [0u8; 44];
+        tagged[..12].copy_from_slice(&frame[..12]);
+        tagged[12..16].copy_from_slice(&[0x81, 0x00, 0x00, 0x05]);
+        tagged[16..18].copy_from_slice(&[0x08, 0x00]);
+        assert_eq!(punt_frame::decode(&tagged), Some((meta, 18)));
+        // Not IPv4, not ours (real MAC addresses), too short.
+        let mut arp = frame;
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(punt_frame::decode(&arp), None);
+        let mut foreign = frame;
+        foreign[9..12].copy_from_slice(&[0x02, 0x42, 0xac]);
+        assert_eq!(punt_frame::decode(&foreign), None);
+        assert_eq!(punt_frame::decode(&frame[..13]), None);
     }
 
     #[test]

@@ -30,6 +30,10 @@ pub fn gateway_xdp(ctx: XdpContext) -> u32 {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Forward => forward::xdp_forward(&mut ctx),
         Verdict::Drop => xdp_action::XDP_DROP,
+        Verdict::Punt(reason) => {
+            maps::count(punt::punt(&ctx, reason));
+            xdp_action::XDP_DROP
+        }
     }
 }
 
@@ -40,6 +44,7 @@ pub fn gateway_tc(ctx: TcContext) -> i32 {
         Verdict::Pass => TC_ACT_OK,
         Verdict::Forward => forward::tc_redirect(&mut ctx),
         Verdict::Drop => TC_ACT_SHOT,
+        Verdict::Punt(reason) => punt::punt_tc(&mut ctx, reason),
     }
 }
 

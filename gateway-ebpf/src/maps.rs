@@ -4,7 +4,7 @@
 use crate::forward::Scratch;
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, DevMap, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use gateway_common::{
     Counter, DEFAULT_MAX_SESSIONS, Endpoint, ExpectationEntry, ExpectationKey, FlowKey,
@@ -62,6 +62,16 @@ pub static PUNT_ENDPOINTS: HashMap<Endpoint, u8> = HashMap::with_max_entries(MAX
 /// Packets of FTP control connections, for the agent (see `punt.rs`).
 #[map(name = "PUNT")]
 pub static PUNT: RingBuf = RingBuf::with_byte_size(PUNT_RING_BYTES, 0);
+
+/// The agent's punt tap (element 0), for TC: punted packets are redirected to it instead of
+/// copied into `PUNT`. A devmap, not a plain ifindex, because the kernel empties a devmap
+/// slot when its device is unregistered: the tap goes away with the agent's descriptor (even
+/// on `kill -9`), and a plain ifindex left behind would send punts to a device that no
+/// longer exists (`bpf_redirect` answers TC_ACT_REDIRECT and the packet is dropped later, in
+/// `skb_do_redirect`, uncounted) or, once the index is reused, to an unrelated one. TC cannot
+/// `bpf_redirect_map`; it looks the slot up and redirects by the ifindex found there.
+#[map(name = "PUNT_TAP")]
+pub static PUNT_TAP: DevMap = DevMap::with_max_entries(1, 0);
 
 /// `LAYOUT_VERSION` of the agent that created the maps (element 0): a restarted agent adopts
 /// pinned maps only when it matches its own. The programs never read it.

@@ -22,7 +22,6 @@ use crate::{
         PUBLISH_DNAT, PUBLISH_SNAT, PUNT_ENDPOINTS, SESSIONS, count,
     },
     packet::{L4Check, Packet, ptr_at},
-    punt::punt,
 };
 
 pub enum Verdict {
@@ -31,6 +30,9 @@ pub enum Verdict {
     /// Translated: forward it (from BPF where the hook can, else through the stack).
     Forward,
     Drop,
+    /// A packet of an FTP control connection, for the agent: the entry point hands it over
+    /// by its hook's transport (`punt.rs`), which counts it, and it goes no further.
+    Punt(u8),
 }
 
 const ETH_LEN: usize = EthHdr::LEN;
@@ -113,9 +115,14 @@ impl Headers {
 /// for the fragmentation-needed message forwarding may have to send instead of it.
 #[inline(always)]
 pub fn translate<P: Packet>(packet: &mut P, quote: Option<&mut Quote>) -> Verdict {
-    let counter = match try_translate(packet, quote) {
+    let mut reason = 0;
+    let counter = match try_translate(packet, quote, &mut reason) {
         Ok(counter) | Err(counter) => counter,
     };
+    if counter == Counter::Punted {
+        // Counted by the transport: Punted, or DropPuntFailed when it has no room.
+        return Verdict::Punt(reason);
+    }
     count(counter);
     match counter {
         Counter::DropRewriteFailed
@@ -123,10 +130,8 @@ pub fn translate<P: Packet>(packet: &mut P, quote: Option<&mut Quote>) -> Verdic
         | Counter::DropSessionTableFull
         | Counter::DropUnsolicited
         | Counter::DropFragmentUnknown
-                | Counter::DropSpoofed
-        | Counter::DropPuntFailed
-        // The agent has it now: it sends the translated packet itself.
-        | Counter::Punted => Verdict::Drop,
+        | Counter::DropSpoofed
+        | Counter::DropPuntFailed => Verdict::Drop,
         Counter::DnatPublished
         | Counter::SnatPublished
         | Counter::SessionHit
@@ -139,9 +144,14 @@ pub fn translate<P: Packet>(packet: &mut P, quote: Option<&mut Quote>) -> Verdic
     }
 }
 
-/// Returns the counter that describes what happened to the packet.
+/// Returns the counter that describes what happened to the packet; for `Counter::Punted`
+/// (the packet is for the agent, not yet handed over), `punt` says why.
 #[inline(always)]
-fn try_translate<P: Packet>(packet: &mut P, quote: Option<&mut Quote>) -> Result<Counter, Counter> {
+fn try_translate<P: Packet>(
+    packet: &mut P,
+    quote: Option<&mut Quote>,
+    punt: &mut u8,
+) -> Result<Counter, Counter> {
     let headers = match parse(packet)? {
         Parsed::Packet(headers) => headers,
         Parsed::LaterFragment(fragment) => return translate_later_fragment(packet, fragment),
@@ -149,7 +159,7 @@ fn try_translate<P: Packet>(packet: &mut P, quote: Option<&mut Quote>) -> Result
     if let Some(quote) = quote {
         quote.take(packet, headers.l4 - ETH_LEN);
     }
-    let result = translate_headers(packet, &headers);
+    let result = translate_headers(packet, &headers, punt);
     if let (Ok(_), Some(fragment)) = (&result, headers.first_fragment) {
         remember_fragment(packet, fragment);
     }
@@ -226,7 +236,11 @@ fn translate_later_fragment<P: Packet>(
 
 /// Translates a packet with its transport header.
 #[inline(always)]
-fn translate_headers<P: Packet>(packet: &mut P, headers: &Headers) -> Result<Counter, Counter> {
+fn translate_headers<P: Packet>(
+    packet: &mut P,
+    headers: &Headers,
+    punt: &mut u8,
+) -> Result<Counter, Counter> {
     if headers.icmp_error {
         return translate_icmp_error(packet, headers);
     }
@@ -249,7 +263,8 @@ fn translate_headers<P: Packet>(packet: &mut P, headers: &Headers) -> Result<Cou
             return hairpin(packet, headers, config, endpoint, private);
         }
         if let Some(reason) = punt_reason(endpoint) {
-            return Ok(punt(packet, reason));
+            *punt = reason;
+            return Ok(Counter::Punted);
         }
         rewrite(
             packet,
@@ -273,7 +288,8 @@ fn translate_headers<P: Packet>(packet: &mut P, headers: &Headers) -> Result<Cou
             return result;
         }
         if let Some(reason) = punt_reason(endpoint) {
-            return Ok(punt(packet, reason));
+            *punt = reason;
+            return Ok(Counter::Punted);
         }
         rewrite(packet, headers, REWRITE_SOURCE, public.addr, public.port)?;
         return Ok(Counter::SnatPublished);
@@ -306,7 +322,8 @@ fn translate_headers<P: Packet>(packet: &mut P, headers: &Headers) -> Result<Cou
         }
         if inside && !in_networks(config, key.dst) {
             if is_ftp_control_port(config, key.proto, key.dst_port) {
-                return Ok(punt(packet, punt_reason::MASQUERADE_FROM_CLIENT));
+                *punt = punt_reason::MASQUERADE_FROM_CLIENT;
+                return Ok(Counter::Punted);
             }
             return masquerade_new(packet, headers, config, now);
         }
@@ -315,7 +332,8 @@ fn translate_headers<P: Packet>(packet: &mut P, headers: &Headers) -> Result<Cou
         // (The gateway's own FTP client, if any, keeps its connections.)
         if is_ftp_control_port(config, key.proto, key.src_port) && !packet.local_socket_exists(&key)
         {
-            return Ok(punt(packet, punt_reason::MASQUERADE_FROM_SERVER));
+            *punt = punt_reason::MASQUERADE_FROM_SERVER;
+            return Ok(Counter::Punted);
         }
         return admit_inbound(packet, headers, config, now);
     }

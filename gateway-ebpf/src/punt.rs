@@ -1,16 +1,65 @@
-//! Punt: packets of FTP control connections go to the agent, whole, through a BPF ring buffer,
-//! and not on. The agent translates them, rewrites their payload and sends them itself.
+//! Punt: packets of FTP control connections go to the agent, whole, and not on. The agent
+//! translates them, rewrites their payload and sends them itself. Two transports:
 //!
-//! Fail closed: a packet the ring has no room for is dropped and counted, never forwarded
-//! untranslated (its sender retransmits it). A record holds the IPv4 packet from its IP
+//! - TC, when the agent has published its tap in `PUNT_TAP`: the frame's Ethernet header is
+//!   overwritten with the punt metadata (`gateway_common::punt_frame`) and the skb itself is
+//!   redirected out of the tap, whose reader is the agent. No copy, and the reader is woken
+//!   as any socket reader is (`tun_net_xmit` -> `sk_data_ready`).
+//! - The `PUNT` ring buffer otherwise (XDP; TC with no tap, or when the redirect fails): a
+//!   copy of the packet from its IP header on. Its wake-up (`bpf_ringbuf_submit` without
+//!   `BPF_RB_NO_WAKEUP`) is an irq_work, raised with a self-IPI: in a VM a trapped APIC write
+//!   per record, which cost more CPU than all of the ALG's own work (DEVELOPERS.md).
+//!
+//! Fail closed: a packet neither transport takes is dropped and counted, never forwarded
+//! untranslated (its sender retransmits it). A ring record holds the IPv4 packet from its IP
 //! header on; an MTU-sized packet takes a small record, a GSO/GRO super-packet a large one.
 
-use gateway_common::{Counter, PUNT_HEADER_LEN, PUNT_LARGE_DATA, PUNT_SMALL_DATA, PuntHeader};
+use aya_ebpf::{
+    bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT},
+    helpers::{bpf_ktime_get_ns, bpf_redirect},
+    programs::TcContext,
+};
+use gateway_common::{
+    Counter, PUNT_HEADER_LEN, PUNT_LARGE_DATA, PUNT_SMALL_DATA, PuntHeader, punt_frame,
+};
 
-use crate::{maps::PUNT, packet::Packet};
+use crate::{
+    maps::{PUNT, PUNT_TAP, count},
+    packet::Packet,
+};
 
 const ETH_LEN: usize = network_types::eth::EthHdr::LEN;
 
+/// TC's punt: to the agent's tap if it has one, else (or if that fails) to the ring. Returns
+/// the program's verdict; the packet never continues into the stack.
+#[inline(always)]
+pub fn punt_tc(ctx: &mut TcContext, reason: u8) -> i32 {
+    // The slot is empty when the agent has no tap (XDP-only agents, `punt = "ring"`, between
+    // two agents of a pinned fast path): the kernel clears it when the tap is unregistered.
+    if let Some(tap) = PUNT_TAP.get_ifindex(0) {
+        let meta = punt_frame::Meta {
+            // SAFETY: a helper without arguments.
+            punted_ns_low: unsafe { bpf_ktime_get_ns() } as u32,
+            ifindex: ctx.ingress_ifindex(),
+            reason,
+        }
+        .encode();
+        // At TC ingress the frame starts at its Ethernet header; the MAC addresses are of no
+        // use to the agent, the EtherType stays.
+        if ctx.store(0, &meta, 0).is_ok() {
+            // SAFETY: plain helper call; flags 0 is egress of `tap` (its reader gets it).
+            // It only fails (TC_ACT_SHOT) for invalid flags.
+            if unsafe { bpf_redirect(tap, 0) } == TC_ACT_REDIRECT as i64 {
+                count(Counter::Punted);
+                return TC_ACT_REDIRECT;
+            }
+        }
+    }
+    count(punt(ctx, reason));
+    TC_ACT_SHOT
+}
+
+/// The ring transport (XDP's, and TC's fallback): Punted, or DropPuntFailed.
 #[inline(always)]
 pub fn punt<P: Packet>(packet: &P, reason: u8) -> Counter {
     let len = packet.total_len().saturating_sub(ETH_LEN);
@@ -42,7 +91,7 @@ fn punt_into<P: Packet, const RECORD: usize>(packet: &P, reason: u8, len: usize)
         reason,
         _pad: [0; 3],
         // SAFETY: a helper without arguments.
-        punted_ns_low: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() } as u32,
+        punted_ns_low: unsafe { bpf_ktime_get_ns() } as u32,
     };
     let base = record.as_mut_ptr();
     // SAFETY: the record is RECORD bytes, at least PUNT_HEADER_LEN; reserved records are

@@ -28,11 +28,12 @@ use tokio::{
 use crate::{
     alg::{
         control::{AlgSettings, ControlTable},
-        shell::{self, PuntReader, RawSender},
+        shell::{self, BatchRead, PuntReader, RawSender},
         store::{self, StateStore},
+        tap::PuntTap,
     },
     capture,
-    config::{Config, Forwarding, Hook, XdpMode},
+    config::{Config, Forwarding, Hook, Punt, XdpMode},
     dataplane::{
         AttachedHook, Attachment, Dataplane, DataplaneError, LoadOptions, Sweep, Sweeper,
         monotonic_now_ns,
@@ -75,9 +76,24 @@ struct Alg {
     busy_ns: u64,
     /// Time the handled packets waited in the punt ring before the agent took them.
     waited_ns: u64,
+    /// Punted packets taken from the tap and from the ring: which transport is in use.
+    from_tap: u64,
+    from_ring: u64,
 }
 
 impl Alg {
+    /// Accounts for what a read of either transport found.
+    fn took(&mut self, read: BatchRead, from_tap: bool) {
+        self.undecodable += read.undecodable as u64;
+        self.waited_ns += read.waited_ns;
+        let packets = read.packets as u64;
+        if from_tap {
+            self.from_tap += packets;
+        } else {
+            self.from_ring += packets;
+        }
+    }
+
     /// Handles a batch of punted packets: translates them all, saves the state, then sends.
     fn handle_batch(&mut self, dataplane: &mut Dataplane, batch: &mut Vec<(u8, Vec<u8>)>) {
         let started = Instant::now();
@@ -133,6 +149,8 @@ impl Alg {
         counters.push(("alg_handled".into(), self.handled));
         counters.push(("alg_busy_ns".into(), self.busy_ns));
         counters.push(("alg_wait_ns".into(), self.waited_ns));
+        counters.push(("alg_punt_tap_packets".into(), self.from_tap));
+        counters.push(("alg_punt_ring_packets".into(), self.from_ring));
         counters
     }
 }
@@ -155,6 +173,8 @@ struct Agent {
     table_full_warned: Instant,
     sweeper: Sweeper,
     swept: Sweep,
+    /// The punt tap's name and ifindex while TC punts to it.
+    punt_tap: Option<(String, u32)>,
 }
 
 struct Signals {
@@ -241,6 +261,29 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
     dataplane.set_interface_roles(ifindexes[0], ifindexes[1])?;
     let punt_ring = dataplane.take_punt_ring()?;
     let raw = RawSender::open().context("cannot open the raw socket the FTP ALG sends with")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    // Before the programs are attached, so that TC punts to it from the first packet. (An
+    // adopted fast path punts to the ring meanwhile: the previous agent's tap went away
+    // with it, and the kernel emptied the slot that named it.)
+    let tap = if config.dataplane.punt == Punt::Tap && hook != Hook::Xdp {
+        let _runtime = runtime.enter();
+        let tap = PuntTap::create().context(
+            "cannot create the punt tap (it needs /dev/net/tun; dataplane.punt = \"ring\" does without)",
+        )?;
+        dataplane.set_punt_tap(Some(tap.ifindex()))?;
+        tracing::info!(
+            tap = tap.name(),
+            ifindex = tap.ifindex(),
+            "TC punts FTP control packets to the tap"
+        );
+        Some(tap)
+    } else {
+        dataplane.set_punt_tap(None)?;
+        None
+    };
 
     let mut attachments = Vec::new();
     for name in [&config.interfaces.inside, &config.interfaces.outside] {
@@ -263,10 +306,6 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
     }
     log_config(&config);
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     // The runtime runs on this thread: the ALG's priority is this thread's.
     apply_realtime_priority(config.ftp.realtime_priority)?;
     let state_file = dataplane
@@ -292,6 +331,8 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
             handled: 0,
             busy_ns: 0,
             waited_ns: 0,
+            from_tap: 0,
+            from_ring: 0,
         },
         config,
         config_path: config_path.clone(),
@@ -306,6 +347,9 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         table_full_warned: Instant::now(),
         sweeper: Sweeper::default(),
         swept: Sweep::default(),
+        punt_tap: tap
+            .as_ref()
+            .map(|tap| (tap.name().to_owned(), tap.ifindex())),
     };
     let result = runtime.block_on(async {
         let reader = PuntReader::new(punt_ring).context("cannot watch the punt ring buffer")?;
@@ -330,7 +374,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
             metrics = ?agent.config.metrics_listen,
             "gateway running; SIGINT or SIGTERM stops it"
         );
-        agent.serve(reader, listener, metrics, signals).await
+        agent.serve(reader, tap, listener, metrics, signals).await
     });
     let _ = std::fs::remove_file(&socket_path);
     let signal_name = result?;
@@ -495,6 +539,7 @@ impl Agent {
     async fn serve(
         &mut self,
         mut reader: PuntReader,
+        mut tap: Option<PuntTap>,
         listener: UnixListener,
         metrics: Option<TcpListener>,
         signals: Signals,
@@ -509,16 +554,33 @@ impl Agent {
         interface_checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (queries, mut incoming) = mpsc::channel(16);
         let mut batch = Vec::new();
+        let mut tap_batch = Vec::new();
         loop {
             tokio::select! {
                 _ = interrupt.recv() => return Ok("SIGINT"),
                 _ = terminate.recv() => return Ok("SIGTERM"),
                 read = reader.next_batch(&mut batch) => {
                     let read = read.context("cannot read the punt ring buffer")?;
-                    self.alg.undecodable += read.undecodable as u64;
-                    self.alg.waited_ns += read.waited_ns;
+                    self.alg.took(read, false);
                     self.alg.handle_batch(&mut self.dataplane, &mut batch);
                 }
+                read = read_tap(tap.as_mut(), &mut tap_batch) => match read {
+                    Ok(read) => {
+                        self.alg.took(read, true);
+                        self.alg.handle_batch(&mut self.dataplane, &mut tap_batch);
+                    }
+                    Err(err) => {
+                        // Someone deleted it, most likely: the ring takes over.
+                        tracing::warn!("cannot read the punt tap, TC punts to the ring from now on: {err}");
+                        if let Err(err) = self.dataplane.set_punt_tap(None) {
+                            tracing::warn!("cannot clear the punt tap: {err}");
+                        }
+                        tap = None;
+                        self.punt_tap = None;
+                        // What was read before the error.
+                        self.alg.handle_batch(&mut self.dataplane, &mut tap_batch);
+                    }
+                },
                 _ = ticks.tick() => self.sweep(),
                                 _ = interface_checks.tick() => {
                     self.check_interfaces();
@@ -830,6 +892,12 @@ impl Agent {
             ftp_sessions: self.alg.table.connections(now).len(),
             expectations: self.dataplane.expectations()?.len(),
             publishes: self.config.publish.len(),
+            punt: match &self.punt_tap {
+                Some((name, ifindex)) => {
+                    format!("tap {name} (ifindex {ifindex}) for TC, ring for XDP and as fallback")
+                }
+                None => "ring".to_owned(),
+            },
             masquerade: self.config.masquerade.as_ref().map(|masquerade| {
                 format!(
                     "{} behind {} ports {}-{}",
@@ -963,6 +1031,13 @@ impl Agent {
     /// Detaches the programs (unless `left_running`: pinned, for the next agent) and logs
     /// what happened in all.
     fn shutdown(mut self, left_running: bool) -> anyhow::Result<()> {
+        // The kernel empties the slot anyway when the tap goes with this process; saying so
+        // first keeps punts off a device that is about to vanish.
+        if self.punt_tap.take().is_some()
+            && let Err(err) = self.dataplane.set_punt_tap(None)
+        {
+            tracing::warn!("cannot clear the punt tap: {err}");
+        }
         if left_running {
             tracing::info!(
                 pin_path = %self.dataplane.pin_dir().map(|dir| dir.display().to_string()).unwrap_or_default(),
@@ -1011,6 +1086,16 @@ fn sweep_ticks(seconds: u64) -> tokio::time::Interval {
     let mut ticks = tokio::time::interval(Duration::from_secs(seconds));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks
+}
+
+async fn read_tap(
+    tap: Option<&mut PuntTap>,
+    batch: &mut Vec<(u8, Vec<u8>)>,
+) -> std::io::Result<BatchRead> {
+    match tap {
+        Some(tap) => tap.next_batch(batch).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn accept_metrics(listener: Option<&TcpListener>) -> std::io::Result<tokio::net::TcpStream> {

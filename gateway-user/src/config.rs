@@ -54,6 +54,18 @@ pub enum XdpMode {
     Generic,
 }
 
+/// How TC hands FTP control packets to the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Punt {
+    /// Redirected to a TAP device the agent owns (`gwpunt<N>`), read as a socket; the ring
+    /// stays for XDP and as the fallback.
+    #[default]
+    Tap,
+    /// Copied into the punt ring buffer, as XDP's are.
+    Ring,
+}
+
 /// Who forwards translated packets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -247,6 +259,8 @@ pub struct Dataplane {
     pub pin_path: Option<PathBuf>,
     /// Bytes of the punt ring (FTP control packets on their way to the agent); `None`: 4 MiB.
     pub punt_ring_bytes: Option<u32>,
+    /// TC's punt transport.
+    pub punt: Punt,
 }
 
 /// A server on the inside network, reachable from outside at `public`.
@@ -497,6 +511,8 @@ struct RawDataplane {
     forwarding: Forwarding,
     pin_path: Option<PathBuf>,
     punt_ring_bytes: Option<u32>,
+    #[serde(default)]
+    punt: Punt,
 }
 
 #[derive(Deserialize)]
@@ -714,6 +730,7 @@ impl Config {
                 forwarding: raw.dataplane.forwarding,
                 pin_path: raw.dataplane.pin_path,
                 punt_ring_bytes: raw.dataplane.punt_ring_bytes,
+                punt: raw.dataplane.punt,
             },
             publish,
         })

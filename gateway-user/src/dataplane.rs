@@ -7,7 +7,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader, VerifierLogLevel,
-    maps::{Array, DevMapHash, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, DevMap, DevMapHash, HashMap, PerCpuArray, RingBuf},
     programs::{
         LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp,
         links::{FdLink, PinnedLink},
@@ -61,6 +61,12 @@ pub enum DataplaneError {
     },
     #[error("cannot let XDP redirect to ifindex {ifindex}")]
     RedirectPort {
+        ifindex: u32,
+        #[source]
+        source: aya::maps::xdp::XdpMapError,
+    },
+    #[error("cannot make ifindex {ifindex} the punt tap (0: none)")]
+    PuntTap {
         ifindex: u32,
         #[source]
         source: aya::maps::xdp::XdpMapError,
@@ -570,6 +576,31 @@ impl Dataplane {
                 .map_err(|source| DataplaneError::RedirectPort { ifindex, source })?;
         }
         Ok(())
+    }
+
+    /// Publishes the agent's punt tap to TC (`None`: punt into the ring). The kernel empties
+    /// the slot itself when the tap is unregistered, so a tap that went away with its agent
+    /// never stays a redirect target.
+    pub fn set_punt_tap(&mut self, ifindex: Option<u32>) -> Result<(), DataplaneError> {
+        let map_name = names::PUNT_TAP;
+        let mut tap: DevMap<_> =
+            DevMap::try_from(self.map_mut(map_name)?).map_err(map_error(map_name))?;
+        // Index 0 empties a devmap array's slot (aya's DevMap has no delete).
+        let ifindex = ifindex.unwrap_or(0);
+        tap.set(0, ifindex, None, 0)
+            .map_err(|source| DataplaneError::PuntTap { ifindex, source })
+    }
+
+    /// The ifindex TC punts to, if any (see [`Dataplane::set_punt_tap`]).
+    pub fn punt_tap(&self) -> Result<Option<u32>, DataplaneError> {
+        let map_name = names::PUNT_TAP;
+        let tap: DevMap<_> = DevMap::try_from(self.map(map_name)?).map_err(map_error(map_name))?;
+        match tap.get(0, 0) {
+            Ok(value) => Ok(Some(value.if_index)),
+            // An empty slot.
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(err) => Err(map_error(map_name)(err)),
+        }
     }
 
     /// The interfaces XDP may redirect to (see [`Dataplane::set_redirect_ports`]).

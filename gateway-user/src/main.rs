@@ -235,6 +235,7 @@ fn print_status(status: Status) {
         println!("program     {name} id {id}");
     }
     println!("publishes   {}", status.publishes);
+    println!("punt        {}", status.punt);
     println!(
         "masquerade  {}",
         status.masquerade.as_deref().unwrap_or("none")

@@ -58,6 +58,9 @@ pub struct Status {
     pub ftp_sessions: usize,
     pub expectations: usize,
     pub publishes: usize,
+    /// How FTP control packets reach the agent: its tap (TC) and the ring.
+    #[serde(default)]
+    pub punt: String,
     pub masquerade: Option<String>,
     pub policy: String,
 }

@@ -243,11 +243,13 @@ fn a_burst_that_overflows_the_punt_ring_is_counted_and_recovered() {
     let prefix = unique_prefix();
     let lab = Lab::up(&prefix, LabOptions::default()).expect("lab up");
     // A ring of 16 KiB holds seven MTU-sized packets: 40 sessions opening at once overflow it.
+    // TC punts to the agent's tap by default; `punt = "ring"` makes it use the ring (as XDP
+    // always does, and TC while no tap is published).
     let config = TempFile::write(
         &format!("{prefix}-gateway.toml"),
         &format!(
             "[interfaces]\ninside = \"veth-in\"\noutside = \"veth-out\"\n\n\
-             [dataplane]\npunt_ring_bytes = 16384\n\n\
+             [dataplane]\npunt_ring_bytes = 16384\npunt = \"ring\"\n\n\
              [[publish]]\npublic = \"{}:21\"\nprivate = \"{}:21\"\nprotocol = \"tcp\"\nalg = \"ftp\"\n",
             lab::PUBLIC,
             lab::SERVER
@@ -270,6 +272,8 @@ fn a_burst_that_overflows_the_punt_ring_is_counted_and_recovered() {
     // its lost packets retransmitted.
     assert!(gateway.final_counter("drop_punt_failed") > 0, "{log}");
     assert_eq!(counts(&output), (40, 0), "{output}\n{log}");
+    assert!(gateway.final_counter("alg_punt_ring_packets") > 0, "{log}");
+    assert_eq!(gateway.final_counter("alg_punt_tap_packets"), 0, "{log}");
 }
 
 #[test]

@@ -172,6 +172,22 @@ fn assert_clean_alg(output: &str, gateway: &GatewayProcess, transfers: usize) {
         assert_eq!(gateway.final_counter(counter), 0, "{counter}\n{output}");
     }
     assert!(gateway.final_counter("punted") > 0, "{output}");
+    // On TC (what veth gets) every control packet came over the agent's tap, none through
+    // the ring: the ring's wake-up is the expensive one.
+    assert_eq!(
+        gateway.final_counter("alg_punt_tap_packets"),
+        gateway.final_counter("alg_handled"),
+        "{output}"
+    );
+    assert!(
+        gateway.final_counter("alg_punt_tap_packets") > 0,
+        "{output}"
+    );
+    assert_eq!(
+        gateway.final_counter("alg_punt_ring_packets"),
+        0,
+        "{output}"
+    );
 }
 
 fn published_server_all_clients(kind: ServerKind) {

@@ -51,6 +51,8 @@ fn kill_9_during_a_download_loses_nothing() {
 
     let mut first = start(&[]);
     assert!(bpf.listing("gateway/links").contains("veth-in-tc"));
+    let status = first.ask(&["status"]).expect("status");
+    assert!(status.contains("punt        tap gwpunt"), "{status}");
     // About 4 s at 50 MiB/s: the agent dies in the middle.
     let download = lab
         .outside
@@ -108,6 +110,17 @@ fn kill_9_during_a_download_loses_nothing() {
     .expect("a new session");
     assert_eq!(std::fs::read(&local).unwrap(), b"after the restart\n");
     let _ = std::fs::remove_file(&local);
+    // The new agent published its own tap into the adopted PUNT_TAP: the new session's
+    // control packets came over it. (Between the two agents, punts went to the ring,
+    // which the second agent drained.)
+    let stats = second.ask(&["stats", "--json"]).expect("stats");
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    let from_tap = stats["alg"]
+        .as_array()
+        .and_then(|pairs| pairs.iter().find(|pair| pair[0] == "alg_punt_tap_packets"))
+        .and_then(|pair| pair[1].as_u64())
+        .unwrap_or(0);
+    assert!(from_tap >= 8, "control packets over the new tap: {stats}");
 
     // --detach-on-exit: nothing stays pinned.
     second.stop().expect("stop");

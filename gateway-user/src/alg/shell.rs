@@ -1,4 +1,5 @@
-//! The ALG's I/O: the punt ring buffer read under tokio, a raw IPv4 socket that sends the
+//! The ALG's I/O: the punt ring buffer read under tokio (the tap, TC's punt transport, is
+//! in `tap.rs`), a raw IPv4 socket that sends the
 //! translated packets, and the fast path's maps behind [`AlgMaps`].
 //!
 //! Sending through a raw socket (`IPPROTO_RAW`, which implies `IP_HDRINCL`) hands the packet,
@@ -70,6 +71,7 @@ impl PuntReader {
                 Some(punted) => {
                     let waited = taken_ns_low.wrapping_sub(punted.header.punted_ns_low) as i32;
                     read.waited_ns += waited.max(0) as u64;
+                    read.packets += 1;
                     batch.push((punted.header.reason, punted.packet.to_vec()));
                 }
                 None => read.undecodable += 1,
@@ -80,12 +82,14 @@ impl PuntReader {
     }
 }
 
-/// What one read of the ring found besides the packets.
+/// What one read of the ring (or the tap) found besides the packets.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct BatchRead {
+    /// Packets taken into the batch.
+    pub packets: usize,
     /// Records that did not decode, skipped.
     pub undecodable: usize,
-    /// Time the packets of the batch waited in the ring, summed: from their punt to the
+    /// Time the packets of the batch waited in the ring (or the tap's queue), summed: from their punt to the
     /// agent taking them (wake-up and scheduling).
     pub waited_ns: u64,
 }

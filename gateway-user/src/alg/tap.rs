@@ -1,0 +1,203 @@
+//! The punt tap: a TAP device the agent owns, which TC redirects FTP control packets to
+//! (`gateway-ebpf/src/punt.rs`). Reading it is reading a socket: `tun_net_xmit` queues the
+//! frame and wakes the reader with `sk_data_ready`, an ordinary wake-up, where the punt ring's
+//! is an irq_work raised by a self-IPI (a trapped APIC write per record in a VM).
+//!
+//! The device lives as long as the descriptor: when the agent exits, however it exits, the
+//! kernel unregisters the tap and empties the `PUNT_TAP` slot that named it, and punts go to
+//! the ring until the next agent publishes its own tap.
+
+use std::{
+    ffi::CStr,
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
+
+use gateway_common::punt_frame;
+use tokio::io::unix::AsyncFd;
+
+use super::shell::BatchRead;
+use crate::system;
+
+/// The name asked of the kernel: the first free `gwpunt<N>`.
+pub const NAME_PATTERN: &str = "gwpunt%d";
+/// A frame from the tap: an Ethernet header (and a VLAN tag the tap may put back), then the
+/// largest IPv4 packet.
+const FRAME_ROOM: usize = punt_frame::ETH_LEN + 4 + 65535;
+/// Frames taken per wake-up before the other work of the loop gets a turn; the rest stay
+/// queued (the descriptor stays readable) for the next turn.
+const MAX_BATCH: usize = 256;
+
+pub struct PuntTap {
+    fd: AsyncFd<OwnedFd>,
+    name: String,
+    ifindex: u32,
+    /// One frame's room, reused by every read.
+    frame: Vec<u8>,
+}
+
+impl PuntTap {
+    /// Creates the tap in the agent's network namespace and brings it up: no address, IPv6
+    /// off (no link-local address, no router or neighbour solicitations: nothing of the
+    /// stack's own is ever queued to it), the largest MTU the tap takes.
+    pub fn create() -> io::Result<PuntTap> {
+        // SAFETY: open(2) of a NUL-terminated path; the result is checked.
+        let raw = unsafe {
+            libc::open(
+                c"/dev/net/tun".as_ptr(),
+                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            )
+        };
+        if raw < 0 {
+            return Err(with_context(
+                io::Error::last_os_error(),
+                "open /dev/net/tun",
+            ));
+        }
+        // SAFETY: a fresh descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mut request = ifreq(NAME_PATTERN)?;
+        // No packet-information prefix: a read returns the frame as it left the program.
+        // No offloads are announced (TUNSETOFFLOAD), so the kernel finishes partial checksums
+        // and segments GSO packets before they reach the tap: the ALG sees ordinary packets.
+        request.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+        // SAFETY: TUNSETIFF reads and writes an ifreq, which `request` is.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF as _, &mut request) } < 0 {
+            return Err(with_context(io::Error::last_os_error(), "TUNSETIFF"));
+        }
+        // SAFETY: the kernel wrote the NUL-terminated name it chose.
+        let name = unsafe { CStr::from_ptr(request.ifr_name.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
+        let ifindex = system::if_index(&name).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("tap {name} has no ifindex"),
+            )
+        })?;
+        // Before the link is up, so that it never gets an IPv6 link-local address. Absent
+        // when IPv6 is off altogether.
+        match std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1") {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(with_context(err, "disable IPv6 on the tap")),
+        }
+        let control = socket()?;
+        // A frame larger than the MTU is queued all the same (a redirect does not check it);
+        // the largest MTU says what the tap carries, whole control-connection super-packets.
+        let mut request = ifreq(&name)?;
+        request.ifr_ifru.ifru_mtu = MTU;
+        // SAFETY: SIOCSIFMTU reads an ifreq.
+        if unsafe { libc::ioctl(control.as_raw_fd(), libc::SIOCSIFMTU as _, &request) } < 0 {
+            return Err(with_context(io::Error::last_os_error(), "SIOCSIFMTU"));
+        }
+        let mut request = ifreq(&name)?;
+        // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write an ifreq.
+        unsafe {
+            if libc::ioctl(control.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut request) < 0 {
+                return Err(with_context(io::Error::last_os_error(), "SIOCGIFFLAGS"));
+            }
+            request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            if libc::ioctl(control.as_raw_fd(), libc::SIOCSIFFLAGS as _, &request) < 0 {
+                return Err(with_context(io::Error::last_os_error(), "SIOCSIFFLAGS"));
+            }
+        }
+        // SAFETY: the AsyncFd owns the descriptor, which stays open and the same until it
+        // drops (deregistering it first).
+        let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+            .map_err(|err| err.into_parts().1)?;
+        Ok(PuntTap {
+            fd,
+            name,
+            ifindex,
+            frame: vec![0; FRAME_ROOM],
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// Waits for frames, then takes those queued (at most `MAX_BATCH`): (reason, packet from
+    /// its IPv4 header on), in order, as the ring reader does.
+    pub async fn next_batch(&mut self, batch: &mut Vec<(u8, Vec<u8>)>) -> io::Result<BatchRead> {
+        let PuntTap { fd, frame, .. } = self;
+        loop {
+            let mut guard = fd.readable().await?;
+            // As for the ring: frames punted while the queue is drained count as not having
+            // waited.
+            let taken_ns_low = crate::dataplane::monotonic_now_ns() as u32;
+            let mut read = BatchRead::default();
+            while read.packets < MAX_BATCH {
+                let result = guard.try_io(|fd| {
+                    // SAFETY: read(2) into `frame`, whose length bounds it.
+                    let n = unsafe {
+                        libc::read(fd.as_raw_fd(), frame.as_mut_ptr().cast(), frame.len())
+                    };
+                    if n < 0 {
+                        Err(io::Error::last_os_error())
+                    } else {
+                        Ok(n as usize)
+                    }
+                });
+                let length = match result {
+                    Ok(Ok(length)) => length,
+                    Ok(Err(err)) if err.kind() == io::ErrorKind::Interrupted => continue,
+                    Ok(Err(err)) => return Err(err),
+                    // Drained: readiness is cleared, the next call waits.
+                    Err(_would_block) => break,
+                };
+                match frame.get(..length).and_then(|frame| {
+                    punt_frame::decode(frame).map(|(meta, ip)| (meta, &frame[ip..]))
+                }) {
+                    Some((meta, packet)) if !packet.is_empty() => {
+                        read.packets += 1;
+                        let waited = taken_ns_low.wrapping_sub(meta.punted_ns_low) as i32;
+                        read.waited_ns += waited.max(0) as u64;
+                        batch.push((meta.reason, packet.to_vec()));
+                    }
+                    _ => read.undecodable += 1,
+                }
+            }
+            if read.packets > 0 || read.undecodable > 0 {
+                return Ok(read);
+            }
+        }
+    }
+}
+
+/// The tap's MTU: the largest a tap takes (65535 less its Ethernet header).
+const MTU: libc::c_int = 65535 - punt_frame::ETH_LEN as libc::c_int;
+
+fn ifreq(name: &str) -> io::Result<libc::ifreq> {
+    // SAFETY: ifreq is plain data; all zeroes is a valid (empty) request.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.len() >= request.ifr_name.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("interface name {name:?} too long"),
+        ));
+    }
+    for (slot, byte) in request.ifr_name.iter_mut().zip(name.bytes()) {
+        *slot = byte as libc::c_char;
+    }
+    Ok(request)
+}
+
+fn socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); checked.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+fn with_context(err: io::Error, what: &str) -> io::Error {
+    io::Error::new(err.kind(), format!("{what}: {err}"))
+}
