@@ -839,8 +839,7 @@ impl Agent {
                     .map(|(counter, value)| (counter.name().to_owned(), value))
                     .collect(),
                 alg: self
-                    .alg
-                    .counters()
+                    .alg_counters()
                     .into_iter()
                     .chain([(
                         "session_table_nearly_full_sweeps".to_owned(),
@@ -1010,11 +1009,24 @@ impl Agent {
         Ok(changes)
     }
 
+    /// The ALG's counters, with the packets the punt tap dropped (its queue full: the agent
+    /// fell behind), which only the kernel's interface statistics know.
+    fn alg_counters(&self) -> Vec<(String, u64)> {
+        let mut counters = self.alg.counters();
+        if let Some((name, _)) = &self.punt_tap {
+            counters.push((
+                "alg_punt_tap_dropped".into(),
+                system::tx_dropped(name).unwrap_or(0),
+            ));
+        }
+        counters
+    }
+
     fn snapshot(&self) -> metrics::Snapshot {
         let now = monotonic_now_ns();
         metrics::Snapshot {
             fastpath: self.dataplane.counters().unwrap_or_default(),
-            alg: self.alg.counters(),
+            alg: self.alg_counters(),
             sessions: self
                 .dataplane
                 .sessions()

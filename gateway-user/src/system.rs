@@ -190,3 +190,34 @@ pub fn set_realtime_priority(priority: Option<u8>) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Packets `interface` dropped on transmission, from `/proc/net/dev` (of the caller's network
+/// namespace, unlike `/sys/class/net`, which shows the namespace sysfs was mounted in).
+pub fn tx_dropped(interface: &str) -> Option<u64> {
+    let table = fs::read_to_string("/proc/net/dev").ok()?;
+    parse_tx_dropped(&table, interface)
+}
+
+/// `/proc/net/dev`: after "name:", 8 receive fields, then transmit bytes, packets, errs, drop.
+fn parse_tx_dropped(table: &str, interface: &str) -> Option<u64> {
+    table.lines().find_map(|line| {
+        let (name, fields) = line.split_once(':')?;
+        if name.trim() != interface {
+            return None;
+        }
+        fields.split_whitespace().nth(11)?.parse().ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tx_dropped_is_the_fourth_transmit_field() {
+        let table = "Inter-|   Receive                                                |  Transmit\n face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    lo:  100  2  0  0  0  0  0  0  100  2  0  0  0  0  0  0\ngwpunt0: 5000 40 0 1 0 0 0 0 9000 70 0 17 0 0 0 0\n";
+        assert_eq!(parse_tx_dropped(table, "gwpunt0"), Some(17));
+        assert_eq!(parse_tx_dropped(table, "lo"), Some(0));
+        assert_eq!(parse_tx_dropped(table, "eth9"), None);
+    }
+}

@@ -107,6 +107,52 @@ fn punt_cost() {
     }
 }
 
+/// The same punt from TC to a tap (the default transport on TC): in a namespace of its own,
+/// where the tap lives and the devmap resolves its ifindex. TestRun reports the redirect
+/// without carrying it out, so this is the program's side: metadata written, tap looked up.
+fn punt_tap_cost() {
+    let netns = gateway_tests::netns::Netns::create(&format!(
+        "{}-benchtap",
+        gateway_tests::netns::unique_prefix()
+    ))
+    .expect("netns");
+    netns
+        .sh("ip tuntap add dev gwbench0 mode tap && ip link set gwbench0 up")
+        .expect("tap");
+    let ifindex: u32 = netns
+        .sh("cat /sys/class/net/gwbench0/ifindex || ip -o link show gwbench0 | cut -d: -f1")
+        .expect("ifindex")
+        .lines()
+        .next()
+        .and_then(|index| index.trim().parse().ok())
+        .expect("ifindex");
+    let median_ns = netns
+        .spawn(move || {
+            let mut dataplane = Dataplane::load(false, 1 << 16)?;
+            dataplane.publish(&[Publish {
+                public: SocketAddrV4::new(PUBLIC, 21),
+                private: SocketAddrV4::new(SERVER, 21),
+                protocol: Protocol::Tcp,
+                alg: Some(gateway_user::config::Alg::Ftp),
+                policy: None,
+            }])?;
+            dataplane.set_punt_tap(Some(ifindex))?;
+            let frame = FrameSpec::tcp(
+                SocketAddrV4::new(REMOTE, 40000),
+                SocketAddrV4::new(PUBLIC, 21),
+            )
+            .build();
+            let timings: Vec<u64> = (0..SAMPLES)
+                .map(|_| run(&mut dataplane, Hook::Tc, &frame, 1))
+                .collect();
+            Ok(median(timings))
+        })
+        .join()
+        .expect("thread")
+        .expect("tap punt");
+    println!("fastpath tc punt_tap {median_ns}");
+}
+
 /// The established-session hit with the table holding `entries` other sessions: the cost
 /// must not grow with the table. Also the maps' locked memory at that capacity.
 fn scale_cost() {
@@ -204,6 +250,7 @@ fn map_memory() -> u64 {
 fn main() {
     // `cargo bench` passes --bench; nothing else is expected.
     punt_cost();
+    punt_tap_cost();
     scale_cost();
     let mut dataplane = dataplane();
     for (hook, name) in [(Hook::Xdp, "xdp"), (Hook::Tc, "tc")] {

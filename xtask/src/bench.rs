@@ -386,7 +386,7 @@ fn report(
     )?;
     writeln!(
         out,
-        "Median of single runs timed by the kernel, each on a fresh copy of the frame (with `repeat`, later runs\nwould see the already translated frame and time a miss). Includes the test-run timer's own overhead, so read\nthe rows against each other. These rows have no Linux column: netfilter cannot be run on one crafted frame;\nthe cost it adds per packet is measured across the lab below, beside ours. The punt row is dominated by the\nring buffer's wake-up of its reader, an irq_work self-IPI, which in this VM is a trapped MSR write.\n"
+        "Median of single runs timed by the kernel, each on a fresh copy of the frame (with `repeat`, later runs\nwould see the already translated frame and time a miss). Includes the test-run timer's own overhead, so read\nthe rows against each other. These rows have no Linux column: netfilter cannot be run on one crafted frame;\nthe cost it adds per packet is measured across the lab below, beside ours. The ring-buffer punt row is dominated by\nthe ring's wake-up of its reader, an irq_work self-IPI, which in this VM is a trapped MSR write; that is why TC\npunts to a tap by default (TestRun reports the tap redirect without carrying it out: the program's side).\n"
     )?;
     writeln!(out, "| case | XDP ns | TC ns |\n| --- | --- | --- |")?;
     for (case, what) in [
@@ -402,7 +402,11 @@ fn report(
         ),
         (
             "punt",
-            "FTP control packet punted to the agent's ring buffer",
+            "FTP control packet punted to the agent's ring buffer (XDP; TC with `punt = \"ring\"`)",
+        ),
+        (
+            "punt_tap",
+            "FTP control packet punted to the agent's tap (TC's default)",
         ),
         (
             "scale_1000",

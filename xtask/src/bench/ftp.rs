@@ -65,7 +65,7 @@ pub(super) struct FtpSamples {
 /// The agent's own accounting of a run, per punted packet.
 #[derive(Clone, Copy)]
 struct AgentTimes {
-    /// From the BPF program's punt to the agent taking the packet from the ring, ns.
+    /// From the BPF program's punt to the agent taking the packet (from the tap or the ring), ns.
     wait_ns: f64,
     /// From taking it to having sent what it produced, ns.
     busy_ns: f64,
@@ -543,6 +543,7 @@ pub(super) fn profile_summary(path: &Path) -> anyhow::Result<String> {
             "waiting for packets (epoll_wait, including the switch back to the agent)",
             "epoll_wait",
         ),
+        ("reading the punt tap (read(2))", "__libc_read"),
         ("reading the punt ring", "RingBuf"),
         (
             "the ALG: parsing, the FTP core, rewriting (ControlTable::on_packet)",
@@ -679,7 +680,7 @@ pub(super) fn report(
         let busy: Vec<f64> = samples[gateway].agent.iter().map(|a| a.busy_ns).collect();
         writeln!(
             out,
-            "\nWhere a punted packet's time goes, from the agent's counters (means over the loaded runs, median of the\nruns): {:.1} us from the BPF program's punt to the agent taking it from the ring (wake-up and scheduling;\nthe punt itself is the `punt` row of the first table), then {:.1} us until what it produced is sent\n(parsing, the FTP core, map updates, and the raw socket's send, which on veth also runs the receiving\nhost's stack on the agent's CPU). A session is about 21 punted packets. nf_nat_ftp does its work inside the\nkernel's forwarding path, with no trip to user space.",
+            "\nWhere a punted packet's time goes, from the agent's counters (means over the loaded runs, median of the\nruns): {:.1} us from the BPF program's punt to the agent taking it from the tap (wake-up and scheduling;\nthe punt itself is the `punt_tap` row of the first table), then {:.1} us until what it produced is sent\n(parsing, the FTP core, map updates, and the raw socket's send, which on veth also runs the receiving\nhost's stack on the agent's CPU). A session is about 21 punted packets. nf_nat_ftp does its work inside the\nkernel's forwarding path, with no trip to user space.",
             median(&wait) / 1000.0,
             median(&busy) / 1000.0
         )?;
