@@ -543,7 +543,7 @@ pub(super) fn profile_summary(path: &Path) -> anyhow::Result<String> {
             "waiting for packets (epoll_wait, including the switch back to the agent)",
             "epoll_wait",
         ),
-        ("reading the punt tap (read(2))", "__libc_read"),
+        ("reading the punt tap (read(2))", "ksys_read"),
         ("reading the punt ring", "RingBuf"),
         (
             "the ALG: parsing, the FTP core, rewriting (ControlTable::on_packet)",
