@@ -249,13 +249,8 @@ EOF",
                     1,
                 );
             }
-            let config = TempFile::write(&format!("{prefix}-gateway.toml"), &text);
-            _gateway = Some(GatewayProcess::start_binary(
-                gateway_binary,
-                &lab.router,
-                &config.0,
-                &[],
-            )?);
+            let (gateway, config) = start_gateway(gateway_binary, &lab, &prefix, &text)?;
+            _gateway = Some(gateway);
             _config = Some(config);
             public
         }
@@ -276,6 +271,18 @@ EOF",
         .unwrap_or(seconds as f64);
     server.stop();
     Ok((gbps, (packets - lost) / elapsed))
+}
+
+/// The gateway on the lab's router with config `text` (kept in a file as long as it runs).
+fn start_gateway(
+    binary: &std::path::Path,
+    lab: &Lab,
+    prefix: &str,
+    text: &str,
+) -> anyhow::Result<(GatewayProcess, TempFile)> {
+    let config = TempFile::write(&format!("{prefix}-gateway.toml"), text);
+    let gateway = GatewayProcess::start_binary(binary, &lab.router, &config.0, &[])?;
+    Ok((gateway, config))
 }
 
 struct IperfServer(Child);

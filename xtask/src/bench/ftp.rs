@@ -22,8 +22,6 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use gateway_tests::{
-    TempFile,
-    gateway::GatewayProcess,
     lab::{self, Lab, LabOptions},
     netns::{Netns, unique_prefix},
 };
@@ -236,13 +234,8 @@ EOF",
                     )]
                 )
             );
-            let config = TempFile::write(&format!("{prefix}-gateway.toml"), &text);
-            gateway = Some(GatewayProcess::start_binary(
-                gateway_binary,
-                &lab.router,
-                &config.0,
-                &[],
-            )?);
+            let (started, config) = super::start_gateway(gateway_binary, lab, prefix, &text)?;
+            gateway = Some(started);
             _config = Some(config);
             lab::PUBLIC
         }

@@ -491,6 +491,24 @@ fn a_used_expectation_releases_its_data_port() {
     assert!(!table.held_endpoints(SECOND).contains(&port));
 }
 
+/// The client resets its control connection from `port`.
+fn rst_from(table: &mut ControlTable, maps: &mut FakeMaps, port: u16) {
+    table.on_packet(
+        punt_reason::PUBLISHED_FROM_CLIENT,
+        &segment(
+            (CLIENT, port),
+            (PUBLIC, 21),
+            101,
+            0,
+            flags::RST,
+            b"",
+            vec![],
+        ),
+        0,
+        maps,
+    );
+}
+
 /// Opens a published control connection from `port`; true if the gateway let its SYN through.
 fn syn_from(table: &mut ControlTable, maps: &mut FakeMaps, port: u16) -> bool {
     !table
@@ -525,20 +543,7 @@ fn the_per_client_limit_counts_live_sessions_only() {
     assert!(!syn_from(&mut table, &mut maps, 40003), "a third one");
 
     // The client resets one: a place frees up although the closed one lingers.
-    table.on_packet(
-        punt_reason::PUBLISHED_FROM_CLIENT,
-        &segment(
-            (CLIENT, 40001),
-            (PUBLIC, 21),
-            101,
-            0,
-            flags::RST,
-            b"",
-            vec![],
-        ),
-        0,
-        &mut maps,
-    );
+    rst_from(&mut table, &mut maps, 40001);
     assert_eq!(table.connections.len(), 2);
     assert!(syn_from(&mut table, &mut maps, 40003));
     assert!(!syn_from(&mut table, &mut maps, 40004));
@@ -603,20 +608,7 @@ fn the_journal_brings_back_what_a_full_save_holds() {
     assert!(syn_from(&mut table, &mut maps, 40002));
     assert!(store.save_changes(&mut table).unwrap() > 0);
     // One reset (changed), one forgotten (removed), then nothing at all.
-    table.on_packet(
-        punt_reason::PUBLISHED_FROM_CLIENT,
-        &segment(
-            (CLIENT, 40001),
-            (PUBLIC, 21),
-            101,
-            0,
-            flags::RST,
-            b"",
-            vec![],
-        ),
-        0,
-        &mut maps,
-    );
+    rst_from(&mut table, &mut maps, 40001);
     store.save_changes(&mut table).unwrap();
     table.expire(CLOSED_LINGER_NS + 1, &mut maps);
     store.save_changes(&mut table).unwrap();
@@ -650,20 +642,7 @@ fn a_save_after_a_batch_costs_what_the_batch_changed() {
     }
     let all = store.save_changes(&mut table).unwrap();
     // The next segment of one of them.
-    table.on_packet(
-        punt_reason::PUBLISHED_FROM_CLIENT,
-        &segment(
-            (CLIENT, 41000),
-            (PUBLIC, 21),
-            101,
-            0,
-            flags::RST,
-            b"",
-            vec![],
-        ),
-        0,
-        &mut maps,
-    );
+    rst_from(&mut table, &mut maps, 41000);
     let one = store.save_changes(&mut table).unwrap();
     assert!(
         one > 0 && one * 100 < all,
