@@ -34,9 +34,10 @@ pub mod names {
     pub const LAYOUT: &str = "LAYOUT";
     pub const REDIRECT_PORTS: &str = "REDIRECT_PORTS";
     pub const PUNT_TAP: &str = "PUNT_TAP";
+    pub const PUNT_TAP_XDP: &str = "PUNT_TAP_XDP";
     /// Every map of the object: what `[dataplane] pin_path` pins, and a restarted agent
     /// adopts.
-    pub const ALL_MAPS: [&str; 15] = [
+    pub const ALL_MAPS: [&str; 16] = [
         PUBLISH_DNAT,
         PUBLISH_SNAT,
         STATS,
@@ -52,6 +53,7 @@ pub mod names {
         LAYOUT,
         REDIRECT_PORTS,
         PUNT_TAP,
+        PUNT_TAP_XDP,
     ];
 }
 

@@ -30,10 +30,7 @@ pub fn gateway_xdp(ctx: XdpContext) -> u32 {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Forward => forward::xdp_forward(&mut ctx),
         Verdict::Drop => xdp_action::XDP_DROP,
-        Verdict::Punt(reason) => {
-            maps::count(punt::punt(&ctx, reason));
-            xdp_action::XDP_DROP
-        }
+        Verdict::Punt(reason) => punt::punt_xdp(&mut ctx, reason),
     }
 }
 

@@ -73,6 +73,12 @@ pub static PUNT: RingBuf = RingBuf::with_byte_size(PUNT_RING_BYTES, 0);
 #[map(name = "PUNT_TAP")]
 pub static PUNT_TAP: DevMap = DevMap::with_max_entries(1, 0);
 
+/// The same tap for XDP, in a map of its own: the kernel ties a devmap to the type of the
+/// first program that uses it (a devmap can hold XDP programs), and refuses to load a TC
+/// program using a devmap an XDP program uses (EINVAL after verification).
+#[map(name = "PUNT_TAP_XDP")]
+pub static PUNT_TAP_XDP: DevMap = DevMap::with_max_entries(1, 0);
+
 /// `LAYOUT_VERSION` of the agent that created the maps (element 0): a restarted agent adopts
 /// pinned maps only when it matches its own. The programs never read it.
 #[map(name = "LAYOUT")]

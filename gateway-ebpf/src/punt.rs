@@ -1,12 +1,13 @@
 //! Punt: packets of FTP control connections go to the agent, whole, and not on. The agent
 //! translates them, rewrites their payload and sends them itself. Two transports:
 //!
-//! - TC, when the agent has published its tap in `PUNT_TAP`: the frame's Ethernet header is
-//!   overwritten with the punt metadata (`gateway_common::punt_frame`) and the skb itself is
-//!   redirected out of the tap, whose reader is the agent. No copy, and the reader is woken
-//!   as any socket reader is (`tun_net_xmit` -> `sk_data_ready`).
-//! - The `PUNT` ring buffer otherwise (XDP; TC with no tap, or when the redirect fails): a
-//!   copy of the packet from its IP header on. Its wake-up (`bpf_ringbuf_submit` without
+//! - The agent's tap, when it has published one in `PUNT_TAP`: the frame's Ethernet header is
+//!   overwritten with the punt metadata (`gateway_common::punt_frame`) and the packet itself
+//!   goes out of the tap, whose reader is the agent: TC redirects the skb (`tun_net_xmit`),
+//!   XDP redirects the frame through the devmap (`tun_xdp_xmit`). No copy, and the reader is
+//!   woken as any socket reader is (`sk_data_ready`).
+//! - The `PUNT` ring buffer otherwise (no tap, or the redirect failed): a copy of the packet
+//!   from its IP header on. Its wake-up (`bpf_ringbuf_submit` without
 //!   `BPF_RB_NO_WAKEUP`) is an irq_work, raised with a self-IPI: in a VM a trapped APIC write
 //!   per record, which cost more CPU than all of the ALG's own work (DEVELOPERS.md).
 //!
@@ -15,16 +16,16 @@
 //! header on; an MTU-sized packet takes a small record, a GSO/GRO super-packet a large one.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT},
-    helpers::{bpf_ktime_get_ns, bpf_redirect},
-    programs::TcContext,
+    bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT, xdp_action},
+    helpers::{bpf_ktime_get_ns, bpf_redirect, bpf_xdp_store_bytes},
+    programs::{TcContext, XdpContext},
 };
 use gateway_common::{
     Counter, PUNT_HEADER_LEN, PUNT_LARGE_DATA, PUNT_SMALL_DATA, PuntHeader, punt_frame,
 };
 
 use crate::{
-    maps::{PUNT, PUNT_TAP, count},
+    maps::{PUNT, PUNT_TAP, PUNT_TAP_XDP, count},
     packet::Packet,
 };
 
@@ -59,7 +60,42 @@ pub fn punt_tc(ctx: &mut TcContext, reason: u8) -> i32 {
     TC_ACT_SHOT
 }
 
-/// The ring transport (XDP's, and TC's fallback): Punted, or DropPuntFailed.
+/// XDP's punt: to the agent's tap through the `PUNT_TAP_XDP` devmap (`tun_xdp_xmit` queues the
+/// frame for the tap's reader and wakes it as a socket reader), else to the ring. Returns the
+/// program's verdict; the packet never continues into the stack. A frame the tap's queue
+/// cannot take is dropped by the kernel after the program and counted in the tap's
+/// `tx_dropped` (`alg_punt_tap_dropped`), then retransmitted by its sender.
+#[inline(always)]
+pub fn punt_xdp(ctx: &mut XdpContext, reason: u8) -> u32 {
+    if PUNT_TAP_XDP.get(0).is_some() {
+        let meta = punt_frame::Meta {
+            // SAFETY: a helper without arguments.
+            punted_ns_low: unsafe { bpf_ktime_get_ns() } as u32,
+            ifindex: Packet::ingress_ifindex(ctx),
+            reason,
+        }
+        .encode();
+        // SAFETY: the helper bounds-checks the range against the frame and reads only `meta`.
+        let stored = unsafe {
+            bpf_xdp_store_bytes(
+                ctx.ctx,
+                0,
+                meta.as_ptr() as *mut _,
+                punt_frame::META_LEN as u32,
+            )
+        };
+        if stored == 0
+            && let Ok(action) = PUNT_TAP_XDP.redirect(0, 0)
+        {
+            count(Counter::Punted);
+            return action;
+        }
+    }
+    count(punt(ctx, reason));
+    xdp_action::XDP_DROP
+}
+
+/// The ring transport (XDP's and TC's fallback, `punt = "ring"`): Punted, or DropPuntFailed.
 #[inline(always)]
 pub fn punt<P: Packet>(packet: &P, reason: u8) -> Counter {
     let len = packet.total_len().saturating_sub(ETH_LEN);

@@ -265,10 +265,10 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    // Before the programs are attached, so that TC punts to it from the first packet. (An
+    // Before the programs are attached, so that they punt to it from the first packet. (An
     // adopted fast path punts to the ring meanwhile: the previous agent's tap went away
     // with it, and the kernel emptied the slot that named it.)
-    let tap = if config.dataplane.punt == Punt::Tap && hook != Hook::Xdp {
+    let tap = if config.dataplane.punt == Punt::Tap {
         let _runtime = runtime.enter();
         let tap = PuntTap::create().context(
             "cannot create the punt tap (it needs /dev/net/tun; dataplane.punt = \"ring\" does without)",
@@ -277,7 +277,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         tracing::info!(
             tap = tap.name(),
             ifindex = tap.ifindex(),
-            "TC punts FTP control packets to the tap"
+            "FTP control packets are punted to the tap"
         );
         Some(tap)
     } else {

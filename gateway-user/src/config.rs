@@ -54,15 +54,15 @@ pub enum XdpMode {
     Generic,
 }
 
-/// How TC hands FTP control packets to the agent.
+/// How the programs hand FTP control packets to the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Punt {
-    /// Redirected to a TAP device the agent owns (`gwpunt<N>`), read as a socket; the ring
-    /// stays for XDP and as the fallback.
+    /// Redirected to a TAP device the agent owns (`gwpunt<N>`), read as a socket (TC
+    /// redirects the skb, XDP the frame through a devmap); the ring is the fallback.
     #[default]
     Tap,
-    /// Copied into the punt ring buffer, as XDP's are.
+    /// Copied into the punt ring buffer.
     Ring,
 }
 

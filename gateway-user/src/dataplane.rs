@@ -578,17 +578,20 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Publishes the agent's punt tap to TC (`None`: punt into the ring). The kernel empties
-    /// the slot itself when the tap is unregistered, so a tap that went away with its agent
-    /// never stays a redirect target.
+    /// Publishes the agent's punt tap to both programs (`None`: punt into the ring). The
+    /// kernel empties the slots itself when the tap is unregistered, so a tap that went away
+    /// with its agent never stays a redirect target.
     pub fn set_punt_tap(&mut self, ifindex: Option<u32>) -> Result<(), DataplaneError> {
-        let map_name = names::PUNT_TAP;
-        let mut tap: DevMap<_> =
-            DevMap::try_from(self.map_mut(map_name)?).map_err(map_error(map_name))?;
         // Index 0 empties a devmap array's slot (aya's DevMap has no delete).
         let ifindex = ifindex.unwrap_or(0);
-        tap.set(0, ifindex, None, 0)
-            .map_err(|source| DataplaneError::PuntTap { ifindex, source })
+        // TC's and XDP's: a devmap serves programs of one type (see maps.rs).
+        for map_name in [names::PUNT_TAP, names::PUNT_TAP_XDP] {
+            let mut tap: DevMap<_> =
+                DevMap::try_from(self.map_mut(map_name)?).map_err(map_error(map_name))?;
+            tap.set(0, ifindex, None, 0)
+                .map_err(|source| DataplaneError::PuntTap { ifindex, source })?;
+        }
+        Ok(())
     }
 
     /// The ifindex TC punts to, if any (see [`Dataplane::set_punt_tap`]).

@@ -676,3 +676,50 @@ fn a_command_written_in_two_parts_is_acknowledged_while_held() {
     );
     assert!(lines[2].starts_with("221"), "{lines:?}");
 }
+
+/// Native XDP punts control packets to the agent's tap too (through its devmap), with the
+/// data connections forwarded by XDP: passive and active transfers of a published vsftpd
+/// from wire-like end hosts (XDP cannot finish partial checksums) that take XDP redirects.
+#[test]
+fn native_xdp_punts_to_the_tap_too() {
+    let config = format!("{}\n[dataplane]\nhook = \"xdp\"\n", published_config(true));
+    let mut setup = Setup::with_options(
+        &config,
+        LabOptions {
+            endpoint_tx_offload: false,
+            router_tx_offload: true,
+        },
+    );
+    let _receivers = setup
+        .lab
+        .accept_xdp_redirects()
+        .expect("XDP_PASS on the end hosts");
+    let server =
+        FtpServer::start(ServerKind::Vsftpd, &setup.lab.inside, lab::SERVER).expect("vsftpd");
+    let content = pattern(11, MIB);
+    server.put("file", &content).expect("put file");
+    let mut transfers = 0;
+    for mode in [Mode::Pasv, Mode::Port] {
+        let local = setup.scratch.join(format!("{mode:?}"));
+        ftp::transfer(
+            Client::Curl,
+            mode,
+            Direction::Download,
+            &setup.lab.outside,
+            lab::CLIENT,
+            SocketAddrV4::new(lab::PUBLIC, 21),
+            "file",
+            &local,
+        )
+        .unwrap_or_else(|err| panic!("{mode:?} download: {err:#}"));
+        assert_eq!(
+            ftp::sha256_file(&local).expect("sha256"),
+            ftp::sha256(&content),
+            "{mode:?}"
+        );
+        transfers += 1;
+    }
+    let output = setup.stop();
+    assert!(output.contains("hook=xdp"), "{output}");
+    assert_clean_alg(&output, &setup.gateway, transfers);
+}

@@ -185,13 +185,15 @@ fn a_full_ring_drops_and_counts_instead_of_forwarding() {
 }
 
 const TC_ACT_REDIRECT: u32 = 7;
+const XDP_REDIRECT: u32 = 4;
 
-/// With a tap published in `PUNT_TAP`, TC redirects a control packet to it (TC_ACT_REDIRECT:
-/// consumed, never passed on) with the punt metadata over its Ethernet header, and copies
-/// nothing into the ring. When the tap is deleted, the kernel empties the slot and the very
-/// next packet goes to the ring instead: a vanished tap cannot swallow punts.
+/// With a tap published in `PUNT_TAP`, both hooks redirect a control packet to it
+/// (TC_ACT_REDIRECT, XDP_REDIRECT: consumed, never passed on) with the punt metadata over its
+/// Ethernet header, and copy nothing into the ring. When the tap is deleted, the kernel
+/// empties the slot and the very next packet of either hook goes to the ring instead: a
+/// vanished tap cannot swallow punts.
 #[test]
-fn tc_punts_to_the_tap_and_falls_back_to_the_ring_when_it_is_gone() {
+fn punts_go_to_the_tap_and_fall_back_to_the_ring_when_it_is_gone() {
     check_environment().expect("environment");
     // The tap, the devmap update (which resolves the ifindex in the caller's namespace) and
     // the runs all happen in a namespace of the test's own.
@@ -236,33 +238,39 @@ fn tc_punts_to_the_tap_and_falls_back_to_the_ring_when_it_is_gone() {
                     punt_reason::MASQUERADE_FROM_SERVER,
                 ),
             ];
-            for (spec, reason) in &cases {
-                let frame = spec.build();
-                let (verdict, out) = run(&mut dataplane, Hook::Tc, &frame);
-                assert_eq!(verdict, TC_ACT_REDIRECT, "reason {reason}: to the tap");
-                let (meta, ip) =
-                    gateway_common::punt_frame::decode(&out).expect("punt metadata in the frame");
-                assert_eq!(meta.reason, *reason);
-                assert_eq!(ip, ETH_LEN);
-                assert_eq!(&out[ETH_LEN..], &frame[ETH_LEN..], "the packet untouched");
-                assert!(ring.next().is_none(), "nothing copied into the ring");
+            for (hook, redirected) in [(Hook::Tc, TC_ACT_REDIRECT), (Hook::Xdp, XDP_REDIRECT)] {
+                for (spec, reason) in &cases {
+                    let frame = spec.build();
+                    let (verdict, out) = run(&mut dataplane, hook, &frame);
+                    assert_eq!(verdict, redirected, "{hook:?}, reason {reason}: to the tap");
+                    let (meta, ip) = gateway_common::punt_frame::decode(&out)
+                        .expect("punt metadata in the frame");
+                    assert_eq!(meta.reason, *reason);
+                    assert_eq!(ip, ETH_LEN);
+                    assert_eq!(&out[ETH_LEN..], &frame[ETH_LEN..], "the packet untouched");
+                    assert!(ring.next().is_none(), "nothing copied into the ring");
+                }
             }
-            assert_eq!(counter(&dataplane, Counter::Punted), cases.len() as u64);
-            // XDP has no tap: its punts still go to the ring.
+            assert_eq!(counter(&dataplane, Counter::Punted), 2 * cases.len() as u64);
             let frame = cases[0].0.build();
-            let (verdict, _) = run(&mut dataplane, Hook::Xdp, &frame);
-            assert_eq!(verdict, XDP_DROP);
-            assert!(ring.next().is_some(), "XDP punts into the ring");
 
             // The tap goes away (as it does with its agent): the slot empties itself.
             remover.sh("ip link del gwtest0")?;
             assert_eq!(dataplane.punt_tap().expect("read"), None, "slot emptied");
-            let (verdict, out) = run(&mut dataplane, Hook::Tc, &frame);
-            assert_eq!(verdict, TC_ACT_SHOT, "no redirect to a vanished device");
-            assert_eq!(out, frame, "MAC addresses untouched on the ring path");
-            let record = ring.next().expect("the ring took it");
-            assert_eq!(decode(&record).expect("decodes").packet, &frame[ETH_LEN..]);
-            assert_eq!(counter(&dataplane, Counter::Punted), cases.len() as u64 + 2);
+            for (hook, dropped) in [(Hook::Tc, TC_ACT_SHOT), (Hook::Xdp, XDP_DROP)] {
+                let (verdict, out) = run(&mut dataplane, hook, &frame);
+                assert_eq!(
+                    verdict, dropped,
+                    "{hook:?}: no redirect to a vanished device"
+                );
+                assert_eq!(out, frame, "MAC addresses untouched on the ring path");
+                let record = ring.next().expect("the ring took it");
+                assert_eq!(decode(&record).expect("decodes").packet, &frame[ETH_LEN..]);
+            }
+            assert_eq!(
+                counter(&dataplane, Counter::Punted),
+                2 * cases.len() as u64 + 2
+            );
             assert_eq!(counter(&dataplane, Counter::DropPuntFailed), 0);
             Ok(())
         })
