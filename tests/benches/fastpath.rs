@@ -107,7 +107,7 @@ fn punt_cost() {
     }
 }
 
-/// The same punt from TC to a tap (the default transport on TC): in a namespace of its own,
+/// The same punt to a tap (the default transport): in a namespace of its own,
 /// where the tap lives and the devmap resolves its ifindex. TestRun reports the redirect
 /// without carrying it out, so this is the program's side: metadata written, tap looked up.
 fn punt_tap_cost() {
@@ -142,15 +142,19 @@ fn punt_tap_cost() {
                 SocketAddrV4::new(PUBLIC, 21),
             )
             .build();
-            let timings: Vec<u64> = (0..SAMPLES)
-                .map(|_| run(&mut dataplane, Hook::Tc, &frame, 1))
-                .collect();
-            Ok(median(timings))
+            Ok([(Hook::Xdp, "xdp"), (Hook::Tc, "tc")].map(|(hook, name)| {
+                let timings: Vec<u64> = (0..SAMPLES)
+                    .map(|_| run(&mut dataplane, hook, &frame, 1))
+                    .collect();
+                (name, median(timings))
+            }))
         })
         .join()
         .expect("thread")
         .expect("tap punt");
-    println!("fastpath tc punt_tap {median_ns}");
+    for (name, median_ns) in median_ns {
+        println!("fastpath {name} punt_tap {median_ns}");
+    }
 }
 
 /// The established-session hit with the table holding `entries` other sessions: the cost

@@ -393,7 +393,7 @@ fn report(
     )?;
     writeln!(
         out,
-        "Median of single runs timed by the kernel, each on a fresh copy of the frame (with `repeat`, later runs\nwould see the already translated frame and time a miss). Includes the test-run timer's own overhead, so read\nthe rows against each other. These rows have no Linux column: netfilter cannot be run on one crafted frame;\nthe cost it adds per packet is measured across the lab below, beside ours. The ring-buffer punt row is dominated by\nthe ring's wake-up of its reader, an irq_work self-IPI, which in this VM is a trapped MSR write; that is why TC\npunts to a tap by default (TestRun reports the tap redirect without carrying it out: the program's side).\n"
+        "Median of single runs timed by the kernel, each on a fresh copy of the frame (with `repeat`, later runs\nwould see the already translated frame and time a miss). Includes the test-run timer's own overhead, so read\nthe rows against each other. These rows have no Linux column: netfilter cannot be run on one crafted frame;\nthe cost it adds per packet is measured across the lab below, beside ours. The ring-buffer punt row is dominated by\nthe ring's wake-up of its reader, an irq_work self-IPI, which in this VM is a trapped MSR write; that is why the\nprograms punt to a tap by default (TestRun reports the tap redirect without carrying it out: the program's side).\n"
     )?;
     writeln!(out, "| case | XDP ns | TC ns |\n| --- | --- | --- |")?;
     for (case, what) in [
@@ -409,11 +409,11 @@ fn report(
         ),
         (
             "punt",
-            "FTP control packet punted to the agent's ring buffer (XDP; TC with `punt = \"ring\"`)",
+            "FTP control packet punted to the agent's ring buffer (`punt = \"ring\"`, and the fallback)",
         ),
         (
             "punt_tap",
-            "FTP control packet punted to the agent's tap (TC's default)",
+            "FTP control packet punted to the agent's tap (the default)",
         ),
         (
             "scale_1000",
@@ -507,6 +507,16 @@ fn report(
     ] {
         let (bpf_tcp, kernel_tcp) = (tcp_of(bpf), tcp_of(kernel));
         let cost = |setup: Setup| 1e9 / pps_of(setup) - 1e9 / pps_of(setup.baseline());
+        let range = |setup: Setup| {
+            let index = Setup::ALL.iter().position(|s| *s == setup).unwrap_or(0);
+            spread(&samples[index].tcp_gbps)
+        };
+        let ((bpf_low, bpf_high), (kernel_low, kernel_high)) = (range(bpf), range(kernel));
+        let noise = if bpf_low <= kernel_high && kernel_low <= bpf_high {
+            " (the TCP ranges overlap: the order is within noise)"
+        } else {
+            ""
+        };
         let winner = if bpf_tcp >= kernel_tcp {
             "BPF forwarding is faster: kept (the default)"
         } else {
@@ -514,7 +524,7 @@ fn report(
         };
         writeln!(
             out,
-            "- {hook}: TCP {bpf_tcp:.2} Gbit/s with BPF forwarding, {kernel_tcp:.2} with the stack's; added per packet {:.0} ns and {:.0} ns: {winner}.",
+            "- {hook}: TCP {bpf_tcp:.2} Gbit/s with BPF forwarding, {kernel_tcp:.2} with the stack's{noise}; added per packet {:.0} ns and {:.0} ns: {winner}.",
             cost(bpf),
             cost(kernel),
         )?;

@@ -43,7 +43,7 @@ enum Task {
         #[arg(long, default_value_t = 5)]
         seconds: u32,
         /// Runs of every configuration (alternating); medians are reported.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 5)]
         runs: usize,
         /// Only the FTP rows, printed instead of written to BENCHMARKS.md.
         #[arg(long)]
