@@ -103,9 +103,23 @@ pub fn ipv4_transport(
     }
 }
 
+/// Whether two checksums are the same one's-complement number: 0x0000 and 0xffff are both
+/// zero. A from-scratch computation gives one; the kernel may have written the other
+/// (`skb_checksum_help` writes 0xffff, CSUM_MANGLED_0, for any transport, where a checksum
+/// computes to 0x0000; a sender's software TCP checksum may be 0x0000).
+pub fn same(a: u16, b: u16) -> bool {
+    a == b || (a | b == 0xffff && (a == 0 || b == 0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn both_zeros_are_the_same_checksum() {
+        assert!(same(0x0000, 0xffff) && same(0xffff, 0x0000) && same(0x1234, 0x1234));
+        assert!(!same(0x0000, 0xfffe) && !same(0xff00, 0x00ff) && !same(0x0001, 0x0000));
+    }
 
     // RFC 1071 section 3 example words, and a real IPv4 header.
     const HEADER: [u8; 20] = [

@@ -109,7 +109,7 @@ pub fn checksum_error(frame: &[u8]) -> Option<String> {
     let (ip, segment) = split(frame)?;
     let stored_ip = u16::from_be_bytes([ip[10], ip[11]]);
     let expected_ip = checksum::ipv4_header(ip);
-    if stored_ip != expected_ip {
+    if !checksum::same(stored_ip, expected_ip) {
         return Some(format!(
             "IPv4 header checksum {stored_ip:#06x}, expected {expected_ip:#06x}"
         ));
@@ -126,7 +126,7 @@ pub fn checksum_error(frame: &[u8]) -> Option<String> {
     let src = [ip[12], ip[13], ip[14], ip[15]];
     let dst = [ip[16], ip[17], ip[18], ip[19]];
     let expected = checksum::ipv4_transport(src, dst, proto, segment, check_offset);
-    (stored != expected).then(|| {
+    (!checksum::same(stored, expected)).then(|| {
         let name = if proto == IPPROTO_TCP { "TCP" } else { "UDP" };
         format!("{name} checksum {stored:#06x}, expected {expected:#06x}")
     })

@@ -117,6 +117,18 @@ pub struct MasqueradeSettings {
 
 /// How long a closed control connection is remembered, for retransmitted FINs and ACKs.
 const CLOSED_LINGER_NS: u64 = 10_000_000_000;
+
+/// Malformed punted packets logged at warning level (the rest are counted).
+const MALFORMED_LOGGED: u64 = 10;
+
+/// The first 64 bytes of a packet in hex: its IPv4 and TCP headers, for a log line.
+fn hex_head(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .take(64)
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
 const TCP_PSH: u8 = 0x08;
 /// Free-port probes per allocation, as the fast path does.
 const PORT_TRIES: u32 = gateway_common::PORT_ALLOCATION_TRIES;
@@ -628,7 +640,17 @@ impl ControlTable {
             Ok(packet) => packet,
             Err(err) => {
                 self.stats.drop_malformed += 1;
-                tracing::debug!("punted packet refused: {err}");
+                // The first few in full (why, and from whom), then only counted: a flood of
+                // them must not flood the log.
+                if self.stats.drop_malformed <= MALFORMED_LOGGED {
+                    tracing::warn!(
+                        bytes = bytes.len(),
+                        head = %hex_head(bytes),
+                        "punted packet refused: {err}"
+                    );
+                } else {
+                    tracing::debug!("punted packet refused: {err}");
+                }
                 return Vec::new();
             }
         };

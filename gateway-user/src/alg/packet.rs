@@ -84,7 +84,10 @@ impl TcpPacket {
             return Err(PacketError::NotTcp(bytes[9]));
         }
         let header = &bytes[..ihl];
-        if checksum::ipv4_header(header) != u16::from_be_bytes([header[10], header[11]]) {
+        if !checksum::same(
+            checksum::ipv4_header(header),
+            u16::from_be_bytes([header[10], header[11]]),
+        ) {
             return Err(PacketError::BadIpChecksum);
         }
         let src = Ipv4Addr::new(bytes[12], bytes[13], bytes[14], bytes[15]);
@@ -97,7 +100,9 @@ impl TcpPacket {
         let stored = u16::from_be_bytes([segment[16], segment[17]]);
         let computed =
             checksum::ipv4_transport(src.octets(), dst.octets(), IPPROTO_TCP, segment, 16);
-        if stored != computed && stored != partial_checksum(src, dst, segment.len()) {
+        if !checksum::same(stored, computed)
+            && !checksum::same(stored, partial_checksum(src, dst, segment.len()))
+        {
             return Err(PacketError::BadTcpChecksum);
         }
         let word = |at: usize| u16::from_be_bytes([segment[at], segment[at + 1]]);
@@ -341,6 +346,31 @@ mod tests {
         let partial = partial_checksum(packet.src, packet.dst, bytes.len() - IPV4_HEADER);
         bytes[IPV4_HEADER + 16..IPV4_HEADER + 18].copy_from_slice(&partial.to_be_bytes());
         assert_eq!(TcpPacket::parse(&bytes).unwrap(), packet_with_same(&packet));
+    }
+
+    /// A segment whose checksum computes to 0x0000 arrives with 0xffff when the kernel
+    /// finished it (`skb_checksum_help` writes CSUM_MANGLED_0): the same number.
+    #[test]
+    fn a_zero_checksum_written_as_all_ones_is_accepted() {
+        let mut packet = sample();
+        packet.payload = b"PASV\r\n\0\0".to_vec();
+        let bytes = packet.build();
+        let check = u16::from_be_bytes([bytes[IPV4_HEADER + 16], bytes[IPV4_HEADER + 17]]);
+        // Two payload bytes equal to the checksum bring the sum to all ones: checksum 0.
+        let last = packet.payload.len() - 2;
+        packet.payload[last..].copy_from_slice(&check.to_be_bytes());
+        let mut bytes = packet.build();
+        let field = IPV4_HEADER + 16..IPV4_HEADER + 18;
+        assert_eq!(
+            bytes[field.clone()],
+            [0, 0],
+            "the checksum computes to zero"
+        );
+        bytes[field.clone()].copy_from_slice(&[0xff, 0xff]);
+        assert_eq!(TcpPacket::parse(&bytes).unwrap(), packet);
+        // Any other value is still wrong.
+        bytes[field].copy_from_slice(&[0xff, 0xfe]);
+        assert_eq!(TcpPacket::parse(&bytes), Err(PacketError::BadTcpChecksum));
     }
 
     fn packet_with_same(packet: &TcpPacket) -> TcpPacket {
