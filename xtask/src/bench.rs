@@ -512,12 +512,16 @@ fn report(
             spread(&samples[index].tcp_gbps)
         };
         let ((bpf_low, bpf_high), (kernel_low, kernel_high)) = (range(bpf), range(kernel));
-        let noise = if bpf_low <= kernel_high && kernel_low <= bpf_high {
+        // Only a difference beyond the runs' spread is a reason to change the default.
+        let within_noise = bpf_low <= kernel_high && kernel_low <= bpf_high;
+        let noise = if within_noise {
             " (the TCP ranges overlap: the order is within noise)"
         } else {
             ""
         };
-        let winner = if bpf_tcp >= kernel_tcp {
+        let winner = if within_noise {
+            "no difference this machine can measure: BPF forwarding stays the default"
+        } else if bpf_tcp >= kernel_tcp {
             "BPF forwarding is faster: kept (the default)"
         } else {
             "the stack's forwarding is faster here: `forwarding = \"kernel\"` is the setting to use with this hook"

@@ -355,10 +355,33 @@ pub struct ControlTable {
     next_id: u64,
     rng: u64,
     stats: AlgStats,
-    /// Connections changed, and removed, since the last `take_changes`: what a save after a
-    /// batch must write (a save of everything would cost O(sessions) per batch).
+    /// What a save after a batch must write (a save of everything would cost O(sessions)
+    /// per batch), kept only once a store asks for it.
+    changes: Changes,
+}
+
+/// Connections changed, and removed, since the last [`ControlTable::take_changes`]. Nothing
+/// is kept until [`ControlTable::track_changes`]: without a store nobody takes them.
+#[derive(Default)]
+struct Changes {
+    tracking: bool,
     changed: HashSet<u64>,
     removed: Vec<u64>,
+}
+
+impl Changes {
+    fn changed(&mut self, id: u64) {
+        if self.tracking {
+            self.changed.insert(id);
+        }
+    }
+
+    fn removed(&mut self, id: u64) {
+        if self.tracking {
+            self.changed.remove(&id);
+            self.removed.push(id);
+        }
+    }
 }
 
 impl ControlTable {
@@ -371,8 +394,7 @@ impl ControlTable {
             next_id: 1,
             rng: seed | 1,
             stats: AlgStats::default(),
-            changed: HashSet::new(),
-            removed: Vec::new(),
+            changes: Changes::default(),
         }
     }
 
@@ -383,8 +405,8 @@ impl ControlTable {
     /// Everything needed to carry on after a restart, as the snapshot of journal
     /// `generation`. Pending changes are part of it: they are cleared.
     pub fn save(&mut self, generation: u64) -> SavedTable {
-        self.changed.clear();
-        self.removed.clear();
+        self.changes.changed.clear();
+        self.changes.removed.clear();
         SavedTable {
             version: SAVED_TABLE_VERSION,
             generation,
@@ -400,10 +422,11 @@ impl ControlTable {
     /// What changed since the last call (or `save`), if anything, as a record of journal
     /// `generation`.
     pub fn take_changes(&mut self, generation: u64) -> Option<SavedChanges> {
-        if self.changed.is_empty() && self.removed.is_empty() {
+        if self.changes.changed.is_empty() && self.changes.removed.is_empty() {
             return None;
         }
         let changed = self
+            .changes
             .changed
             .drain()
             .filter_map(|id| Some(saved_connection(id, self.connections.get(&id)?)))
@@ -412,8 +435,13 @@ impl ControlTable {
             generation,
             meta: self.meta(),
             changed,
-            removed: std::mem::take(&mut self.removed),
+            removed: std::mem::take(&mut self.changes.removed),
         })
+    }
+
+    /// From now on, keep what changes for [`ControlTable::take_changes`].
+    pub fn track_changes(&mut self) {
+        self.changes.tracking = true;
     }
 
     fn meta(&self) -> SavedMeta {
@@ -470,8 +498,7 @@ impl ControlTable {
             next_id: saved.meta.next_id,
             rng: saved.meta.rng | 1,
             stats: saved.meta.stats,
-            changed: HashSet::new(),
-            removed: Vec::new(),
+            changes: Changes::default(),
         };
         for saved in saved.connections {
             let policy = table
@@ -564,7 +591,7 @@ impl ControlTable {
                 let Some(segment) = connection.core.resend_owed(direction) else {
                     continue;
                 };
-                self.changed.insert(*id);
+                self.changes.changed(*id);
                 let Some(template) = connection.last_from[side(direction)].clone() else {
                     continue;
                 };
@@ -606,7 +633,7 @@ impl ControlTable {
             if used.is_empty() {
                 continue;
             }
-            self.changed.insert(*id);
+            self.changes.changed(*id);
             connection
                 .expectations
                 .retain(|(key, _)| !used.contains(&key.endpoint));
@@ -682,7 +709,7 @@ impl ControlTable {
         let was_live = self.connections.get(&id).is_some_and(|c| !c.closed());
         let outgoing = self.on_segment(id, direction, packet, now_ns, maps);
         if self.connections.contains_key(&id) {
-            self.changed.insert(id);
+            self.changes.changed(id);
         }
         if let Some(connection) = self.connections.get(&id)
             && was_live
@@ -732,7 +759,7 @@ impl ControlTable {
                 .expectations
                 .retain(|(_, expires)| *expires >= now_ns);
             if (connection.held.len(), connection.expectations.len()) != before {
-                self.changed.insert(*id);
+                self.changes.changed(*id);
             }
         }
         gone.len()
@@ -742,8 +769,7 @@ impl ControlTable {
         let Some(connection) = self.connections.remove(&id) else {
             return;
         };
-        self.changed.remove(&id);
-        self.removed.push(id);
+        self.changes.removed(id);
         if !connection.closed() {
             self.client_session_ended(*connection.client.ip());
         }
@@ -850,7 +876,7 @@ impl ControlTable {
         self.flows
             .insert(key(server, client_seen), (id, Direction::ServerToClient));
         self.connections.insert(id, connection);
-        self.changed.insert(id);
+        self.changes.changed(id);
         *self.live_per_client.entry(*client.ip()).or_default() += 1;
         self.stats.sessions_opened += 1;
         tracing::info!(

@@ -36,6 +36,7 @@ impl StateStore {
     /// Starts a store at `snapshot` holding `table` as it is now (a fresh snapshot, an empty
     /// journal).
     pub fn create(snapshot: &Path, table: &mut ControlTable) -> io::Result<StateStore> {
+        table.track_changes();
         let journal_path = journal_path(snapshot);
         let journal = OpenOptions::new()
             .create(true)

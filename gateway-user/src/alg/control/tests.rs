@@ -686,3 +686,19 @@ fn replay_stops_at_a_cut_line_and_skips_an_older_generation() {
     assert_eq!(restored.connections.len(), 2, "the third is cut off");
     let _ = std::fs::remove_dir_all(path.parent().unwrap());
 }
+
+#[test]
+fn without_a_store_no_changes_are_kept() {
+    let mut table = ControlTable::new(settings(), 7);
+    let mut maps = FakeMaps::default();
+    for port in 42000..42050 {
+        assert!(syn_from(&mut table, &mut maps, port));
+    }
+    table.expire(241 * SECOND, &mut maps);
+    assert!(table.connections.is_empty());
+    assert!(table.changes.changed.is_empty() && table.changes.removed.is_empty());
+    // Once tracked, they are.
+    table.track_changes();
+    assert!(syn_from(&mut table, &mut maps, 42050));
+    assert_eq!(table.changes.changed.len(), 1);
+}
