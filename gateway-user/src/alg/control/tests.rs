@@ -406,21 +406,7 @@ fn a_super_packet_leaves_cut_to_the_receivers_mss() {
 fn a_closed_connection_goes_with_its_unused_expectations() {
     let mut table = ControlTable::new(settings(), 7);
     let mut maps = FakeMaps::default();
-    published_handshake(&mut table, &mut maps);
-    table.on_packet(
-        punt_reason::PUBLISHED_FROM_SERVER,
-        &segment(
-            (SERVER, 21),
-            (CLIENT, 40000),
-            501,
-            101,
-            PSH_ACK,
-            b"227 Entering Passive Mode (10,0,0,2,195,80)\r\n",
-            vec![],
-        ),
-        0,
-        &mut maps,
-    );
+    session_with_passive_reply(&mut table, &mut maps);
     assert_eq!(maps.expectations.len(), 1);
     table.on_packet(
         punt_reason::PUBLISHED_FROM_CLIENT,
