@@ -116,16 +116,7 @@ fn punt_tap_cost() {
         gateway_tests::netns::unique_prefix()
     ))
     .expect("netns");
-    netns
-        .sh("ip tuntap add dev gwbench0 mode tap && ip link set gwbench0 up")
-        .expect("tap");
-    let ifindex: u32 = netns
-        .sh("cat /sys/class/net/gwbench0/ifindex || ip -o link show gwbench0 | cut -d: -f1")
-        .expect("ifindex")
-        .lines()
-        .next()
-        .and_then(|index| index.trim().parse().ok())
-        .expect("ifindex");
+    let ifindex = netns.add_tap("gwbench0").expect("tap");
     let median_ns = netns
         .spawn(move || {
             let mut dataplane = Dataplane::load(false, 1 << 16)?;

@@ -67,6 +67,19 @@ impl Netns {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
+    /// Adds a TAP device `name`, up, in this namespace (as the agent's punt tap is); returns
+    /// its ifindex.
+    pub fn add_tap(&self, name: &str) -> anyhow::Result<u32> {
+        let index = self.sh(&format!(
+            "ip tuntap add dev {name} mode tap && ip link set {name} up && ip -o link show {name}"
+        ))?;
+        index
+            .split(':')
+            .next()
+            .and_then(|index| index.trim().parse().ok())
+            .with_context(|| format!("no ifindex for {name} in {index:?}"))
+    }
+
     /// Moves the calling thread into this namespace (setns only affects the calling thread).
     pub fn enter(&self) -> anyhow::Result<()> {
         let path = format!("/run/netns/{}", self.name);

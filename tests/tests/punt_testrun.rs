@@ -202,16 +202,7 @@ fn punts_go_to_the_tap_and_fall_back_to_the_ring_when_it_is_gone() {
         gateway_tests::netns::unique_prefix()
     ))
     .expect("netns");
-    netns
-        .sh("ip tuntap add dev gwtest0 mode tap && ip link set gwtest0 up")
-        .expect("tap");
-    let ifindex: u32 = netns
-        .sh("ip -o link show gwtest0")
-        .expect("ip link")
-        .split(':')
-        .next()
-        .and_then(|index| index.trim().parse().ok())
-        .expect("ifindex");
+    let ifindex = netns.add_tap("gwtest0").expect("tap");
     let remover = gateway_tests::netns::Netns::existing(netns.name()).expect("netns");
     netns
         .spawn(move || {
