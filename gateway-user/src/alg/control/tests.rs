@@ -450,21 +450,7 @@ fn a_closed_connection_goes_with_its_unused_expectations() {
 fn a_used_expectation_releases_its_data_port() {
     let mut table = ControlTable::new(settings(), 7);
     let mut maps = FakeMaps::default();
-    published_handshake(&mut table, &mut maps);
-    table.on_packet(
-        punt_reason::PUBLISHED_FROM_SERVER,
-        &segment(
-            (SERVER, 21),
-            (CLIENT, 40000),
-            501,
-            101,
-            PSH_ACK,
-            b"227 Entering Passive Mode (10,0,0,2,195,80)\r\n",
-            vec![],
-        ),
-        0,
-        &mut maps,
-    );
+    session_with_passive_reply(&mut table, &mut maps);
     let port = Endpoint::new(PUBLIC.octets(), 50000u16.to_be_bytes(), IPPROTO_TCP);
     table.forget_used(&mut maps);
     assert!(
