@@ -111,7 +111,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         std::process::exit(130);
     })
     .context("cannot install the Ctrl-C handler")?;
-    crate::setup::run()?;
+    crate::setup::run_for_bench()?;
     let gateway = crate::build_gateway(true)?;
     if options.ftp_only {
         print!("{}", ftp::run(&gateway, options)?);

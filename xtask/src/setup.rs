@@ -5,7 +5,8 @@
 //!   bpf-linker links against (a mismatch produces objects the linker cannot read);
 //! - bpf-linker itself, built against that LLVM;
 //! - the tools the lab and tests drive: iproute2, ethtool, ping, iperf3, nftables, and the FTP
-//!   servers and clients (vsftpd, lftp, curl from Debian; pyftpdlib from PyPI).
+//!   servers and clients (vsftpd, lftp, curl from Debian; pyftpdlib from PyPI);
+//! - for `cargo xtask bench` only, `perf` (linux-perf), which profiles the agent.
 
 use std::{
     path::PathBuf,
@@ -31,6 +32,8 @@ const TOOL_PACKAGES: &[&str] = &[
     // Reads the pcap files of `gateway capture` in its test.
     "tcpdump",
 ];
+/// Debian packages only the benchmarks use: `perf`, which profiles the agent.
+const BENCH_PACKAGES: &[&str] = &["linux-perf"];
 /// Python packages from PyPI the tests use, pinned: (import name, pip requirement).
 const PYTHON_PACKAGES: &[(&str, &str)] = &[("pyftpdlib", "pyftpdlib==2.2.0")];
 
@@ -65,6 +68,20 @@ pub fn run() -> anyhow::Result<()> {
             "setup: installed {} in {:.1?}",
             installed.join(", "),
             started.elapsed()
+        );
+    }
+    Ok(())
+}
+
+/// What `cargo xtask bench` needs beyond [`run`]'s.
+pub fn run_for_bench() -> anyhow::Result<()> {
+    run()?;
+    let packages: Vec<String> = BENCH_PACKAGES.iter().map(|name| name.to_string()).collect();
+    let installed = ensure_packages(&packages)?;
+    if !installed.is_empty() {
+        println!(
+            "setup: installed {} for the benchmarks",
+            installed.join(", ")
         );
     }
     Ok(())
