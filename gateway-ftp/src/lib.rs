@@ -11,8 +11,11 @@
 //! - [`seq`]: the sequence-number map of one direction once rewrites change its length, with
 //!   the reverse mapping for ACK numbers and SACK blocks.
 //! - [`stream`]: one direction of a control connection as segments in, rewritten segments out.
-//! - [`session`]: a whole control connection: both streams, announcements, expectations.
+//! - [`session`]: a whole control connection as TCP: both streams, sequence numbers, windows,
+//!   the segments the gateway sends in a side's name.
+//! - `inspect`: the checks, announcements and protocol state each complete line goes through.
 
+mod inspect;
 pub mod line;
 pub mod parse;
 pub mod policy;
