@@ -8,12 +8,12 @@ use std::net::SocketAddrV4;
 use crate::{
     line::Line,
     parse::{self, ExtendedAddress},
-    policy::{Check, Policy, TlsPolicy, ViolationAction},
+    policy::{Check, NotFtpAction, Policy, TlsPolicy, ViolationAction},
     rewrite,
     session::{
         Direction, Endpoints, Expectation, MIN_DATA_PORT, OutboundExpectation, PortAllocator,
     },
-    state::ProtocolState,
+    state::{OUT_OF_BAND, ProtocolState},
     stream::LineAction,
 };
 
@@ -34,105 +34,272 @@ pub(crate) struct Outcome {
     pub(crate) announced: Vec<Expectation>,
     pub(crate) outbound: Vec<OutboundExpectation>,
     pub(crate) violations: Vec<(Check, String, Vec<u8>, Option<ViolationAction>)>,
-    /// Replies for the client in the gateway's name (rejected commands).
+    /// Replies for the client in the gateway's name (rejected commands), to inject now.
     pub(crate) rejections: Vec<&'static str>,
     pub(crate) reset: bool,
+    /// The session turned out not to be FTP, and why.
+    pub(crate) not_ftp: Option<String>,
 }
 
-/// Runs a complete line through the checks (with a policy), the announcement logic, and the
-/// protocol state; returns what the stream does with it.
-pub(crate) fn judge(
-    direction: Direction,
-    line: &Line,
-    endpoints: &Endpoints,
-    ports: &mut dyn PortAllocator,
-    policy: Option<&Policy>,
-    state: &mut ProtocolState,
-    outcome: &mut Outcome,
-) -> LineAction {
-    if outcome.reset {
-        // The session is being reset: nothing more of this segment goes through.
-        return LineAction::Replace(Vec::new());
+/// How a client's line reaches the inspection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Arrival {
+    /// As it arrives from the client.
+    Fresh,
+    /// Held as pipelined when it arrived, released now that the reply before it passed.
+    Released,
+}
+
+/// Commands of RFC 959 and of the extensions clients use (RFC 775, 1639, 2228, 2389, 2428,
+/// 2640, 3659, 7151, and common drafts). Before login a line with any other verb is not FTP:
+/// an HTTP request's `GET`/`POST` line is what NAT slipstreaming sends to port 21.
+const FTP_COMMANDS: &[&str] = &[
+    "ABOR", "ACCT", "ADAT", "ALLO", "APPE", "AUTH", "AVBL", "CCC", "CDUP", "CLNT", "CONF", "CSID",
+    "CWD", "DELE", "DSIZ", "ENC", "EPRT", "EPSV", "FEAT", "HASH", "HELP", "HOST", "LANG", "LIST",
+    "LPRT", "LPSV", "MDTM", "MFCT", "MFF", "MFMT", "MIC", "MKD", "MLSD", "MLST", "MODE", "NLST",
+    "NOOP", "OPTS", "PASS", "PASV", "PBSZ", "PORT", "PROT", "PWD", "QUIT", "REIN", "REST", "RETR",
+    "RMD", "RNFR", "RNTO", "SITE", "SIZE", "SMNT", "SPSV", "STAT", "STOR", "STOU", "STRU", "SYST",
+    "THMB", "TYPE", "USER", "XCUP", "XCWD", "XMKD", "XPWD", "XRMD",
+];
+
+/// Everything the inspection of one segment's lines reads and changes.
+pub(crate) struct Inspector<'a> {
+    pub(crate) endpoints: &'a Endpoints,
+    pub(crate) ports: &'a mut dyn PortAllocator,
+    /// Without a policy only announcements are acted on (nothing is held or refused).
+    pub(crate) policy: Option<&'a Policy>,
+    pub(crate) state: &'a mut ProtocolState,
+    /// Lines no FTP client sends, seen after login so far (the session's count).
+    pub(crate) malformed_lines: &'a mut usize,
+    /// The client's stream holds lines: every later line waits behind them.
+    pub(crate) holding: bool,
+    pub(crate) outcome: Outcome,
+}
+
+impl Inspector<'_> {
+    /// A complete line from the client: classified, held while the reply before it is due
+    /// (pipelining off), checked, its announcement acted on, and the state advanced.
+    pub(crate) fn client_line(&mut self, line: &Line, arrival: Arrival) -> LineAction {
+        if self.outcome.reset {
+            // The session is being reset: nothing more of this segment goes through.
+            return LineAction::Replace(Vec::new());
+        }
+        if self.outcome.not_ftp.is_some() || self.state.tls_started() {
+            // Not inspected any more (passed through as plain TCP, or encrypted).
+            return LineAction::Keep;
+        }
+        let Some(policy) = self.policy else {
+            let verdict = verdict_of(announcement(
+                Direction::ClientToServer,
+                line,
+                self.endpoints,
+                self.ports,
+            ));
+            return self.act(Direction::ClientToServer, line, verdict);
+        };
+        let content = strip_telnet(line.content());
+        // Whether the line is FTP at all is judged as it arrives, pipelined or not: a stream
+        // that is not FTP is caught at its first such line.
+        let command = match classify_command(line, content, self.state.logged_in()) {
+            Ok(command) => command,
+            Err((check, reason)) => return self.not_an_ftp_line(line, check, reason, policy),
+        };
+        let verb = command.verb.as_str();
+        if !policy.pipelining
+            && (self.holding || (self.state.awaiting_reply() && !OUT_OF_BAND.contains(&verb)))
+        {
+            // It waits for the reply before it, so that it is judged in the state that reply
+            // makes, and the server answers one command at a time.
+            self.holding = true;
+            return LineAction::Hold;
+        }
+        let pipelined = arrival == Arrival::Released || self.state.awaiting_reply();
+        let verdict = match check_command(&command, self.state, policy, pipelined) {
+            Ok(()) => verdict_of(announcement(
+                Direction::ClientToServer,
+                line,
+                self.endpoints,
+                self.ports,
+            )),
+            Err((check, reason)) => Verdict::Violation(check, reason),
+        };
+        let passes = !matches!(verdict, Verdict::Violation(..));
+        let action = self.act(Direction::ClientToServer, line, verdict);
+        if passes {
+            let argument = String::from_utf8_lossy(command.argument);
+            self.state.on_command(verb, &argument);
+        }
+        action
     }
-    if state.tls_started() {
-        return LineAction::Keep;
+
+    /// A complete line from the server: checked, its announcement acted on (the first line
+    /// of a `227`/`229` reply only), and the state advanced. Refusals that fall due behind the
+    /// reply it completes follow it, in the server's name, so the client reads every reply in
+    /// the order of its commands.
+    pub(crate) fn server_line(&mut self, line: &Line) -> LineAction {
+        if self.outcome.reset {
+            return LineAction::Replace(Vec::new());
+        }
+        if self.outcome.not_ftp.is_some() || self.state.tls_started() {
+            return LineAction::Keep;
+        }
+        let content = strip_telnet(line.content());
+        let first_of_reply = !self.state.inside_multiline_reply();
+        let checked = match self.policy {
+            Some(_) => check_reply(line, content, first_of_reply),
+            None => Ok(()),
+        };
+        let verdict = match checked {
+            Ok(()) if first_of_reply => verdict_of(announcement(
+                Direction::ServerToClient,
+                line,
+                self.endpoints,
+                self.ports,
+            )),
+            Ok(()) => Verdict::Pass,
+            Err((check, reason)) => Verdict::Violation(check, reason),
+        };
+        // The state follows what the server really said.
+        let reply = parse::reply_line(content).map(|reply| (reply.code, reply.continued));
+        let due = self.state.on_reply_line(reply);
+        let action = self.act(Direction::ServerToClient, line, verdict);
+        if due.is_empty() {
+            return action;
+        }
+        let mut bytes = match action {
+            LineAction::Replace(bytes) => bytes,
+            LineAction::Keep | LineAction::Hold => line.bytes.clone(),
+        };
+        for check in due {
+            bytes.extend_from_slice(check.reject_reply().as_bytes());
+        }
+        LineAction::Replace(bytes)
     }
-    let content = strip_telnet(line.content());
-    let mut command = None;
-    let verdict = match (direction, policy) {
-        (Direction::ClientToServer, Some(policy)) => {
-            match check_command(line, content, state, policy) {
-                Ok(parsed) => {
-                    command = Some(parsed);
-                    verdict_of(announcement(direction, line, endpoints, ports))
-                }
-                Err((check, reason)) => Verdict::Violation(check, reason),
+
+    /// A line no FTP client sends. Before login the session is not FTP from then on; after
+    /// login it is once `max_malformed_lines` of them have come; until then it is a violation
+    /// like any other.
+    fn not_an_ftp_line(
+        &mut self,
+        line: &Line,
+        check: Check,
+        reason: String,
+        policy: &Policy,
+    ) -> LineAction {
+        let logged_in = self.state.logged_in();
+        if logged_in {
+            *self.malformed_lines += 1;
+            if *self.malformed_lines < policy.max_malformed_lines {
+                return self.act(
+                    Direction::ClientToServer,
+                    line,
+                    Verdict::Violation(check, reason),
+                );
             }
         }
-        (Direction::ServerToClient, Some(_)) => match check_reply(line, content) {
-            Ok(()) => verdict_of(announcement(direction, line, endpoints, ports)),
-            Err((check, reason)) => Verdict::Violation(check, reason),
-        },
-        (_, None) => verdict_of(announcement(direction, line, endpoints, ports)),
-    };
-    // The state follows what the server really said, and the commands that really went.
-    if direction == Direction::ServerToClient {
-        let reply = parse::reply_line(content).map(|reply| (reply.code, reply.continued));
-        state.on_reply_line(reply, content);
+        let why = if logged_in {
+            format!(
+                "{reason}: the {} line after login that no FTP client sends",
+                ordinal(*self.malformed_lines)
+            )
+        } else {
+            format!("{reason}, before login")
+        };
+        let (action, logged) = match policy.not_ftp {
+            NotFtpAction::Reset => {
+                self.outcome.reset = true;
+                (
+                    LineAction::Replace(Vec::new()),
+                    Some(ViolationAction::Reset),
+                )
+            }
+            // Reported; from here on the connection is plain TCP.
+            NotFtpAction::Pass => (LineAction::Keep, None),
+        };
+        self.outcome
+            .violations
+            .push((check, why.clone(), line.bytes.clone(), logged));
+        self.outcome.not_ftp = Some(why);
+        action
     }
-    let action = match verdict {
-        Verdict::Pass => LineAction::Keep,
-        Verdict::Outbound(expectation) => {
-            outcome.outbound.push(expectation);
-            LineAction::Keep
+
+    /// What the stream does with a line, given its verdict.
+    fn act(&mut self, direction: Direction, line: &Line, verdict: Verdict) -> LineAction {
+        match verdict {
+            Verdict::Pass => LineAction::Keep,
+            Verdict::Outbound(expectation) => {
+                self.outcome.outbound.push(expectation);
+                LineAction::Keep
+            }
+            Verdict::Rewrite {
+                new_line,
+                expectation,
+            } => {
+                self.outcome.announced.push(expectation);
+                LineAction::Replace(new_line)
+            }
+            Verdict::Violation(check, reason) => self.violation(direction, line, check, reason),
         }
-        Verdict::Rewrite {
-            new_line,
-            expectation,
-        } => {
-            outcome.announced.push(expectation);
-            LineAction::Replace(new_line)
-        }
-        Verdict::Violation(check, reason) => {
-            let Some(policy) = policy else {
-                // Without a policy the line is reported, and passes as it is.
-                outcome
-                    .violations
-                    .push((check, reason, line.bytes.clone(), None));
-                return LineAction::Keep;
-            };
-            let action = policy.on_violation;
-            outcome
+    }
+
+    fn violation(
+        &mut self,
+        direction: Direction,
+        line: &Line,
+        check: Check,
+        reason: String,
+    ) -> LineAction {
+        let Some(policy) = self.policy else {
+            // Without a policy the line is reported, and passes as it is.
+            self.outcome
                 .violations
-                .push((check, reason, line.bytes.clone(), Some(action)));
-            return match action {
-                ViolationAction::Drop => LineAction::Replace(Vec::new()),
-                ViolationAction::Reset => {
-                    outcome.reset = true;
+                .push((check, reason, line.bytes.clone(), None));
+            return LineAction::Keep;
+        };
+        let action = policy.on_violation;
+        self.outcome
+            .violations
+            .push((check, reason, line.bytes.clone(), Some(action)));
+        match action {
+            ViolationAction::Drop => LineAction::Replace(Vec::new()),
+            ViolationAction::Reset => {
+                self.outcome.reset = true;
+                LineAction::Replace(Vec::new())
+            }
+            ViolationAction::Reject => match direction {
+                Direction::ClientToServer => {
+                    if self.state.awaiting_reply() {
+                        // Its answer waits for the replies to the commands before it.
+                        self.state.defer_refusal(check);
+                    } else {
+                        self.outcome.rejections.push(check.reject_reply());
+                    }
                     LineAction::Replace(Vec::new())
                 }
-                ViolationAction::Reject => match direction {
-                    Direction::ClientToServer => {
-                        outcome.rejections.push(check.reject_reply());
+                // A refused reply is replaced by a failure the client understands (a text
+                // line inside a multi-line reply just goes).
+                Direction::ServerToClient => {
+                    let content = strip_telnet(line.content());
+                    if parse::reply_line(content).is_some_and(|reply| !reply.continued) {
+                        LineAction::Replace(REFUSED_REPLY.as_bytes().to_vec())
+                    } else {
                         LineAction::Replace(Vec::new())
                     }
-                    // A refused reply is replaced by a failure the client understands (a text
-                    // line inside a multi-line reply just goes).
-                    Direction::ServerToClient => {
-                        if parse::reply_line(content).is_some_and(|reply| !reply.continued) {
-                            LineAction::Replace(REFUSED_REPLY.as_bytes().to_vec())
-                        } else {
-                            LineAction::Replace(Vec::new())
-                        }
-                    }
-                },
-            };
+                }
+            },
         }
-    };
-    if let Some((verb, argument)) = command {
-        state.on_command(&verb, &argument);
     }
-    action
+}
+
+fn ordinal(n: usize) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
 }
 
 /// What the client gets instead of a server reply the policy refused.
@@ -153,13 +320,14 @@ fn verdict_of(announcement: Announcement) -> Verdict {
     }
 }
 
-/// The checks of a client's line, in order; the command's verb and argument when it passes.
-fn check_command(
+/// Whether a client's line is an FTP command at all: no NUL or bare CR, not a reply code, a
+/// verb and its argument, a verb FTP knows (before login; after it, servers answer unknown
+/// verbs themselves), and no data address hidden in another command's argument.
+fn classify_command<'a>(
     line: &Line,
-    content: &[u8],
-    state: &ProtocolState,
-    policy: &Policy,
-) -> Result<(String, String), (Check, String)> {
+    content: &'a [u8],
+    logged_in: bool,
+) -> Result<parse::CommandLine<'a>, (Check, String)> {
     if line.has_nul_or_bare_cr() {
         return Err((Check::NulOrBareCr, "NUL or bare CR inside a command".into()));
     }
@@ -172,34 +340,65 @@ fn check_command(
     let Some(command) = parse::command_line(content) else {
         return Err((Check::Malformed, "not a command".into()));
     };
-    let verb = command.verb.clone();
-    let argument = String::from_utf8_lossy(command.argument).into_owned();
-    if policy.command_denied(&verb) {
+    if !logged_in && !FTP_COMMANDS.contains(&command.verb.as_str()) {
+        return Err((
+            Check::Malformed,
+            format!("{} is not an FTP command", command.verb),
+        ));
+    }
+    if command.verb != "PORT" && command.verb != "EPRT" && embedded_address(command.argument) {
+        return Err((
+            Check::Embedded,
+            format!("a data address inside {}'s argument", command.verb),
+        ));
+    }
+    Ok(command)
+}
+
+/// The policy's checks of an FTP command, in order.
+fn check_command(
+    command: &parse::CommandLine<'_>,
+    state: &ProtocolState,
+    policy: &Policy,
+    pipelined: bool,
+) -> Result<(), (Check, String)> {
+    let verb = command.verb.as_str();
+    if policy.command_denied(verb) {
         return Err((Check::DeniedCommand, format!("{verb} is denied")));
     }
     if verb == "AUTH" && policy.tls == TlsPolicy::Deny {
+        let argument = String::from_utf8_lossy(command.argument);
         return Err((Check::Tls, format!("AUTH {argument} while TLS is denied")));
     }
     state
-        .check_command(&verb, policy)
+        .check_command(verb)
         .map_err(|why| (Check::OutOfState, why.0))?;
-    if verb == "USER" && !policy.user_allowed(&argument) {
+    if verb == "USER" {
+        let argument = String::from_utf8_lossy(command.argument);
+        if !policy.user_allowed(&argument) {
+            return Err((
+                Check::ForbiddenUser,
+                format!("user {argument:?} is not allowed"),
+            ));
+        }
+    }
+    if pipelined && (verb == "PORT" || verb == "EPRT") {
+        // A data address is only taken from a client that waited for the reply to its last
+        // command: one that arrives in the same flight as other lines is what an attacker who
+        // controls part of a non-FTP stream can place (NAT slipstreaming).
         return Err((
-            Check::ForbiddenUser,
-            format!("user {argument:?} is not allowed"),
+            Check::OutOfState,
+            format!(
+                "{verb} sent before {} was answered",
+                state.oldest_unanswered()
+            ),
         ));
     }
-    if verb != "PORT" && verb != "EPRT" && embedded_address(command.argument) {
-        return Err((
-            Check::Embedded,
-            format!("a data address inside {verb}'s argument"),
-        ));
-    }
-    Ok((verb, argument))
+    Ok(())
 }
 
 /// The checks of a server's line.
-fn check_reply(line: &Line, content: &[u8]) -> Result<(), (Check, String)> {
+fn check_reply(line: &Line, content: &[u8], first_of_reply: bool) -> Result<(), (Check, String)> {
     if line.has_nul_or_bare_cr() {
         return Err((Check::NulOrBareCr, "NUL or bare CR inside a reply".into()));
     }
@@ -211,8 +410,10 @@ fn check_reply(line: &Line, content: &[u8]) -> Result<(), (Check, String)> {
             format!("{} from the server", command.verb),
         ));
     }
-    let announcing = parse::reply_line(content)
-        .is_some_and(|reply| !reply.continued && matches!(reply.code, 227 | 229));
+    // A 227/229 announces in its own first line (`227 ...`, or `227-...` opening a multi-line
+    // reply); an address anywhere else is text that a lax ALG would take for one.
+    let announcing = first_of_reply
+        && parse::reply_line(content).is_some_and(|reply| matches!(reply.code, 227 | 229));
     if !announcing && embedded_address(content) {
         return Err((
             Check::Embedded,

@@ -8,14 +8,14 @@
 
 /// How a line ended. RFC 959 requires CRLF; a bare LF is accepted by most servers and is
 /// reported so policy can decide.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Ending {
     CrLf,
     Lf,
 }
 
 /// A complete line, terminator included.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Line {
     /// Offset of the line's first byte in the direction's stream (0 = first payload byte).
     pub start: u64,

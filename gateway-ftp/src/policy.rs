@@ -28,6 +28,19 @@ pub enum TlsPolicy {
     Pass,
 }
 
+/// What becomes of a control session that turns out not to be FTP (see [`crate::inspect`]'s
+/// classification: a first line that is no FTP command, a line no FTP client sends before
+/// login, or too many of them after it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum NotFtpAction {
+    /// Both sides get an RST; the session and its expectations end.
+    #[default]
+    Reset,
+    /// The rest of the connection passes untouched as plain TCP: nothing in it is rewritten,
+    /// no expectation is installed, and no more policy check applies to it.
+    Pass,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Policy {
     /// When not empty, only user names matching one of these globs may log in.
@@ -42,8 +55,17 @@ pub struct Policy {
     pub max_line: usize,
     pub tls: TlsPolicy,
     pub on_violation: ViolationAction,
-    /// Whether a client may send a command before the previous one is answered.
+    /// Whether the server may see a command before the previous one is answered. Off, the
+    /// gateway holds such commands (acknowledging them in the server's name) and releases
+    /// each one once the reply before it has passed, judged in the state that reply made.
+    /// Either way replies reach the client in command order.
     pub pipelining: bool,
+    /// What happens to a session that is not FTP.
+    pub not_ftp: NotFtpAction,
+    /// Lines no FTP client sends (not a command, NUL or bare CR, a reply code, a data address
+    /// inside another command) that a logged-in session may send before it is judged not FTP.
+    /// Before login the first one is enough.
+    pub max_malformed_lines: usize,
     /// Most data connections a session may have announced and not yet opened.
     pub max_pending_expectations: usize,
     /// Most control sessions one client address may hold at once (enforced by the shell, which
@@ -62,6 +84,8 @@ impl Default for Policy {
             tls: TlsPolicy::Deny,
             on_violation: ViolationAction::Reject,
             pipelining: false,
+            not_ftp: NotFtpAction::Reset,
+            max_malformed_lines: 3,
             max_pending_expectations: 16,
             max_sessions_per_client: 64,
         }
@@ -117,7 +141,7 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 }
 
 /// The checks a line can fail, each with its own counter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Check {
     /// A command the session's state does not allow (before login, PASS without USER, or
     /// before the previous command was answered when pipelining is off).

@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 
-use crate::policy::Policy;
+use crate::policy::Check;
 
 /// Commands allowed before login (besides USER/PASS/ACCT, which have their own rules).
 const BEFORE_LOGIN: &[&str] = &[
@@ -15,8 +15,8 @@ const BEFORE_LOGIN: &[&str] = &[
     "CLNT", "CSID", "REIN",
 ];
 /// Commands a client may send while another is still unanswered (RFC 959 4.1.3: they are
-/// meant to interrupt a transfer or ask about it).
-const OUT_OF_BAND: &[&str] = &["ABOR", "STAT", "QUIT", "NOOP"];
+/// meant to interrupt a transfer or ask about it); they pass even when pipelining is off.
+pub(crate) const OUT_OF_BAND: &[&str] = &["ABOR", "STAT", "QUIT", "NOOP"];
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Login {
@@ -38,13 +38,22 @@ pub enum Login {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ProtocolState {
     login: Login,
-    /// Commands let through and not yet finally answered, oldest first; the first entry of
-    /// a new connection is the greeting (`None`).
-    awaiting: VecDeque<Option<Pending>>,
+    /// What the client waits for a final reply to, oldest first: the greeting, the commands
+    /// let through, and the commands the gateway refused while an earlier one was still
+    /// unanswered (their refusal is due when everything before it is answered).
+    awaiting: VecDeque<Awaiting>,
     /// Inside a multi-line reply with this code.
     multiline: Option<u16>,
     /// The server accepted AUTH: the rest of the session is encrypted.
     tls_started: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+enum Awaiting {
+    Greeting,
+    Command(Pending),
+    /// Answered by the gateway, for this check, once its turn comes.
+    Refused(Check),
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -67,7 +76,7 @@ impl ProtocolState {
     pub fn new() -> ProtocolState {
         ProtocolState {
             login: Login::User,
-            awaiting: VecDeque::from([None]),
+            awaiting: VecDeque::from([Awaiting::Greeting]),
             multiline: None,
             tls_started: false,
         }
@@ -91,14 +100,38 @@ impl ProtocolState {
         self.tls_started
     }
 
-    /// Whether the command may go to the server now.
-    pub fn check_command(&self, verb: &str, policy: &Policy) -> Result<(), OutOfState> {
-        if !policy.pipelining && !self.awaiting.is_empty() && !OUT_OF_BAND.contains(&verb) {
-            return Err(OutOfState(match self.awaiting.front() {
-                Some(Some(pending)) => format!("{verb} before {} was answered", pending.verb),
-                _ => format!("{verb} before the server's greeting"),
-            }));
+    /// Whether the client waits for a reply (the greeting, or a command's final reply).
+    pub fn awaiting_reply(&self) -> bool {
+        !self.awaiting.is_empty()
+    }
+
+    /// What the oldest unanswered exchange is, for messages: a command's verb, or the greeting.
+    pub fn oldest_unanswered(&self) -> &str {
+        match self.awaiting.front() {
+            Some(Awaiting::Command(pending)) => &pending.verb,
+            Some(Awaiting::Refused(_)) => "a refused command",
+            Some(Awaiting::Greeting) | None => "the greeting",
         }
+    }
+
+    /// Whether the client is logged in.
+    pub fn logged_in(&self) -> bool {
+        matches!(self.login, Login::LoggedIn { .. })
+    }
+
+    /// Whether a multi-line reply is open (the next reply line is not a reply's first).
+    pub fn inside_multiline_reply(&self) -> bool {
+        self.multiline.is_some()
+    }
+
+    /// A command the gateway refused while earlier ones are unanswered: its refusal is due
+    /// after their replies ([`Self::on_reply_line`] returns it then).
+    pub fn defer_refusal(&mut self, check: Check) {
+        self.awaiting.push_back(Awaiting::Refused(check));
+    }
+
+    /// Whether the command may go to the server now.
+    pub fn check_command(&self, verb: &str) -> Result<(), OutOfState> {
         let allowed = match (&self.login, verb) {
             (_, "USER") => true,
             (Login::Password { .. }, "PASS") => true,
@@ -124,40 +157,49 @@ impl ProtocolState {
             // Until the server answers, the user is the one being tried.
             self.login = Login::User;
         }
-        self.awaiting.push_back(Some(Pending {
+        self.awaiting.push_back(Awaiting::Command(Pending {
             verb: verb.to_owned(),
             argument: argument.to_owned(),
         }));
     }
 
     /// A reply line from the server (any line: continuation and text lines are recognised).
-    pub fn on_reply_line(&mut self, code: Option<(u16, bool)>, content: &[u8]) {
+    /// Returns the refusals that are due now, in order: those of commands the gateway refused
+    /// behind the one this line finally answered.
+    pub fn on_reply_line(&mut self, code: Option<(u16, bool)>) -> Vec<Check> {
         let Some((code, continued)) = code else {
-            return;
+            return Vec::new();
         };
         if let Some(open) = self.multiline {
             // Inside a multi-line reply only its closing line (same code, space) counts.
             if code != open || continued {
-                return;
+                return Vec::new();
             }
             self.multiline = None;
         } else if continued {
             self.multiline = Some(code);
-            return;
+            return Vec::new();
         }
-        let _ = content;
         if code < 200 {
             // Preliminary: the command is still running.
-            return;
+            return Vec::new();
         }
-        let Some(answered) = self.awaiting.pop_front() else {
-            // Unsolicited (421 before closing, say).
-            return;
-        };
-        let Some(pending) = answered else {
-            // The greeting: nothing to change (a 421 greeting closes the connection anyway).
-            return;
-        };
+        let answered = self.awaiting.pop_front();
+        let mut due = Vec::new();
+        while let Some(Awaiting::Refused(check)) = self.awaiting.front() {
+            due.push(*check);
+            self.awaiting.pop_front();
+        }
+        match answered {
+            Some(Awaiting::Command(pending)) => self.answered(pending, code),
+            // The greeting (a 421 greeting closes the connection anyway), or unsolicited (421
+            // before closing, say): nothing to change.
+            Some(Awaiting::Greeting | Awaiting::Refused(_)) | None => {}
+        }
+        due
+    }
+
+    fn answered(&mut self, pending: Pending, code: u16) {
         let success = (200..400).contains(&code);
         match pending.verb.as_str() {
             "USER" => {
@@ -192,41 +234,31 @@ mod tests {
 
     fn reply(state: &mut ProtocolState, line: &str) {
         let parsed = crate::parse::reply_line(line.as_bytes()).map(|r| (r.code, r.continued));
-        state.on_reply_line(parsed, line.as_bytes());
+        state.on_reply_line(parsed);
     }
 
-    fn command(
-        state: &mut ProtocolState,
-        policy: &Policy,
-        verb: &str,
-        arg: &str,
-    ) -> Result<(), OutOfState> {
-        state.check_command(verb, policy)?;
+    fn command(state: &mut ProtocolState, verb: &str, arg: &str) -> Result<(), OutOfState> {
+        state.check_command(verb)?;
         state.on_command(verb, arg);
         Ok(())
     }
 
     #[test]
     fn login_follows_the_servers_replies() {
-        let policy = Policy::default();
         let mut state = ProtocolState::new();
-        assert!(
-            command(&mut state, &policy, "USER", "a").is_err(),
-            "before the greeting"
-        );
+        assert!(state.awaiting_reply(), "the greeting is awaited");
         reply(&mut state, "220 ready");
+        assert!(!state.awaiting_reply());
         assert_eq!(
-            command(&mut state, &policy, "RETR", "f"),
+            command(&mut state, "RETR", "f"),
             Err(OutOfState("RETR before login".into()))
         );
-        assert!(command(&mut state, &policy, "PASS", "x").is_err());
-        command(&mut state, &policy, "USER", "alice").unwrap();
-        assert!(
-            command(&mut state, &policy, "PASS", "x").is_err(),
-            "USER unanswered"
-        );
+        assert!(command(&mut state, "PASS", "x").is_err());
+        command(&mut state, "USER", "alice").unwrap();
+        assert!(command(&mut state, "PASS", "x").is_err(), "USER unanswered");
+        assert_eq!(state.oldest_unanswered(), "USER");
         reply(&mut state, "331 password please");
-        command(&mut state, &policy, "PASS", "x").unwrap();
+        command(&mut state, "PASS", "x").unwrap();
         reply(&mut state, "230-Welcome");
         reply(&mut state, " text of the welcome");
         assert!(
@@ -235,43 +267,61 @@ mod tests {
         );
         reply(&mut state, "230 Logged in.");
         assert_eq!(state.user(), Some("alice"));
-        command(&mut state, &policy, "PASV", "").unwrap();
+        command(&mut state, "PASV", "").unwrap();
         reply(&mut state, "227 Entering Passive Mode (10,0,0,2,195,80).");
-        command(&mut state, &policy, "RETR", "f").unwrap();
+        command(&mut state, "RETR", "f").unwrap();
         reply(&mut state, "150 here");
-        // A transfer is running: only ABOR, STAT, QUIT, NOOP may interrupt.
-        assert!(command(&mut state, &policy, "LIST", "").is_err());
-        command(&mut state, &policy, "ABOR", "").unwrap();
+        assert!(state.awaiting_reply(), "150 is preliminary");
+        command(&mut state, "ABOR", "").unwrap();
         reply(&mut state, "226 done");
         reply(&mut state, "226 aborted");
-        command(&mut state, &policy, "REIN", "").unwrap();
+        command(&mut state, "REIN", "").unwrap();
         reply(&mut state, "220 again");
-        assert!(command(&mut state, &policy, "LIST", "").is_err());
+        assert!(command(&mut state, "LIST", "").is_err());
+    }
+
+    #[test]
+    fn refusals_behind_unanswered_commands_are_due_after_their_replies() {
+        let mut state = ProtocolState::new();
+        reply(&mut state, "220 ready");
+        command(&mut state, "USER", "bob").unwrap();
+        state.defer_refusal(Check::OutOfState);
+        command(&mut state, "NOOP", "").unwrap();
+        state.defer_refusal(Check::DeniedCommand);
+        state.defer_refusal(Check::Tls);
+        let parsed =
+            |line: &str| crate::parse::reply_line(line.as_bytes()).map(|r| (r.code, r.continued));
+        assert_eq!(state.on_reply_line(parsed("331-more")), vec![]);
+        assert_eq!(
+            state.on_reply_line(parsed("331 password")),
+            vec![Check::OutOfState]
+        );
+        assert_eq!(state.on_reply_line(parsed("150 not final")), vec![]);
+        assert_eq!(
+            state.on_reply_line(parsed("200 ok")),
+            vec![Check::DeniedCommand, Check::Tls]
+        );
+        assert!(!state.awaiting_reply());
     }
 
     #[test]
     fn a_failed_password_goes_back_to_user() {
-        let policy = Policy {
-            pipelining: true,
-            ..Policy::default()
-        };
         let mut state = ProtocolState::new();
         reply(&mut state, "220 ready");
-        command(&mut state, &policy, "USER", "bob").unwrap();
-        command(&mut state, &policy, "PASS", "x").unwrap_err();
+        command(&mut state, "USER", "bob").unwrap();
+        command(&mut state, "PASS", "x").unwrap_err();
         reply(&mut state, "331 password please");
-        command(&mut state, &policy, "PASS", "wrong").unwrap();
+        command(&mut state, "PASS", "wrong").unwrap();
         reply(&mut state, "530 Login incorrect.");
         assert_eq!(state.login(), &Login::User);
-        assert!(command(&mut state, &policy, "CWD", "/").is_err());
+        assert!(command(&mut state, "CWD", "/").is_err());
     }
 
     #[test]
     fn auth_accepted_means_encrypted_from_then_on() {
-        let policy = Policy::default();
         let mut state = ProtocolState::new();
         reply(&mut state, "220 ready");
-        command(&mut state, &policy, "AUTH", "TLS").unwrap();
+        command(&mut state, "AUTH", "TLS").unwrap();
         assert!(!state.tls_started());
         reply(&mut state, "234 Proceed with negotiation.");
         assert!(state.tls_started());

@@ -43,9 +43,14 @@ pub enum StreamError {
 }
 
 /// What to do with a complete line that was held as a candidate.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LineAction {
     Keep,
     Replace(Vec<u8>),
+    /// Not now: the line, and every line after it, waits in the stream (unsent) until the
+    /// caller [releases](StreamRewriter::release) it. Pipelined commands wait so for the
+    /// reply to the one before them.
+    Hold,
 }
 
 /// Serializable (serde) so that the agent can keep a session across its own restart; the
@@ -70,6 +75,12 @@ pub struct StreamRewriter {
     broken: bool,
     /// No more line framing: every byte passes as it is (an encrypted session).
     opaque: bool,
+    /// Complete lines waiting to be released, in order; the first starts at `sent_up_to`.
+    #[serde(default)]
+    held: VecDeque<Line>,
+    /// The sender's FIN came while lines were held: it goes with the last of them.
+    #[serde(default)]
+    fin_held: bool,
 }
 
 impl StreamRewriter {
@@ -88,7 +99,72 @@ impl StreamRewriter {
             candidate,
             broken: false,
             opaque: false,
+            held: VecDeque::new(),
+            fin_held: false,
         }
+    }
+
+    /// How many complete lines wait to be released.
+    pub fn held_lines(&self) -> usize {
+        self.held.len()
+    }
+
+    /// The sender's FIN waits behind held lines.
+    pub fn hold_fin(&mut self) {
+        self.fin_held = true;
+    }
+
+    /// Whether a FIN waits behind held lines.
+    pub fn fin_held(&self) -> bool {
+        self.fin_held
+    }
+
+    /// Asks `judge` about the held lines, oldest first, and sends those it lets go, until it
+    /// answers [`LineAction::Hold`] again or none is left. The FIN that waited goes (the
+    /// second value) once nothing is held any more, after any unfinished line the sender
+    /// left.
+    pub fn release(
+        &mut self,
+        judge: &mut dyn FnMut(&Line) -> LineAction,
+    ) -> Result<(Option<Segment>, bool), StreamError> {
+        if self.broken {
+            return Err(StreamError::Broken);
+        }
+        let send_from = self.sent_up_to;
+        let mut output = Vec::new();
+        while let Some(line) = self.held.pop_front() {
+            match judge(&line) {
+                LineAction::Hold => {
+                    self.held.push_front(line);
+                    break;
+                }
+                action => self.put_line(&line, action, &mut output)?,
+            }
+        }
+        let mut fin = false;
+        if self.held.is_empty() && self.fin_held {
+            self.fin_held = false;
+            fin = true;
+            let pending = self.lines.pending().to_vec();
+            output.extend_from_slice(&pending);
+            self.sent_up_to = self.lines.next_offset();
+        }
+        Ok((self.sent(send_from, output), fin))
+    }
+
+    /// Sends everything held, unjudged and unchanged (the session stopped inspecting).
+    pub fn release_unjudged(&mut self) -> Option<Segment> {
+        if self.broken {
+            return None;
+        }
+        let send_from = self.sent_up_to;
+        let mut output = Vec::new();
+        for line in std::mem::take(&mut self.held) {
+            output.extend_from_slice(&line.bytes);
+        }
+        output.extend_from_slice(self.lines.pending());
+        self.sent_up_to = self.lines.next_offset();
+        self.sent(send_from, output)
     }
 
     /// From now on the stream is not framed into lines: bytes pass unchanged (the sequence
@@ -228,7 +304,8 @@ impl StreamRewriter {
     /// Sends whatever is held back, unchanged: the sender closed its side, so a held line will
     /// never be completed (and so never rewritten).
     pub fn flush(&mut self) -> Option<Segment> {
-        if self.broken {
+        if self.broken || !self.held.is_empty() {
+            // Held lines come first; the FIN waits for them (`hold_fin`).
             return None;
         }
         let pending = self.lines.pending();
@@ -291,22 +368,27 @@ impl StreamRewriter {
             if line.start < self.sent_up_to {
                 // Its beginning already went out (it was not a candidate): send the rest.
                 output.extend_from_slice(&line.bytes[(self.sent_up_to - line.start) as usize..]);
-            } else {
-                match rewrite(&line) {
-                    LineAction::Replace(new) if new != line.bytes => {
-                        self.map
-                            .record(line.start, line.bytes.len() as u64, new.len() as u64)?;
-                        output.extend_from_slice(&new);
-                    }
-                    _ => output.extend_from_slice(&line.bytes),
-                }
+                self.sent_up_to = line.end();
+                continue;
             }
-            self.sent_up_to = line.end();
+            let action = rewrite(&line);
+            if !self.held.is_empty() || action == LineAction::Hold {
+                // Lines keep their order: behind a held line every line waits (the caller
+                // answers Hold for them; whatever it answered, nothing passes a held line).
+                self.held.push_back(line);
+                continue;
+            }
+            self.put_line(&line, action, &mut output)?;
         }
         // The unfinished tail: send what of it is not a candidate for rewriting.
         let pending = self.lines.pending();
         let pending_start = self.lines.next_offset() - pending.len() as u64;
-        if !pending.is_empty() && !(self.candidate)(pending) && pending_start >= self.sent_up_to {
+        if !self.held.is_empty() {
+            // It waits behind the held lines.
+        } else if !pending.is_empty()
+            && !(self.candidate)(pending)
+            && pending_start >= self.sent_up_to
+        {
             output.extend_from_slice(pending);
             self.sent_up_to = self.lines.next_offset();
         } else if !pending.is_empty() && pending_start < self.sent_up_to {
@@ -315,8 +397,34 @@ impl StreamRewriter {
             output.extend_from_slice(pending.get(from..).unwrap_or_default());
             self.sent_up_to = self.lines.next_offset();
         }
+        Ok(self.sent(send_from, output))
+    }
+
+    /// Appends a complete line at `sent_up_to` to `output` as `action` says, recording an edit
+    /// when it changes.
+    fn put_line(
+        &mut self,
+        line: &Line,
+        action: LineAction,
+        output: &mut Vec<u8>,
+    ) -> Result<(), StreamError> {
+        match action {
+            LineAction::Replace(new) if new != line.bytes => {
+                self.map
+                    .record(line.start, line.bytes.len() as u64, new.len() as u64)?;
+                output.extend_from_slice(&new);
+            }
+            _ => output.extend_from_slice(&line.bytes),
+        }
+        self.sent_up_to = line.end();
+        Ok(())
+    }
+
+    /// Records `output`, which starts at original offset `send_from`, as sent: kept in the
+    /// history for retransmissions, and returned as the segment for the receiver.
+    fn sent(&mut self, send_from: u64, output: Vec<u8>) -> Option<Segment> {
         if output.is_empty() {
-            return Ok(None);
+            return None;
         }
         let receiver_offset = self.map.to_receiver(send_from);
         // History is contiguous in receiver offsets from history_start.
@@ -324,10 +432,10 @@ impl StreamRewriter {
             self.history_start = receiver_offset;
         }
         self.history.extend(output.iter().copied());
-        Ok(Some(Segment {
+        Some(Segment {
             seq: self.receiver_seq(receiver_offset),
             payload: output,
-        }))
+        })
     }
 
     /// The bytes already sent for original offsets `[start, end)`, as they went out.
@@ -624,7 +732,7 @@ mod tests {
             for line in assembler.push(STREAM.as_bytes()).unwrap() {
                 match rewrite_227(&line) {
                     LineAction::Replace(bytes) => out.extend(bytes),
-                    LineAction::Keep => out.extend(line.bytes),
+                    LineAction::Keep | LineAction::Hold => out.extend(line.bytes),
                 }
             }
             out

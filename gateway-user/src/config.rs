@@ -11,7 +11,7 @@ use std::{
 };
 
 use gateway_common::{IPPROTO_TCP, IPPROTO_UDP};
-pub use gateway_ftp::policy::{Policy, TlsPolicy, ViolationAction};
+pub use gateway_ftp::policy::{NotFtpAction, Policy, TlsPolicy, ViolationAction};
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -350,6 +350,8 @@ struct RawPolicy {
     tls: Option<RawTls>,
     on_violation: Option<RawViolationAction>,
     pipelining: Option<bool>,
+    not_ftp: Option<RawNotFtp>,
+    max_malformed_lines: Option<usize>,
     max_pending_expectations: Option<usize>,
     max_sessions_per_client: Option<usize>,
 }
@@ -358,6 +360,13 @@ struct RawPolicy {
 #[serde(rename_all = "lowercase")]
 enum RawTls {
     Deny,
+    Pass,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RawNotFtp {
+    Reset,
     Pass,
 }
 
@@ -430,6 +439,20 @@ fn apply_policy(base: &Policy, raw: &RawPolicy, table: &str) -> Result<Policy, S
     }
     if let Some(pipelining) = raw.pipelining {
         policy.pipelining = pipelining;
+    }
+    if let Some(not_ftp) = raw.not_ftp {
+        policy.not_ftp = match not_ftp {
+            RawNotFtp::Reset => NotFtpAction::Reset,
+            RawNotFtp::Pass => NotFtpAction::Pass,
+        };
+    }
+    if let Some(lines) = raw.max_malformed_lines {
+        if !(1..=1000).contains(&lines) {
+            return Err(format!(
+                "{table}.max_malformed_lines = {lines}: expected 1 to 1000"
+            ));
+        }
+        policy.max_malformed_lines = lines;
     }
     for (key, value, slot) in [
         (

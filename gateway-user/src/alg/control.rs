@@ -159,6 +159,9 @@ pub struct AlgStats {
     pub sessions_reset: u64,
     /// Sessions that switched to TLS (`tls = "pass"`).
     pub sessions_encrypted: u64,
+    /// Sessions whose client stream turned out not to be FTP (reset, or passed as plain TCP).
+    #[serde(default)]
+    pub not_ftp: u64,
     /// Segments the ALG sent again because it had acknowledged them for their receiver.
     pub resent: u64,
     /// Violations by check, in `Check::ALL` order.
@@ -186,6 +189,7 @@ impl AlgStats {
             ),
             ("alg_sessions_reset", self.sessions_reset),
             ("alg_sessions_encrypted", self.sessions_encrypted),
+            ("alg_not_ftp", self.not_ftp),
             ("alg_resent", self.resent),
         ];
         totals
@@ -1079,6 +1083,20 @@ impl ControlTable {
                         server = %connection.server,
                         "ftp control session switched to TLS: no longer inspected, its data connections are not opened by the ALG"
                     );
+                }
+                Action::NotFtp { reason, passed } => {
+                    self.stats.not_ftp += 1;
+                    tracing::warn!(
+                        client = %connection.client,
+                        server = %connection.server,
+                        outcome = if passed { "passed as plain TCP" } else { "reset" },
+                        "ftp control session is not FTP: {reason}; nothing in it is rewritten or expected from now on"
+                    );
+                    if passed {
+                        for (key, _) in connection.expectations.drain(..) {
+                            maps.unexpect(key);
+                        }
+                    }
                 }
                 Action::Terminate => {
                     connection.reset = true;
