@@ -33,7 +33,8 @@ enum Verdict {
 pub(crate) struct Outcome {
     pub(crate) announced: Vec<Expectation>,
     pub(crate) outbound: Vec<OutboundExpectation>,
-    pub(crate) violations: Vec<(Check, String, Vec<u8>, Option<ViolationAction>)>,
+    /// Each with the direction of its line (a server reply can release a client's line).
+    pub(crate) violations: Vec<(Direction, Check, String, Vec<u8>, Option<ViolationAction>)>,
     /// Replies for the client in the gateway's name (rejected commands), to inject now.
     pub(crate) rejections: Vec<&'static str>,
     pub(crate) reset: bool,
@@ -216,9 +217,13 @@ impl Inspector<'_> {
             // Reported; from here on the connection is plain TCP.
             NotFtpAction::Pass => (LineAction::Keep, None),
         };
-        self.outcome
-            .violations
-            .push((check, why.clone(), line.bytes.clone(), logged));
+        self.outcome.violations.push((
+            Direction::ClientToServer,
+            check,
+            why.clone(),
+            line.bytes.clone(),
+            logged,
+        ));
         self.outcome.not_ftp = Some(why);
         action
     }
@@ -253,13 +258,13 @@ impl Inspector<'_> {
             // Without a policy the line is reported, and passes as it is.
             self.outcome
                 .violations
-                .push((check, reason, line.bytes.clone(), None));
+                .push((direction, check, reason, line.bytes.clone(), None));
             return LineAction::Keep;
         };
         let action = policy.on_violation;
         self.outcome
             .violations
-            .push((check, reason, line.bytes.clone(), Some(action)));
+            .push((direction, check, reason, line.bytes.clone(), Some(action)));
         match action {
             ViolationAction::Drop => LineAction::Replace(Vec::new()),
             ViolationAction::Reset => {
@@ -388,10 +393,7 @@ fn check_command(
         // controls part of a non-FTP stream can place (NAT slipstreaming).
         return Err((
             Check::OutOfState,
-            format!(
-                "{verb} sent before {} was answered",
-                state.oldest_unanswered()
-            ),
+            format!("{verb} sent while an earlier command was unanswered (pipelined)"),
         ));
     }
     Ok(())

@@ -396,6 +396,7 @@ impl Session {
                 // The line's end cannot be found within the bound: nothing after it can be
                 // framed, so whatever the policy's action, the session ends.
                 outcome.violations.push((
+                    direction,
                     Check::LineTooLong,
                     err.to_string(),
                     Vec::new(),
@@ -430,19 +431,16 @@ impl Session {
                 .into_iter()
                 .map(Action::InstallOutboundExpectation),
         );
-        actions.extend(
-            outcome
-                .violations
-                .into_iter()
-                .map(|(check, reason, line, action)| Action::Violation {
-                    direction,
-                    check,
-                    reason,
-                    line,
-                    user: user.clone(),
-                    action,
-                }),
-        );
+        actions.extend(outcome.violations.into_iter().map(
+            |(direction, check, reason, line, action)| Action::Violation {
+                direction,
+                check,
+                reason,
+                line,
+                user: user.clone(),
+                action,
+            },
+        ));
         if let Some(reason) = outcome.not_ftp.take() {
             actions.push(Action::NotFtp {
                 reason,

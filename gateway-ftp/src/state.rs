@@ -105,15 +105,6 @@ impl ProtocolState {
         !self.awaiting.is_empty()
     }
 
-    /// What the oldest unanswered exchange is, for messages: a command's verb, or the greeting.
-    pub fn oldest_unanswered(&self) -> &str {
-        match self.awaiting.front() {
-            Some(Awaiting::Command(pending)) => &pending.verb,
-            Some(Awaiting::Refused(_)) => "a refused command",
-            Some(Awaiting::Greeting) | None => "the greeting",
-        }
-    }
-
     /// Whether the client is logged in.
     pub fn logged_in(&self) -> bool {
         matches!(self.login, Login::LoggedIn { .. })
@@ -256,7 +247,6 @@ mod tests {
         assert!(command(&mut state, "PASS", "x").is_err());
         command(&mut state, "USER", "alice").unwrap();
         assert!(command(&mut state, "PASS", "x").is_err(), "USER unanswered");
-        assert_eq!(state.oldest_unanswered(), "USER");
         reply(&mut state, "331 password please");
         command(&mut state, "PASS", "x").unwrap();
         reply(&mut state, "230-Welcome");

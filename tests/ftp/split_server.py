@@ -1,6 +1,9 @@
 """A small FTP server whose PASV/EPSV replies leave in two TCP segments.
 
-split_server.py LISTEN_ADDR FILE LOG
+split_server.py LISTEN_ADDR FILE LOG [multiline]
+
+With "multiline", the 227 and 229 are multi-line replies that announce the address in their
+first line (RFC 959 allows it): "227-Entering Passive Mode (...)", a text line, "227 OK".
 
 Serves FILE (any name) over passive data connections on port 50000 (PASV) and 50001 (EPSV).
 The 227 and 229 replies are written in two parts with TCP_NODELAY and a pause between, so the
@@ -12,6 +15,7 @@ import sys
 import time
 
 listen_addr, path, log_path = sys.argv[1:4]
+multiline = sys.argv[4:5] == ["multiline"]
 content = open(path, "rb").read()
 PASV_PORT, EPSV_PORT = 50000, 50001
 
@@ -51,10 +55,14 @@ def serve(conn):
         elif verb == "PASV":
             data = data_listener(PASV_PORT)
             h = listen_addr.replace(".", ",")
-            send(conn, f"227 Entering Passive Mode ({h[:-1]}", f"{h[-1]},{PASV_PORT >> 8},{PASV_PORT & 255}).\r\n")
+            sep = "-" if multiline else " "
+            tail = "227-The address is on the first line.\r\n227 OK\r\n" if multiline else ""
+            send(conn, f"227{sep}Entering Passive Mode ({h[:-1]}", f"{h[-1]},{PASV_PORT >> 8},{PASV_PORT & 255}).\r\n{tail}")
         elif verb == "EPSV":
             data = data_listener(EPSV_PORT)
-            send(conn, "229 Entering Extended Passive Mode (|||5", f"{str(EPSV_PORT)[1:]}|)\r\n")
+            sep = "-" if multiline else " "
+            tail = "229-The port is on the first line.\r\n229 OK\r\n" if multiline else ""
+            send(conn, f"229{sep}Entering Extended Passive Mode (|||5", f"{str(EPSV_PORT)[1:]}|)\r\n{tail}")
         elif verb in ("RETR", "LIST", "NLST"):
             if data is None:
                 send(conn, "425 Use PASV or EPSV first.\r\n")

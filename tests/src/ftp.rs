@@ -296,7 +296,11 @@ pub fn transfer(
                 script("ftplib_client.py").to_str().context("path")?,
                 &server.ip().to_string(),
                 &server.port().to_string(),
-                if mode == Mode::Pasv { "pasv" } else { "port" },
+                match mode {
+                    Mode::Pasv => "pasv",
+                    Mode::Epsv => "epsv",
+                    Mode::Port | Mode::Eprt => "port",
+                },
                 if direction == Direction::Download {
                     "get"
                 } else {

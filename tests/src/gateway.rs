@@ -216,6 +216,20 @@ impl GatewayProcess {
             .unwrap_or(0)
     }
 
+    /// A counter of the running gateway (`gateway stats --json`, fast path or ALG); an error
+    /// when the gateway does not list it.
+    pub fn counter_now(&self, name: &str) -> anyhow::Result<u64> {
+        let text = self.ask(&["stats", "--json"])?;
+        let stats: serde_json::Value = serde_json::from_str(&text)?;
+        ["fastpath", "alg"]
+            .iter()
+            .filter_map(|part| stats[part].as_array())
+            .flatten()
+            .find(|pair| pair[0] == name)
+            .and_then(|pair| pair[1].as_u64())
+            .with_context(|| format!("no counter {name} in {text}"))
+    }
+
     /// SIGKILL, as a crash would end it; waits for it.
     pub fn kill_hard(&mut self) -> anyhow::Result<()> {
         let Some(mut child) = self.child.take() else {
