@@ -674,3 +674,66 @@ fn without_a_store_no_changes_are_kept() {
     assert!(syn_from(&mut table, &mut maps, 42050));
     assert_eq!(table.changes.changed.len(), 1);
 }
+
+/// A reply the gateway sends in the server's name (a refused command) has no sender that
+/// would retransmit it: the table sends it again on the resend timer, from the server's public
+/// endpoint, until the client acknowledges it.
+#[test]
+fn a_refusal_the_gateway_sent_is_resent_until_the_client_acknowledges_it() {
+    let mut table = ControlTable::new(settings(), 1);
+    let mut maps = FakeMaps::default();
+    published_handshake(&mut table, &mut maps);
+    let client = (CLIENT, 40000);
+    let greeting = b"220 hi\r\n";
+    table.on_packet(
+        punt_reason::PUBLISHED_FROM_SERVER,
+        &segment((SERVER, 21), client, 501, 101, PSH_ACK, greeting, vec![]),
+        0,
+        &mut maps,
+    );
+    // RETR before login: refused, answered by the gateway.
+    let out = table.on_packet(
+        punt_reason::PUBLISHED_FROM_CLIENT,
+        &segment(
+            client,
+            (PUBLIC, 21),
+            101,
+            509,
+            PSH_ACK,
+            b"RETR x\r\n",
+            vec![],
+        ),
+        0,
+        &mut maps,
+    );
+    let refusal = Check::OutOfState.reject_reply().as_bytes();
+    let sent: Vec<TcpPacket> = out
+        .iter()
+        .filter_map(|out| TcpPacket::parse(&out.bytes).ok())
+        .filter(|packet| packet.payload == refusal)
+        .collect();
+    assert_eq!(sent.len(), 1, "the refusal goes to the client");
+    let first = &sent[0];
+    assert_eq!((first.src, first.src_port, first.dst), (PUBLIC, 21, CLIENT));
+    // Lost on the way: the timer sends the same bytes at the same place.
+    for _ in 0..2 {
+        let again = table.resend_owed();
+        assert_eq!(again.len(), 1);
+        let packet = TcpPacket::parse(&again[0].bytes).expect("a valid packet");
+        assert_eq!(packet.payload, refusal);
+        assert_eq!(
+            (packet.seq, packet.src, packet.dst),
+            (first.seq, PUBLIC, CLIENT)
+        );
+    }
+    // The client acknowledges it: nothing is owed any more.
+    let acked = first.seq.wrapping_add(refusal.len() as u32);
+    table.on_packet(
+        punt_reason::PUBLISHED_FROM_CLIENT,
+        &segment(client, (PUBLIC, 21), 109, acked, ACK, b"", vec![]),
+        0,
+        &mut maps,
+    );
+    assert!(table.resend_owed().is_empty());
+    assert_eq!(table.stats().resent, 2);
+}
