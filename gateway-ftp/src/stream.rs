@@ -23,6 +23,11 @@ use crate::{
 /// left to the sender's retransmission.
 pub const MAX_OUT_OF_ORDER: usize = 64 * 1024;
 
+/// Bytes of complete lines held (pipelined commands waiting for their turn); beyond it new bytes
+/// are not taken, so not acknowledged, and the sender sends them again later: TCP's own flow
+/// control, instead of memory for whatever a client pipelines.
+pub const MAX_HELD: usize = 16 * 1024;
+
 /// A TCP segment's sequence number and payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Segment {
@@ -273,6 +278,10 @@ impl StreamRewriter {
             }
         }
         if end <= self.next {
+            return Ok(out);
+        }
+        if self.held.iter().map(|line| line.bytes.len()).sum::<usize>() >= MAX_HELD {
+            // Full: the sender's retransmission brings these bytes again once lines went.
             return Ok(out);
         }
         let fresh = &payload[(self.next.saturating_sub(start)) as usize..];
@@ -675,6 +684,37 @@ mod tests {
             2,
             "two edits in one window"
         );
+    }
+
+    #[test]
+    fn held_lines_are_bounded_and_the_rest_waits_for_retransmission() {
+        let mut client = StreamRewriter::new(BASE, 512, hold_every_line);
+        let line = "NOOP\r\n";
+        let mut hold = |_: &Line| LineAction::Hold;
+        let mut offset = 0u32;
+        while client.held_lines() * line.len() < MAX_HELD {
+            client
+                .on_segment(BASE + offset, line.as_bytes(), &mut hold)
+                .unwrap();
+            offset += line.len() as u32;
+        }
+        let held = client.held_lines();
+        assert_eq!(client.next_seq(), BASE + offset);
+        // Full: the next line is not taken (not acknowledged).
+        client
+            .on_segment(BASE + offset, line.as_bytes(), &mut hold)
+            .unwrap();
+        assert_eq!(client.held_lines(), held);
+        assert_eq!(client.next_seq(), BASE + offset, "not taken");
+        // Once lines go, its retransmission is.
+        let (released, _) = client.release(&mut |_: &Line| LineAction::Keep).unwrap();
+        assert_eq!(released.map(|s| s.payload.len()), Some(held * line.len()));
+        client
+            .on_segment(BASE + offset, line.as_bytes(), &mut |_: &Line| {
+                LineAction::Keep
+            })
+            .unwrap();
+        assert_eq!(client.next_seq(), BASE + offset + line.len() as u32);
     }
 
     #[test]
