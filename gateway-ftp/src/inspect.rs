@@ -33,13 +33,23 @@ enum Verdict {
 pub(crate) struct Outcome {
     pub(crate) announced: Vec<Expectation>,
     pub(crate) outbound: Vec<OutboundExpectation>,
-    /// Each with the direction of its line (a server reply can release a client's line).
-    pub(crate) violations: Vec<(Direction, Check, String, Vec<u8>, Option<ViolationAction>)>,
+    pub(crate) violations: Vec<LineViolation>,
     /// Replies for the client in the gateway's name (rejected commands), to inject now.
     pub(crate) rejections: Vec<&'static str>,
     pub(crate) reset: bool,
     /// The session turned out not to be FTP, and why.
     pub(crate) not_ftp: Option<String>,
+}
+
+/// A line that broke a rule, and what was done about it.
+pub(crate) struct LineViolation {
+    /// The direction of the line (a server's reply can release a client's held line).
+    pub(crate) direction: Direction,
+    pub(crate) check: Check,
+    pub(crate) reason: String,
+    pub(crate) line: Vec<u8>,
+    /// `None`: reported only.
+    pub(crate) action: Option<ViolationAction>,
 }
 
 /// How a client's line reaches the inspection.
@@ -217,13 +227,13 @@ impl Inspector<'_> {
             // Reported; from here on the connection is plain TCP.
             NotFtpAction::Pass => (LineAction::Keep, None),
         };
-        self.outcome.violations.push((
-            Direction::ClientToServer,
+        self.outcome.violations.push(LineViolation {
+            direction: Direction::ClientToServer,
             check,
-            why.clone(),
-            line.bytes.clone(),
-            logged,
-        ));
+            reason: why.clone(),
+            line: line.bytes.clone(),
+            action: logged,
+        });
         self.outcome.not_ftp = Some(why);
         action
     }
@@ -256,15 +266,23 @@ impl Inspector<'_> {
     ) -> LineAction {
         let Some(policy) = self.policy else {
             // Without a policy the line is reported, and passes as it is.
-            self.outcome
-                .violations
-                .push((direction, check, reason, line.bytes.clone(), None));
+            self.outcome.violations.push(LineViolation {
+                direction,
+                check,
+                reason,
+                line: line.bytes.clone(),
+                action: None,
+            });
             return LineAction::Keep;
         };
         let action = policy.on_violation;
-        self.outcome
-            .violations
-            .push((direction, check, reason, line.bytes.clone(), Some(action)));
+        self.outcome.violations.push(LineViolation {
+            direction,
+            check,
+            reason,
+            line: line.bytes.clone(),
+            action: Some(action),
+        });
         match action {
             ViolationAction::Drop => LineAction::Replace(Vec::new()),
             ViolationAction::Reset => {

@@ -20,7 +20,7 @@ use std::{
 };
 
 use crate::{
-    inspect::{Arrival, Inspector, Outcome},
+    inspect::{Arrival, Inspector, LineViolation, Outcome},
     line::Line,
     policy::{Check, Policy, ViolationAction},
     state::ProtocolState,
@@ -395,13 +395,13 @@ impl Session {
             Err(StreamError::LineTooLong(err)) if policy.is_some() => {
                 // The line's end cannot be found within the bound: nothing after it can be
                 // framed, so whatever the policy's action, the session ends.
-                outcome.violations.push((
+                outcome.violations.push(LineViolation {
                     direction,
-                    Check::LineTooLong,
-                    err.to_string(),
-                    Vec::new(),
-                    Some(ViolationAction::Reset),
-                ));
+                    check: Check::LineTooLong,
+                    reason: err.to_string(),
+                    line: Vec::new(),
+                    action: Some(ViolationAction::Reset),
+                });
                 outcome.reset = true;
                 Vec::new()
             }
@@ -431,16 +431,19 @@ impl Session {
                 .into_iter()
                 .map(Action::InstallOutboundExpectation),
         );
-        actions.extend(outcome.violations.into_iter().map(
-            |(direction, check, reason, line, action)| Action::Violation {
-                direction,
-                check,
-                reason,
-                line,
-                user: user.clone(),
-                action,
-            },
-        ));
+        actions.extend(
+            outcome
+                .violations
+                .into_iter()
+                .map(|violation| Action::Violation {
+                    direction: violation.direction,
+                    check: violation.check,
+                    reason: violation.reason,
+                    line: violation.line,
+                    user: user.clone(),
+                    action: violation.action,
+                }),
+        );
         if let Some(reason) = outcome.not_ftp.take() {
             actions.push(Action::NotFtp {
                 reason,
