@@ -674,3 +674,5 @@ fn without_a_store_no_changes_are_kept() {
     assert!(syn_from(&mut table, &mut maps, 42050));
     assert_eq!(table.changes.changed.len(), 1);
 }
+
+mod hairpin;
