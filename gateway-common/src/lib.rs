@@ -60,7 +60,7 @@ pub mod names {
 /// The version of everything the maps hold: key and value layouts and their meaning. Bumped
 /// whenever any of them changes, so that an agent never adopts pinned maps of another layout
 /// (it refuses, and says how to start fresh). Stored in the `LAYOUT` map.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Interfaces in `REDIRECT_PORTS` (the gateway attaches to two; room for more).
 pub const MAX_REDIRECT_PORTS: u32 = 64;
@@ -225,6 +225,27 @@ pub mod expectation_kind {
     /// The data connection goes out from behind the gateway: its source address becomes
     /// `target.addr` (the source port is kept).
     pub const OUTBOUND: u8 = 2;
+    /// Hairpinned passive mode: an inside client opens the data connection to the public
+    /// endpoint a published inside server's `227`/`229` was rewritten to. Translated as any
+    /// hairpinned connection: the destination becomes `target` (the server), the source the
+    /// client's masquerade mapping, so the server answers through the gateway.
+    pub const HAIRPIN_TO_SERVER: u8 = 3;
+    /// Hairpinned active mode: a published inside server opens the data connection to the
+    /// masquerade endpoint an inside client's `PORT`/`EPRT` was rewritten to. The destination
+    /// becomes `target` (the client), the source address `source` (the server's public
+    /// address, which the client talks to; the source port is kept).
+    pub const HAIRPIN_TO_CLIENT: u8 = 4;
+
+    /// How `gateway expectations` names a kind.
+    pub fn name(kind: u8) -> &'static str {
+        match kind {
+            INBOUND => "inbound",
+            OUTBOUND => "outbound",
+            HAIRPIN_TO_SERVER => "hairpin-to-server",
+            HAIRPIN_TO_CLIENT => "hairpin-to-client",
+            _ => "unknown",
+        }
+    }
 }
 
 /// What an expectation does, once: the SYN that uses it removes it and creates the two
@@ -234,7 +255,9 @@ pub mod expectation_kind {
 pub struct ExpectationEntry {
     pub target: Endpoint,
     pub kind: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+    /// `HAIRPIN_TO_CLIENT`: the source address the data connection gets; zero otherwise.
+    pub source: [u8; 4],
     /// `bpf_ktime_get_ns` after which it is void.
     pub expires_ns: u64,
 }
@@ -521,6 +544,10 @@ pub mod punt_reason {
     pub const MASQUERADE_FROM_CLIENT: u8 = 3;
     /// From an outside server's control port to a masquerade address.
     pub const MASQUERADE_FROM_SERVER: u8 = 4;
+    /// From an inside client to a published server's public control endpoint (hairpinning):
+    /// the server must see the client at its masquerade mapping. The server's side arrives
+    /// as `PUBLISHED_FROM_SERVER`.
+    pub const HAIRPIN_FROM_CLIENT: u8 = 5;
 }
 
 /// The head of a punt ring record; the IPv4 packet (from its IP header on) follows it.
@@ -657,7 +684,8 @@ mod tests {
         // Changing any of these sizes (or a field's meaning) needs a LAYOUT_VERSION bump.
         assert_eq!(core::mem::size_of::<NatConfig>(), 184);
         assert_eq!(core::mem::size_of::<PeerKey>(), 12);
-        assert_eq!(LAYOUT_VERSION, 2);
+        assert_eq!(LAYOUT_VERSION, 3);
+        assert_eq!(core::mem::offset_of!(ExpectationEntry, source), 12);
         let mut names = names::ALL_MAPS.to_vec();
         names.sort_unstable();
         names.dedup();

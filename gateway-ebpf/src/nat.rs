@@ -8,10 +8,11 @@
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use gateway_common::{
-    Counter, Endpoint, ExpectationKey, FlowKey, FragmentKey, FragmentTranslation, IPPROTO_ICMP,
-    IPPROTO_TCP, IPPROTO_UDP, MAX_FTP_CONTROL_PORTS, MAX_MASQ_ADDRESSES, MAX_MASQ_NETWORKS,
-    NatConfig, PORT_ALLOCATION_TRIES, PeerKey, REWRITE_BOTH, REWRITE_DESTINATION, REWRITE_SOURCE,
-    Session, endpoint_flags, expectation_kind, filtering, punt_reason, session_state,
+    Counter, Endpoint, ExpectationEntry, ExpectationKey, FlowKey, FragmentKey, FragmentTranslation,
+    IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, MAX_FTP_CONTROL_PORTS, MAX_MASQ_ADDRESSES,
+    MAX_MASQ_NETWORKS, NatConfig, PORT_ALLOCATION_TRIES, PeerKey, REWRITE_BOTH,
+    REWRITE_DESTINATION, REWRITE_SOURCE, Session, endpoint_flags, expectation_kind, filtering,
+    punt_reason, session_state,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
@@ -260,7 +261,12 @@ fn translate_headers<P: Packet>(
         if let Some(config) = config
             && in_networks(config, key.src)
         {
-            return hairpin(packet, headers, config, endpoint, private);
+            // From outside, an inside source is a spoof, not a hairpin: masquerading it would
+            // have the server answer a real inside host about a connection it never opened.
+            if config.outside_ifindex != 0 && packet.ingress_ifindex() == config.outside_ifindex {
+                return Err(Counter::DropSpoofed);
+            }
+            return hairpin(packet, headers, config, endpoint, private, punt);
         }
         if let Some(reason) = punt_reason(endpoint) {
             *punt = reason;
@@ -305,7 +311,7 @@ fn translate_headers<P: Packet>(
     }
     if key.proto == IPPROTO_TCP
         && headers.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
-        && let Some(result) = use_expectation(packet, headers, now)
+        && let Some(result) = use_expectation(packet, headers, settings, now)
     {
         return result;
     }
@@ -346,6 +352,7 @@ fn translate_headers<P: Packet>(
 fn use_expectation<P: Packet>(
     packet: &mut P,
     headers: &Headers,
+    settings: &NatConfig,
     now: u64,
 ) -> Option<Result<Counter, Counter>> {
     let key = headers.key;
@@ -362,6 +369,17 @@ fn use_expectation<P: Packet>(
         return None;
     }
     let target = expectation.target;
+    if expectation.kind == expectation_kind::HAIRPIN_TO_SERVER
+        || expectation.kind == expectation_kind::HAIRPIN_TO_CLIENT
+    {
+        return Some(use_hairpin_expectation(
+            packet,
+            headers,
+            settings,
+            &expectation,
+            now,
+        ));
+    }
     let (forward, reply, backward) = if expectation.kind == expectation_kind::INBOUND {
         // To the public endpoint: delivered to the private one.
         (
@@ -510,6 +528,8 @@ fn apply_session<P: Packet>(
 /// A new hairpinned connection: an inside client to `published` (public), served by
 /// `server` (private). The client is masqueraded like any outgoing connection, so the server
 /// answers the gateway, which sends the answer back to the client from the public endpoint.
+/// A published FTP control endpoint's connections go to the agent instead (after their
+/// sessions: one made before the publish got its `alg` keeps going here until it ends).
 #[inline(always)]
 fn hairpin<P: Packet>(
     packet: &mut P,
@@ -517,51 +537,99 @@ fn hairpin<P: Packet>(
     config: &NatConfig,
     published: Endpoint,
     server: Endpoint,
+    punt: &mut u8,
 ) -> Result<Counter, Counter> {
     let now = now();
     if let Some(result) = session_hit(packet, headers, config, now) {
         return result;
     }
+    if punt_reason(published).is_some() {
+        *punt = punt_reason::HAIRPIN_FROM_CLIENT;
+        return Ok(Counter::Punted);
+    }
     let key = headers.key;
     let client = Endpoint::new(key.src, key.src_port, key.proto);
     let public_client = mapping(config, client)?;
-    let to_server = Session {
-        addr: public_client.addr,
-        port: public_client.port,
+    install_hairpin(packet, headers, public_client, server, now)?;
+    Ok(Counter::HairpinCreated)
+}
+
+/// A hairpinned FTP data connection's SYN, announced by the control connection's
+/// expectation: translated both ways as any hairpinned connection. Passive mode
+/// (`HAIRPIN_TO_SERVER`, the inside client opens it to the public data endpoint): the client
+/// gets its masquerade mapping as source, the server is the destination. Active mode
+/// (`HAIRPIN_TO_CLIENT`, the server opens it to the client's masquerade endpoint): the server
+/// gets its public address as source (its port kept), the client is the destination.
+#[inline(always)]
+fn use_hairpin_expectation<P: Packet>(
+    packet: &mut P,
+    headers: &Headers,
+    config: &NatConfig,
+    expectation: &ExpectationEntry,
+    now: u64,
+) -> Result<Counter, Counter> {
+    let key = headers.key;
+    let source = if expectation.kind == expectation_kind::HAIRPIN_TO_SERVER {
+        if config.address_count == 0 {
+            // Masquerade gone (a reload) since the expectation was made.
+            return Err(Counter::PassUnmatched);
+        }
+        mapping(config, Endpoint::new(key.src, key.src_port, key.proto))?
+    } else {
+        Endpoint::new(expectation.source, key.src_port, key.proto)
+    };
+    install_hairpin(packet, headers, source, expectation.target, now)?;
+    Ok(Counter::ExpectationUsed)
+}
+
+/// The two sessions of a hairpinned connection, and its first packet translated: the packet's
+/// direction leaves from `source` to `target`; the other direction (`target` to `source`)
+/// leaves from where the packet was addressed to, back to its sender.
+#[inline(always)]
+fn install_hairpin<P: Packet>(
+    packet: &mut P,
+    headers: &Headers,
+    source: Endpoint,
+    target: Endpoint,
+    now: u64,
+) -> Result<(), Counter> {
+    let key = headers.key;
+    let forward = Session {
+        addr: source.addr,
+        port: source.port,
         rewrite: REWRITE_BOTH,
         state: state_bits(headers),
-        peer_addr: server.addr,
-        peer_port: server.port,
+        peer_addr: target.addr,
+        peer_port: target.port,
         _pad: [0; 2],
         last_seen_ns: now,
         packets: 1,
         bytes: headers.ip_len as u64,
     };
-    let to_client = Session {
-        addr: published.addr,
-        port: published.port,
-        peer_addr: client.addr,
-        peer_port: client.port,
+    let backward = Session {
+        addr: key.dst,
+        port: key.dst_port,
+        peer_addr: key.src,
+        peer_port: key.src_port,
         packets: 0,
         bytes: 0,
-        ..to_server
+        ..forward
     };
     let reply = FlowKey {
-        src: server.addr,
-        dst: public_client.addr,
-        src_port: server.port,
-        dst_port: public_client.port,
+        src: target.addr,
+        dst: source.addr,
+        src_port: target.port,
+        dst_port: source.port,
         proto: key.proto,
         _pad: [0; 3],
     };
     SESSIONS
-        .insert(key, to_server, BPF_ANY)
+        .insert(key, forward, BPF_ANY)
         .map_err(|_| Counter::DropSessionTableFull)?;
     SESSIONS
-        .insert(reply, to_client, BPF_ANY)
+        .insert(reply, backward, BPF_ANY)
         .map_err(|_| Counter::DropSessionTableFull)?;
-    apply_session(packet, headers, &to_server)?;
-    Ok(Counter::HairpinCreated)
+    apply_session(packet, headers, &forward)
 }
 
 #[inline(always)]

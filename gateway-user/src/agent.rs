@@ -810,18 +810,22 @@ impl Agent {
                     .expectations()?
                     .into_iter()
                     .map(|(key, entry)| ExpectationRow {
-                        kind: if entry.kind == expectation_kind::INBOUND {
-                            "inbound"
-                        } else {
-                            "outbound"
-                        }
-                        .into(),
+                        kind: expectation_kind::name(entry.kind).into(),
                         endpoint: key.endpoint.socket().to_string(),
                         peer: std::net::Ipv4Addr::from(key.peer).to_string(),
-                        target: if entry.kind == expectation_kind::INBOUND {
-                            entry.target.socket().to_string()
-                        } else {
-                            format!("source {}", std::net::Ipv4Addr::from(entry.target.addr))
+                        target: match entry.kind {
+                            expectation_kind::OUTBOUND => {
+                                format!("source {}", std::net::Ipv4Addr::from(entry.target.addr))
+                            }
+                            expectation_kind::HAIRPIN_TO_SERVER => {
+                                format!("{} from the peer's mapping", entry.target.socket())
+                            }
+                            expectation_kind::HAIRPIN_TO_CLIENT => format!(
+                                "{} from {}",
+                                entry.target.socket(),
+                                std::net::Ipv4Addr::from(entry.source)
+                            ),
+                            _ => entry.target.socket().to_string(),
                         },
                         expires_in_seconds: (entry.expires_ns as i128 - now as i128)
                             .clamp(i64::MIN as i128, i64::MAX as i128)

@@ -26,6 +26,12 @@ pub const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 /// two remote hosts.
 pub const CLIENT2: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 3);
 
+/// A second inside host, on the server's network (see [`Lab::add_inside_client`]).
+pub const INSIDE_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
+/// The bridge that joins the inside namespace's link to the router and the second inside
+/// host's, once there is one; the server's address moves onto it.
+pub const INSIDE_BRIDGE: &str = "br-lan";
+
 pub const ROUTER_INSIDE_IF: &str = "veth-in";
 pub const ROUTER_OUTSIDE_IF: &str = "veth-out";
 /// The one interface of each end host.
@@ -156,6 +162,52 @@ impl Lab {
                     .map_err(|_| anyhow::anyhow!("XDP attach thread panicked"))?
             })
             .collect()
+    }
+
+    /// A second inside host, `<prefix>-inside2` with [`INSIDE_CLIENT`] on its `eth0`, on the
+    /// same link as the server: the inside namespace gets a bridge ([`INSIDE_BRIDGE`]) with
+    /// its link to the router and one to the new host as ports, and the server's address
+    /// and default route move onto the bridge. The two hosts then reach each other directly,
+    /// as hosts of one LAN do, and everything else through the router: the case where a
+    /// hairpinned connection's packets could go straight from host to host, past the gateway.
+    /// `tx_offload` as [`LabOptions::endpoint_tx_offload`], for the new link's two ends. The
+    /// returned guard deletes the host.
+    pub fn add_inside_client(&self, tx_offload: bool) -> anyhow::Result<Netns> {
+        let host = Netns::create(&format!("{}-inside2", self.prefix))?;
+        crate::run(std::process::Command::new("ip").args([
+            "link",
+            "add",
+            "veth-lan",
+            "netns",
+            self.inside.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            HOST_IF,
+            "netns",
+            host.name(),
+        ]))?;
+        self.inside.sh(&format!(
+            "ip link add {INSIDE_BRIDGE} type bridge forward_delay 0
+             ip addr flush dev {HOST_IF}
+             ip link set {HOST_IF} master {INSIDE_BRIDGE}
+             ip link set veth-lan master {INSIDE_BRIDGE}
+             ip link set veth-lan up
+             ip link set {INSIDE_BRIDGE} up
+             ip addr add {SERVER}/24 dev {INSIDE_BRIDGE}
+             ip route add default via {ROUTER_INSIDE}"
+        ))?;
+        host.sh(&format!(
+            "ip addr add {INSIDE_CLIENT}/24 dev {HOST_IF}
+             ip link set {HOST_IF} up
+             ip route add default via {ROUTER_INSIDE}"
+        ))?;
+        if !tx_offload {
+            self.inside.sh("ethtool -K veth-lan tx off >/dev/null")?;
+            host.sh(&format!("ethtool -K {HOST_IF} tx off >/dev/null"))?;
+        }
+        Ok(host)
     }
 
     pub fn exists(prefix: &str) -> bool {

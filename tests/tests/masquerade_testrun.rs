@@ -688,7 +688,8 @@ mod expectations {
         let entry = ExpectationEntry {
             target: gateway_common::Endpoint::from_socket(target, IPPROTO_TCP),
             kind,
-            _pad: [0; 7],
+            _pad: [0; 3],
+            source: [0; 4],
             expires_ns: monotonic_now_ns() + ttl.as_nanos() as u64,
         };
         dataplane.expect(key, entry).expect("install expectation");

@@ -840,6 +840,20 @@ impl ControlTable {
                 let held = vec![(Endpoint::from_socket(public, IPPROTO_TCP), u64::MAX)];
                 (public, destination, destination, held)
             }
+            // An inside client of a published server, through its public address: the server
+            // sees the client at its masquerade mapping, as any hairpinned connection.
+            punt_reason::HAIRPIN_FROM_CLIENT => {
+                let Some(private) = self.settings.published.get(&destination).copied() else {
+                    self.stats.drop_no_session += 1;
+                    return None;
+                };
+                let Some(public) = self.masquerade_mapping(client, maps) else {
+                    self.stats.drop_no_port += 1;
+                    return None;
+                };
+                let held = vec![(Endpoint::from_socket(public, IPPROTO_TCP), u64::MAX)];
+                (public, private, destination, held)
+            }
             // A server's segment with no connection: not ours to open.
             _ => {
                 self.stats.drop_no_session += 1;
@@ -1009,16 +1023,14 @@ impl ControlTable {
         for action in actions {
             match action {
                 Action::InstallExpectation(expectation) => {
-                    let key = ExpectationKey {
-                        endpoint: Endpoint::from_socket(expectation.public, IPPROTO_TCP),
-                        peer: expectation.peer.octets(),
+                    let ends = expect::Ends {
+                        client: connection.client,
+                        client_seen: connection.client_seen,
+                        server: connection.server,
+                        server_seen: connection.server_seen,
                     };
-                    let entry = ExpectationEntry {
-                        target: Endpoint::from_socket(expectation.private, IPPROTO_TCP),
-                        kind: expectation_kind::INBOUND,
-                        _pad: [0; 7],
-                        expires_ns: expectation_until,
-                    };
+                    let (key, entry) =
+                        expect::entry(&ends, direction, &expectation, expectation_until);
                     self.stats.expectations += 1;
                     if maps.expect(key, entry) {
                         connection.expectations.push((key, expectation_until));
@@ -1038,7 +1050,8 @@ impl ControlTable {
                     let entry = ExpectationEntry {
                         target: Endpoint::new(expectation.source.octets(), [0; 2], IPPROTO_TCP),
                         kind: expectation_kind::OUTBOUND,
-                        _pad: [0; 7],
+                        _pad: [0; 3],
+                        source: [0; 4],
                         expires_ns: expectation_until,
                     };
                     self.stats.expectations += 1;
@@ -1319,5 +1332,6 @@ fn next_random(state: &mut u64) -> u32 {
     (x >> 32) as u32
 }
 
+mod expect;
 #[cfg(test)]
 mod tests;

@@ -737,3 +737,5 @@ fn a_refusal_the_gateway_sent_is_resent_until_the_client_acknowledges_it() {
     assert!(table.resend_owed().is_empty());
     assert_eq!(table.stats().resent, 2);
 }
+
+mod hairpin;
