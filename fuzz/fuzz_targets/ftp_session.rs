@@ -2,20 +2,12 @@
 //! overlaps, reordering, flags, ACKs and SACK blocks): nothing may panic.
 #![no_main]
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 
-use gateway_ftp::session::{Direction, Endpoints, PortAllocator, Session, TcpSegment, flags};
+use gateway_ftp::session::{Endpoints, Session};
 use libfuzzer_sys::fuzz_target;
 
-struct Ports(u16);
-
-impl PortAllocator for Ports {
-    fn allocate(&mut self, _public: Ipv4Addr, private: SocketAddrV4) -> Option<u16> {
-        let preferred = private.port();
-        self.0 = self.0.wrapping_add(1);
-        (self.0 % 7 != 0).then_some(preferred ^ self.0)
-    }
-}
+mod segments;
 
 fuzz_target!(|data: &[u8]| {
     let endpoints = Endpoints {
@@ -25,31 +17,5 @@ fuzz_target!(|data: &[u8]| {
         server_seen: Ipv4Addr::new(203, 0, 113, 1),
     };
     let mut session = Session::new(endpoints, 256);
-    let mut ports = Ports(0);
-    // Start both directions so segments are accepted.
-    let syn = |seq| TcpSegment { seq, ack: 0, flags: flags::SYN, window: 1000, window_scale: None, sack: Vec::new(), payload: Vec::new() };
-    let _ = session.on_segment(Direction::ClientToServer, syn(1000), &mut ports);
-    let _ = session.on_segment(Direction::ServerToClient, syn(u32::MAX - 40), &mut ports);
-    // Each record: direction+flags byte, seq offset (2), ack offset (2), length (1), payload.
-    let mut rest = data;
-    while rest.len() >= 6 {
-        let head = &rest[..6];
-        let len = (head[5] as usize).min(rest.len() - 6);
-        let payload = rest[6..6 + len].to_vec();
-        rest = &rest[6 + len..];
-        let direction = if head[0] & 0x80 == 0 { Direction::ClientToServer } else { Direction::ServerToClient };
-        let base = match direction {
-            Direction::ClientToServer => 1001u32,
-            Direction::ServerToClient => u32::MAX - 39,
-        };
-        let other = match direction {
-            Direction::ClientToServer => u32::MAX - 39,
-            Direction::ServerToClient => 1001u32,
-        };
-        let seq = base.wrapping_add(u16::from_be_bytes([head[1], head[2]]) as u32);
-        let ack = other.wrapping_add(u16::from_be_bytes([head[3], head[4]]) as u32);
-        let sack = if head[0] & 0x20 != 0 { vec![(ack.wrapping_sub(10), ack.wrapping_add(30))] } else { Vec::new() };
-        let segment = TcpSegment { seq, ack, flags: (head[0] & 0x1f) | flags::ACK, window: 1000, window_scale: None, sack, payload };
-        let _ = session.on_segment(direction, segment, &mut ports);
-    }
+    segments::drive(&mut session, data, false);
 });

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 
-const TARGETS: &[&str] = &["ftp_lines", "ftp_session", "config"];
+const TARGETS: &[&str] = &["ftp_lines", "ftp_session", "ftp_session_policy", "config"];
 
 pub fn run(seconds: u32) -> anyhow::Result<()> {
     crate::setup::run()?;
