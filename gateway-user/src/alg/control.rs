@@ -511,7 +511,7 @@ impl ControlTable {
                 .get(&saved.server_seen)
                 .unwrap_or(&table.settings.policy)
                 .clone();
-            let mut core = saved.core.restored();
+            let mut core = saved.core;
             core.set_policy(policy.clone());
             table.flows.insert(
                 key(saved.client, saved.server_seen),

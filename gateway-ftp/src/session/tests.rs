@@ -1,0 +1,705 @@
+use super::*;
+use crate::inspect::embedded_address;
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const C_ISN: u32 = 5000;
+const S_ISN: u32 = 9000;
+
+/// Hands out ports from 40000 up.
+struct Ports(u16);
+
+impl PortAllocator for Ports {
+    fn allocate(&mut self, _public: Ipv4Addr, _private: SocketAddrV4) -> Option<u16> {
+        self.0 += 1;
+        Some(self.0)
+    }
+}
+
+fn published() -> Session {
+    Session::new(
+        Endpoints {
+            client_real: CLIENT,
+            client_seen: CLIENT,
+            server_real: SERVER,
+            server_seen: PUBLIC,
+        },
+        512,
+    )
+}
+
+fn seg(seq: u32, ack: u32, flags: u8, payload: &str) -> TcpSegment {
+    TcpSegment {
+        seq,
+        ack,
+        flags,
+        window: 65535,
+        window_scale: None,
+        sack: Vec::new(),
+        payload: payload.as_bytes().to_vec(),
+    }
+}
+
+fn emitted(actions: &[Action]) -> Vec<&TcpSegment> {
+    actions
+        .iter()
+        .filter_map(|action| match action {
+            Action::Emit { segment, .. } => Some(segment),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Client connects, server greets: returns the session ready for commands.
+fn handshake(session: &mut Session, ports: &mut Ports) {
+    session
+        .on_segment(
+            Direction::ClientToServer,
+            seg(C_ISN, 0, flags::SYN, ""),
+            ports,
+        )
+        .unwrap();
+    session
+        .on_segment(
+            Direction::ServerToClient,
+            seg(S_ISN, C_ISN + 1, flags::SYN | flags::ACK, ""),
+            ports,
+        )
+        .unwrap();
+}
+
+#[test]
+fn a_published_servers_227_is_rewritten_after_its_expectation_is_installed() {
+    let mut session = published();
+    let mut ports = Ports(40000);
+    handshake(&mut session, &mut ports);
+    let reply = "227 Entering Passive Mode (10,0,0,2,195,80).\r\n";
+    let actions = session
+        .on_segment(
+            Direction::ServerToClient,
+            seg(S_ISN + 1, C_ISN + 1, flags::ACK, reply),
+            &mut ports,
+        )
+        .unwrap();
+    let expectation = Expectation {
+        peer: CLIENT,
+        public: SocketAddrV4::new(PUBLIC, 40001),
+        private: SocketAddrV4::new(SERVER, 50000),
+    };
+    assert_eq!(
+        actions[0],
+        Action::InstallExpectation(expectation),
+        "expectation first"
+    );
+    let out = emitted(&actions);
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        out[0].payload,
+        b"227 Entering Passive Mode (203,0,113,1,156,65).\r\n"
+    );
+    assert_eq!(out[0].seq, S_ISN + 1);
+    // The client acknowledges the longer line; the server hears its own numbering.
+    let delta = 3;
+    let ack = S_ISN + 1 + reply.len() as u32 + delta;
+    let actions = session
+        .on_segment(
+            Direction::ClientToServer,
+            seg(C_ISN + 1, ack, flags::ACK, "RETR f\r\n"),
+            &mut ports,
+        )
+        .unwrap();
+    assert_eq!(emitted(&actions)[0].ack, S_ISN + 1 + reply.len() as u32);
+    // And the server's next segment moves by the edit.
+    let actions = session
+        .on_segment(
+            Direction::ServerToClient,
+            seg(
+                S_ISN + 1 + reply.len() as u32,
+                C_ISN + 9,
+                flags::ACK,
+                "150 ok\r\n",
+            ),
+            &mut ports,
+        )
+        .unwrap();
+    assert_eq!(
+        emitted(&actions)[0].seq,
+        S_ISN + 1 + reply.len() as u32 + delta
+    );
+}
+
+#[test]
+fn windows_shrink_by_the_growth_in_flight_in_scaled_units() {
+    let mut session = published();
+    let mut ports = Ports(40000);
+    let mut syn = seg(C_ISN, 0, flags::SYN, "");
+    syn.window_scale = Some(7);
+    session
+        .on_segment(Direction::ClientToServer, syn, &mut ports)
+        .unwrap();
+    let mut syn_ack = seg(S_ISN, C_ISN + 1, flags::SYN | flags::ACK, "");
+    syn_ack.window_scale = Some(7);
+    session
+        .on_segment(Direction::ServerToClient, syn_ack, &mut ports)
+        .unwrap();
+    let reply = "227 Entering Passive Mode (10,0,0,2,195,80).\r\n";
+    session
+        .on_segment(
+            Direction::ServerToClient,
+            seg(S_ISN + 1, C_ISN + 1, flags::ACK, reply),
+            &mut ports,
+        )
+        .unwrap();
+    // The client has not acknowledged the 3 bytes of growth yet: its window, as the
+    // server sees it, is one 128-byte unit smaller.
+    let window_of = |actions: Vec<Action>| emitted(&actions)[0].window;
+    let mut ack = seg(C_ISN + 1, S_ISN + 1, flags::ACK, "");
+    ack.window = 500;
+    let actions = session
+        .on_segment(Direction::ClientToServer, ack.clone(), &mut ports)
+        .unwrap();
+    assert_eq!(window_of(actions), 499);
+    // Once the client acknowledges the rewritten line, nothing is in flight.
+    ack.ack = S_ISN + 1 + reply.len() as u32 + 3;
+    let actions = session
+        .on_segment(Direction::ClientToServer, ack, &mut ports)
+        .unwrap();
+    assert_eq!(window_of(actions), 500);
+}
+
+#[test]
+fn a_masqueraded_clients_port_and_eprt_are_rewritten() {
+    let inside = Ipv4Addr::new(10, 0, 0, 5);
+    let remote = Ipv4Addr::new(198, 51, 100, 7);
+    let mut session = Session::new(
+        Endpoints {
+            client_real: inside,
+            client_seen: PUBLIC,
+            server_real: remote,
+            server_seen: remote,
+        },
+        512,
+    );
+    let mut ports = Ports(40000);
+    handshake(&mut session, &mut ports);
+    let command = "PORT 10,0,0,5,4,1\r\nEPRT |1|10.0.0.5|1026|\r\n";
+    let actions = session
+        .on_segment(
+            Direction::ClientToServer,
+            seg(C_ISN + 1, S_ISN + 1, flags::ACK, command),
+            &mut ports,
+        )
+        .unwrap();
+    assert!(
+        matches!(actions[0], Action::InstallExpectation(Expectation { peer, .. }) if peer == remote)
+    );
+    assert!(matches!(actions[1], Action::InstallExpectation(_)));
+    assert_eq!(
+        emitted(&actions)[0].payload,
+        b"PORT 203,0,113,1,156,65\r\nEPRT |1|203.0.113.1|40002|\r\n"
+    );
+}
+
+#[test]
+fn bounce_and_low_ports_get_no_expectation() {
+    let inside = Ipv4Addr::new(10, 0, 0, 5);
+    let remote = Ipv4Addr::new(198, 51, 100, 7);
+    let mut session = Session::new(
+        Endpoints {
+            client_real: inside,
+            client_seen: PUBLIC,
+            server_real: remote,
+            server_seen: remote,
+        },
+        512,
+    );
+    let mut ports = Ports(40000);
+    handshake(&mut session, &mut ports);
+    for (line, why) in [
+        ("PORT 192,0,2,9,4,1\r\n", "announces 192.0.2.9"),
+        ("PORT 10,0,0,5,0,25\r\n", "below 1024"),
+        ("PORT 10,0,0,5,4\r\n", "malformed PORT"),
+    ] {
+        let seq = C_ISN + 1;
+        let mut fresh = Session::new(session.endpoints, 512);
+        handshake(&mut fresh, &mut ports);
+        let actions = fresh
+            .on_segment(
+                Direction::ClientToServer,
+                seg(seq, S_ISN + 1, flags::ACK, line),
+                &mut ports,
+            )
+            .unwrap();
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, Action::InstallExpectation(_))),
+            "{line}"
+        );
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::Violation { reason, .. } if reason.contains(why))),
+            "{line}: {actions:?}"
+        );
+        assert_eq!(
+            emitted(&actions)[0].payload,
+            line.as_bytes(),
+            "passed on unchanged"
+        );
+    }
+}
+
+#[test]
+fn active_mode_towards_a_published_server_needs_an_outbound_expectation() {
+    let mut session = published();
+    let mut ports = Ports(40000);
+    handshake(&mut session, &mut ports);
+    let actions = session
+        .on_segment(
+            Direction::ClientToServer,
+            seg(
+                C_ISN + 1,
+                S_ISN + 1,
+                flags::ACK,
+                "PORT 203,0,113,2,195,80\r\n",
+            ),
+            &mut ports,
+        )
+        .unwrap();
+    assert_eq!(
+        actions[0],
+        Action::InstallOutboundExpectation(OutboundExpectation {
+            opener: SERVER,
+            to: SocketAddrV4::new(CLIENT, 50000),
+            source: PUBLIC,
+        })
+    );
+    assert_eq!(
+        emitted(&actions)[0].payload,
+        b"PORT 203,0,113,2,195,80\r\n",
+        "nothing to rewrite"
+    );
+}
+
+#[test]
+fn a_229_gets_the_public_port() {
+    let mut session = published();
+    let mut ports = Ports(40000);
+    handshake(&mut session, &mut ports);
+    let actions = session
+        .on_segment(
+            Direction::ServerToClient,
+            seg(
+                S_ISN + 1,
+                C_ISN + 1,
+                flags::ACK,
+                "229 Entering Extended Passive Mode (|||50000|)\r\n",
+            ),
+            &mut ports,
+        )
+        .unwrap();
+    assert_eq!(
+        actions[0],
+        Action::InstallExpectation(Expectation {
+            peer: CLIENT,
+            public: SocketAddrV4::new(PUBLIC, 40001),
+            private: SocketAddrV4::new(SERVER, 50000),
+        })
+    );
+    assert_eq!(
+        emitted(&actions)[0].payload,
+        b"229 Entering Extended Passive Mode (|||40001|)\r\n"
+    );
+}
+
+#[test]
+fn a_fin_sends_a_held_line_on_as_it_is() {
+    let mut session = published();
+    let mut ports = Ports(40000);
+    handshake(&mut session, &mut ports);
+    let held = session
+        .on_segment(
+            Direction::ServerToClient,
+            seg(S_ISN + 1, C_ISN + 1, flags::ACK, "227 Entering"),
+            &mut ports,
+        )
+        .unwrap();
+    assert_eq!(
+        emitted(&held)[0].payload,
+        b"",
+        "held back, only the ACK goes"
+    );
+    let actions = session
+        .on_segment(
+            Direction::ServerToClient,
+            seg(S_ISN + 13, C_ISN + 1, flags::ACK | flags::FIN, ""),
+            &mut ports,
+        )
+        .unwrap();
+    let out = emitted(&actions);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].payload, b"227 Entering");
+    assert_eq!(out[0].seq, S_ISN + 1);
+    assert_ne!(
+        out[0].flags & flags::FIN,
+        0,
+        "the FIN rides on the flushed bytes"
+    );
+}
+
+/// Found by fuzzing (fuzz/regressions/ftp_session): after a line too long, further
+/// segments used to index past the held line and panic.
+#[test]
+fn a_line_too_long_ends_the_stream_without_a_panic() {
+    let mut session = Session::new(published().endpoints, 16);
+    let mut ports = Ports(40000);
+    handshake(&mut session, &mut ports);
+    let long = seg(
+        S_ISN + 1,
+        C_ISN + 1,
+        flags::ACK,
+        "150 far more than sixteen bytes",
+    );
+    assert!(
+        session
+            .on_segment(Direction::ServerToClient, long, &mut ports)
+            .is_err()
+    );
+    for offset in [0, 5, 31, 40] {
+        let more = seg(
+            S_ISN + 1 + offset,
+            C_ISN + 1,
+            flags::ACK | flags::FIN,
+            "227 (10,0,0,2,4,1)\r\n",
+        );
+        assert!(
+            session
+                .on_segment(Direction::ServerToClient, more, &mut ports)
+                .is_err()
+        );
+    }
+}
+
+#[test]
+fn segments_before_the_syn_are_an_error() {
+    let mut session = published();
+    let result = session.on_segment(
+        Direction::ClientToServer,
+        seg(1, 1, flags::ACK, "USER x\r\n"),
+        &mut Ports(0),
+    );
+    assert!(matches!(result, Err(SessionError::NotStarted)));
+}
+
+// With a policy: the protocol state is followed and violations acted on.
+
+fn guarded(policy: Policy) -> Session {
+    Session::with_policy(
+        Endpoints {
+            client_real: CLIENT,
+            client_seen: CLIENT,
+            server_real: SERVER,
+            server_seen: PUBLIC,
+        },
+        Arc::new(policy),
+    )
+}
+
+/// Handshake and the server's greeting (sent and acknowledged). Returns the next client
+/// and server sequence numbers.
+fn greeted(session: &mut Session, ports: &mut Ports) -> (u32, u32) {
+    handshake(session, ports);
+    let greeting = "220 ready\r\n";
+    session
+        .on_segment(
+            Direction::ServerToClient,
+            seg(S_ISN + 1, C_ISN + 1, flags::ACK, greeting),
+            ports,
+        )
+        .unwrap();
+    (C_ISN + 1, S_ISN + 1 + greeting.len() as u32)
+}
+
+fn violations(actions: &[Action]) -> Vec<Check> {
+    actions
+        .iter()
+        .filter_map(|action| match action {
+            Action::Violation { check, .. } => Some(*check),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn rejected_commands_are_answered_by_the_gateway_and_the_session_goes_on() {
+    let mut session = guarded(Policy::default());
+    let mut ports = Ports(40000);
+    let (c, s) = greeted(&mut session, &mut ports);
+    // RETR before login: the server never sees it; the client gets 503 in the server's
+    // name, acknowledging the command.
+    let retr = "RETR /etc/passwd\r\n";
+    let actions = session
+        .on_segment(
+            Direction::ClientToServer,
+            seg(c, s, flags::ACK, retr),
+            &mut ports,
+        )
+        .unwrap();
+    assert_eq!(violations(&actions), vec![Check::OutOfState]);
+    let out = emitted(&actions);
+    assert_eq!(out.len(), 2);
+    assert!(
+        out[0].payload.is_empty(),
+        "nothing of it reaches the server"
+    );
+    assert_eq!(
+        out[0].seq, c,
+        "the server's view of the client stream did not move"
+    );
+    let reply = Check::OutOfState.reject_reply();
+    assert_eq!(out[1].payload, reply.as_bytes());
+    assert_eq!((out[1].seq, out[1].ack), (s, c + retr.len() as u32));
+    let c = c + retr.len() as u32;
+    // The client goes on: its USER reaches the server at the server's numbering (the
+    // refused command is not in it), and the server's reply lands after the injected one.
+    let user = "USER alice\r\n";
+    let actions = session
+        .on_segment(
+            Direction::ClientToServer,
+            seg(c, s + reply.len() as u32, flags::ACK, user),
+            &mut ports,
+        )
+        .unwrap();
+    let out = emitted(&actions);
+    assert_eq!(out[0].payload, user.as_bytes());
+    assert_eq!(
+        out[0].seq,
+        C_ISN + 1,
+        "the server sees USER where RETR would have been"
+    );
+    assert_eq!(
+        out[0].ack, s,
+        "the client's ACK of the injected reply maps back"
+    );
+    let actions = session
+        .on_segment(
+            Direction::ServerToClient,
+            seg(
+                s,
+                C_ISN + 1 + user.len() as u32,
+                flags::ACK,
+                "331 password\r\n",
+            ),
+            &mut ports,
+        )
+        .unwrap();
+    let out = emitted(&actions);
+    assert_eq!(out[0].seq, s + reply.len() as u32);
+    assert_eq!(
+        out[0].ack,
+        c + user.len() as u32,
+        "acks map forward past the refused bytes"
+    );
+    assert!(violations(&actions).is_empty());
+}
+
+#[test]
+fn forbidden_users_denied_commands_and_tls_are_refused() {
+    let policy = Policy {
+        deny_users: vec!["root".into()],
+        deny_commands: vec!["SITE".into()],
+        pipelining: true,
+        ..Policy::default()
+    };
+    let mut session = guarded(policy);
+    let mut ports = Ports(40000);
+    let (c, s) = greeted(&mut session, &mut ports);
+    let lines = "USER root\r\nAUTH TLS\r\nSITE CHMOD 777 x\r\nNOOP\r\n";
+    let actions = session
+        .on_segment(
+            Direction::ClientToServer,
+            seg(c, s, flags::ACK, lines),
+            &mut ports,
+        )
+        .unwrap();
+    assert_eq!(
+        violations(&actions),
+        vec![Check::ForbiddenUser, Check::Tls, Check::DeniedCommand]
+    );
+    let out = emitted(&actions);
+    assert_eq!(
+        out[0].payload, b"NOOP\r\n",
+        "only the allowed command goes on"
+    );
+    let replies: Vec<&[u8]> = out[1..].iter().map(|s| s.payload.as_slice()).collect();
+    assert_eq!(
+        replies,
+        vec![
+            Check::ForbiddenUser.reject_reply().as_bytes(),
+            Check::Tls.reject_reply().as_bytes(),
+            Check::DeniedCommand.reject_reply().as_bytes(),
+        ]
+    );
+}
+
+#[test]
+fn a_bounce_port_under_reset_resets_both_sides() {
+    let mut session = guarded(Policy {
+        on_violation: ViolationAction::Reset,
+        ..Policy::default()
+    });
+    let mut ports = Ports(40000);
+    let (mut c, mut s) = greeted(&mut session, &mut ports);
+    for (command, reply) in [("USER a\r\n", "331 p\r\n"), ("PASS b\r\n", "230 ok\r\n")] {
+        session
+            .on_segment(
+                Direction::ClientToServer,
+                seg(c, s, flags::ACK, command),
+                &mut ports,
+            )
+            .unwrap();
+        c += command.len() as u32;
+        session
+            .on_segment(
+                Direction::ServerToClient,
+                seg(s, c, flags::ACK, reply),
+                &mut ports,
+            )
+            .unwrap();
+        s += reply.len() as u32;
+    }
+    // PORT naming a third host.
+    let actions = session
+        .on_segment(
+            Direction::ClientToServer,
+            seg(c, s, flags::ACK, "PORT 198,51,100,9,0,80\r\n"),
+            &mut ports,
+        )
+        .unwrap();
+    assert_eq!(violations(&actions), vec![Check::Bounce]);
+    let out = emitted(&actions);
+    assert_eq!(out.len(), 2);
+    assert!(out.iter().all(|segment| segment.flags & flags::RST != 0));
+    assert_eq!(
+        out[0].seq, s,
+        "the client's RST is at the server stream's next byte"
+    );
+    assert_eq!(
+        out[1].seq, c,
+        "the server's RST is at the client stream's next byte"
+    );
+    assert_eq!(actions.last(), Some(&Action::Terminate));
+    assert!(session.terminated());
+    let after = session
+        .on_segment(
+            Direction::ClientToServer,
+            seg(c, s, flags::ACK, "NOOP\r\n"),
+            &mut ports,
+        )
+        .unwrap();
+    assert!(after.is_empty(), "nothing passes after a reset");
+}
+
+#[test]
+fn embedded_addresses_and_spoofed_replies() {
+    let mut session = guarded(Policy {
+        on_violation: ViolationAction::Drop,
+        ..Policy::default()
+    });
+    let mut ports = Ports(40000);
+    let (c, s) = greeted(&mut session, &mut ports);
+    let lines = "USER a\r\nPASS b\r\n";
+    let actions = session
+        .on_segment(
+            Direction::ClientToServer,
+            seg(c, s, flags::ACK, lines),
+            &mut ports,
+        )
+        .unwrap();
+    assert!(violations(&actions).is_empty());
+    assert_eq!(
+        emitted(&actions)[0].payload,
+        b"USER a\r\n",
+        "PASS waits for USER's reply"
+    );
+    // A reply carrying an address it does not announce, and a 227 from the client.
+    let actions = session
+        .on_segment(
+            Direction::ServerToClient,
+            seg(s, c + 8, flags::ACK, "331 see 10,0,0,2,195,80 now\r\n"),
+            &mut ports,
+        )
+        .unwrap();
+    assert_eq!(violations(&actions), vec![Check::Embedded]);
+    let actions = session
+        .on_segment(
+            Direction::ClientToServer,
+            seg(
+                c + lines.len() as u32,
+                s,
+                flags::ACK,
+                "227 (10,0,0,2,1,1)\r\n",
+            ),
+            &mut ports,
+        )
+        .unwrap();
+    assert_eq!(violations(&actions), vec![Check::SpoofedDirection]);
+    assert!(embedded_address(b"x 1,2,3,4,5,6"));
+    assert!(embedded_address(b"EPRT |1|10.0.0.2|5000|"));
+    assert!(!embedded_address(b"214 PORT PASV EPRT EPSV"));
+    assert!(!embedded_address(b"150 file (1048576 bytes)"));
+    assert!(!embedded_address(b"1,2,3,4,5"));
+}
+
+#[test]
+fn a_held_partial_line_is_acknowledged_for_the_receiver_and_owed_until_delivered() {
+    let mut session = guarded(Policy::default());
+    let mut ports = Ports(40000);
+    let (c, s) = greeted(&mut session, &mut ports);
+    // Half a command: held back, and acknowledged in the server's name.
+    let actions = session
+        .on_segment(
+            Direction::ClientToServer,
+            seg(c, s, flags::ACK, "US"),
+            &mut ports,
+        )
+        .unwrap();
+    let acknowledgement = actions
+        .iter()
+        .find_map(|action| match action {
+            Action::Emit {
+                direction: Direction::ServerToClient,
+                segment,
+            } => Some(segment),
+            _ => None,
+        })
+        .expect("an ACK in the server's name");
+    assert_eq!(acknowledgement.ack, c + 2);
+    assert_eq!(acknowledgement.seq, s);
+    assert!(acknowledgement.payload.is_empty());
+    // The rest completes the line, which goes to the server whole.
+    let actions = session
+        .on_segment(
+            Direction::ClientToServer,
+            seg(c + 2, s, flags::ACK, "ER anonymous\r\n"),
+            &mut ports,
+        )
+        .unwrap();
+    assert_eq!(emitted(&actions)[0].payload, b"USER anonymous\r\n");
+    // Until the server acknowledges it, the gateway owes it.
+    let owed = session
+        .resend_owed(Direction::ClientToServer)
+        .expect("owed");
+    assert_eq!(owed.payload, b"USER anonymous\r\n");
+    assert_eq!(owed.seq, c);
+    session
+        .on_segment(
+            Direction::ServerToClient,
+            seg(s, c + 16, flags::ACK, ""),
+            &mut ports,
+        )
+        .unwrap();
+    assert!(session.resend_owed(Direction::ClientToServer).is_none());
+}
