@@ -25,7 +25,7 @@ use aya_ebpf::{
     },
     helpers::{
         bpf_fib_lookup, bpf_ktime_get_ns, bpf_redirect, bpf_skb_change_tail, bpf_skb_store_bytes,
-        bpf_xdp_adjust_tail, bpf_xdp_store_bytes,
+        bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_store_bytes,
     },
     programs::{TcContext, XdpContext},
 };
@@ -205,8 +205,19 @@ pub fn answer_xdp(ctx: &mut XdpContext, ingress: u32, error: IcmpError) -> u32 {
     // the packet-end pointer, which the verifier refuses.
     // SAFETY: a local's address.
     let current = unsafe { core::ptr::read_volatile(&current) };
-    // SAFETY: the helper checks the new length against the frame's room.
-    if len == 0 || unsafe { bpf_xdp_adjust_tail(ctx.ctx, len as i32 - current) } != 0 {
+    // A short packet (a small datagram) grows at its head: XDP keeps headroom for that
+    // (XDP_PACKET_HEADROOM), while the tailroom of a frame a driver built from an skb may be
+    // too small for the message.
+    let delta = len as i32 - current;
+    // SAFETY: the helpers check the new length against the frame's room.
+    let resized = unsafe {
+        if delta > 0 {
+            bpf_xdp_adjust_head(ctx.ctx, -delta)
+        } else {
+            bpf_xdp_adjust_tail(ctx.ctx, delta)
+        }
+    };
+    if len == 0 || resized != 0 {
         count(Counter::IcmpErrorSuppressed);
         return unanswered;
     }
