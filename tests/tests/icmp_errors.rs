@@ -9,7 +9,8 @@
 //! port-unreachable comes back translated (traceroute through the gateway); an `unreachable`
 //! route answers host unreachable, a `prohibit` route administratively prohibited, no route at
 //! all net unreachable (from the stack, which gets the packet as it was sent), a `blackhole`
-//! route nothing; an unused address of the outside link (no host answers ARP) host
+//! route nothing; the gateway's own service at its public address sees the real client, and
+//! its closed port answers port unreachable; an unused address of the outside link (no host answers ARP) host
 //! unreachable once the neighbour has had the time to resolve. From outside, to published
 //! servers: TTL 1 gets time exceeded from the public address; a server behind an `unreachable`
 //! route, and one at an unused inside address, host unreachable.
@@ -21,7 +22,7 @@
 
 use std::{
     mem::MaybeUninit,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd,
     time::{Duration, Instant},
 };
@@ -368,6 +369,32 @@ fn errors_reach_the_original_sender(hook: &str, forwarding: &str) {
     );
     let (errno, took) = connect(&lab.inside, SocketAddrV4::new(UNROUTED, 80), fast);
     assert_eq!((errno, took < fast), (Some(ENETUNREACH), true), "no route");
+    // For the gateway itself: its own sockets see the real sender, its port unreachable
+    // reaches it.
+    let service = SocketAddrV4::new(lab::PUBLIC, 2222);
+    let listener = lab
+        .router
+        .spawn(move || Ok(TcpListener::bind(service)?))
+        .join()
+        .expect("thread")
+        .expect("the gateway's own service");
+    let (errno, _) = connect(&lab.inside, service, fast);
+    assert_eq!(errno, None, "the gateway's own service");
+    let (_, peer) = listener.accept().expect("accept");
+    assert_eq!(
+        peer.ip(),
+        lab::SERVER,
+        "the gateway's own service sees its real client"
+    );
+    assert_eq!(
+        udp_probe(&lab.inside, SocketAddrV4::new(lab::PUBLIC, 9), 64),
+        Some(QueuedError {
+            kind: 3,
+            code: 3,
+            offender: lab::PUBLIC
+        }),
+        "a closed port of the gateway"
+    );
     let (errno, _) = connect(
         &lab.inside,
         SocketAddrV4::new(host(BLACKHOLE_NET, 1), 80),
@@ -440,6 +467,14 @@ fn errors_reach_the_original_sender(hook: &str, forwarding: &str) {
     assert_errors_from(
         &inside_errors,
         &inside_heads,
+        lab::PUBLIC,
+        false,
+        &mut vec![(3, 3)],
+        "inside host",
+    );
+    assert_errors_from(
+        &inside_errors,
+        &inside_heads,
         lab::CLIENT,
         true,
         &mut vec![(3, 3)],
@@ -491,8 +526,8 @@ fn errors_reach_the_original_sender(hook: &str, forwarding: &str) {
     for (name, at_least) in [
         ("unreachable_sent", 5),
         ("fib_blackhole", 1),
-        ("fib_not_forwarded", 2),
-        ("passed_untranslated", 2),
+        ("fib_not_forwarded", 5),
+        ("passed_untranslated", 5),
         ("fib_no_neighbour", 4),
     ] {
         assert!(
