@@ -10,8 +10,8 @@
 //! route answers host unreachable, a `prohibit` route administratively prohibited, no route at
 //! all net unreachable (from the stack, which gets the packet as it was sent), a `blackhole`
 //! route nothing; the gateway's own service at its public address sees the real client, and
-//! its closed port answers port unreachable; an unused address of the outside link (no host answers ARP) host
-//! unreachable once the neighbour has had the time to resolve. From outside, to published
+//! its closed port answers port unreachable; an unused address of the outside link (no host
+//! answers ARP) host unreachable once the neighbour has had the time to resolve. From outside, to published
 //! servers: TTL 1 gets time exceeded from the public address; a server behind an `unreachable`
 //! route, and one at an unused inside address, host unreachable.
 //!
