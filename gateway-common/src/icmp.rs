@@ -265,16 +265,21 @@ impl TokenBucket {
 /// translated source, after the packet has left the fast path: that message never passes
 /// the programs (it goes to the gateway itself over loopback, or out of an interface). The
 /// programs therefore remember when a next hop was first found unresolved; packets for it are
-/// handed to the kernel (which resolves) for [`FAILED_AFTER_NS`], then answered with
-/// host-unreachable at once until [`RETRY_AFTER_NS`], when the next packet starts a new
-/// round of resolution.
+/// handed to the kernel (which resolves) for [`FAILED_AFTER_NS`](neighbour::FAILED_AFTER_NS),
+/// then answered with host-unreachable at once until
+/// [`RETRY_AFTER_NS`](neighbour::RETRY_AFTER_NS), when the next packet starts a new round of
+/// resolution. A next hop found resolved is forgotten, so that one flushed from the neighbour
+/// table and resolved again at once starts afresh.
 pub mod neighbour {
     /// Half a second before the kernel's own verdict: a TCP SYN retransmitted at 3 s (1 s,
     /// then 2 s later) then always finds the next hop failed.
     pub const FAILED_AFTER_NS: u64 = 2_500_000_000;
     pub const RETRY_AFTER_NS: u64 = 10_000_000_000;
-    /// Next hops remembered (LRU).
-    pub const MAX_UNRESOLVED: u32 = 1024;
+    /// Slots of the `UNRESOLVED` table, a power of two: each next hop has one (by a hash of
+    /// it), so forgetting a resolved one costs a look at one slot, not a hash-map operation,
+    /// on every forwarded packet. Two unresolved next hops sharing a slot restart each
+    /// other's round: neither is answered early, the kernel's behaviour.
+    pub const SLOTS: u32 = 256;
 
     /// What to do with a packet for a next hop first found unresolved at `since_ns`.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -298,14 +303,31 @@ pub mod neighbour {
             Phase::Retry
         }
     }
+
+    /// The slot of `next_hop` (Fibonacci hashing of its address and interface).
+    #[inline(always)]
+    pub const fn slot(next_hop: &super::NextHop) -> u32 {
+        let mixed =
+            (u32::from_ne_bytes(next_hop.addr) ^ next_hop.ifindex).wrapping_mul(0x9e37_79b1);
+        mixed >> (32 - SLOTS.trailing_zeros())
+    }
 }
 
-/// A next hop the FIB named: the key of `UNRESOLVED`.
+/// A next hop the FIB named.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct NextHop {
     pub ifindex: u32,
     pub addr: [u8; 4],
+}
+
+/// One slot of `UNRESOLVED`: a next hop (interface 0: none) and when it was first found
+/// unresolved (`bpf_ktime_get_ns`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Unresolved {
+    pub next_hop: NextHop,
+    pub since_ns: u64,
 }
 
 #[cfg(test)]
@@ -480,6 +502,21 @@ mod tests {
             .filter(|_| bucket.take(later, interval, burst))
             .count();
         assert_eq!(allowed as u64, burst);
+    }
+
+    #[test]
+    fn next_hops_spread_over_the_slots() {
+        let mut used = [false; neighbour::SLOTS as usize];
+        for last in 1..=254u8 {
+            let slot = neighbour::slot(&NextHop {
+                ifindex: 3,
+                addr: [10, 0, 0, last],
+            });
+            used[slot as usize] = true;
+        }
+        // A whole /24 behind one interface: most get a slot of their own.
+        let distinct = used.iter().filter(|&&used| used).count();
+        assert!(distinct > 140, "{distinct} slots");
     }
 
     #[test]

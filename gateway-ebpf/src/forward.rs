@@ -308,16 +308,16 @@ fn route(result: i64, fib: &FibLookup, ttl: u8) -> Route {
             let mtu = unsafe { fib.__bindgen_anon_1.mtu_result };
             return Route::Answer(IcmpError::frag_needed(mtu));
         }
-        if no_neigh {
-            let next_hop = NextHop {
-                ifindex: fib.ifindex,
-                // SAFETY: the lookup wrote the next hop (the route's gateway, or the
-                // destination) before looking for its neighbour entry.
-                addr: unsafe { fib.__bindgen_anon_4.ipv4_dst }.to_ne_bytes(),
-            };
-            if neighbour::failed(next_hop) {
-                return Route::Answer(IcmpError::HOST_UNREACHABLE);
-            }
+        let next_hop = NextHop {
+            ifindex: fib.ifindex,
+            // SAFETY: the lookup wrote the next hop (the route's gateway, or the destination)
+            // before looking for its neighbour entry.
+            addr: unsafe { fib.__bindgen_anon_4.ipv4_dst }.to_ne_bytes(),
+        };
+        if !no_neigh {
+            neighbour::resolved(next_hop);
+        } else if neighbour::failed(next_hop) {
+            return Route::Answer(IcmpError::HOST_UNREACHABLE);
         }
         return Route::Forward {
             resolved: !no_neigh,

@@ -10,7 +10,7 @@ use gateway_common::{
     Counter, DEFAULT_MAX_SESSIONS, Endpoint, ExpectationEntry, ExpectationKey, FlowKey,
     FragmentKey, FragmentTranslation, MAX_EXPECTATIONS, MAX_FRAGMENTED_DATAGRAMS, MAX_PUBLISHED,
     MAX_PUNT_ENDPOINTS, MAX_REDIRECT_PORTS, NatConfig, PUNT_RING_BYTES, PeerKey, Session,
-    icmp::{NextHop, TokenBucket, neighbour, rate},
+    icmp::{TokenBucket, Unresolved, neighbour, rate},
 };
 
 /// Published servers, keyed by public endpoint: where to send traffic addressed to it.
@@ -110,10 +110,10 @@ pub static ICMP_RATE: LruHashMap<[u8; 4], TokenBucket> =
 #[map(name = "ICMP_RATE_ALL")]
 pub static ICMP_RATE_ALL: Array<TokenBucket> = Array::with_max_entries(1, 0);
 
-/// Next hops found unresolved, and since when (`bpf_ktime_get_ns`; see `neighbour.rs`).
+/// Next hops found unresolved, and since when, one slot per next hop by a hash of it (see
+/// `neighbour.rs`). Not pinned: a new program starts resolving afresh.
 #[map(name = "UNRESOLVED")]
-pub static UNRESOLVED: LruHashMap<NextHop, u64> =
-    LruHashMap::with_max_entries(neighbour::MAX_UNRESOLVED, 0);
+pub static UNRESOLVED: Array<Unresolved> = Array::with_max_entries(neighbour::SLOTS, 0);
 
 /// Per-CPU packet counters, indexed by [`Counter`].
 #[map(name = "STATS")]

@@ -167,6 +167,7 @@ impl Senders {
 fn the_route_decides(forwarding: Forwarding) {
     check_environment().expect("environment");
     let netns = namespace();
+    let routes = Netns::existing(netns.name()).expect("netns");
     netns
         .spawn(move || {
             let mut dataplane = masquerading(forwarding);
@@ -291,21 +292,32 @@ fn the_route_decides(forwarding: Forwarding) {
                 .iter()
                 .map(|_| udp(senders.next(), 5000, SILENT, 64).build())
                 .collect();
+            let handed_on = |hook: Hook| match (hook, forwarding) {
+                (Hook::Tc, Forwarding::Bpf) => TC_ACT_REDIRECT,
+                _ => pass(hook),
+            };
             for (hook, frame) in hooks.iter().zip(&frames) {
                 let (verdict, _) = run(&mut dataplane, *hook, frame);
-                let handed_on = match (hook, forwarding) {
-                    (Hook::Tc, Forwarding::Bpf) => TC_ACT_REDIRECT,
-                    _ => pass(*hook),
-                };
-                assert_eq!(
-                    verdict, handed_on,
-                    "{hook:?}: unresolved next hop, at first"
-                );
+                assert_eq!(verdict, handed_on(*hook), "{hook:?}: unresolved, at first");
             }
             std::thread::sleep(Duration::from_nanos(neighbour::FAILED_AFTER_NS));
             for (hook, frame) in hooks.iter().zip(&frames) {
                 let result = run(&mut dataplane, *hook, frame);
                 assert_answer(*hook, result, frame, (3, 1, 0), "next hop never resolved");
+            }
+            // Resolved after all (the kernel learnt it): forgotten, so that when it is
+            // unresolved again (flushed from the table) the kernel gets to resolve it anew.
+            routes.sh(&format!(
+                "ip neigh replace {SILENT} lladdr 02:00:00:00:00:bb dev gwout nud permanent"
+            ))?;
+            for (hook, frame) in hooks.iter().zip(&frames) {
+                let (verdict, _) = run(&mut dataplane, *hook, frame);
+                assert_eq!(verdict, handed_on(*hook), "{hook:?}: resolved");
+            }
+            routes.sh(&format!("ip neigh del {SILENT} dev gwout"))?;
+            for (hook, frame) in hooks.iter().zip(&frames) {
+                let (verdict, _) = run(&mut dataplane, *hook, frame);
+                assert_eq!(verdict, handed_on(*hook), "{hook:?}: unresolved anew");
             }
 
             let expected = [
@@ -325,9 +337,9 @@ fn the_route_decides(forwarding: Forwarding) {
             for (wanted, value) in expected {
                 assert_eq!(counter(&dataplane, wanted), value, "{wanted:?}");
             }
-            // Each hook: the silent next hop twice, and the inside host the ICMP error was
-            // for (on the inside link, never resolved either).
-            assert_eq!(counter(&dataplane, Counter::FibNoNeighbour), 2 * 3);
+            // Each hook: the silent next hop three times, and the inside host the ICMP error
+            // was for (on the inside link, never resolved either).
+            assert_eq!(counter(&dataplane, Counter::FibNoNeighbour), 2 * 4);
             Ok(())
         })
         .join()
