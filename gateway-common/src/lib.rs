@@ -485,9 +485,9 @@ pub enum Counter {
     FibProhibit = 32,
     /// Not a unicast route (local delivery, broadcast, no route): passed untranslated.
     FibNotForwarded = 33,
-    /// The next hop's link-layer address is not resolved yet: TC forwards it (the kernel
-    /// resolves), XDP hands it to the stack; one that stays unresolved is answered with host
-    /// unreachable.
+    /// The next hop's link-layer address is not resolved yet: forwarded all the same (TC's
+    /// `bpf_redirect_neigh`, or the stack, resolves it); one that stays unresolved is answered
+    /// with host unreachable.
     FibNoNeighbour = 34,
     /// Too big for the next link: fragmentation-needed with DF, else the stack fragments it.
     FibFragNeeded = 35,
