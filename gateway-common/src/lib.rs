@@ -411,8 +411,9 @@ unsafe impl aya::Pod for NatConfig {}
 /// Per-CPU counters of the fast path, indexes into the `STATS` array.
 ///
 /// The agent sums them over CPUs. Every packet the programs see lands in exactly one of the
-/// verdict counters (translated, passed for a reason, or dropped for a reason); `Redirected`
-/// and `FragNeededSent` count, besides, what happened to a translated packet next.
+/// verdict counters (translated, passed for a reason, or dropped for a reason); `Redirected`,
+/// the ICMP errors sent or withheld, `PassedUntranslated` and the `Fib*` refusals count,
+/// besides, what happened to a translated packet next.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
@@ -472,10 +473,57 @@ pub enum Counter {
     /// path-MTU discovery), instead of being forwarded. Counted in addition to its
     /// translation counter.
     FragNeededSent = 23,
+    /// A translated packet whose TTL expires at the gateway: answered with ICMP time exceeded
+    /// to its original sender, quoting its original header (`traceroute` through the
+    /// gateway), instead of being forwarded. Counted in addition to its translation counter.
+    TimeExceededSent = 24,
+    /// A translated packet the gateway cannot deliver: answered with ICMP destination
+    /// unreachable to its original sender, quoting its original header: host unreachable for
+    /// an `unreachable` route or a next hop that does not answer ARP, administratively
+    /// prohibited for a `prohibit` route. Counted in addition to its translation counter.
+    UnreachableSent = 25,
+    /// An ICMP error the gateway would have sent about a translated packet, withheld by the
+    /// rate limits (per destination and overall, the kernel's defaults); the packet is dropped
+    /// as the kernel drops it.
+    IcmpErrorRateLimited = 26,
+    /// An ICMP error the gateway must not send: about an ICMP error or a later fragment, to or
+    /// about a packet to a non-unicast address, or to a sender with no route back. The packet
+    /// is dropped as the kernel drops it.
+    IcmpErrorSuppressed = 27,
+    /// A translated packet the route lookup does not forward (for the gateway itself, a
+    /// broadcast, no route at all): its original addresses and ports are put back and the
+    /// stack gets it as it arrived, so its own sockets see the real sender and its ICMP errors
+    /// (net unreachable, port unreachable) reach it. Counted in addition to its translation
+    /// counter.
+    PassedUntranslated = 28,
+    /// `bpf_fib_lookup` refusals for translated packets, by result (counted in addition to
+    /// the translation counter). Forwarding is disabled on the ingress interface: the stack
+    /// gets the packet and drops it.
+    FibForwardingDisabled = 29,
+    /// A `blackhole` route: dropped silently, as the kernel does.
+    FibBlackhole = 30,
+    /// An `unreachable` route: answered with host unreachable.
+    FibUnreachable = 31,
+    /// A `prohibit` route: answered with administratively prohibited.
+    FibProhibit = 32,
+    /// Not a unicast route (local delivery, broadcast, no route): passed untranslated.
+    FibNotForwarded = 33,
+    /// The next hop's link-layer address is not resolved yet: forwarded all the same (TC's
+    /// `bpf_redirect_neigh`, or the stack, resolves it); one that stays unresolved is answered
+    /// with host unreachable.
+    FibNoNeighbour = 34,
+    /// Too big for the next link: fragmentation-needed with DF, else the stack fragments it.
+    FibFragNeeded = 35,
+    /// The route has a lightweight tunnel encapsulation: the stack handles it.
+    FibUnsupportedLwt = 36,
+    /// No source address for the route: the stack handles it.
+    FibNoSourceAddress = 37,
+    /// The lookup itself failed (an unknown ingress interface): the stack handles it.
+    FibError = 38,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 24] = [
+    pub const ALL: [Counter; 39] = [
         Counter::DnatPublished,
         Counter::SnatPublished,
         Counter::PassNotIpv4,
@@ -500,6 +548,21 @@ impl Counter {
         Counter::Punted,
         Counter::DropPuntFailed,
         Counter::FragNeededSent,
+        Counter::TimeExceededSent,
+        Counter::UnreachableSent,
+        Counter::IcmpErrorRateLimited,
+        Counter::IcmpErrorSuppressed,
+        Counter::PassedUntranslated,
+        Counter::FibForwardingDisabled,
+        Counter::FibBlackhole,
+        Counter::FibUnreachable,
+        Counter::FibProhibit,
+        Counter::FibNotForwarded,
+        Counter::FibNoNeighbour,
+        Counter::FibFragNeeded,
+        Counter::FibUnsupportedLwt,
+        Counter::FibNoSourceAddress,
+        Counter::FibError,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -530,6 +593,21 @@ impl Counter {
             Counter::Punted => "punted",
             Counter::DropPuntFailed => "drop_punt_failed",
             Counter::FragNeededSent => "frag_needed_sent",
+            Counter::TimeExceededSent => "time_exceeded_sent",
+            Counter::UnreachableSent => "unreachable_sent",
+            Counter::IcmpErrorRateLimited => "icmp_error_rate_limited",
+            Counter::IcmpErrorSuppressed => "icmp_error_suppressed",
+            Counter::PassedUntranslated => "passed_untranslated",
+            Counter::FibForwardingDisabled => "fib_forwarding_disabled",
+            Counter::FibBlackhole => "fib_blackhole",
+            Counter::FibUnreachable => "fib_unreachable",
+            Counter::FibProhibit => "fib_prohibit",
+            Counter::FibNotForwarded => "fib_not_forwarded",
+            Counter::FibNoNeighbour => "fib_no_neighbour",
+            Counter::FibFragNeeded => "fib_frag_needed",
+            Counter::FibUnsupportedLwt => "fib_unsupported_lwt",
+            Counter::FibNoSourceAddress => "fib_no_source_address",
+            Counter::FibError => "fib_error",
         }
     }
 }
@@ -685,7 +763,10 @@ mod tests {
         assert_eq!(core::mem::size_of::<NatConfig>(), 184);
         assert_eq!(core::mem::size_of::<PeerKey>(), 12);
         assert_eq!(LAYOUT_VERSION, 3);
+        // Version 3: the hairpin expectations' source, and the counters of the route lookup
+        // and the ICMP errors (STATS grew).
         assert_eq!(core::mem::offset_of!(ExpectationEntry, source), 12);
+        assert_eq!(Counter::COUNT, 39);
         let mut names = names::ALL_MAPS.to_vec();
         names.sort_unstable();
         names.dedup();

@@ -1,58 +1,72 @@
-//! Forwarding a translated packet straight from the hook, past the gateway's own IP stack: a
-//! FIB lookup for the translated destination, the TTL decrement the stack would have done, and
-//! a redirect: `bpf_redirect_neigh` from TC (which also resolves the next hop's MAC address
-//! when the neighbour table has none yet), a devmap redirect from XDP (which cannot: a missing
-//! neighbour sends the packet through the stack, which resolves it).
+//! What becomes of a translated packet: a FIB lookup for its translated destination (with
+//! either `[dataplane] forwarding`: the lookup also decides which ICMP errors its original
+//! sender gets), then, with BPF forwarding, the TTL decrement the stack would have done and a
+//! redirect: `bpf_redirect_neigh` from TC (which also resolves the next hop's MAC address when
+//! the neighbour table has none yet), a devmap redirect from XDP (which cannot: a missing
+//! neighbour sends the packet through the stack, which resolves it). With kernel forwarding a
+//! packet the route forwards goes to the stack translated.
 //!
-//! Anything the kernel must handle itself (TTL expiring, no route, local delivery, a packet
-//! without DF larger than the egress MTU, which it fragments) continues into the stack. A
-//! packet with DF too big for the next link is answered here with ICMP fragmentation-needed to
-//! its original sender (see `gateway_common::icmp`): the stack would address its own message
-//! to the translated source, usually the gateway itself.
+//! The stack's own ICMP errors about a translated packet would quote the translated packet
+//! and go to its translated source, usually the gateway itself: the real sender would never
+//! match them. So whatever the kernel would answer with an error is answered here, to the
+//! original sender, quoting what it sent (`icmp_error.rs`): TTL expiry, `unreachable` and
+//! `prohibit` routes, a next hop that never resolves (`neighbour.rs`), and a packet with DF
+//! too big for the next link. A packet the route does not forward at all (for the gateway
+//! itself, a broadcast, no route) is handed to the stack as it arrived (`untranslate.rs`):
+//! the stack then delivers it to the right socket, or answers the real sender itself.
+//! A `blackhole` route drops it silently, as the kernel does. Anything else the kernel
+//! handles (a packet without DF to fragment, forwarding disabled, tunnels) goes to it
+//! translated.
 
 use aya_ebpf::{
     EbpfContext,
     bindings::{
-        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
-        BPF_FIB_LOOKUP_SKIP_NEIGH, BPF_FIB_LOOKUP_SRC, TC_ACT_OK, TC_ACT_SHOT,
-        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup as FibLookup, bpf_redir_neigh,
-        xdp_action,
+        BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NO_SRC_ADDR, BPF_FIB_LKUP_RET_NOT_FWDED,
+        BPF_FIB_LKUP_RET_PROHIBIT, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNREACHABLE,
+        BPF_FIB_LKUP_RET_UNSUPP_LWT, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup as FibLookup,
+        bpf_redir_neigh, xdp_action,
     },
-    helpers::{
-        bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_skb_change_tail, bpf_xdp_adjust_tail,
-        bpf_xdp_store_bytes,
-    },
+    helpers::{bpf_fib_lookup, bpf_redirect_neigh},
     programs::{TcContext, XdpContext},
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use gateway_common::{
     Counter, IPPROTO_TCP, IPPROTO_UDP, checksum,
-    icmp::{FRAG_NEEDED_BUFFER_LEN, FRAG_NEEDED_FRAME_LEN, QUOTE_LEN, write_frag_needed},
+    icmp::{ERROR_BUFFER_LEN, IcmpError, MAX_QUOTE_LEN, MIN_QUOTE_LEN, NextHop, TokenBucket},
 };
 
 use crate::{
-    maps::{NAT_CONFIG, REDIRECT_PORTS, SCRATCH, count},
+    icmp_error,
+    maps::NAT_CONFIG,
+    maps::REDIRECT_PORTS,
+    maps::SCRATCH,
+    maps::count,
+    neighbour,
     packet::{Packet, ptr_at},
+    untranslate,
 };
 
-const AF_INET: u8 = 2;
+pub const AF_INET: u8 = 2;
 /// The IPv4 header's TTL and protocol, as one checksummed 16-bit word.
 const IP_TTL: usize = 8;
 const IP_CHECK: usize = 10;
-/// Don't-fragment, in the first byte of the IPv4 flags/fragment-offset field.
+/// Don't-fragment and more-fragments, in the first byte of the flags/fragment-offset field.
 const IP_DF: u8 = 0x40;
+const IP_MF: u8 = 0x20;
 const IP_FLAGS: usize = 6;
 /// TCP's data offset (header length in 32-bit words, high nibble).
 const TCP_DATA_OFFSET: usize = 12;
 
-/// The head of a translated packet as it arrived, kept by the translation for the
-/// fragmentation-needed message: IPv4 header without options and 8 bytes of transport.
+/// The head of a translated packet as it arrived, kept by the translation for the ICMP
+/// errors forwarding may have to send instead of it, and for handing it to the stack as it
+/// arrived: the IPv4 header with its options and 8 bytes of transport.
 #[repr(C)]
 pub struct Quote {
-    pub bytes: [u8; QUOTE_LEN],
-    /// False when the packet had IPv4 options or too little transport header to quote.
-    pub present: bool,
+    pub bytes: [u8; MAX_QUOTE_LEN],
+    /// How many of `bytes` are the quote; 0: none (an ICMP error, or too short to quote).
+    pub len: u8,
 }
 
 /// Per-CPU room (`SCRATCH`) for what does not fit on the programs' 512-byte stack, which is
@@ -60,15 +74,20 @@ pub struct Quote {
 #[repr(C)]
 pub struct Scratch {
     pub quote: Quote,
-    pub frame: [u8; FRAG_NEEDED_BUFFER_LEN],
-    /// The lookup of the route back to the sender (see [`address_towards`]).
+    /// The Ethernet addresses of the packet answered, for the message's.
+    pub eth: [u8; 12],
+    pub frame: [u8; ERROR_BUFFER_LEN],
+    /// The lookup of the route back to the sender (see `icmp_error::address_towards`).
     pub fib: FibLookup,
+    /// A new rate-limit entry, and its key, for the map update (`icmp_error::rate_allows`).
+    pub bucket: TokenBucket,
+    pub destination: [u8; 4],
 }
 
 /// This CPU's scratch room. BPF programs are not preempted on their CPU: nothing else uses it
 /// until the program is done with the packet.
 #[inline(always)]
-fn scratch() -> Option<&'static mut Scratch> {
+pub fn scratch() -> Option<&'static mut Scratch> {
     let slot = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: a valid map value, used by this program run alone (see above).
     Some(unsafe { &mut *slot })
@@ -79,37 +98,83 @@ fn scratch() -> Option<&'static mut Scratch> {
 #[inline(always)]
 pub fn fresh_quote() -> Option<&'static mut Quote> {
     let scratch = scratch()?;
-    scratch.quote.present = false;
+    scratch.quote.len = 0;
     Some(&mut scratch.quote)
 }
 
 impl Quote {
-    /// Copies the head of the packet, if it has no IPv4 options (the message quotes a fixed
-    /// 20-byte header; with options the stack's own message is sent, as before).
+    /// Copies the head of the packet: its IPv4 header (`ip_header_len` bytes) and 8 bytes,
+    /// and clears the rest of the room (`write_error` sends and sums it: it must not hold an
+    /// earlier packet's bytes).
     #[inline(always)]
     pub fn take<P: Packet>(&mut self, packet: &P, ip_header_len: usize) {
         if ip_header_len != Ipv4Hdr::LEN {
+            self.take_with_options(packet, ip_header_len);
             return;
         }
-        if let Some(head) = ptr_at::<P, [u8; QUOTE_LEN]>(packet, EthHdr::LEN) {
-            // SAFETY: bounds-checked by ptr_at.
-            self.bytes = unsafe { *head };
-            self.present = true;
+        if let Some(head) = ptr_at::<P, [u8; MIN_QUOTE_LEN]>(packet, EthHdr::LEN) {
+            // SAFETY: bounds-checked by ptr_at; `bytes` is longer than the copy and the rest.
+            unsafe {
+                let bytes = self.bytes.as_mut_ptr();
+                *(bytes as *mut [u8; MIN_QUOTE_LEN]) = *head;
+                *(bytes.add(MIN_QUOTE_LEN) as *mut [u8; MAX_QUOTE_LEN - MIN_QUOTE_LEN]) =
+                    [0; MAX_QUOTE_LEN - MIN_QUOTE_LEN];
+            }
+            self.len = MIN_QUOTE_LEN as u8;
         }
+    }
+
+    /// The rare header with options: its length varies, so the helper copies it (and checks
+    /// the bounds). Not inlined: it stays out of every packet's path.
+    #[inline(never)]
+    fn take_with_options<P: Packet>(&mut self, packet: &P, ip_header_len: usize) {
+        self.bytes = [0; MAX_QUOTE_LEN];
+        // In [8, MAX_QUOTE_LEN] by construction, which is what the verifier must see.
+        let len = (ip_header_len as u32 & 0x3c) + 8;
+        if packet.load_bytes(EthHdr::LEN as u32, self.bytes.as_mut_ptr(), len) {
+            self.len = len as u8;
+        }
+    }
+
+    #[inline(always)]
+    pub fn present(&self) -> bool {
+        self.len != 0
+    }
+
+    /// The quoted IPv4 header's length (IHL).
+    #[inline(always)]
+    pub fn header_len(&self) -> usize {
+        ((self.bytes[0] & 0x0f) as usize) * 4
     }
 
     #[inline(always)]
     fn dont_fragment(&self) -> bool {
-        self.present && self.bytes[IP_FLAGS] & IP_DF != 0
+        self.present() && self.bytes[IP_FLAGS] & IP_DF != 0
+    }
+
+    /// The first fragment of a fragmented datagram (later ones are never quoted).
+    #[inline(always)]
+    pub fn first_fragment(&self) -> bool {
+        self.bytes[IP_FLAGS] & IP_MF != 0
     }
 
     #[inline(always)]
-    fn source(&self) -> [u8; 4] {
+    pub fn source(&self) -> [u8; 4] {
         [
             self.bytes[12],
             self.bytes[13],
             self.bytes[14],
             self.bytes[15],
+        ]
+    }
+
+    #[inline(always)]
+    pub fn destination(&self) -> [u8; 4] {
+        [
+            self.bytes[16],
+            self.bytes[17],
+            self.bytes[18],
+            self.bytes[19],
         ]
     }
 }
@@ -178,36 +243,99 @@ fn fib_lookup<C: EbpfContext>(
     (result, fib)
 }
 
-/// The address the gateway answers `sender` from: the preferred source of its route back to
-/// the sender, as the kernel picks for its own ICMP errors (`BPF_FIB_LOOKUP_SRC`). The lookup
-/// is made in `fib` (scratch room: the caller's stack is full).
+/// The counter of a lookup result other than success.
 #[inline(always)]
-fn address_towards<C: EbpfContext>(
-    ctx: &C,
-    fib: &mut FibLookup,
-    ifindex: u32,
-    sender: [u8; 4],
-) -> Option<[u8; 4]> {
-    // SAFETY: all-zero is a valid bpf_fib_lookup; the fields the lookup reads are set below.
-    *fib = unsafe { core::mem::zeroed() };
-    fib.family = AF_INET;
-    fib.ifindex = ifindex;
-    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(sender);
-    // SAFETY: `fib` is valid for the call.
-    let result = unsafe {
-        bpf_fib_lookup(
-            ctx.as_ptr(),
-            fib,
-            core::mem::size_of::<FibLookup>() as i32,
-            BPF_FIB_LOOKUP_SRC | BPF_FIB_LOOKUP_SKIP_NEIGH,
-        )
-    };
-    if result != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        return None;
+fn refusal(result: i64) -> Option<Counter> {
+    const FWD_DISABLED: i64 = BPF_FIB_LKUP_RET_FWD_DISABLED as i64;
+    const BLACKHOLE: i64 = BPF_FIB_LKUP_RET_BLACKHOLE as i64;
+    const UNREACHABLE: i64 = BPF_FIB_LKUP_RET_UNREACHABLE as i64;
+    const PROHIBIT: i64 = BPF_FIB_LKUP_RET_PROHIBIT as i64;
+    const NOT_FWDED: i64 = BPF_FIB_LKUP_RET_NOT_FWDED as i64;
+    const NO_NEIGH: i64 = BPF_FIB_LKUP_RET_NO_NEIGH as i64;
+    const FRAG_NEEDED: i64 = BPF_FIB_LKUP_RET_FRAG_NEEDED as i64;
+    const UNSUPP_LWT: i64 = BPF_FIB_LKUP_RET_UNSUPP_LWT as i64;
+    const NO_SRC_ADDR: i64 = BPF_FIB_LKUP_RET_NO_SRC_ADDR as i64;
+    Some(match result {
+        0 => return None,
+        FWD_DISABLED => Counter::FibForwardingDisabled,
+        BLACKHOLE => Counter::FibBlackhole,
+        UNREACHABLE => Counter::FibUnreachable,
+        PROHIBIT => Counter::FibProhibit,
+        NOT_FWDED => Counter::FibNotForwarded,
+        NO_NEIGH => Counter::FibNoNeighbour,
+        FRAG_NEEDED => Counter::FibFragNeeded,
+        UNSUPP_LWT => Counter::FibUnsupportedLwt,
+        NO_SRC_ADDR => Counter::FibNoSourceAddress,
+        _ => Counter::FibError,
+    })
+}
+
+/// What the route says about a translated packet.
+enum Route {
+    /// Forward it: from the program with BPF forwarding, else through the stack. `resolved`:
+    /// the lookup found the next hop's MAC address.
+    Forward { resolved: bool },
+    /// The stack gets it translated and decides (fragments it, drops it).
+    Stack,
+    /// The route does not forward it: the stack gets it as it arrived.
+    Untranslated,
+    /// Its original sender gets this error instead, as from the kernel.
+    Answer(IcmpError),
+    /// Dropped silently, as the kernel does.
+    Drop,
+}
+
+/// Decides, in the kernel's order: the route first (`ip_route_input`: unreachable and
+/// prohibited routes answer, blackholes drop, local and unroutable destinations never reach
+/// `ip_forward`), then TTL, then the MTU, then the neighbour.
+#[inline(always)]
+fn route(result: i64, fib: &FibLookup, ttl: u8) -> Route {
+    if let Some(counter) = refusal(result) {
+        count(counter);
     }
-    // SAFETY: a successful lookup with BPF_FIB_LOOKUP_SRC wrote the source address.
-    let source = unsafe { fib.__bindgen_anon_3.ipv4_src }.to_ne_bytes();
-    (source != [0; 4]).then_some(source)
+    let frag_needed = result == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64;
+    let no_neigh = result == BPF_FIB_LKUP_RET_NO_NEIGH as i64;
+    if result == BPF_FIB_LKUP_RET_SUCCESS as i64 || frag_needed || no_neigh {
+        if ttl <= 1 {
+            return Route::Answer(IcmpError::TIME_EXCEEDED);
+        }
+        if frag_needed {
+            if !dont_fragment() {
+                // The stack fragments it (the egress device would drop it silently).
+                return Route::Stack;
+            }
+            // SAFETY: a FRAG_NEEDED lookup wrote the MTU over tot_len.
+            let mtu = unsafe { fib.__bindgen_anon_1.mtu_result };
+            return Route::Answer(IcmpError::frag_needed(mtu));
+        }
+        let next_hop = NextHop {
+            ifindex: fib.ifindex,
+            // SAFETY: the lookup wrote the next hop (the route's gateway, or the destination)
+            // before looking for its neighbour entry.
+            addr: unsafe { fib.__bindgen_anon_4.ipv4_dst }.to_ne_bytes(),
+        };
+        if !no_neigh {
+            neighbour::resolved(next_hop);
+        } else if neighbour::failed(next_hop) {
+            return Route::Answer(IcmpError::HOST_UNREACHABLE);
+        }
+        return Route::Forward {
+            resolved: !no_neigh,
+        };
+    }
+    if result == BPF_FIB_LKUP_RET_BLACKHOLE as i64 {
+        Route::Drop
+    } else if result == BPF_FIB_LKUP_RET_UNREACHABLE as i64 {
+        Route::Answer(IcmpError::HOST_UNREACHABLE)
+    } else if result == BPF_FIB_LKUP_RET_PROHIBIT as i64 {
+        Route::Answer(IcmpError::ADMIN_PROHIBITED)
+    } else if result == BPF_FIB_LKUP_RET_NOT_FWDED as i64 {
+        Route::Untranslated
+    } else {
+        // Forwarding disabled on the ingress interface (the stack drops it), a tunnel route,
+        // no source address, a failed lookup.
+        Route::Stack
+    }
 }
 
 /// The TTL/protocol word before and after the hop, as they stand in the packet.
@@ -222,48 +350,47 @@ fn dont_fragment() -> bool {
     scratch().is_some_and(|scratch| scratch.quote.dont_fragment())
 }
 
-/// The fragmentation-needed frame (and zeroed trailer) for the packet being handled, which
-/// arrived with Ethernet addresses `eth`, answered from `from`, in this CPU's scratch room.
+/// The verdict for a packet whose route does not forward it: as it arrived, to the stack.
 #[inline(always)]
-fn reply_frame(
-    scratch: &'static mut Scratch,
-    eth: &[u8; 12],
-    from: [u8; 4],
-    mtu: u16,
-) -> &'static [u8; FRAG_NEEDED_BUFFER_LEN] {
-    write_frag_needed(&mut scratch.frame, eth, from, &scratch.quote.bytes, mtu);
-    &scratch.frame
+fn untranslated<P: Packet>(packet: &mut P) -> Result<(), ()> {
+    match untranslate::restore(packet) {
+        untranslate::Restore::Restored => {
+            count(Counter::PassedUntranslated);
+            Ok(())
+        }
+        // An ICMP error, a fragment: the stack gets it translated, as before.
+        untranslate::Restore::NotQuoted => Ok(()),
+        untranslate::Restore::Failed => {
+            count(Counter::DropRewriteFailed);
+            Err(())
+        }
+    }
 }
 
 /// Returns the XDP verdict for a packet the translation has rewritten.
 #[inline(always)]
 pub fn xdp_forward(ctx: &mut XdpContext) -> u32 {
-    if !bpf_forwarding() {
-        return xdp_action::XDP_PASS;
-    }
     let Some(ip) = ipv4_fields(ctx) else {
         return xdp_action::XDP_PASS;
     };
-    if ip.ttl <= 1 {
-        // The stack sends the time-exceeded message.
-        return xdp_action::XDP_PASS;
-    }
     let ingress = ctx.ingress_ifindex() as u32;
     let (result, fib) = fib_lookup(ctx, ingress, &ip, ip.tot_len);
-    if result == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
-        if !dont_fragment() {
-            // The stack fragments it.
-            return xdp_action::XDP_PASS;
-        }
-        // SAFETY: a FRAG_NEEDED lookup wrote the MTU over tot_len.
-        let mtu = unsafe { fib.__bindgen_anon_1.mtu_result };
-        return xdp_frag_needed(ctx, ingress, mtu);
+    match route(result, &fib, ip.ttl) {
+        Route::Forward { resolved: true } if bpf_forwarding() => xdp_redirect(ctx, &ip, &fib),
+        // Not yet resolved: the stack resolves it.
+        Route::Forward { .. } | Route::Stack => xdp_action::XDP_PASS,
+        Route::Untranslated => match untranslated(ctx) {
+            Ok(()) => xdp_action::XDP_PASS,
+            Err(()) => xdp_action::XDP_DROP,
+        },
+        Route::Answer(error) => icmp_error::answer_xdp(ctx, ingress, error),
+        Route::Drop => xdp_action::XDP_DROP,
     }
-    // No neighbour yet (the stack resolves it), no route, local delivery, blackhole: the
-    // stack's business.
-    if result != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        return xdp_action::XDP_PASS;
-    }
+}
+
+/// Forwards a packet from XDP: one hop less, the lookup's MAC addresses, a devmap redirect.
+#[inline(always)]
+fn xdp_redirect(ctx: &mut XdpContext, ip: &Ipv4Fields, fib: &FibLookup) -> u32 {
     // Only to interfaces the agent put in the devmap; checked before anything is rewritten, so
     // that a packet the stack gets after all still has its TTL.
     if REDIRECT_PORTS.get(fib.ifindex).is_none() {
@@ -298,52 +425,9 @@ pub fn xdp_forward(ctx: &mut XdpContext) -> u32 {
     }
 }
 
-/// Replaces the frame with the fragmentation-needed message and sends it back out of the
-/// interface it came in on. Not inlined: its stack frame must not add to the translation's.
-#[inline(never)]
-fn xdp_frag_needed(ctx: &mut XdpContext, ingress: u32, mtu: u16) -> u32 {
-    let Some(scratch) = scratch() else {
-        return xdp_action::XDP_PASS;
-    };
-    let sender = scratch.quote.source();
-    let Some(from) = address_towards(ctx, &mut scratch.fib, ingress, sender) else {
-        return xdp_action::XDP_PASS;
-    };
-    let Some(eth) = ptr_at::<XdpContext, [u8; 12]>(ctx, 0) else {
-        return xdp_action::XDP_PASS;
-    };
-    // SAFETY: bounds-checked by ptr_at.
-    let frame = reply_frame(scratch, unsafe { &*eth }, from, mtu);
-    // The frame is larger than an MTU, so this only shrinks it.
-    let delta = FRAG_NEEDED_FRAME_LEN as i32 - (ctx.data_end() - ctx.data()) as i32;
-    // SAFETY: the helper checks the new length against the frame.
-    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
-        return xdp_action::XDP_PASS;
-    }
-    // SAFETY: the helper bounds-checks the range against the (now FRAG_NEEDED_FRAME_LEN) frame.
-    let stored = unsafe {
-        bpf_xdp_store_bytes(
-            ctx.ctx,
-            0,
-            frame.as_ptr() as *mut _,
-            FRAG_NEEDED_FRAME_LEN as u32,
-        )
-    };
-    if stored != 0 {
-        // Cut short and not rewritten: it must not go anywhere.
-        count(Counter::DropRewriteFailed);
-        return xdp_action::XDP_DROP;
-    }
-    count(Counter::FragNeededSent);
-    xdp_action::XDP_TX
-}
-
 /// Returns the TC verdict for a packet the translation has rewritten.
 #[inline(always)]
-pub fn tc_redirect(ctx: &mut TcContext) -> i32 {
-    if !bpf_forwarding() {
-        return TC_ACT_OK;
-    }
+pub fn tc_forward(ctx: &mut TcContext) -> i32 {
     let Some(ip) = ipv4_fields(ctx) else {
         return TC_ACT_OK;
     };
@@ -360,10 +444,6 @@ pub fn tc_redirect(ctx: &mut TcContext) -> i32 {
         IPPROTO_UDP => 8,
         _ => 0,
     };
-    if ip.ttl <= 1 {
-        // The stack sends the time-exceeded message.
-        return TC_ACT_OK;
-    }
     // SAFETY: skb is the program's context.
     let gso_size = unsafe { (*ctx.skb.skb).gso_size };
     // The largest IP packet this skb becomes on the wire: itself, or each of its segments.
@@ -378,20 +458,23 @@ pub fn tc_redirect(ctx: &mut TcContext) -> i32 {
     };
     let ingress = ctx.ingress_ifindex();
     let (result, fib) = fib_lookup(ctx, ingress, &ip, wire_len);
-    if result == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
-        if !dont_fragment() {
-            // The stack fragments it (the egress device would drop it silently).
-            return TC_ACT_OK;
-        }
-        // SAFETY: a FRAG_NEEDED lookup wrote the MTU over tot_len.
-        let mtu = unsafe { fib.__bindgen_anon_1.mtu_result };
-        return tc_frag_needed(ctx, ingress, mtu);
+    match route(result, &fib, ip.ttl) {
+        // Resolved or not: `bpf_redirect_neigh` resolves it.
+        Route::Forward { .. } if bpf_forwarding() => tc_redirect(ctx, &ip, &fib),
+        Route::Forward { .. } | Route::Stack => TC_ACT_OK,
+        Route::Untranslated => match untranslated(ctx) {
+            Ok(()) => TC_ACT_OK,
+            Err(()) => TC_ACT_SHOT,
+        },
+        Route::Answer(error) => icmp_error::answer_tc(ctx, ingress, error),
+        Route::Drop => TC_ACT_SHOT,
     }
-    if result != BPF_FIB_LKUP_RET_SUCCESS as i64 && result != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-        return TC_ACT_OK;
-    }
+}
 
-    // What ip_forward would have done: one hop less, header checksum kept right.
+/// Forwards a packet from TC: what ip_forward would have done (one hop less, header checksum
+/// kept right), then `bpf_redirect_neigh` to the next hop.
+#[inline(always)]
+fn tc_redirect(ctx: &mut TcContext, ip: &Ipv4Fields, fib: &FibLookup) -> i32 {
     let (old, new) = ttl_words(ip.ttl, ip.proto);
     if ctx.store(EthHdr::LEN + IP_TTL, &new[0], 0).is_err()
         || ctx
@@ -422,48 +505,4 @@ pub fn tc_redirect(ctx: &mut TcContext) -> i32 {
             0,
         ) as i32
     }
-}
-
-/// Replaces the skb's content with the fragmentation-needed message and sends it back out of
-/// the interface it came in on.
-///
-/// A packet from a local sender on a virtual device may still carry a partial transport
-/// checksum (CHECKSUM_PARTIAL): the kernel finishes it at transmission, summing from the
-/// transport header's position in the skb and writing 6 (UDP) or 16 (TCP) bytes further on,
-/// wherever the message is. So the message is built in room inserted after the Ethernet
-/// header, which moves it in front of that position, and the packet keeps
-/// `FRAG_NEEDED_TRAILER_LEN` bytes after the message (up to TCP's checksum field) for the
-/// kernel to write into. The IPv4 total
-/// length excludes them, so receivers trim them off; for other packets they are padding.
-#[inline(always)]
-fn tc_frag_needed(ctx: &mut TcContext, ingress: u32, mtu: u16) -> i32 {
-    let Some(scratch) = scratch() else {
-        return TC_ACT_OK;
-    };
-    let sender = scratch.quote.source();
-    let Some(from) = address_towards(ctx, &mut scratch.fib, ingress, sender) else {
-        return TC_ACT_OK;
-    };
-    let Ok(eth) = ctx.load::<[u8; 12]>(0) else {
-        return TC_ACT_OK;
-    };
-    let frame = reply_frame(scratch, &eth, from, mtu);
-    // The message ends where the transport header started: the quote holds that far.
-    let room = (FRAG_NEEDED_FRAME_LEN - EthHdr::LEN - Ipv4Hdr::LEN) as i32;
-    if ctx.adjust_room(room, BPF_ADJ_ROOM_MAC, 0).is_err() {
-        return TC_ACT_OK;
-    }
-    // From here on the packet is no longer the translated one: it is answered or dropped.
-    // SAFETY: skb is the program's context; the helper checks the length.
-    let trimmed =
-        unsafe { bpf_skb_change_tail(ctx.skb.skb, FRAG_NEEDED_BUFFER_LEN as u32, 0) } == 0;
-    // The buffer's trailer is zeros: the kernel's sum over it is then the partial checksum's
-    // seed alone, never anything of the original packet.
-    if !trimmed || ctx.store(0, frame, 0).is_err() {
-        count(Counter::DropRewriteFailed);
-        return TC_ACT_SHOT;
-    }
-    count(Counter::FragNeededSent);
-    // SAFETY: plain helper call; egress of the ingress interface.
-    unsafe { bpf_redirect(ingress, 0) as i32 }
 }

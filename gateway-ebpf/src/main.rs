@@ -10,10 +10,13 @@
 #![no_main]
 
 mod forward;
+mod icmp_error;
 mod maps;
 mod nat;
+mod neighbour;
 mod packet;
 mod punt;
+mod untranslate;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
@@ -39,7 +42,7 @@ pub fn gateway_tc(ctx: TcContext) -> i32 {
     let mut ctx = ctx;
     match nat::translate(&mut ctx, forward::fresh_quote()) {
         Verdict::Pass => TC_ACT_OK,
-        Verdict::Forward => forward::tc_redirect(&mut ctx),
+        Verdict::Forward => forward::tc_forward(&mut ctx),
         Verdict::Drop => TC_ACT_SHOT,
         Verdict::Punt(reason) => punt::punt_tc(&mut ctx, reason),
     }

@@ -10,6 +10,7 @@ use gateway_common::{
     Counter, DEFAULT_MAX_SESSIONS, Endpoint, ExpectationEntry, ExpectationKey, FlowKey,
     FragmentKey, FragmentTranslation, MAX_EXPECTATIONS, MAX_FRAGMENTED_DATAGRAMS, MAX_PUBLISHED,
     MAX_PUNT_ENDPOINTS, MAX_REDIRECT_PORTS, NatConfig, PUNT_RING_BYTES, PeerKey, Session,
+    icmp::{TokenBucket, Unresolved, neighbour, rate},
 };
 
 /// Published servers, keyed by public endpoint: where to send traffic addressed to it.
@@ -98,6 +99,21 @@ pub static REDIRECT_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_REDIREC
 /// (element 0; see `forward::Scratch`).
 #[map(name = "SCRATCH")]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// The ICMP errors the programs send, per destination: the kernel's per-host rate limit
+/// (`icmp_error.rs`). Not pinned: a new program starts with full buckets.
+#[map(name = "ICMP_RATE")]
+pub static ICMP_RATE: LruHashMap<[u8; 4], TokenBucket> =
+    LruHashMap::with_max_entries(rate::MAX_DESTINATIONS, 0);
+
+/// The same over all destinations (element 0): the kernel's `icmp_msgs_per_sec`.
+#[map(name = "ICMP_RATE_ALL")]
+pub static ICMP_RATE_ALL: Array<TokenBucket> = Array::with_max_entries(1, 0);
+
+/// Next hops found unresolved, and since when, one slot per next hop by a hash of it (see
+/// `neighbour.rs`). Not pinned: a new program starts resolving afresh.
+#[map(name = "UNRESOLVED")]
+pub static UNRESOLVED: Array<Unresolved> = Array::with_max_entries(neighbour::SLOTS, 0);
 
 /// Per-CPU packet counters, indexed by [`Counter`].
 #[map(name = "STATS")]

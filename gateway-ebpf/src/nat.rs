@@ -113,7 +113,8 @@ impl Headers {
 }
 
 /// Translates the packet in place. `quote` receives the head of the packet as it arrived,
-/// for the fragmentation-needed message forwarding may have to send instead of it.
+/// for the ICMP error forwarding may have to send instead of it, or for handing the stack the
+/// packet as it arrived.
 #[inline(always)]
 pub fn translate<P: Packet>(packet: &mut P, quote: Option<&mut Quote>) -> Verdict {
     let mut reason = 0;
@@ -157,7 +158,10 @@ fn try_translate<P: Packet>(
         Parsed::Packet(headers) => headers,
         Parsed::LaterFragment(fragment) => return translate_later_fragment(packet, fragment),
     };
-    if let Some(quote) = quote {
+    // Never an ICMP error: the gateway must not answer one with another.
+    if let Some(quote) = quote
+        && !headers.icmp_error
+    {
         quote.take(packet, headers.l4 - ETH_LEN);
     }
     let result = translate_headers(packet, &headers, punt);

@@ -27,7 +27,7 @@ pub fn render(snapshot: &Snapshot) -> String {
         &mut text,
         "gateway_fastpath_packets_total",
         "counter",
-        "Packets the fast path handled, by outcome (translated, passed, dropped by reason).",
+        "Packets the fast path handled, by outcome (translated, passed, dropped by reason), and what became of translated ones (forwarded, answered with an ICMP error, route lookups refused by reason).",
     );
     for (counter, value) in &snapshot.fastpath {
         let _ = writeln!(text, "{name}{{outcome=\"{}\"}} {value}", counter.name());

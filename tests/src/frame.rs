@@ -13,6 +13,8 @@ pub struct FrameSpec {
     pub ip_options: Vec<u8>,
     /// IPv4 flags/fragment-offset field.
     pub frags: u16,
+    /// IPv4 time to live (64 unless set).
+    pub ttl: u8,
     /// For UDP: send a zero ("no checksum") checksum.
     pub udp_no_checksum: bool,
     pub payload: Vec<u8>,
@@ -34,6 +36,7 @@ impl FrameSpec {
             proto: IPPROTO_TCP,
             ip_options: Vec::new(),
             frags: 0x4000, // DF
+            ttl: 64,
             udp_no_checksum: false,
             payload: b"USER anonymous\r\n".to_vec(),
             icmp_type: 0,
@@ -126,7 +129,7 @@ impl FrameSpec {
         ip.extend_from_slice(&((ihl + segment.len()) as u16).to_be_bytes());
         ip.extend_from_slice(&[0xbe, 0xef]);
         ip.extend_from_slice(&self.frags.to_be_bytes());
-        ip.extend_from_slice(&[64, self.proto, 0, 0]);
+        ip.extend_from_slice(&[self.ttl, self.proto, 0, 0]);
         ip.extend_from_slice(&src);
         ip.extend_from_slice(&dst);
         ip.extend_from_slice(&self.ip_options);

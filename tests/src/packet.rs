@@ -164,3 +164,75 @@ pub fn audit_checksums<'a>(
     }
     audit
 }
+
+/// An ICMP error (destination unreachable, time exceeded) as a host received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IcmpErrorFrame {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub kind: u8,
+    pub code: u8,
+    /// Bytes 4-7 of the ICMP header: fragmentation-needed's next-hop MTU in the last two.
+    pub rest: [u8; 4],
+    /// The quoted datagram: IPv4 header and what follows, as far as the message goes.
+    pub quote: Vec<u8>,
+    /// Bytes after the IPv4 total length (Ethernet padding).
+    pub padding: Vec<u8>,
+}
+
+impl IcmpErrorFrame {
+    pub fn next_hop_mtu(&self) -> u16 {
+        u16::from_be_bytes([self.rest[2], self.rest[3]])
+    }
+
+    /// The quoted datagram's IPv4 header and the 8 bytes after it (what a sender's stack
+    /// matches the error by), if the quote is that long.
+    pub fn quoted_head(&self) -> Option<&[u8]> {
+        let ihl = ((*self.quote.first()? & 0x0f) as usize) * 4;
+        self.quote.get(..ihl + 8)
+    }
+}
+
+/// The ICMP error in `frame`, its IPv4 header and ICMP checksums verified: `Ok(None)` when
+/// the frame is not an IPv4 ICMP destination-unreachable or time-exceeded message, `Err`
+/// when it is one with a wrong checksum or length.
+pub fn icmp_error(frame: &[u8]) -> Result<Option<IcmpErrorFrame>, String> {
+    if frame.len() < ETH_LEN + 20 || frame[12..14] != [0x08, 0x00] {
+        return Ok(None);
+    }
+    let ip = &frame[ETH_LEN..];
+    let ihl = ((ip[0] & 0x0f) as usize) * 4;
+    if ip[0] >> 4 != 4 || ihl < 20 || ip[9] != gateway_common::IPPROTO_ICMP {
+        return Ok(None);
+    }
+    let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    if total > ip.len() || total < ihl + 8 {
+        return Err(format!(
+            "ICMP message of {total} bytes in {} captured",
+            ip.len()
+        ));
+    }
+    let icmp = &ip[ihl..total];
+    if !matches!(icmp[0], 3 | 11) {
+        return Ok(None);
+    }
+    let stored = u16::from_be_bytes([ip[10], ip[11]]);
+    let expected = checksum::ipv4_header(&ip[..ihl]);
+    if !checksum::same(stored, expected) {
+        return Err(format!(
+            "IPv4 header checksum {stored:#06x}, expected {expected:#06x}"
+        ));
+    }
+    if checksum::fold(checksum::sum_bytes(icmp)) != 0xffff {
+        return Err(format!("ICMP checksum wrong in {icmp:02x?}"));
+    }
+    Ok(Some(IcmpErrorFrame {
+        src: Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+        dst: Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+        kind: icmp[0],
+        code: icmp[1],
+        rest: [icmp[4], icmp[5], icmp[6], icmp[7]],
+        quote: icmp[8..].to_vec(),
+        padding: ip[total..].to_vec(),
+    }))
+}

@@ -17,11 +17,39 @@ pub enum Hook {
 }
 
 /// Runs one frame through one entry point; returns (verdict, frame out).
+///
+/// The programs run in the calling thread's network namespace, whose routes decide what
+/// becomes of a translated packet (`forward.rs`): never the host's. A thread still in the
+/// host's namespace first moves to a fresh one of its own (it goes with the thread), where
+/// forwarding is off, so translated packets are handed to the stack as they are. A test that
+/// sets up routes runs its thread in a namespace of its own and is left there.
 pub fn run(dataplane: &mut Dataplane, hook: Hook, frame: &[u8]) -> (u32, Vec<u8>) {
+    leave_the_host_namespace();
+    run_from(dataplane, hook, frame, None)
+}
+
+/// As [`run`], in the caller's namespace as it is, with the TC packet arriving on
+/// `ingress` (an ifindex); XDP's test runs always arrive on the namespace's loopback.
+pub fn run_from(
+    dataplane: &mut Dataplane,
+    hook: Hook,
+    frame: &[u8],
+    ingress: Option<u32>,
+) -> (u32, Vec<u8>) {
     let mut out = vec![0u8; frame.len() + 512];
+    // `struct __sk_buff`, zeros but for `ingress_ifindex` (offset 36), which the kernel's
+    // test run copies into the skb.
+    let mut skb = [0u8; 192];
+    if let Some(ingress) = ingress {
+        skb[36..40].copy_from_slice(&ingress.to_ne_bytes());
+    }
     let options = TestRunOptions {
         data_in: Some(frame),
         data_out: Some(&mut out),
+        ctx_in: match (hook, ingress) {
+            (Hook::Tc, Some(_)) => Some(&skb),
+            _ => None,
+        },
         ..Default::default()
     };
     let result = match hook {
@@ -59,4 +87,25 @@ pub fn assert_untouched(dataplane: &mut Dataplane, hook: Hook, frame: &[u8], wha
     let (verdict, out) = run(dataplane, hook, frame);
     assert_eq!(verdict, pass(hook), "{hook:?} {what}: verdict");
     assert_eq!(out, frame, "{hook:?} {what}: frame must pass unchanged");
+}
+
+/// Moves this thread into a new network namespace of its own if it is still in the one the
+/// process started in (the host's), where the main thread stays. See [`run`].
+fn leave_the_host_namespace() {
+    use std::os::unix::fs::MetadataExt;
+    let identity = |path: &str| {
+        std::fs::metadata(path)
+            .map(|meta| (meta.dev(), meta.ino()))
+            .unwrap_or_else(|err| panic!("{path}: {err}"))
+    };
+    if identity("/proc/thread-self/ns/net") != identity("/proc/self/ns/net") {
+        return;
+    }
+    // SAFETY: CLONE_NEWNET moves only the calling thread; no memory is involved.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        panic!(
+            "a network namespace for the test run: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
