@@ -1070,10 +1070,11 @@ impl Agent {
                 tracing::warn!("cannot unpin the maps: {err}");
             }
         }
+        // Every counter, zeros included: a reader (and the tests) can tell a counter that
+        // stayed at zero from one that does not exist.
         let counters = self.dataplane.counters()?;
         let summary: Vec<String> = counters
             .iter()
-            .filter(|(_, value)| *value > 0)
             .map(|(counter, value)| format!("{}={value}", counter.name()))
             .collect();
         let swept = self.swept;
@@ -1090,7 +1091,6 @@ impl Agent {
             .alg
             .counters()
             .into_iter()
-            .filter(|(_, value)| *value > 0)
             .map(|(name, value)| format!("{name}={value}"))
             .collect();
         tracing::info!(counters = %alg_summary.join(" "), "ftp alg stopped");

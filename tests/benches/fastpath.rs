@@ -1,11 +1,16 @@
 //! Per-packet cost of the fast path, measured by the kernel (BPF_PROG_TEST_RUN) for each hook
 //! and case. Prints one `fastpath <hook> <case> <ns>` line per measurement for
 //! `cargo xtask bench`, which runs it; needs root.
+//!
+//! Every timed run's verdict and output frame are checked against what its row claims to
+//! time (a translation, a miss passed on untouched, a punt): a run that did something else
+//! (a translation that missed, a punt passed on) stops the benchmark instead of becoming a
+//! figure.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use aya::programs::{TestRun, TestRunOptions};
-use gateway_tests::frame::FrameSpec;
+use gateway_tests::{frame::FrameSpec, packet::checksum_error};
 use gateway_user::{
     config::{Filtering, Forwarding, Masquerade, Protocol, Publish, Timeouts},
     dataplane::Dataplane,
@@ -21,18 +26,63 @@ const SAMPLES: usize = 5000;
 /// Distinct new connections timed one by one for the new-flow case.
 const NEW_FLOWS: u16 = 4000;
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 enum Hook {
     Xdp,
     Tc,
 }
 
-fn run(dataplane: &mut Dataplane, hook: Hook, frame: &[u8], repeat: u32) -> u64 {
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+/// What a timed run must have done for its row to mean what it says.
+enum Expect<'a> {
+    /// Passed on, rewritten into exactly this frame.
+    Translated(&'a [u8]),
+    /// Passed on with its source masqueraded to the public address (new flows, whose public
+    /// port the program picks), checksums right.
+    Masqueraded,
+    /// Passed on byte for byte (a miss).
+    Untouched,
+    /// Consumed, unchanged, into the punt ring (the caller checks the record).
+    PuntedToRing,
+    /// Redirected to the punt tap, with the punt metadata over its Ethernet header.
+    PuntedToTap,
+}
+
+impl Expect<'_> {
+    fn met_by(&self, hook: Hook, verdict: u32, input: &[u8], out: &[u8]) -> bool {
+        let (pass, drop, redirect) = match hook {
+            Hook::Xdp => (XDP_PASS, XDP_DROP, XDP_REDIRECT),
+            Hook::Tc => (TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT),
+        };
+        match self {
+            Expect::Translated(expected) => verdict == pass && out == *expected,
+            Expect::Masqueraded => {
+                verdict == pass
+                    && out.get(26..30) == Some(&PUBLIC.octets()[..])
+                    && checksum_error(out).is_none()
+            }
+            Expect::Untouched => verdict == pass && out == input,
+            Expect::PuntedToRing => verdict == drop && out == input,
+            Expect::PuntedToTap => {
+                verdict == redirect && gateway_common::punt_frame::decode(out).is_some()
+            }
+        }
+    }
+}
+
+/// One run of `frame` through `hook`, checked against `expect`; the kernel's time for it, ns.
+fn run(dataplane: &mut Dataplane, hook: Hook, frame: &[u8], expect: &Expect, case: &str) -> u64 {
     let mut out = vec![0u8; frame.len() + 256];
     let options = TestRunOptions {
         data_in: Some(frame),
         data_out: Some(&mut out),
-        repeat,
+        repeat: 1,
         ..Default::default()
     };
     let result = match hook {
@@ -40,6 +90,12 @@ fn run(dataplane: &mut Dataplane, hook: Hook, frame: &[u8], repeat: u32) -> u64 
         Hook::Tc => dataplane.tc().expect("tc").test_run(options),
     }
     .expect("BPF_PROG_TEST_RUN");
+    out.truncate(result.data_size_out as usize);
+    assert!(
+        expect.met_by(hook, result.return_value, frame, &out),
+        "{hook:?} {case}: verdict {} and frame {out:02x?} are not what this row times (input {frame:02x?})",
+        result.return_value
+    );
     result.duration.as_nanos() as u64
 }
 
@@ -98,8 +154,12 @@ fn punt_cost() {
     for (hook, name) in [(Hook::Xdp, "xdp"), (Hook::Tc, "tc")] {
         let timings: Vec<u64> = (0..SAMPLES)
             .map(|_| {
-                let ns = run(&mut dataplane, hook, &frame, 1);
-                while ring.next().is_some() {}
+                let ns = run(&mut dataplane, hook, &frame, &Expect::PuntedToRing, "punt");
+                let mut records = 0;
+                while ring.next().is_some() {
+                    records += 1;
+                }
+                assert_eq!(records, 1, "{name} punt: one ring record per run");
                 ns
             })
             .collect();
@@ -135,7 +195,15 @@ fn punt_tap_cost() {
             .build();
             Ok([(Hook::Xdp, "xdp"), (Hook::Tc, "tc")].map(|(hook, name)| {
                 let timings: Vec<u64> = (0..SAMPLES)
-                    .map(|_| run(&mut dataplane, hook, &frame, 1))
+                    .map(|_| {
+                        run(
+                            &mut dataplane,
+                            hook,
+                            &frame,
+                            &Expect::PuntedToTap,
+                            "punt_tap",
+                        )
+                    })
                     .collect();
                 (name, median(timings))
             }))
@@ -172,18 +240,26 @@ fn scale_cost() {
         SocketAddrV4::new(REMOTE, 80),
     )
     .build();
+    // The inside port is free, so the mapping keeps it.
+    let translated = FrameSpec::tcp(
+        SocketAddrV4::new(PUBLIC, 41000),
+        SocketAddrV4::new(REMOTE, 80),
+    )
+    .build();
     let mut filled = 0u32;
     for entries in [1_000u32, 100_000, 1_000_000] {
         fill_sessions(&mut dataplane, filled, entries);
         filled = entries;
+        let case = format!("scale_{entries}");
         for (hook, name) in [(Hook::Xdp, "xdp"), (Hook::Tc, "tc")] {
-            run(&mut dataplane, hook, &outbound, 1);
+            let hit = Expect::Translated(&translated);
+            run(&mut dataplane, hook, &outbound, &hit, &case);
             let ns = median(
                 (0..SAMPLES)
-                    .map(|_| run(&mut dataplane, hook, &outbound, 1))
+                    .map(|_| run(&mut dataplane, hook, &outbound, &hit, &case))
                     .collect(),
             );
-            println!("fastpath {name} scale_{entries} {ns}");
+            println!("fastpath {name} {case} {ns}");
         }
     }
     println!("fastpath memory maps_bytes {}", map_memory());
@@ -264,16 +340,40 @@ fn main() {
             SocketAddrV4::new(REMOTE, 80),
         )
         .build();
+        let published_translated = FrameSpec::tcp(
+            SocketAddrV4::new(REMOTE, 40000),
+            SocketAddrV4::new(SERVER, 9000),
+        )
+        .build();
+        let outbound_translated = FrameSpec::tcp(
+            SocketAddrV4::new(PUBLIC, 41000),
+            SocketAddrV4::new(REMOTE, 80),
+        )
+        .build();
         // The first run creates the session; the timed ones hit it.
-        run(&mut dataplane, hook, &outbound, 1);
-        for (case, frame) in [
-            ("published", &published),
-            ("session_hit", &outbound),
-            ("miss", &miss),
+        run(
+            &mut dataplane,
+            hook,
+            &outbound,
+            &Expect::Translated(&outbound_translated),
+            "session_hit",
+        );
+        for (case, frame, expect) in [
+            (
+                "published",
+                &published,
+                Expect::Translated(&published_translated),
+            ),
+            (
+                "session_hit",
+                &outbound,
+                Expect::Translated(&outbound_translated),
+            ),
+            ("miss", &miss, Expect::Untouched),
         ] {
             let ns = median(
                 (0..SAMPLES)
-                    .map(|_| run(&mut dataplane, hook, frame, 1))
+                    .map(|_| run(&mut dataplane, hook, frame, &expect, case))
                     .collect(),
             );
             println!("fastpath {name} {case} {ns}");
@@ -292,7 +392,13 @@ fn main() {
                     SocketAddrV4::new(REMOTE, 80),
                 )
                 .build();
-                run(&mut dataplane, hook, &frame, 1)
+                run(
+                    &mut dataplane,
+                    hook,
+                    &frame,
+                    &Expect::Masqueraded,
+                    "new_flow",
+                )
             })
             .collect();
         println!("fastpath {name} new_flow {}", median(timings));

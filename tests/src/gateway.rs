@@ -205,15 +205,16 @@ impl GatewayProcess {
             .unwrap_or_default()
     }
 
-    /// A counter from the line the gateway logs when it stops (`counters=name=value ...`);
-    /// 0 when absent (only non-zero counters are logged).
+    /// A counter from the lines the gateway logs when it stops (`fast path detached
+    /// counters=name=value ...`, `ftp alg stopped counters=...`), which list every counter,
+    /// zeros included. Panics, naming the counter and showing the output, when it is not
+    /// there: a misspelt counter, or a gateway that never printed its summary, must fail the
+    /// test instead of reading as 0.
     pub fn final_counter(&self, name: &str) -> u64 {
-        let wanted = format!("{name}=");
-        self.output()
-            .split(|c: char| c.is_whitespace() || c == '"')
-            .filter_map(|word| word.rsplit_once(wanted.as_str()))
-            .find_map(|(_, value)| value.parse().ok())
-            .unwrap_or(0)
+        let output = self.output();
+        summary_counter(&output, name).unwrap_or_else(|| {
+            panic!("no counter {name} in the gateway's exit summary; its output:\n{output}")
+        })
     }
 
     /// A counter of the running gateway (`gateway stats --json`, fast path or ALG); an error
@@ -270,10 +271,77 @@ impl GatewayProcess {
     }
 }
 
+/// The lines the agent logs at exit, each followed by `counters=` and the counters.
+const SUMMARIES: [&str; 3] = [
+    "fast path detached",
+    "fast path left running",
+    "ftp alg stopped",
+];
+
+/// `name`'s value in the exit summaries of `output`, matched by its whole name (`punted` is
+/// not `alg_punted`), or `None`.
+fn summary_counter(output: &str, name: &str) -> Option<u64> {
+    output
+        .lines()
+        .filter(|line| SUMMARIES.iter().any(|summary| line.contains(summary)))
+        .filter_map(|line| {
+            line.split_once("counters=")
+                .or_else(|| line.split_once(r#""counters":""#))
+                .map(|(_, rest)| rest)
+        })
+        .find_map(|counters| {
+            // `name=value` words up to the next field (`swept=sessions=...`), whose value is
+            // not a number, or up to the quote that ends the list in a JSON log.
+            counters
+                .split('"')
+                .next()?
+                .split_whitespace()
+                .map_while(|word| {
+                    let (counter, value) = word.split_once('=')?;
+                    Some((counter, value.parse::<u64>().ok()?))
+                })
+                .find(|(counter, _)| *counter == name)
+                .map(|(_, value)| value)
+        })
+}
+
 impl Drop for GatewayProcess {
     fn drop(&mut self) {
         if self.child.is_some() {
             let _ = self.stop();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::summary_counter;
+
+    const OUTPUT: &str = "INFO gateway running hook=tc\n\
+        INFO fast path detached counters=punted=0 session_hit=553 swept=sessions=3 peers=0\n\
+        INFO ftp alg stopped counters=alg_packets=143 alg_punted=7";
+
+    #[test]
+    fn a_counter_is_found_by_its_whole_name_zeros_included() {
+        assert_eq!(summary_counter(OUTPUT, "punted"), Some(0));
+        assert_eq!(summary_counter(OUTPUT, "session_hit"), Some(553));
+        assert_eq!(summary_counter(OUTPUT, "alg_packets"), Some(143));
+        assert_eq!(summary_counter(OUTPUT, "alg_punted"), Some(7));
+    }
+
+    #[test]
+    fn an_absent_counter_or_summary_is_none() {
+        assert_eq!(summary_counter(OUTPUT, "expectation_used"), None);
+        assert_eq!(summary_counter(OUTPUT, "unted"), None);
+        // The sweep's figures are not counters.
+        assert_eq!(summary_counter(OUTPUT, "peers"), None);
+        assert_eq!(summary_counter("INFO gateway running", "punted"), None);
+    }
+
+    #[test]
+    fn json_logs_are_read_too() {
+        let json =
+            r#"{"fields":{"message":"ftp alg stopped","counters":"alg_packets=5 alg_handled=0"}}"#;
+        assert_eq!(summary_counter(json, "alg_handled"), Some(0));
     }
 }

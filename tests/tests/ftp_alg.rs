@@ -18,7 +18,7 @@ use gateway_tests::{
     gateway::GatewayProcess,
     lab::{self, HOST_IF, Lab, LabOptions},
     netns::{Netns, unique_prefix},
-    packet::audit_checksums,
+    packet::{audit_checksums, payload, summarize},
     transfer::{hex, pattern},
 };
 
@@ -234,7 +234,17 @@ fn masqueraded_clients_all_modes(kind: ServerKind) {
         SocketAddrV4::new(lab::CLIENT, 21),
     );
     let output = setup.stop();
+    // Half the transfers are active (PORT, EPRT): their data connections come in, and only
+    // the ALG's expectations let them through. The passive half would work through the
+    // masquerade with no ALG at all; what they show is that the ALG, on their path, broke
+    // nothing. That it was on their path: every transfer's control connection (one per
+    // client run) was a session of the ALG.
     assert_clean_alg(&output, &setup.gateway, transfers / 2);
+    assert_eq!(
+        setup.gateway.final_counter("alg_sessions_opened"),
+        transfers as u64,
+        "control sessions through the ALG\n{output}"
+    );
     println!("{kind:?} outside, masqueraded clients: {transfers} transfers");
 }
 
@@ -296,29 +306,55 @@ fn hundred_mebibytes_each_way_through_the_alg() {
 
 #[test]
 fn without_the_alg_passive_mode_from_outside_fails() {
-    // Negative control: the same published server, no `alg`: the 227 names 10.0.0.2, which
-    // the outside client cannot reach, and nothing opens the data port.
+    // Negative control: the same published server, no `alg`. The control session works (the
+    // publish translates it statelessly); only the data connection fails: the 227 names
+    // 10.0.0.2, which the outside client cannot reach, and nothing opens the announced port
+    // on the public address (where curl connects by default, ignoring the 227's address).
     let mut setup = Setup::new(&published_config(false));
-    let server =
+    let _server =
         FtpServer::start(ServerKind::Vsftpd, &setup.lab.inside, lab::SERVER).expect("server");
-    server.put("file", &pattern(1, 4096)).expect("put");
-    let local = setup.scratch.join("file");
-    for mode in [Mode::Pasv, Mode::Epsv] {
-        let result = ftp::transfer(
-            Client::Curl,
-            mode,
-            Direction::Download,
-            &setup.lab.outside,
-            lab::CLIENT,
-            SocketAddrV4::new(lab::PUBLIC, 21),
-            "file",
-            &local,
-        );
-        assert!(result.is_err(), "{mode:?} worked without the ALG");
+    for mode in ["pasv", "epsv"] {
+        let probe = pasv_probe(&setup, mode);
+        let replies = &probe["replies"];
+        let reply = |name: &str| replies[name].as_str().unwrap_or_default().to_owned();
+        assert!(reply("greeting").starts_with("220"), "{mode}: {probe}");
+        assert!(reply("user").starts_with("230"), "{mode}: login: {probe}");
+        assert!(reply("quit").starts_with("221"), "{mode}: {probe}");
+        let attempts = probe["data"].as_array().cloned().unwrap_or_default();
+        if mode == "pasv" {
+            // Untouched: the server's private address reached the client.
+            assert!(
+                reply("passive").starts_with("227") && reply("passive").contains("(10,0,0,2,"),
+                "{probe}"
+            );
+            assert_eq!(attempts.len(), 2, "{probe}");
+        } else {
+            assert!(reply("passive").starts_with("229"), "{probe}");
+            assert_eq!(attempts.len(), 1, "{probe}");
+        }
+        for attempt in &attempts {
+            assert_ne!(
+                attempt["outcome"], "connected",
+                "{mode}: a data connection worked without the ALG: {probe}"
+            );
+        }
     }
     // The control connection itself was translated statelessly, not punted.
     let output = setup.stop();
     assert_eq!(setup.gateway.final_counter("punted"), 0, "{output}");
+}
+
+/// `pasv_probe.py` from the outside client to the published server: its JSON report.
+fn pasv_probe(setup: &Setup, mode: &str) -> serde_json::Value {
+    let output = Script::spawn(
+        &setup.lab.outside,
+        "pasv_probe.py",
+        &[&lab::PUBLIC.to_string(), mode],
+    )
+    .expect("pasv probe")
+    .finish(Duration::from_secs(30))
+    .unwrap_or_else(|err| panic!("{mode} probe: {err:#}\n{}", setup.gateway.output()));
+    serde_json::from_str(output.trim()).unwrap_or_else(|err| panic!("{err}: {output}"))
 }
 
 /// The TCP payload stream of the connection between `a` and `b`, as one side saw it: per
@@ -602,14 +638,17 @@ fn checksums_of_alg_packets_are_valid_at_both_ends() {
 /// A client with Nagle on (the default) that writes a command in two parts: its second part
 /// waits for the first to be acknowledged, which the server cannot do while the gateway holds
 /// the unfinished line. The gateway acknowledges the held part itself: the capture at the
-/// client shows an ACK of exactly the first part, from the server's public address. (Linux
-/// clients get out of the wait by themselves after a tail-loss probe; others may not.)
+/// client shows an ACK of exactly the first part, from the server's public address, and the
+/// capture at the server shows that the part never reached it alone (so that ACK cannot be
+/// the server's). (Linux clients get out of the wait by themselves after a tail-loss probe;
+/// others may not.)
 #[test]
 fn a_command_written_in_two_parts_is_acknowledged_while_held() {
     let mut setup = Setup::new(&published_config(true));
     let _server =
         FtpServer::start(ServerKind::Vsftpd, &setup.lab.inside, lab::SERVER).expect("server");
     let capture = Capture::start(&setup.lab.outside, HOST_IF).expect("capture");
+    let server_capture = Capture::start(&setup.lab.inside, HOST_IF).expect("capture");
     let output = setup
         .lab
         .outside
@@ -629,8 +668,30 @@ fn a_command_written_in_two_parts_is_acknowledged_while_held() {
         .output()
         .expect("client");
     let frames = capture.finish().expect("capture");
+    let server_frames = server_capture.finish().expect("capture");
     let gateway_log = setup.stop();
     let lines = String::from_utf8_lossy(&output.stdout).into_owned();
+    // What the server received from the client: the line whole, in one segment, first.
+    let to_server: Vec<Vec<u8>> = server_frames
+        .iter()
+        .filter(|frame| !frame.outgoing)
+        .filter(|frame| {
+            summarize(&frame.bytes).is_some_and(|summary| {
+                summary.src == lab::CLIENT && summary.dst == lab::SERVER && summary.dst_port == 21
+            })
+        })
+        .filter_map(|frame| payload(&frame.bytes).map(<[u8]>::to_vec))
+        .filter(|payload| !payload.is_empty())
+        .collect();
+    assert_eq!(
+        to_server.first().map(Vec::as_slice),
+        Some(&b"USER anonymous\r\n"[..]),
+        "the server must get the whole line, never the held part alone: {:?}\n{gateway_log}",
+        to_server
+            .iter()
+            .map(|payload| String::from_utf8_lossy(payload))
+            .collect::<Vec<_>>()
+    );
     // The client's "US" segment, and an ACK from the gateway's side that ends right after it.
     let tcp = |frame: &Frame| -> Option<(bool, u32, u32, usize)> {
         let b = &frame.bytes;

@@ -26,6 +26,9 @@ const PUBLISHED_UDP: SocketAddrV4 = SocketAddrV4::new(lab::PUBLIC, 5353);
 /// A published TCP server, reached from inside through its public address (hairpinning).
 const PUBLISHED_TCP: SocketAddrV4 = SocketAddrV4::new(lab::PUBLIC, 8021);
 const TIMEOUT: Duration = Duration::from_secs(30);
+/// A third outside host, added by the test that needs it: one no inside endpoint ever sends
+/// to.
+const UNCONTACTED: std::net::Ipv4Addr = std::net::Ipv4Addr::new(203, 0, 113, 4);
 
 fn config(hook: &str) -> String {
     format!(
@@ -185,6 +188,24 @@ fn tc_masquerades_inside_clients() {
     assert_eq!(
         receive(&inside).map(|(data, _)| data),
         Some(b"other port".to_vec())
+    );
+    // ...a host the inside endpoint never sent to does not, on the very public port it uses
+    // (a full-cone NAT would let it through)...
+    lab.outside
+        .sh(&format!("ip addr add {UNCONTACTED}/24 dev {HOST_IF}"))
+        .expect("a third outside address");
+    let stranger = udp_socket(&lab.outside, SocketAddrV4::new(UNCONTACTED, 7000));
+    stranger.send_to(b"stranger", public).unwrap();
+    assert_eq!(
+        receive(&inside).map(|(data, _)| data),
+        None,
+        "a host never contacted reached the mapping: endpoint-independent filtering"
+    );
+    // ...while the mapping is alive: host A still reaches it.
+    host_a.send_to(b"still open", public).unwrap();
+    assert_eq!(
+        receive(&inside).map(|(data, _)| data),
+        Some(b"still open".to_vec())
     );
 
     // ...but nothing reaches a public port no inside endpoint has used, and a TCP SYN to it

@@ -12,10 +12,12 @@ use gateway_tests::{
     ftp::{Script, sha256, wait_listening},
     gateway::GatewayProcess,
     lab::{self, Lab, LabOptions},
+    netns::unique_prefix,
     transfer::{hex, pattern},
 };
 
-const PREFIX: &str = "gwsoak";
+/// Memory readings (one a second) the flatness check needs: two in each half of the load.
+const MIN_MEMORY_SAMPLES: usize = 4;
 
 /// What a soak found.
 pub struct SoakReport {
@@ -50,15 +52,18 @@ pub fn soak(
     transfers: usize,
     seconds: u64,
 ) -> anyhow::Result<SoakReport> {
-    Lab::down(PREFIX);
-    let lab = Lab::up(PREFIX, LabOptions::default())?;
-    let root = std::env::temp_dir().join("gateway-soak");
+    // A lab, files and management socket of its own: two soaks on one machine (or a soak
+    // beside the tests) must not tear down or ask each other's gateway. A killed soak's lab
+    // is removed by the next `cargo xtask test` (or the bench's Ctrl-C handler).
+    let prefix = format!("{}s", unique_prefix());
+    let lab = Lab::up(&prefix, LabOptions::default())?;
+    let root = std::env::temp_dir().join(format!("{prefix}-soak"));
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root)?;
     let content = pattern(17, 256 * 1024);
     std::fs::write(root.join("f"), &content)?;
     let config = TempFile::write(
-        "gateway-soak.toml",
+        &format!("{prefix}-gateway.toml"),
         &format!(
             "[interfaces]\ninside = \"veth-in\"\noutside = \"veth-out\"\n\n\
              [[publish]]\npublic = \"{}:21\"\nprivate = \"{}:21\"\nprotocol = \"tcp\"\nalg = \"ftp\"\n\n\
@@ -76,8 +81,12 @@ pub fn soak(
     )?;
     wait_listening(&lab.inside, 21, Duration::from_secs(10))?;
     let gateway = GatewayProcess::start_binary(binary, &lab.router, &config.0, &[])?;
-    let rss = || rss_kib(gateway.pid()).unwrap_or(0);
-    let rss_start = rss();
+    // A reading that fails is an error, not a zero that would pass the memory check.
+    let rss = || {
+        rss_kib(gateway.pid())
+            .with_context(|| format!("no VmRSS for the agent (pid {})", gateway.pid()))
+    };
+    let rss_start = rss()?;
     println!(
         "soak: {sessions} control sessions, {transfers} downloads at a time for {seconds} s (agent {} MiB)",
         rss_start / 1024
@@ -105,7 +114,7 @@ pub fn soak(
         if started.elapsed() > load_limit {
             bail!("the load did not finish in {load_limit:?}");
         }
-        samples.push((started.elapsed().as_secs(), rss()));
+        samples.push((started.elapsed().as_secs(), rss()?));
         std::thread::sleep(Duration::from_secs(1));
     };
     let report: serde_json::Value =
@@ -123,20 +132,16 @@ pub fn soak(
     let left_ftp = count(&["sessions", "--ftp", "--json"])?;
     let left_sessions = count(&["sessions", "--json"])?;
     let left_expectations = count(&["expectations", "--json"])?;
-    let rss_end = rss();
+    let rss_end = rss()?;
     drop(gateway);
     drop(lab);
     let _ = std::fs::remove_dir_all(&root);
 
     // Flat memory: the second half of the load does not grow past the first by more than
-    // a tenth.
+    // a tenth. Halves of one sample each (or none) would compare nothing.
     let loaded: Vec<u64> = samples.iter().map(|(_, kib)| *kib).collect();
     let half = loaded.len() / 2;
-    let first_peak = loaded[..half.max(1).min(loaded.len())]
-        .iter()
-        .max()
-        .copied()
-        .unwrap_or(0);
+    let first_peak = loaded[..half].iter().max().copied().unwrap_or(0);
     let second_peak = loaded[half..].iter().max().copied().unwrap_or(0);
     let opened = report["opened"].as_u64().unwrap_or(0) as usize;
     let per_session = first_peak.saturating_sub(rss_start) * 1024 / opened.max(1) as u64;
@@ -162,8 +167,21 @@ pub fn soak(
             report["alive_at_end"]
         ));
     }
-    if second_peak > first_peak + first_peak / 10 {
+    if loaded.len() < MIN_MEMORY_SAMPLES {
+        failures.push(format!(
+            "only {} memory samples during the load: the memory check needs {MIN_MEMORY_SAMPLES}",
+            loaded.len()
+        ));
+    } else if second_peak > first_peak + first_peak / 10 {
         failures.push("agent memory grew during the load".into());
+    }
+    // A soak that moved no data through the sessions tested only that they opened.
+    let transfers_done = report["transfers"].as_u64();
+    if transfers_done.is_none_or(|done| done == 0) {
+        failures.push(format!(
+            "no download completed (transfers = {})",
+            report["transfers"]
+        ));
     }
     if left_ftp + left_sessions + left_expectations > 0 {
         failures.push("state left in the maps after the sessions ended".into());

@@ -22,6 +22,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use gateway_tests::{
+    gateway::GatewayProcess,
     lab::{self, Lab, LabOptions},
     netns::{Netns, unique_prefix},
 };
@@ -56,7 +57,6 @@ pub(super) struct FtpSamples {
     quiet: Vec<(f64, f64)>,
     /// The same under the saturating load.
     loaded: Vec<(f64, f64)>,
-    failures: u64,
     agent: Vec<AgentTimes>,
 }
 
@@ -67,13 +67,14 @@ struct AgentTimes {
     wait_ns: f64,
     /// From taking it to having sent what it produced, ns.
     busy_ns: f64,
+    /// Packets the fast path punted to the agent per completed session.
+    punted_per_session: f64,
 }
 
 pub(super) struct FtpSample {
     pub(super) rate: f64,
     quiet: (f64, f64),
     loaded: (f64, f64),
-    pub(super) failures: u64,
     agent: Option<AgentTimes>,
 }
 
@@ -82,7 +83,6 @@ impl FtpSamples {
         self.rate.push(sample.rate);
         self.quiet.push(sample.quiet);
         self.loaded.push(sample.loaded);
-        self.failures += sample.failures;
         self.agent.extend(sample.agent);
     }
 }
@@ -91,8 +91,8 @@ impl std::fmt::Display for FtpSample {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:.0} sessions/s, 227 transit p50/p99 {:.0}/{:.0} us alone, {:.0}/{:.0} us loaded, {} failed",
-            self.rate, self.quiet.0, self.quiet.1, self.loaded.0, self.loaded.1, self.failures
+            "{:.0} sessions/s, 227 transit p50/p99 {:.0}/{:.0} us alone, {:.0}/{:.0} us loaded",
+            self.rate, self.quiet.0, self.quiet.1, self.loaded.0, self.loaded.1
         )
     }
 }
@@ -197,8 +197,9 @@ fn measure_on(
             lab::SERVER
         }
         FtpSetup::NftablesHelper => {
-            // The helpers are modules of the host kernel; assigning one is per namespace.
-            let _ = Command::new("modprobe").arg("nf_nat_ftp").status();
+            // The helpers belong to the host kernel; assigning one is per namespace. Without
+            // them this row would not be Linux's FTP NAT (and its sessions would fail).
+            ensure_nf_nat_ftp()?;
             lab.router.sh(&format!(
                 "nft -f - <<'EOF'
 table ip bench_ftp {{
@@ -242,68 +243,137 @@ EOF",
     };
 
     let capture = ReplyCapture::start(lab, prefix, "quiet")?;
-    rate_run(lab, target, QUIET_SECONDS, "1")?;
-    let quiet = percentiles(capture.finish()?);
+    let quiet_run = rate_run(lab, target, QUIET_SECONDS, "1")?;
+    let quiet = percentiles(capture.finish()?).context("one session at a time")?;
 
     let capture = ReplyCapture::start(lab, prefix, "loaded")?;
     let perf = match (profile, &gateway) {
         (Some(path), Some(gateway)) => Some(Perf::record(gateway.pid(), path)?),
         _ => None,
     };
-    let value = rate_run(lab, target, seconds, FTP_PARALLEL)?;
+    let loaded_run = rate_run(lab, target, seconds, FTP_PARALLEL)?;
     if let Some(perf) = perf {
         perf.stop()?;
     }
-    let loaded = percentiles(capture.finish()?);
+    let loaded = percentiles(capture.finish()?).context("under load")?;
 
-    let agent = gateway.as_ref().and_then(|gateway| {
-        let stats: serde_json::Value =
-            serde_json::from_str(&gateway.ask(&["stats", "--json"]).ok()?).ok()?;
-        let counter = |name: &str| {
-            stats["alg"]
-                .as_array()?
-                .iter()
-                .find(|pair| pair[0] == name)?[1]
-                .as_f64()
-        };
-        let handled = counter("alg_handled")?.max(1.0);
-        Some(AgentTimes {
-            wait_ns: counter("alg_wait_ns")? / handled,
-            busy_ns: counter("alg_busy_ns")? / handled,
-        })
-    });
-    let sessions = value["sessions"].as_f64().unwrap_or(0.0);
-    let elapsed = value["seconds"]
-        .as_f64()
-        .filter(|s| *s > 0.0)
-        .unwrap_or(seconds as f64);
+    let agent = match &gateway {
+        Some(gateway) => Some(
+            agent_times(gateway, quiet_run.sessions + loaded_run.sessions)
+                .context("the agent's counters")?,
+        ),
+        None => None,
+    };
     Ok(FtpSample {
-        rate: sessions / elapsed,
+        rate: loaded_run.sessions as f64 / loaded_run.seconds,
         quiet,
         loaded,
-        failures: value["failures"].as_u64().unwrap_or(0),
         agent,
     })
 }
 
-/// `ftp_rate.py` from the outside host: its JSON result.
+/// Makes sure the kernel has nf_nat_ftp (and so nf_conntrack_ftp): built in, or loaded now.
+fn ensure_nf_nat_ftp() -> anyhow::Result<()> {
+    if kernel_builtin("nf_nat_ftp", "CONFIG_NF_NAT_FTP") {
+        return Ok(());
+    }
+    let status = Command::new("modprobe")
+        .arg("nf_nat_ftp")
+        .status()
+        .context("nf_nat_ftp is not built into this kernel, and modprobe cannot be run")?;
+    if !status.success() {
+        bail!("modprobe nf_nat_ftp failed ({status}): no Linux FTP NAT to compare with");
+    }
+    Ok(())
+}
+
+/// Whether `module` is built into the running kernel, from its list of built-in modules or
+/// its configuration (`option=y`), whichever this machine has.
+fn kernel_builtin(module: &str, option: &str) -> bool {
+    let release = Command::new("uname")
+        .arg("-r")
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let listed = std::fs::read_to_string(format!("/lib/modules/{release}/modules.builtin"))
+        .is_ok_and(|list| {
+            list.lines()
+                .any(|line| line.ends_with(&format!("/{module}.ko")))
+        });
+    let configured = Command::new("zcat")
+        .arg("/proc/config.gz")
+        .output()
+        .is_ok_and(|output| {
+            String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .any(|line| line == format!("{option}=y"))
+        });
+    listed || configured
+}
+
+/// The agent's time per punted packet, and punted packets per session, from the running
+/// gateway's counters (which count since it started: both phases of the run).
+fn agent_times(gateway: &GatewayProcess, sessions: u64) -> anyhow::Result<AgentTimes> {
+    let handled = gateway.counter_now("alg_handled")? as f64;
+    if handled == 0.0 || sessions == 0 {
+        bail!("{handled} packets handled by the agent in {sessions} sessions");
+    }
+    Ok(AgentTimes {
+        wait_ns: gateway.counter_now("alg_wait_ns")? as f64 / handled,
+        busy_ns: gateway.counter_now("alg_busy_ns")? as f64 / handled,
+        punted_per_session: gateway.counter_now("punted")? as f64 / sessions as f64,
+    })
+}
+
+/// What `ftp_rate.py` reports of a run in which every session completed.
+struct RateRun {
+    sessions: u64,
+    seconds: f64,
+}
+
+/// `ftp_rate.py` from the outside host. A failed session, on any setup, is an error: a rate
+/// (or a transit) measured beside failing sessions compares nothing.
 fn rate_run(
     lab: &Lab,
     target: std::net::Ipv4Addr,
     seconds: u32,
     parallel: &str,
-) -> anyhow::Result<serde_json::Value> {
+) -> anyhow::Result<RateRun> {
     let output = gateway_tests::ftp::Script::spawn(
         &lab.outside,
         "ftp_rate.py",
         &[&target.to_string(), &seconds.to_string(), parallel],
     )?
     .finish(Duration::from_secs(u64::from(seconds) + 120))?;
-    serde_json::from_str(output.trim()).context("ftp_rate.py output")
+    let value: serde_json::Value =
+        serde_json::from_str(output.trim()).context("ftp_rate.py output")?;
+    let sessions = value["sessions"]
+        .as_u64()
+        .with_context(|| format!("no session count in {value}"))?;
+    let failures = value["failures"]
+        .as_u64()
+        .with_context(|| format!("no failure count in {value}"))?;
+    let elapsed = value["seconds"]
+        .as_f64()
+        .filter(|elapsed| *elapsed > 0.0)
+        .with_context(|| format!("no duration in {value}"))?;
+    if failures > 0 || sessions == 0 {
+        bail!(
+            "{failures} FTP sessions failed, {sessions} completed: {}",
+            value["errors"]
+        );
+    }
+    Ok(RateRun {
+        sessions,
+        seconds: elapsed,
+    })
 }
 
-/// (p50, p99) of transit times in us; NaN for none.
-fn percentiles(mut values: Vec<f64>) -> (f64, f64) {
+/// (p50, p99) of transit times in us; an error for none (no 227 seen on both sides).
+fn percentiles(mut values: Vec<f64>) -> anyhow::Result<(f64, f64)> {
+    if values.is_empty() {
+        bail!("no 227 reply captured on both sides");
+    }
     values.sort_by(f64::total_cmp);
     let percentile = |p: f64| {
         values
@@ -311,7 +381,7 @@ fn percentiles(mut values: Vec<f64>) -> (f64, f64) {
             .copied()
             .unwrap_or(f64::NAN)
     };
-    (percentile(0.5), percentile(0.99))
+    Ok((percentile(0.5), percentile(0.99)))
 }
 
 /// Captures of 227 replies on the server's interface (as it sends them) and on the client's
@@ -619,12 +689,12 @@ pub(super) fn report(
     writeln!(out, "\n## FTP through the ALG\n")?;
     writeln!(
         out,
-        "A published pyftpdlib (async) at 203.0.113.1:21. Sessions: {FTP_PARALLEL} client workers run complete sessions back to back\n(connect, anonymous login, PASV, LIST over the data connection, QUIT) for {} s, which saturates both CPUs with\nthe client, the server and the gateway together; {} runs per setup, alternating; median and range.\n\nThe 227's transit is measured from captures on both sides: tcpdump (a kernel filter that keeps only 227 replies)\non the server's interface, where the reply leaves, and on the client's, where it arrives; kernel timestamps of\none clock, matched by the client's port. Once with one session at a time ({QUIET_SECONDS} s, alone) and once during the\nsaturating sessions run (loaded). What a gateway adds is its transit minus plain forwarding's.\nLinux: nftables DNAT with the `ftp` conntrack helper assigned explicitly (nf_conntrack_ftp and nf_nat_ftp\nrewrite the 227 in the kernel). The gateway runs as packaged: the agent at real-time priority\n(`[ftp] realtime_priority = 10`).\n",
+        "A published pyftpdlib (async) at 203.0.113.1:21. Sessions: {FTP_PARALLEL} client workers run complete sessions back to back\n(connect, anonymous login, PASV, LIST over the data connection, QUIT) for {} s, which saturates both CPUs with\nthe client, the server and the gateway together; {} runs per setup, alternating; median and range.\n\nThe 227's transit is measured from captures on both sides: tcpdump (a kernel filter that keeps only 227 replies)\non the server's interface, where the reply leaves, and on the client's, where it arrives; kernel timestamps of\none clock, matched by the client's port. Once with one session at a time ({QUIET_SECONDS} s, alone) and once during the\nsaturating sessions run (loaded). What a gateway adds is its transit minus plain forwarding's.\nLinux: nftables DNAT with the `ftp` conntrack helper assigned explicitly (nf_conntrack_ftp and nf_nat_ftp\nrewrite the 227 in the kernel). The gateway runs as packaged: the agent at real-time priority\n(`[ftp] realtime_priority = 10`). A failed session in any run, on any setup, stops the bench: every session\nbelow completed.\n",
         options.seconds, options.runs
     )?;
     writeln!(
         out,
-        "| setup | sessions/s (range) | vs Linux | 227 transit alone, p50 / p99 us | added alone, p50 / p99 us | 227 transit loaded, p50 / p99 us | added loaded, p50 / p99 us | failed sessions |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
+        "| setup | sessions/s (range) | vs Linux | 227 transit alone, p50 / p99 us | added alone, p50 / p99 us | 227 transit loaded, p50 / p99 us | added loaded, p50 / p99 us |\n| --- | --- | --- | --- | --- | --- | --- |"
     )?;
     let linux = median(&samples[1].rate);
     let medians = |pairs: &[(f64, f64)]| {
@@ -652,7 +722,7 @@ pub(super) fn report(
         };
         writeln!(
             out,
-            "| {} | {rate:.0} ({low:.0}-{high:.0}) | {:.2}x | {:.0} / {:.0} | {} | {:.0} / {:.0} | {} | {} |",
+            "| {} | {rate:.0} ({low:.0}-{high:.0}) | {:.2}x | {:.0} / {:.0} | {} | {:.0} / {:.0} | {} |",
             setup.name(),
             rate / linux,
             quiet.0,
@@ -661,7 +731,6 @@ pub(super) fn report(
             loaded.0,
             loaded.1,
             show(added_loaded),
-            sample.failures
         )?;
     }
     let gateway = FtpSetup::ALL
@@ -671,11 +740,17 @@ pub(super) fn report(
     if !samples[gateway].agent.is_empty() {
         let wait: Vec<f64> = samples[gateway].agent.iter().map(|a| a.wait_ns).collect();
         let busy: Vec<f64> = samples[gateway].agent.iter().map(|a| a.busy_ns).collect();
+        let punted: Vec<f64> = samples[gateway]
+            .agent
+            .iter()
+            .map(|a| a.punted_per_session)
+            .collect();
         writeln!(
             out,
-            "\nWhere a punted packet's time goes, from the agent's counters (means over the loaded runs, median of the\nruns): {:.1} us from the BPF program's punt to the agent taking it from the tap (wake-up and scheduling;\nthe punt itself is the `punt_tap` row of the first table), then {:.1} us until what it produced is sent\n(parsing, the FTP core, map updates, and the raw socket's send, which on veth also runs the receiving\nhost's stack on the agent's CPU). A session is about 21 punted packets. nf_nat_ftp does its work inside the\nkernel's forwarding path, with no trip to user space.",
+            "\nWhere a punted packet's time goes, from the agent's counters (means over each gateway run, both phases,\nmedian of the runs): {:.1} us from the BPF program's punt to the agent taking it from the tap (wake-up and\nscheduling; the punt itself is the `punt_tap` row of the first table), then {:.1} us until what it produced is\nsent (parsing, the FTP core, map updates, and the raw socket's send, which on veth also runs the receiving\nhost's stack on the agent's CPU). A session was {:.1} punted packets (the fast path's `punted` counter over the\nsessions completed). nf_nat_ftp does its work inside the kernel's forwarding path, with no trip to user space.",
             median(&wait) / 1000.0,
-            median(&busy) / 1000.0
+            median(&busy) / 1000.0,
+            median(&punted),
         )?;
     }
     if let Some(profile) = profile {
