@@ -248,7 +248,7 @@ pub struct Interfaces {
     pub outside: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dataplane {
     pub hook: Hook,
     /// Forces an XDP attach mode; `None` lets the hook choice decide (native).
@@ -261,6 +261,9 @@ pub struct Dataplane {
     pub punt_ring_bytes: Option<u32>,
     /// TC's punt transport.
     pub punt: Punt,
+    /// Whether the agent sets the sysctls the fast path needs on its interfaces while it
+    /// runs (and puts them back), or only checks them and refuses to run when they are wrong.
+    pub manage_sysctls: bool,
 }
 
 /// A server on the inside network, reachable from outside at `public`.
@@ -513,6 +516,7 @@ struct RawDataplane {
     punt_ring_bytes: Option<u32>,
     #[serde(default)]
     punt: Punt,
+    manage_sysctls: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -731,6 +735,7 @@ impl Config {
                 pin_path: raw.dataplane.pin_path,
                 punt_ring_bytes: raw.dataplane.punt_ring_bytes,
                 punt: raw.dataplane.punt,
+                manage_sysctls: raw.dataplane.manage_sysctls.unwrap_or(true),
             },
             publish,
         })
@@ -956,6 +961,18 @@ mod tests {
         assert_eq!(config.interfaces.outside, "eth0");
         assert_eq!(config.management_socket, Path::new("/run/gateway.sock"));
         assert_eq!(config.ftp.policy.on_violation, ViolationAction::Reject);
+    }
+
+    #[test]
+    fn sysctls_are_managed_unless_told_not_to() {
+        assert!(parse(GOOD).unwrap().dataplane.manage_sysctls);
+        let text = GOOD.replace("hook = \"auto\"", "hook = \"auto\"\nmanage_sysctls = false");
+        assert!(!parse(&text).unwrap().dataplane.manage_sysctls);
+        let refused = error(&text.replace("= false", "= \"no\""));
+        assert!(
+            refused.contains("line 8") && refused.contains("boolean"),
+            "{refused}"
+        );
     }
 
     #[test]
