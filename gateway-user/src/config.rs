@@ -434,21 +434,27 @@ fn apply_policy(base: &Policy, raw: &RawPolicy, table: &str) -> Result<Policy, S
     if let Some(pipelining) = raw.pipelining {
         policy.pipelining = pipelining;
     }
-    for (key, value, slot) in [
+    // 0 sessions per client: no limit; 0 expectations would make passive mode impossible.
+    for (key, value, slot, lowest) in [
         (
             "max_pending_expectations",
             raw.max_pending_expectations,
             &mut policy.max_pending_expectations,
+            1,
         ),
         (
             "max_sessions_per_client",
             raw.max_sessions_per_client,
             &mut policy.max_sessions_per_client,
+            0,
         ),
     ] {
         if let Some(value) = value {
-            if !(1..=100_000).contains(&value) {
-                return Err(format!("{table}.{key} = {value}: expected 1 to 100000"));
+            if !(lowest..=100_000).contains(&value) {
+                let meaning = if lowest == 0 { " (0: no limit)" } else { "" };
+                return Err(format!(
+                    "{table}.{key} = {value}: expected {lowest} to 100000{meaning}"
+                ));
             }
             *slot = value;
         }
@@ -1052,6 +1058,21 @@ mod tests {
         assert!(error(&bad).contains("unknown variant `explode`"));
         let no_alg = text.replace("alg = \"ftp\"\n", "");
         assert!(error(&no_alg).contains("publish #1: a policy needs alg = \"ftp\""));
+
+        // Sessions per client: thousands by default (shared addresses), 0 for no limit.
+        assert_eq!(global.max_sessions_per_client, 4096);
+        assert_eq!(global.session_limit(), Some(4096));
+        let unlimited = parse(&format!("{text}max_sessions_per_client = 0\n")).unwrap();
+        assert_eq!(unlimited.ftp.policy.session_limit(), None);
+        assert!(
+            error(&format!("{text}max_sessions_per_client = 100001\n")).contains(
+                "ftp.policy.max_sessions_per_client = 100001: expected 0 to 100000 (0: no limit)"
+            )
+        );
+        assert!(
+            error(&format!("{text}max_pending_expectations = 0\n"))
+                .contains("max_pending_expectations = 0: expected 1 to 100000")
+        );
     }
 
     #[test]
