@@ -71,8 +71,8 @@ impl Default for Policy {
 
 /// The default of [`Policy::max_sessions_per_client`]: room for an office or a carrier's NAT
 /// behind one address (hundreds of users, a few control connections each) while one address
-/// still cannot hold more than this many sessions of the agent's memory (about 2.4 KB each,
-/// measured by `cargo xtask soak`: some 10 MB) or of the server's connections.
+/// still cannot hold more than this many sessions of the agent's memory (about 3 KB each,
+/// measured by `cargo xtask soak` at this limit: some 12 MB) or of the server's connections.
 pub const DEFAULT_MAX_SESSIONS_PER_CLIENT: usize = 4096;
 
 impl Policy {
