@@ -69,7 +69,8 @@ pub struct Policy {
     /// Most data connections a session may have announced and not yet opened.
     pub max_pending_expectations: usize,
     /// Most control sessions one client address may hold at once (enforced by the shell, which
-    /// sees all sessions; a new one beyond it is refused at its SYN).
+    /// sees all sessions; a new one beyond it is refused at its SYN); 0: no limit. One address
+    /// may be a whole office or a carrier's NAT, so the default leaves room for thousands.
     pub max_sessions_per_client: usize,
 }
 
@@ -87,12 +88,23 @@ impl Default for Policy {
             not_ftp: NotFtpAction::Reset,
             max_malformed_lines: 3,
             max_pending_expectations: 16,
-            max_sessions_per_client: 64,
+            max_sessions_per_client: DEFAULT_MAX_SESSIONS_PER_CLIENT,
         }
     }
 }
 
+/// The default of [`Policy::max_sessions_per_client`]: room for an office or a carrier's NAT
+/// behind one address (hundreds of users, a few control connections each) while one address
+/// still cannot hold more than this many sessions of the agent's memory (about 3 KB each,
+/// measured by `cargo xtask soak` at this limit: some 12 MB) or of the server's connections.
+pub const DEFAULT_MAX_SESSIONS_PER_CLIENT: usize = 4096;
+
 impl Policy {
+    /// How many control sessions one client address may hold at once; `None`: no limit.
+    pub fn session_limit(&self) -> Option<usize> {
+        (self.max_sessions_per_client != 0).then_some(self.max_sessions_per_client)
+    }
+
     /// Whether `user` may log in.
     pub fn user_allowed(&self, user: &str) -> bool {
         if is_anonymous(user) && !self.anonymous {

@@ -40,10 +40,11 @@ use crate::{
     },
     management::{
         ExpectationRow, Filter, FtpSessionRow, InterfaceStatus, MAX_REQUEST, Request, Response,
-        SessionRow, Stats, Status,
+        SessionRow, Stats, Status, SysctlsStatus,
     },
     metrics,
-    system::{self, SysctlGuard},
+    sysctl::{self, HostSettings},
+    system,
 };
 
 pub struct RunOptions {
@@ -165,8 +166,9 @@ struct Agent {
     ifindexes: [u32; 2],
     hook: Hook,
     xdp_mode: Option<XdpMode>,
-    /// Host settings per interface, restored on a clean exit.
-    sysctls: Vec<(String, Vec<SysctlGuard>)>,
+    /// The sysctls the fast path needs on both interfaces, and what the agent owes the host
+    /// for them; taken at exit (put back, or left for a pinned fast path).
+    host_settings: Option<HostSettings>,
     started: Instant,
     /// Sweeps that found the session table at least 90 % full, and when that was last said.
     table_full_sweeps: u64,
@@ -226,6 +228,22 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| config.management_socket.clone());
     refuse_second_agent(&socket_path)?;
+    // Checked before anything is loaded: unmanaged wrong values refuse the start here, in one
+    // line; managed ones are set below, before the programs attach.
+    let host = sysctl::Host::system()
+        .context("cannot identify this boot and network namespace (for the sysctl record)")?;
+    let mut host_settings = HostSettings::prepare(
+        host,
+        sysctl::record_path(&socket_path),
+        &[
+            (config.interfaces.inside.as_str(), ifindexes[0]),
+            (config.interfaces.outside.as_str(), ifindexes[1]),
+        ],
+        config.dataplane.manage_sysctls,
+    )?;
+    // A pinned fast path (an earlier agent's, or this one's once attached) stays attached
+    // when this start fails, and still needs them.
+    host_settings.keep_on_failure(config.dataplane.pin_path.is_some());
 
     let loaded = Dataplane::load_with(&LoadOptions {
         verbose: options.verbose,
@@ -285,6 +303,8 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         None
     };
 
+    // Before the first translated packet: it would die in a stack that does not forward.
+    host_settings.apply()?;
     let mut attachments = Vec::new();
     for name in [&config.interfaces.inside, &config.interfaces.outside] {
         let attachment = dataplane.attach(name, hook, xdp_mode)?;
@@ -294,16 +314,6 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
     }
     // XDP forwards to the interfaces it is attached to, through a devmap keyed by ifindex.
     dataplane.set_redirect_ports(&ifindexes)?;
-    // Translation happens at ingress, before the kernel routes. The translated packets the
-    // stack still routes (all of XDP's; TC's expiring TTLs and oversized packets) reach it on
-    // the inside interface already carrying the public source address, usually the gateway's
-    // own. The kernel drops such packets as martians unless accept_local is on, and strict
-    // reverse-path filtering drops them too (loose mode still drops sources with no route at
-    // all). Both are restored on a clean exit.
-    let mut sysctls = Vec::new();
-    for name in [&config.interfaces.inside, &config.interfaces.outside] {
-        sysctls.push((name.clone(), host_settings(name)?));
-    }
     log_config(&config);
 
     // The runtime runs on this thread: the ALG's priority is this thread's.
@@ -341,7 +351,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         ifindexes,
         hook,
         xdp_mode,
-        sysctls,
+        host_settings: Some(host_settings),
         started: Instant::now(),
         table_full_sweeps: 0,
         table_full_warned: Instant::now(),
@@ -382,21 +392,20 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
     let left_running = agent.dataplane.pin_dir().is_some() && !options.detach_on_exit;
     agent.alg.save_state();
     let state_path_on_exit = state_file;
-    let sysctls = std::mem::take(&mut agent.sysctls);
-    agent.shutdown(left_running)?;
-    if left_running {
-        // The fast path still translates, and still needs them.
-        sysctls
-            .into_iter()
-            .flat_map(|(_, guards)| guards)
-            .for_each(SysctlGuard::keep);
-    } else {
-        drop(sysctls);
-        if let Some(path) = &state_path_on_exit {
-            StateStore::remove(path);
+    let host_settings = agent.host_settings.take();
+    let stopped = agent.shutdown(left_running);
+    if let Some(host_settings) = host_settings {
+        if left_running {
+            // The fast path still translates, and still needs them.
+            host_settings.leave();
+        } else {
+            host_settings.restore();
         }
     }
-    Ok(())
+    if !left_running && let Some(path) = &state_path_on_exit {
+        StateStore::remove(path);
+    }
+    stopped
 }
 
 /// The ALG's control sessions: those a previous agent saved, when its fast path was adopted;
@@ -491,19 +500,6 @@ fn warn_of_veth_redirect(attachment: &Attachment, forwarding: Forwarding) {
             "XDP forwards to veth peers by XDP_REDIRECT: each peer needs GRO on (ethtool -K <peer> gro on) or an XDP program, or the kernel drops what is redirected to it; use hook = \"tc\" on veth, or forwarding = \"kernel\""
         );
     }
-}
-
-/// What the host must allow on an interface the fast path translates on, restored when the
-/// guards drop: translated packets the stack still routes reach it on the inside interface
-/// already carrying the public source address, usually the gateway's own, which the kernel
-/// drops as martians unless accept_local is on; strict reverse-path filtering drops them too.
-fn host_settings(interface: &str) -> anyhow::Result<Vec<SysctlGuard>> {
-    let mut guards = vec![
-        SysctlGuard::set_ipv4_conf(interface, "accept_local", "1")
-            .context("cannot set accept_local")?,
-    ];
-    guards.extend(system::relax_strict_rp_filter(interface).context("cannot adjust rp_filter")?);
-    Ok(guards)
 }
 
 /// A live agent answering on the socket is not replaced; a stale socket file is.
@@ -651,6 +647,13 @@ impl Agent {
                     if let Some(attachment) = self.attachments[slot].take() {
                         let _ = self.dataplane.detach(attachment);
                     }
+                    // The new interface has the host's defaults: set (or, unmanaged, check)
+                    // them before the fast path translates there again.
+                    if let Some(host_settings) = &mut self.host_settings
+                        && let Err(err) = host_settings.interface_back(name, index)
+                    {
+                        tracing::warn!(interface = %name, "{err}");
+                    }
                     match self.dataplane.attach(name, self.hook, self.xdp_mode) {
                         Ok(attachment) => {
                             self.ifindexes[slot] = index;
@@ -659,19 +662,6 @@ impl Agent {
                                 .set_interface_roles(self.ifindexes[0], self.ifindexes[1])
                             {
                                 tracing::warn!("cannot update interface roles: {err}");
-                            }
-                            // The new interface has the host's defaults: set them again (the
-                            // old guards would restore into it, so they are forgotten).
-                            match host_settings(name) {
-                                Ok(guards) => {
-                                    if let Some((_, old)) =
-                                        self.sysctls.iter_mut().find(|(iface, _)| iface == name)
-                                    {
-                                        std::mem::take(old).into_iter().for_each(SysctlGuard::keep);
-                                        *old = guards;
-                                    }
-                                }
-                                Err(err) => tracing::warn!(interface = %name, "{err:#}"),
                             }
                             tracing::info!(
                                 interface = %name, ifindex = index, hook = %attachment.hook,
@@ -931,6 +921,15 @@ impl Agent {
                 policy.deny_users.len()
             )
             .to_lowercase(),
+            sysctls: self
+                .host_settings
+                .as_ref()
+                .map(|host_settings| SysctlsStatus {
+                    managed: host_settings.managed(),
+                    record: host_settings.record_path().display().to_string(),
+                    settings: host_settings.status(),
+                })
+                .unwrap_or_default(),
         })
     }
 
@@ -951,7 +950,15 @@ impl Agent {
                 bail!("{what} changed: that needs a restart of the gateway; nothing was applied");
             }
         }
-        let mut changes = Vec::new();
+        // Before anything is applied: the sysctls may have been changed behind the agent's
+        // back. Managed, they are set again (and said); unmanaged, a wrong one refuses the
+        // reload as it would refuse a start.
+        let mut changes = match &mut self.host_settings {
+            Some(host_settings) => host_settings
+                .recheck()
+                .map_err(|err| anyhow!("{err}; nothing was applied"))?,
+            None => Vec::new(),
+        };
         // First, as the one change that can still fail on its own: nothing is applied then.
         if new.ftp.realtime_priority != old.ftp.realtime_priority {
             apply_realtime_priority(new.ftp.realtime_priority)?;

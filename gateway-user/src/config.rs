@@ -248,7 +248,7 @@ pub struct Interfaces {
     pub outside: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dataplane {
     pub hook: Hook,
     /// Forces an XDP attach mode; `None` lets the hook choice decide (native).
@@ -261,6 +261,9 @@ pub struct Dataplane {
     pub punt_ring_bytes: Option<u32>,
     /// TC's punt transport.
     pub punt: Punt,
+    /// Whether the agent sets the sysctls the fast path needs on its interfaces while it
+    /// runs (and puts them back), or only checks them and refuses to run when they are wrong.
+    pub manage_sysctls: bool,
 }
 
 /// A server on the inside network, reachable from outside at `public`.
@@ -454,21 +457,27 @@ fn apply_policy(base: &Policy, raw: &RawPolicy, table: &str) -> Result<Policy, S
         }
         policy.max_malformed_lines = lines;
     }
-    for (key, value, slot) in [
+    // 0 sessions per client: no limit; 0 expectations would make passive mode impossible.
+    for (key, value, slot, lowest) in [
         (
             "max_pending_expectations",
             raw.max_pending_expectations,
             &mut policy.max_pending_expectations,
+            1,
         ),
         (
             "max_sessions_per_client",
             raw.max_sessions_per_client,
             &mut policy.max_sessions_per_client,
+            0,
         ),
     ] {
         if let Some(value) = value {
-            if !(1..=100_000).contains(&value) {
-                return Err(format!("{table}.{key} = {value}: expected 1 to 100000"));
+            if !(lowest..=100_000).contains(&value) {
+                let meaning = if lowest == 0 { " (0: no limit)" } else { "" };
+                return Err(format!(
+                    "{table}.{key} = {value}: expected {lowest} to 100000{meaning}"
+                ));
             }
             *slot = value;
         }
@@ -536,6 +545,7 @@ struct RawDataplane {
     punt_ring_bytes: Option<u32>,
     #[serde(default)]
     punt: Punt,
+    manage_sysctls: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -754,6 +764,7 @@ impl Config {
                 pin_path: raw.dataplane.pin_path,
                 punt_ring_bytes: raw.dataplane.punt_ring_bytes,
                 punt: raw.dataplane.punt,
+                manage_sysctls: raw.dataplane.manage_sysctls.unwrap_or(true),
             },
             publish,
         })
@@ -982,6 +993,18 @@ mod tests {
     }
 
     #[test]
+    fn sysctls_are_managed_unless_told_not_to() {
+        assert!(parse(GOOD).unwrap().dataplane.manage_sysctls);
+        let text = GOOD.replace("hook = \"auto\"", "hook = \"auto\"\nmanage_sysctls = false");
+        assert!(!parse(&text).unwrap().dataplane.manage_sysctls);
+        let refused = error(&text.replace("= false", "= \"no\""));
+        assert!(
+            refused.contains("line 8") && refused.contains("boolean"),
+            "{refused}"
+        );
+    }
+
+    #[test]
     fn management_and_metrics_settings() {
         let text = format!(
             "{GOOD}\n[management]\nsocket = \"/run/gw/api.sock\"\n[metrics]\nlisten = \"127.0.0.1:9469\"\n"
@@ -1058,6 +1081,21 @@ mod tests {
         assert!(error(&bad).contains("unknown variant `explode`"));
         let no_alg = text.replace("alg = \"ftp\"\n", "");
         assert!(error(&no_alg).contains("publish #1: a policy needs alg = \"ftp\""));
+
+        // Sessions per client: thousands by default (shared addresses), 0 for no limit.
+        assert_eq!(global.max_sessions_per_client, 4096);
+        assert_eq!(global.session_limit(), Some(4096));
+        let unlimited = parse(&format!("{text}max_sessions_per_client = 0\n")).unwrap();
+        assert_eq!(unlimited.ftp.policy.session_limit(), None);
+        assert!(
+            error(&format!("{text}max_sessions_per_client = 100001\n")).contains(
+                "ftp.policy.max_sessions_per_client = 100001: expected 0 to 100000 (0: no limit)"
+            )
+        );
+        assert!(
+            error(&format!("{text}max_pending_expectations = 0\n"))
+                .contains("max_pending_expectations = 0: expected 1 to 100000")
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod config;
 pub mod dataplane;
 pub mod management;
 pub mod metrics;
+pub mod sysctl;
 pub mod system;
 
 /// The BPF object built from `gateway-ebpf` by build.rs, embedded so one binary ships it all.

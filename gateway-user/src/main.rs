@@ -241,6 +241,36 @@ fn print_status(status: Status) {
         status.masquerade.as_deref().unwrap_or("none")
     );
     println!("ftp policy  {}", status.policy);
+    for setting in &status.sysctls.settings {
+        let value = setting
+            .value
+            .map_or("unreadable".to_owned(), |value| value.to_string());
+        let all = setting
+            .all
+            .map(|all| format!(", all {all}"))
+            .unwrap_or_default();
+        let verdict = if setting.ok {
+            "ok".to_owned()
+        } else {
+            format!("WRONG: must be {}", setting.required)
+        };
+        let owed = match setting.original {
+            Some(original) => format!(", was {original}: put back when the gateway stops"),
+            None => String::new(),
+        };
+        println!(
+            "sysctl      {} = {value} ({verdict}{all}{owed})",
+            setting.name
+        );
+    }
+    if status.sysctls.managed {
+        println!(
+            "sysctls     set by the gateway while it runs; originals recorded in {}",
+            status.sysctls.record
+        );
+    } else if !status.sysctls.settings.is_empty() {
+        println!("sysctls     checked only (manage_sysctls = false)");
+    }
     println!(
         "now         {} session entries, {} ftp control sessions, {} expectations",
         status.sessions, status.ftp_sessions, status.expectations

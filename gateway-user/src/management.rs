@@ -63,6 +63,19 @@ pub struct Status {
     pub punt: String,
     pub masquerade: Option<String>,
     pub policy: String,
+    /// The sysctls the fast path needs on its interfaces, as they are now.
+    #[serde(default)]
+    pub sysctls: SysctlsStatus,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SysctlsStatus {
+    /// `[dataplane] manage_sysctls`: the agent sets wrong values while it runs (and puts
+    /// them back), or only checks them.
+    pub managed: bool,
+    /// Where the agent records the values it found before it changed them.
+    pub record: String,
+    pub settings: Vec<crate::sysctl::SysctlStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

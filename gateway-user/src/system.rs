@@ -1,4 +1,5 @@
-//! What the agent asks of the host: privileges, interfaces, and the sysctls it must adjust.
+//! What the agent asks of the host: privileges, interfaces, scheduling (the sysctls are
+//! `crate::sysctl`'s).
 
 use std::{ffi::CString, fs, io, mem};
 
@@ -33,6 +34,17 @@ pub fn check_privileges() -> Result<(), String> {
             missing.join(" and ")
         ))
     }
+}
+
+/// Whether `name` can be a Linux interface's name (1 to 15 bytes, no '/', no whitespace,
+/// not "." or ".."): what may appear in a path such as `/proc/sys/net/ipv4/conf/<name>`.
+pub fn valid_interface_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < libc::IFNAMSIZ
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', ':', '\0'])
+        && !name.chars().any(char::is_whitespace)
 }
 
 pub fn if_index(name: &str) -> Option<u32> {
@@ -120,58 +132,6 @@ pub fn driver_info(interface: &str) -> io::Result<DriverInfo> {
         driver: text(&info.driver),
         bus_info: text(&info.bus_info),
     })
-}
-
-/// Sets an IPv4 per-interface sysctl for as long as the guard lives, then puts the old value
-/// back.
-pub struct SysctlGuard {
-    path: String,
-    previous: String,
-}
-
-impl SysctlGuard {
-    pub fn set_ipv4_conf(interface: &str, key: &str, value: &str) -> io::Result<SysctlGuard> {
-        let path = format!("/proc/sys/net/ipv4/conf/{interface}/{key}");
-        let previous = fs::read_to_string(&path)?.trim().to_owned();
-        fs::write(&path, value)?;
-        Ok(SysctlGuard { path, previous })
-    }
-
-    /// Leaves the value as set (the fast path stays attached for the next agent, and needs it).
-    pub fn keep(self) {
-        std::mem::forget(self);
-    }
-}
-
-fn read_ipv4_conf(interface: &str, key: &str) -> io::Result<u32> {
-    let path = format!("/proc/sys/net/ipv4/conf/{interface}/{key}");
-    fs::read_to_string(&path)?
-        .trim()
-        .parse()
-        .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, format!("{path}: {err}")))
-}
-
-/// If reverse-path filtering on `interface` is strict (the effective value is the maximum of
-/// `all` and the interface's own), makes it loose for as long as the guard lives.
-pub fn relax_strict_rp_filter(interface: &str) -> io::Result<Option<SysctlGuard>> {
-    let effective =
-        read_ipv4_conf("all", "rp_filter")?.max(read_ipv4_conf(interface, "rp_filter")?);
-    if effective != 1 {
-        return Ok(None);
-    }
-    tracing::info!(
-        interface,
-        "rp_filter strict -> loose while the gateway runs"
-    );
-    SysctlGuard::set_ipv4_conf(interface, "rp_filter", "2").map(Some)
-}
-
-impl Drop for SysctlGuard {
-    fn drop(&mut self) {
-        if let Err(err) = fs::write(&self.path, &self.previous) {
-            tracing::warn!(path = %self.path, %err, "could not restore sysctl");
-        }
-    }
 }
 
 /// Puts the calling thread under `SCHED_FIFO` at `priority`, or back under the ordinary

@@ -92,6 +92,23 @@ pub fn summarize(frame: &[u8]) -> Option<Ipv4Summary> {
     })
 }
 
+/// The sequence and acknowledgment numbers of an IPv4 TCP frame.
+pub fn tcp_numbers(frame: &[u8]) -> Option<(u32, u32)> {
+    let (ip, segment) = split(frame)?;
+    if ip[9] != IPPROTO_TCP || segment.len() < 20 {
+        return None;
+    }
+    let word = |at: usize| {
+        u32::from_be_bytes([
+            segment[at],
+            segment[at + 1],
+            segment[at + 2],
+            segment[at + 3],
+        ])
+    };
+    Some((word(4), word(8)))
+}
+
 /// The transport payload of an IPv4 TCP or UDP frame.
 pub fn payload(frame: &[u8]) -> Option<&[u8]> {
     let (ip, segment) = split(frame)?;

@@ -82,6 +82,9 @@ impl Setup {
 
 impl Drop for Setup {
     fn drop(&mut self) {
+        // Stopped cleanly before the lab (dropped first) deletes its namespaces and kills
+        // what runs in them: a killed agent leaves its record of sysctls behind.
+        let _ = self.gateway.stop();
         let _ = std::fs::remove_dir_all(&self.scratch);
     }
 }

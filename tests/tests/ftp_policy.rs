@@ -7,11 +7,14 @@
 use std::{net::SocketAddrV4, time::Duration};
 
 use gateway_tests::{
-    TempFile, check_environment,
+    TempFile,
+    capture::Capture,
+    check_environment,
     ftp::{self, FtpServer, Script, ServerKind},
     gateway::GatewayProcess,
     lab::{self, HOST_IF, Lab, LabOptions},
     netns::unique_prefix,
+    packet::{audit_checksums, summarize, tcp_numbers},
     transfer::pattern,
 };
 use serde_json::Value;
@@ -309,4 +312,144 @@ fn tls_is_passed_or_denied_as_the_policy_says() {
             assert_eq!(gateway.final_counter("alg_sessions_encrypted"), 0, "{log}");
         }
     }
+}
+
+/// The per-client limit of the flood test, and how many connections beyond it are tried.
+const FLOOD_LIMIT: usize = 8;
+const FLOOD_BEYOND: usize = 12;
+
+#[test]
+fn sessions_beyond_the_per_client_limit_are_refused_at_once() {
+    check_environment().expect("environment");
+    let prefix = unique_prefix();
+    // Router offloads off: what the end hosts capture carries finished checksums.
+    let options = LabOptions {
+        endpoint_tx_offload: true,
+        router_tx_offload: false,
+    };
+    let lab = Lab::up(&prefix, options).expect("lab up");
+    let config = TempFile::write(
+        &format!("{prefix}-gateway.toml"),
+        &format!(
+            "[interfaces]\ninside = \"veth-in\"\noutside = \"veth-out\"\n\n\
+             [[publish]]\npublic = \"{}:21\"\nprivate = \"{}:21\"\nprotocol = \"tcp\"\nalg = \"ftp\"\n\
+             [publish.policy]\nmax_sessions_per_client = {FLOOD_LIMIT}\n",
+            lab::PUBLIC,
+            lab::SERVER,
+        ),
+    );
+    let mut gateway = GatewayProcess::start(&lab.router, &config.0, &[]).expect("gateway");
+    let _server =
+        FtpServer::start(ServerKind::Pyftpdlib, &lab.inside, lab::SERVER).expect("pyftpdlib");
+    let client_capture = Capture::start(&lab.outside, HOST_IF).expect("capture at client");
+    let server_capture = Capture::start(&lab.inside, HOST_IF).expect("capture at server");
+    let total = FLOOD_LIMIT + FLOOD_BEYOND;
+    let output = Script::spawn(
+        &lab.outside,
+        "session_flood.py",
+        &[
+            &lab::PUBLIC.to_string(),
+            "21",
+            &lab::CLIENT.to_string(),
+            &total.to_string(),
+        ],
+    )
+    .expect("flood")
+    .finish(Duration::from_secs(60))
+    .unwrap_or_else(|err| panic!("{err:#}\ngateway:\n{}", gateway.output()));
+    let client_frames = client_capture.finish().expect("client capture");
+    let server_frames = server_capture.finish().expect("server capture");
+    let results: Vec<Value> = serde_json::from_str(&output).expect("script output");
+    let ports = |outcome: &str| -> Vec<u16> {
+        results
+            .iter()
+            .filter(|result| result["outcome"] == outcome)
+            .filter_map(|result| result["port"].as_u64())
+            .map(|port| port as u16)
+            .collect()
+    };
+    let (served, refused) = (ports("served"), ports("refused"));
+    println!("outcomes: {output}");
+    // Exactly the limit served; every other connection refused (an RST, not a time-out).
+    assert_eq!(served.len(), FLOOD_LIMIT, "{output}\n{}", gateway.output());
+    assert_eq!(
+        refused.len(),
+        FLOOD_BEYOND,
+        "{output}\n{}",
+        gateway.output()
+    );
+
+    // Counted, and visible in `gateway stats`.
+    let stats: Value =
+        serde_json::from_str(&gateway.ask(&["stats", "--json"]).expect("stats")).unwrap();
+    let too_many = stats["alg"]
+        .as_array()
+        .and_then(|pairs| {
+            pairs
+                .iter()
+                .find(|pair| pair[0] == "alg_violation_too_many_sessions")
+        })
+        .and_then(|pair| pair[1].as_u64());
+    assert_eq!(too_many, Some(FLOOD_BEYOND as u64), "{stats}");
+
+    // The client's side: each refused connection sent one SYN (no retransmission: it was
+    // answered at once) and got one RST|ACK from the public endpoint it called, with
+    // sequence number 0 acknowledging the SYN.
+    let tcp = |frame: &gateway_tests::capture::Frame| {
+        summarize(&frame.bytes).filter(|summary| summary.proto == 6)
+    };
+    for port in &refused {
+        let syns: Vec<u32> = client_frames
+            .iter()
+            .filter(|frame| frame.outgoing)
+            .filter(|frame| {
+                tcp(frame).is_some_and(|summary| {
+                    summary.src_port == *port && summary.tcp_flags & 0x12 == 0x02
+                })
+            })
+            .filter_map(|frame| tcp_numbers(&frame.bytes).map(|(seq, _)| seq))
+            .collect();
+        assert_eq!(syns.len(), 1, "port {port}: SYNs {syns:?}");
+        let resets: Vec<(u32, u32)> = client_frames
+            .iter()
+            .filter(|frame| !frame.outgoing)
+            .filter(|frame| {
+                tcp(frame).is_some_and(|summary| {
+                    summary.dst_port == *port
+                        && summary.src == lab::PUBLIC
+                        && summary.src_port == 21
+                        && summary.tcp_flags & 0x14 == 0x14
+                })
+            })
+            .filter_map(|frame| tcp_numbers(&frame.bytes))
+            .collect();
+        assert_eq!(resets, vec![(0, syns[0].wrapping_add(1))], "port {port}");
+    }
+    // The server's side: only the served connections ever reached it.
+    let mut reached: Vec<u16> = server_frames
+        .iter()
+        .filter(|frame| !frame.outgoing)
+        .filter_map(tcp)
+        .filter(|summary| summary.src == lab::CLIENT && summary.dst_port == 21)
+        .map(|summary| summary.src_port)
+        .collect();
+    reached.sort_unstable();
+    reached.dedup();
+    let mut expected = served.clone();
+    expected.sort_unstable();
+    assert_eq!(reached, expected, "only the served reached the server");
+    for (name, frames) in [("client", &client_frames), ("server", &server_frames)] {
+        let audit = audit_checksums(frames.iter());
+        assert!(audit.checked >= total, "{name}: {} checked", audit.checked);
+        assert_eq!(audit.bad_count, 0, "{name}: {:?}", audit.bad);
+    }
+
+    gateway.stop().expect("stop");
+    let log = gateway.output();
+    assert!(
+        log.contains("ftp control session refused")
+            && log.contains("check=\"too_many_sessions\"")
+            && log.contains("action=\"reset\""),
+        "{log}"
+    );
 }

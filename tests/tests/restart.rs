@@ -183,4 +183,7 @@ fn pinned_maps_of_another_layout_are_refused() {
         )) && message.contains("--detach-on-exit"),
         "{message}"
     );
+    // The first agent left its record of the sysctls for the agent that detaches; none will
+    // (the namespace goes with the lab).
+    let _ = std::fs::remove_file(gateway_user::sysctl::record_path(first.socket()));
 }

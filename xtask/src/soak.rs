@@ -62,6 +62,8 @@ pub fn soak(
     std::fs::create_dir_all(&root)?;
     let content = pattern(17, 256 * 1024);
     std::fs::write(root.join("f"), &content)?;
+    // Every session comes from the one outside address, standing in for as many clients: the
+    // per-client limit (4096 by default) is raised past the load.
     let config = TempFile::write(
         &format!("{prefix}-gateway.toml"),
         &format!(

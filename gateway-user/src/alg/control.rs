@@ -26,7 +26,10 @@ use gateway_ftp::{
     session::{self, Action, Direction, Endpoints, PortAllocator, SessionError, TcpSegment, flags},
 };
 
-use super::packet::{DEFAULT_MSS, TcpPacket};
+use super::{
+    packet::{DEFAULT_MSS, TcpPacket},
+    refusal::{self, LogLimit},
+};
 use crate::config::Ipv4Net;
 
 /// What the control connections need from the fast path's maps.
@@ -359,6 +362,8 @@ pub struct ControlTable {
     next_id: u64,
     rng: u64,
     stats: AlgStats,
+    /// Refusals at the per-client limit get a log line only a few at a time.
+    refusals_logged: LogLimit,
     /// What a save after a batch must write (a save of everything would cost O(sessions)
     /// per batch), kept only once a store asks for it.
     changes: Changes,
@@ -398,6 +403,7 @@ impl ControlTable {
             next_id: 1,
             rng: seed | 1,
             stats: AlgStats::default(),
+            refusals_logged: LogLimit::default(),
             changes: Changes::default(),
         }
     }
@@ -502,6 +508,7 @@ impl ControlTable {
             next_id: saved.meta.next_id,
             rng: saved.meta.rng | 1,
             stats: saved.meta.stats,
+            refusals_logged: LogLimit::default(),
             changes: Changes::default(),
         };
         for saved in saved.connections {
@@ -695,14 +702,14 @@ impl ControlTable {
             {
                 self.remove(id, maps);
                 match self.open(reason, &packet, now_ns, maps) {
-                    Some(id) => (id, Direction::ClientToServer),
-                    None => return Vec::new(),
+                    Ok(id) => (id, Direction::ClientToServer),
+                    Err(answer) => return answer,
                 }
             }
             Some(found) => found,
             None if syn_only => match self.open(reason, &packet, now_ns, maps) {
-                Some(id) => (id, Direction::ClientToServer),
-                None => return Vec::new(),
+                Ok(id) => (id, Direction::ClientToServer),
+                Err(answer) => return answer,
             },
             None => {
                 // Not a connection the agent saw open (or one it forgot): fail closed.
@@ -798,14 +805,15 @@ impl ControlTable {
         );
     }
 
-    /// A client's SYN: which kind of control connection it opens, and its translation.
+    /// A client's SYN: which kind of control connection it opens, and its translation; or,
+    /// when it opens none, what to answer it with (nothing: dropped).
     fn open(
         &mut self,
         reason: u8,
         packet: &TcpPacket,
         now_ns: u64,
         maps: &mut dyn AlgMaps,
-    ) -> Option<u64> {
+    ) -> Result<u64, Vec<Outgoing>> {
         let client = SocketAddrV4::new(packet.src, packet.src_port);
         let destination = SocketAddrV4::new(packet.dst, packet.dst_port);
         let policy = self
@@ -815,27 +823,35 @@ impl ControlTable {
             .unwrap_or(&self.settings.policy)
             .clone();
         let sessions_of_client = self.live_per_client.get(client.ip()).copied().unwrap_or(0);
-        if sessions_of_client >= policy.max_sessions_per_client {
+        if policy
+            .session_limit()
+            .is_some_and(|limit| sessions_of_client >= limit)
+        {
+            // Refused at once, visibly: a silent drop would leave the client (an office
+            // behind one address) to time out.
             self.stats.violations += 1;
             self.stats.violations_by_check[check_index(Check::TooManySessions)] += 1;
-            tracing::warn!(
-                %client, server = %destination, check = Check::TooManySessions.name(),
-                "ftp control session refused: {sessions_of_client} sessions from this client already"
-            );
-            return None;
+            if let Some(unlogged) = self.refusals_logged.admit(now_ns) {
+                tracing::warn!(
+                    %client, server = %destination, check = Check::TooManySessions.name(),
+                    action = "reset", unlogged,
+                    "ftp control session refused: {sessions_of_client} sessions from this client already"
+                );
+            }
+            return Err(vec![refusal::reset_for_syn(packet)]);
         }
         let (client_seen, server, server_seen, held) = match reason {
             punt_reason::PUBLISHED_FROM_CLIENT => {
                 let Some(private) = self.settings.published.get(&destination).copied() else {
                     self.stats.drop_no_session += 1;
-                    return None;
+                    return Err(Vec::new());
                 };
                 (client, private, destination, Vec::new())
             }
             punt_reason::MASQUERADE_FROM_CLIENT => {
                 let Some(public) = self.masquerade_mapping(client, maps) else {
                     self.stats.drop_no_port += 1;
-                    return None;
+                    return Err(Vec::new());
                 };
                 let held = vec![(Endpoint::from_socket(public, IPPROTO_TCP), u64::MAX)];
                 (public, destination, destination, held)
@@ -845,11 +861,11 @@ impl ControlTable {
             punt_reason::HAIRPIN_FROM_CLIENT => {
                 let Some(private) = self.settings.published.get(&destination).copied() else {
                     self.stats.drop_no_session += 1;
-                    return None;
+                    return Err(Vec::new());
                 };
                 let Some(public) = self.masquerade_mapping(client, maps) else {
                     self.stats.drop_no_port += 1;
-                    return None;
+                    return Err(Vec::new());
                 };
                 let held = vec![(Endpoint::from_socket(public, IPPROTO_TCP), u64::MAX)];
                 (public, private, destination, held)
@@ -857,7 +873,7 @@ impl ControlTable {
             // A server's segment with no connection: not ours to open.
             _ => {
                 self.stats.drop_no_session += 1;
-                return None;
+                return Err(Vec::new());
             }
         };
         let id = self.next_id;
@@ -901,7 +917,7 @@ impl ControlTable {
             %client, client_seen = %client_seen, %server, server_seen = %server_seen,
             "ftp control session started"
         );
-        Some(id)
+        Ok(id)
     }
 
     /// The public endpoint of a masqueraded client's control connection: its existing

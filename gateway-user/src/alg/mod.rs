@@ -3,11 +3,13 @@
 //!
 //! - [`packet`]: IPv4/TCP parsing and building, checksums;
 //! - [`control`]: the control connections and their NAT, over the sans-IO `gateway-ftp` core;
+//! - [`refusal`]: the RST that refuses a control connection at its SYN, and its log's limit;
 //! - [`shell`]: the ring buffer reader, the raw socket that sends, and the map adapter;
 //! - [`tap`]: the punt tap, TC's way of handing packets over.
 
 pub mod control;
 pub mod packet;
+pub mod refusal;
 pub mod shell;
 pub mod store;
 pub mod tap;
