@@ -7,6 +7,7 @@
 
 pub mod checksum;
 pub mod icmp;
+pub mod outcome;
 
 use core::net::{Ipv4Addr, SocketAddrV4};
 
@@ -565,6 +566,52 @@ impl Counter {
         Counter::FibError,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
+
+    /// Which kind of counter this is: a verdict (and which), or counted besides one. No
+    /// fallback: a new counter must be given its kind.
+    pub const fn kind(self) -> outcome::CounterKind {
+        match self {
+            Counter::DnatPublished
+            | Counter::SnatPublished
+            | Counter::SessionHit
+            | Counter::SessionCreated
+            | Counter::IcmpErrorTranslated
+            | Counter::HairpinCreated
+            | Counter::FragmentTranslated
+            | Counter::ExpectationUsed => outcome::CounterKind::Translated,
+            Counter::PassNotIpv4
+            | Counter::PassMalformed
+            | Counter::PassFragment
+            | Counter::PassUnmatched => outcome::CounterKind::Passed,
+            Counter::DropRewriteFailed
+            | Counter::DropPortExhausted
+            | Counter::DropSessionTableFull
+            | Counter::DropUnsolicited
+            | Counter::DropFragmentUnknown
+            | Counter::DropSpoofed
+            | Counter::DropPuntFailed => outcome::CounterKind::Dropped,
+            Counter::Punted => outcome::CounterKind::Punted,
+            Counter::SessionExpired
+            | Counter::Redirected
+            | Counter::ExpectationExpired
+            | Counter::FragNeededSent
+            | Counter::TimeExceededSent
+            | Counter::UnreachableSent
+            | Counter::IcmpErrorRateLimited
+            | Counter::IcmpErrorSuppressed
+            | Counter::PassedUntranslated
+            | Counter::FibForwardingDisabled
+            | Counter::FibBlackhole
+            | Counter::FibUnreachable
+            | Counter::FibProhibit
+            | Counter::FibNotForwarded
+            | Counter::FibNoNeighbour
+            | Counter::FibFragNeeded
+            | Counter::FibUnsupportedLwt
+            | Counter::FibNoSourceAddress
+            | Counter::FibError => outcome::CounterKind::Besides,
+        }
+    }
 
     /// Stable snake_case name, used in logs, `--json` output and metrics.
     pub const fn name(self) -> &'static str {

@@ -12,6 +12,7 @@ use gateway_common::{
     IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, MAX_FTP_CONTROL_PORTS, MAX_MASQ_ADDRESSES,
     MAX_MASQ_NETWORKS, NatConfig, PORT_ALLOCATION_TRIES, PeerKey, REWRITE_BOTH,
     REWRITE_DESTINATION, REWRITE_SOURCE, Session, endpoint_flags, expectation_kind, filtering,
+    outcome::{Dropped, Passed, Translated},
     punt_reason, session_state,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
@@ -25,14 +26,18 @@ use crate::{
     packet::{L4Check, Packet, ptr_at},
 };
 
-pub enum Verdict {
-    /// Continue into the kernel's stack, untouched.
-    Pass,
+/// What the translation did with a packet. The program's verdict follows from the variant
+/// alone (`main.rs` matches every one), and each variant carries only counters of its own
+/// kind: a drop reason is a `Dropped`, so nothing can end up passed that was meant dropped.
+#[derive(Clone, Copy)]
+pub enum Outcome {
     /// Translated: forward it (from BPF where the hook can, else through the stack).
-    Forward,
-    Drop,
-    /// A packet of an FTP control connection, for the agent: the entry point hands it over
-    /// by its hook's transport (`punt.rs`), which counts it, and it goes no further.
+    Forward(Translated),
+    /// Continue into the kernel's stack, untouched.
+    Stack(Passed),
+    Drop(Dropped),
+    /// A packet of an FTP control connection, for the agent, with why: the entry point hands
+    /// it over by its hook's transport (`punt.rs`), which counts it, and it goes no further.
     Punt(u8),
 }
 
@@ -114,46 +119,30 @@ impl Headers {
 
 /// Translates the packet in place. `quote` receives the head of the packet as it arrived,
 /// for the ICMP error forwarding may have to send instead of it, or for handing the stack the
-/// packet as it arrived.
+/// packet as it arrived. Counts the outcome, except a punt (its transport counts it: Punted,
+/// or DropPuntFailed when it has no room).
 #[inline(always)]
-pub fn translate<P: Packet>(packet: &mut P, quote: Option<&mut Quote>) -> Verdict {
-    let mut reason = 0;
-    let counter = match try_translate(packet, quote, &mut reason) {
-        Ok(counter) | Err(counter) => counter,
+pub fn translate<P: Packet>(packet: &mut P, quote: Option<&mut Quote>) -> Outcome {
+    let outcome = match try_translate(packet, quote) {
+        Ok(translated) => Outcome::Forward(translated),
+        Err(outcome) => outcome,
     };
-    if counter == Counter::Punted {
-        // Counted by the transport: Punted, or DropPuntFailed when it has no room.
-        return Verdict::Punt(reason);
+    match outcome {
+        Outcome::Forward(translated) => count(translated.counter()),
+        Outcome::Stack(passed) => count(passed.counter()),
+        Outcome::Drop(dropped) => count(dropped.counter()),
+        Outcome::Punt(_) => {}
     }
-    count(counter);
-    match counter {
-        Counter::DropRewriteFailed
-        | Counter::DropPortExhausted
-        | Counter::DropSessionTableFull
-        | Counter::DropUnsolicited
-        | Counter::DropFragmentUnknown
-        | Counter::DropSpoofed
-        | Counter::DropPuntFailed => Verdict::Drop,
-        Counter::DnatPublished
-        | Counter::SnatPublished
-        | Counter::SessionHit
-        | Counter::SessionCreated
-        | Counter::IcmpErrorTranslated
-        | Counter::HairpinCreated
-        | Counter::FragmentTranslated
-        | Counter::ExpectationUsed => Verdict::Forward,
-        _ => Verdict::Pass,
-    }
+    outcome
 }
 
-/// Returns the counter that describes what happened to the packet; for `Counter::Punted`
-/// (the packet is for the agent, not yet handed over), `punt` says why.
+/// The translation the packet got; any other outcome (passed, dropped, punted) ends the
+/// translation early, as the error.
 #[inline(always)]
 fn try_translate<P: Packet>(
     packet: &mut P,
     quote: Option<&mut Quote>,
-    punt: &mut u8,
-) -> Result<Counter, Counter> {
+) -> Result<Translated, Outcome> {
     let headers = match parse(packet)? {
         Parsed::Packet(headers) => headers,
         Parsed::LaterFragment(fragment) => return translate_later_fragment(packet, fragment),
@@ -164,7 +153,7 @@ fn try_translate<P: Packet>(
     {
         quote.take(packet, headers.l4 - ETH_LEN);
     }
-    let result = translate_headers(packet, &headers, punt);
+    let result = translate_headers(packet, &headers);
     if let (Ok(_), Some(fragment)) = (&result, headers.first_fragment) {
         remember_fragment(packet, fragment);
     }
@@ -197,7 +186,7 @@ fn remember_fragment<P: Packet>(packet: &mut P, fragment: FragmentKey) {
 fn translate_later_fragment<P: Packet>(
     packet: &mut P,
     fragment: FragmentKey,
-) -> Result<Counter, Counter> {
+) -> Result<Translated, Outcome> {
     // SAFETY: map values are plain data and only read here.
     let Some(translation) = (unsafe { FRAGMENTS.get(fragment) }) else {
         let guarded = NAT_CONFIG
@@ -207,9 +196,9 @@ fn translate_later_fragment<P: Packet>(
                 in_networks(config, fragment.src) || is_masquerade_address(config, fragment.dst)
             });
         return Err(if guarded {
-            Counter::DropFragmentUnknown
+            Outcome::Drop(Dropped::FragmentUnknown)
         } else {
-            Counter::PassFragment
+            Outcome::Stack(Passed::Fragment)
         });
     };
     let translation = *translation;
@@ -223,7 +212,7 @@ fn translate_later_fragment<P: Packet>(
                 fragment.src,
                 translation.src,
             )
-            .map_err(|_| Counter::DropRewriteFailed)?;
+            .map_err(|_| Outcome::Drop(Dropped::RewriteFailed))?;
     }
     if translation.dst != fragment.dst {
         packet
@@ -234,18 +223,14 @@ fn translate_later_fragment<P: Packet>(
                 fragment.dst,
                 translation.dst,
             )
-            .map_err(|_| Counter::DropRewriteFailed)?;
+            .map_err(|_| Outcome::Drop(Dropped::RewriteFailed))?;
     }
-    Ok(Counter::FragmentTranslated)
+    Ok(Translated::FragmentTranslated)
 }
 
 /// Translates a packet with its transport header.
 #[inline(always)]
-fn translate_headers<P: Packet>(
-    packet: &mut P,
-    headers: &Headers,
-    punt: &mut u8,
-) -> Result<Counter, Counter> {
+fn translate_headers<P: Packet>(packet: &mut P, headers: &Headers) -> Result<Translated, Outcome> {
     if headers.icmp_error {
         return translate_icmp_error(packet, headers);
     }
@@ -268,13 +253,12 @@ fn translate_headers<P: Packet>(
             // From outside, an inside source is a spoof, not a hairpin: masquerading it would
             // have the server answer a real inside host about a connection it never opened.
             if config.outside_ifindex != 0 && packet.ingress_ifindex() == config.outside_ifindex {
-                return Err(Counter::DropSpoofed);
+                return Err(Outcome::Drop(Dropped::Spoofed));
             }
-            return hairpin(packet, headers, config, endpoint, private, punt);
+            return hairpin(packet, headers, config, endpoint, private);
         }
         if let Some(reason) = punt_reason(endpoint) {
-            *punt = reason;
-            return Ok(Counter::Punted);
+            return Err(Outcome::Punt(reason));
         }
         rewrite(
             packet,
@@ -283,7 +267,7 @@ fn translate_headers<P: Packet>(
             private.addr,
             private.port,
         )?;
-        return Ok(Counter::DnatPublished);
+        return Ok(Translated::DnatPublished);
     }
     let endpoint = Endpoint::new(key.src, key.src_port, key.proto);
     // SAFETY: as above.
@@ -298,16 +282,15 @@ fn translate_headers<P: Packet>(
             return result;
         }
         if let Some(reason) = punt_reason(endpoint) {
-            *punt = reason;
-            return Ok(Counter::Punted);
+            return Err(Outcome::Punt(reason));
         }
         rewrite(packet, headers, REWRITE_SOURCE, public.addr, public.port)?;
-        return Ok(Counter::SnatPublished);
+        return Ok(Translated::SnatPublished);
     }
 
     // Sessions exist without masquerade too (data connections of published FTP servers).
     let Some(settings) = settings else {
-        return Err(Counter::PassUnmatched);
+        return Err(Outcome::Stack(Passed::Unmatched));
     };
     let now = now();
     if let Some(result) = session_hit(packet, headers, settings, now) {
@@ -320,7 +303,7 @@ fn translate_headers<P: Packet>(
         return result;
     }
     let Some(config) = config else {
-        return Err(Counter::PassUnmatched);
+        return Err(Outcome::Stack(Passed::Unmatched));
     };
 
     let ingress = packet.ingress_ifindex();
@@ -328,12 +311,11 @@ fn translate_headers<P: Packet>(
     let outside = config.outside_ifindex == 0 || ingress == config.outside_ifindex;
     if in_networks(config, key.src) {
         if config.outside_ifindex != 0 && ingress == config.outside_ifindex {
-            return Err(Counter::DropSpoofed);
+            return Err(Outcome::Drop(Dropped::Spoofed));
         }
         if inside && !in_networks(config, key.dst) {
             if is_ftp_control_port(config, key.proto, key.dst_port) {
-                *punt = punt_reason::MASQUERADE_FROM_CLIENT;
-                return Ok(Counter::Punted);
+                return Err(Outcome::Punt(punt_reason::MASQUERADE_FROM_CLIENT));
             }
             return masquerade_new(packet, headers, config, now);
         }
@@ -342,12 +324,11 @@ fn translate_headers<P: Packet>(
         // (The gateway's own FTP client, if any, keeps its connections.)
         if is_ftp_control_port(config, key.proto, key.src_port) && !packet.local_socket_exists(&key)
         {
-            *punt = punt_reason::MASQUERADE_FROM_SERVER;
-            return Ok(Counter::Punted);
+            return Err(Outcome::Punt(punt_reason::MASQUERADE_FROM_SERVER));
         }
         return admit_inbound(packet, headers, config, now);
     }
-    Err(Counter::PassUnmatched)
+    Err(Outcome::Stack(Passed::Unmatched))
 }
 
 /// A data connection's SYN: if an FTP control connection announced it, use (and remove) the
@@ -358,7 +339,7 @@ fn use_expectation<P: Packet>(
     headers: &Headers,
     settings: &NatConfig,
     now: u64,
-) -> Option<Result<Counter, Counter>> {
+) -> Option<Result<Translated, Outcome>> {
     let key = headers.key;
     let expectation_key = ExpectationKey {
         endpoint: Endpoint::new(key.dst, key.dst_port, key.proto),
@@ -430,9 +411,9 @@ fn use_expectation<P: Packet>(
         .insert(key, forward, BPF_ANY)
         .and_then(|()| SESSIONS.insert(reply, session(backward), BPF_ANY));
     if inserted.is_err() {
-        return Some(Err(Counter::DropSessionTableFull));
+        return Some(Err(Outcome::Drop(Dropped::SessionTableFull)));
     }
-    Some(apply_session(packet, headers, &forward).map(|()| Counter::ExpectationUsed))
+    Some(apply_session(packet, headers, &forward).map(|()| Translated::ExpectationUsed))
 }
 
 /// Whether `endpoint` is a published FTP control endpoint (`alg = "ftp"`), and if so why its
@@ -477,7 +458,7 @@ fn session_hit<P: Packet>(
     headers: &Headers,
     config: &NatConfig,
     now: u64,
-) -> Option<Result<Counter, Counter>> {
+) -> Option<Result<Translated, Outcome>> {
     let key = headers.key;
     let session = SESSIONS.get_ptr_mut(key)?;
     // SAFETY: a live map value; concurrent updates of these counters from two CPUs may lose
@@ -507,7 +488,7 @@ fn session_hit<P: Packet>(
     session.packets += 1;
     session.bytes += headers.ip_len as u64;
     let session = *session;
-    Some(apply_session(packet, headers, &session).map(|()| Counter::SessionHit))
+    Some(apply_session(packet, headers, &session).map(|()| Translated::SessionHit))
 }
 
 #[inline(always)]
@@ -515,7 +496,7 @@ fn apply_session<P: Packet>(
     packet: &mut P,
     headers: &Headers,
     session: &Session,
-) -> Result<(), Counter> {
+) -> Result<(), Outcome> {
     if session.rewrite == REWRITE_BOTH {
         rewrite(packet, headers, REWRITE_SOURCE, session.addr, session.port)?;
         return rewrite(
@@ -541,21 +522,19 @@ fn hairpin<P: Packet>(
     config: &NatConfig,
     published: Endpoint,
     server: Endpoint,
-    punt: &mut u8,
-) -> Result<Counter, Counter> {
+) -> Result<Translated, Outcome> {
     let now = now();
     if let Some(result) = session_hit(packet, headers, config, now) {
         return result;
     }
     if punt_reason(published).is_some() {
-        *punt = punt_reason::HAIRPIN_FROM_CLIENT;
-        return Ok(Counter::Punted);
+        return Err(Outcome::Punt(punt_reason::HAIRPIN_FROM_CLIENT));
     }
     let key = headers.key;
     let client = Endpoint::new(key.src, key.src_port, key.proto);
     let public_client = mapping(config, client)?;
     install_hairpin(packet, headers, public_client, server, now)?;
-    Ok(Counter::HairpinCreated)
+    Ok(Translated::HairpinCreated)
 }
 
 /// A hairpinned FTP data connection's SYN, announced by the control connection's
@@ -571,19 +550,19 @@ fn use_hairpin_expectation<P: Packet>(
     config: &NatConfig,
     expectation: &ExpectationEntry,
     now: u64,
-) -> Result<Counter, Counter> {
+) -> Result<Translated, Outcome> {
     let key = headers.key;
     let source = if expectation.kind == expectation_kind::HAIRPIN_TO_SERVER {
         if config.address_count == 0 {
             // Masquerade gone (a reload) since the expectation was made.
-            return Err(Counter::PassUnmatched);
+            return Err(Outcome::Stack(Passed::Unmatched));
         }
         mapping(config, Endpoint::new(key.src, key.src_port, key.proto))?
     } else {
         Endpoint::new(expectation.source, key.src_port, key.proto)
     };
     install_hairpin(packet, headers, source, expectation.target, now)?;
-    Ok(Counter::ExpectationUsed)
+    Ok(Translated::ExpectationUsed)
 }
 
 /// The two sessions of a hairpinned connection, and its first packet translated: the packet's
@@ -596,7 +575,7 @@ fn install_hairpin<P: Packet>(
     source: Endpoint,
     target: Endpoint,
     now: u64,
-) -> Result<(), Counter> {
+) -> Result<(), Outcome> {
     let key = headers.key;
     let forward = Session {
         addr: source.addr,
@@ -629,27 +608,27 @@ fn install_hairpin<P: Packet>(
     };
     SESSIONS
         .insert(key, forward, BPF_ANY)
-        .map_err(|_| Counter::DropSessionTableFull)?;
+        .map_err(|_| Outcome::Drop(Dropped::SessionTableFull))?;
     SESSIONS
         .insert(reply, backward, BPF_ANY)
-        .map_err(|_| Counter::DropSessionTableFull)?;
+        .map_err(|_| Outcome::Drop(Dropped::SessionTableFull))?;
     apply_session(packet, headers, &forward)
 }
 
 #[inline(always)]
-fn parse<P: Packet>(packet: &mut P) -> Result<Parsed, Counter> {
+fn parse<P: Packet>(packet: &mut P) -> Result<Parsed, Outcome> {
     if !packet.make_readable(ETH_LEN) {
-        return Err(Counter::PassMalformed);
+        return Err(Outcome::Stack(Passed::Malformed));
     }
-    let eth: *const EthHdr = ptr_at(packet, 0).ok_or(Counter::PassMalformed)?;
+    let eth: *const EthHdr = ptr_at(packet, 0).ok_or(Outcome::Stack(Passed::Malformed))?;
     // SAFETY: bounds-checked by ptr_at.
     if u16::from_be(unsafe { (*eth).ether_type }) != ETHERTYPE_IPV4 {
-        return Err(Counter::PassNotIpv4);
+        return Err(Outcome::Stack(Passed::NotIpv4));
     }
     if !packet.make_readable(ETH_LEN + Ipv4Hdr::LEN) {
-        return Err(Counter::PassMalformed);
+        return Err(Outcome::Stack(Passed::Malformed));
     }
-    let ip: *const Ipv4Hdr = ptr_at(packet, ETH_LEN).ok_or(Counter::PassMalformed)?;
+    let ip: *const Ipv4Hdr = ptr_at(packet, ETH_LEN).ok_or(Outcome::Stack(Passed::Malformed))?;
     // SAFETY: bounds-checked by ptr_at; the values are copied out before any rewrite.
     let (vihl, frags, proto, src, dst, tot_len, id) = unsafe {
         (
@@ -665,7 +644,7 @@ fn parse<P: Packet>(packet: &mut P) -> Result<Parsed, Counter> {
     // IHL counts 32-bit words; options make it up to 60 bytes.
     let ip_len = ((vihl & 0x0f) as usize) * 4;
     if vihl >> 4 != 4 || ip_len < Ipv4Hdr::LEN {
-        return Err(Counter::PassMalformed);
+        return Err(Outcome::Stack(Passed::Malformed));
     }
     let frags = u16::from_be_bytes(frags);
     let fragment = FragmentKey {
@@ -685,12 +664,12 @@ fn parse<P: Packet>(packet: &mut P) -> Result<Parsed, Counter> {
         IPPROTO_TCP => (L4Check::Tcp(l4 + TCP_CHECK), l4 + TCP_CHECK + 2),
         IPPROTO_UDP => (L4Check::Udp(l4 + UDP_CHECK), l4 + UDP_CHECK + 2),
         IPPROTO_ICMP => (L4Check::Icmp(l4 + ICMP_CHECK), l4 + ICMP_ID + 2),
-        _ => return Err(Counter::PassUnmatched),
+        _ => return Err(Outcome::Stack(Passed::Unmatched)),
     };
     if !packet.make_readable(needed) {
-        return Err(Counter::PassMalformed);
+        return Err(Outcome::Stack(Passed::Malformed));
     }
-    let ports: *const [u8; 6] = ptr_at(packet, l4).ok_or(Counter::PassMalformed)?;
+    let ports: *const [u8; 6] = ptr_at(packet, l4).ok_or(Outcome::Stack(Passed::Malformed))?;
     // SAFETY: bounds-checked by ptr_at (`needed` >= l4 + 6 for every protocol above).
     let ports = unsafe { *ports };
     let (src_port, dst_port) = match proto {
@@ -698,12 +677,13 @@ fn parse<P: Packet>(packet: &mut P) -> Result<Parsed, Counter> {
             ICMP_ECHO_REQUEST => ([ports[4], ports[5]], [0, 0]),
             ICMP_ECHO_REPLY => ([0, 0], [ports[4], ports[5]]),
             ICMP_DEST_UNREACHABLE | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM => ([0, 0], [0, 0]),
-            _ => return Err(Counter::PassUnmatched),
+            _ => return Err(Outcome::Stack(Passed::Unmatched)),
         },
         _ => ([ports[0], ports[1]], [ports[2], ports[3]]),
     };
     let tcp_flags = if proto == IPPROTO_TCP {
-        let flags: *const u8 = ptr_at(packet, l4 + TCP_FLAGS).ok_or(Counter::PassMalformed)?;
+        let flags: *const u8 =
+            ptr_at(packet, l4 + TCP_FLAGS).ok_or(Outcome::Stack(Passed::Malformed))?;
         // SAFETY: bounds-checked by ptr_at.
         unsafe { *flags }
     } else {
@@ -736,7 +716,7 @@ fn rewrite<P: Packet>(
     side: u8,
     addr: [u8; 4],
     port: [u8; 2],
-) -> Result<(), Counter> {
+) -> Result<(), Outcome> {
     let key = &headers.key;
     let (addr_off, old_addr, old_port) = if side == REWRITE_SOURCE {
         (ETH_LEN + IP_SRC, key.src, key.src_port)
@@ -746,12 +726,12 @@ fn rewrite<P: Packet>(
     if old_addr != addr {
         packet
             .rewrite_addr(addr_off, ETH_LEN + IP_CHECK, headers.check, old_addr, addr)
-            .map_err(|_| Counter::DropRewriteFailed)?;
+            .map_err(|_| Outcome::Drop(Dropped::RewriteFailed))?;
     }
     if old_port != port {
         packet
             .rewrite_port(headers.port_offset(side), headers.check, old_port, port)
-            .map_err(|_| Counter::DropRewriteFailed)?;
+            .map_err(|_| Outcome::Drop(Dropped::RewriteFailed))?;
     }
     Ok(())
 }
@@ -807,7 +787,7 @@ fn is_masquerade_address(config: &NatConfig, addr: [u8; 4]) -> bool {
 /// one on the address its private address hashes to ("paired" pooling, RFC 4787 REQ-2),
 /// keeping the private port when free, else trying random ports in the range.
 #[inline(always)]
-fn mapping(config: &NatConfig, private: Endpoint) -> Result<Endpoint, Counter> {
+fn mapping(config: &NatConfig, private: Endpoint) -> Result<Endpoint, Outcome> {
     // SAFETY: map values are plain data and only read here.
     if let Some(public) = unsafe { MASQ_BY_PRIVATE.get(private) } {
         let public = *public;
@@ -820,7 +800,7 @@ fn mapping(config: &NatConfig, private: Endpoint) -> Result<Endpoint, Counter> {
     }
     let index = (u32::from_ne_bytes(private.addr) % config.address_count.max(1)) as usize;
     let Some(&addr) = config.addresses.get(index) else {
-        return Err(Counter::PassUnmatched);
+        return Err(Outcome::Stack(Passed::Unmatched));
     };
     let (min, max) = (config.port_min as u32, config.port_max as u32);
     let span = max.saturating_sub(min) + 1;
@@ -835,17 +815,17 @@ fn mapping(config: &NatConfig, private: Endpoint) -> Result<Endpoint, Counter> {
         if MASQ_BY_PUBLIC.insert(public, private, BPF_NOEXIST).is_ok() {
             MASQ_BY_PRIVATE
                 .insert(private, public, BPF_ANY)
-                .map_err(|_| Counter::DropSessionTableFull)?;
+                .map_err(|_| Outcome::Drop(Dropped::SessionTableFull))?;
             return Ok(public);
         }
     }
-    Err(Counter::DropPortExhausted)
+    Err(Outcome::Drop(Dropped::PortExhausted))
 }
 
 /// Installs both directions of a masqueraded connection: `outbound` is the key of the inside
 /// host's packets (private source), rewritten to `public`; the reply key is derived.
 #[inline(always)]
-fn install(outbound: FlowKey, public: Endpoint, now: u64, state: u8) -> Result<(), Counter> {
+fn install(outbound: FlowKey, public: Endpoint, now: u64, state: u8) -> Result<(), Outcome> {
     let reply = FlowKey {
         src: outbound.dst,
         dst: public.addr,
@@ -874,10 +854,10 @@ fn install(outbound: FlowKey, public: Endpoint, now: u64, state: u8) -> Result<(
     };
     SESSIONS
         .insert(outbound, forward, BPF_ANY)
-        .map_err(|_| Counter::DropSessionTableFull)?;
+        .map_err(|_| Outcome::Drop(Dropped::SessionTableFull))?;
     SESSIONS
         .insert(reply, backward, BPF_ANY)
-        .map_err(|_| Counter::DropSessionTableFull)?;
+        .map_err(|_| Outcome::Drop(Dropped::SessionTableFull))?;
     // Address-dependent filtering admits this remote host to the public endpoint from now on.
     MASQ_PEERS
         .insert(
@@ -888,7 +868,7 @@ fn install(outbound: FlowKey, public: Endpoint, now: u64, state: u8) -> Result<(
             now,
             BPF_ANY,
         )
-        .map_err(|_| Counter::DropSessionTableFull)
+        .map_err(|_| Outcome::Drop(Dropped::SessionTableFull))
 }
 
 /// A new connection from an inside network to the outside.
@@ -898,25 +878,25 @@ fn masquerade_new<P: Packet>(
     headers: &Headers,
     config: &NatConfig,
     now: u64,
-) -> Result<Counter, Counter> {
+) -> Result<Translated, Outcome> {
     let key = headers.key;
     // Only an echo request opens an ICMP mapping.
     if key.proto == IPPROTO_ICMP && key.dst_port != [0, 0] {
-        return Err(Counter::PassUnmatched);
+        return Err(Outcome::Stack(Passed::Unmatched));
     }
     let private = Endpoint::new(key.src, key.src_port, key.proto);
     let public = mapping(config, private)?;
     install(key, public, now, state_bits(headers))?;
     let session = SESSIONS
         .get_ptr_mut(key)
-        .ok_or(Counter::DropSessionTableFull)?;
+        .ok_or(Outcome::Drop(Dropped::SessionTableFull))?;
     // SAFETY: the entry just inserted.
     unsafe {
         (*session).packets = 1;
         (*session).bytes = headers.ip_len as u64;
     }
     rewrite(packet, headers, REWRITE_SOURCE, public.addr, public.port)?;
-    Ok(Counter::SessionCreated)
+    Ok(Translated::SessionCreated)
 }
 
 /// Outside traffic to a masquerade address with no session. A mapping admits it when the
@@ -929,18 +909,18 @@ fn admit_inbound<P: Packet>(
     headers: &Headers,
     config: &NatConfig,
     now: u64,
-) -> Result<Counter, Counter> {
+) -> Result<Translated, Outcome> {
     let key = headers.key;
     if key.proto == IPPROTO_ICMP {
         // Echo requests to the gateway, and replies to its own pings, are the kernel's.
-        return Err(Counter::PassUnmatched);
+        return Err(Outcome::Stack(Passed::Unmatched));
     }
     let port = u16::from_be_bytes(key.dst_port);
     if port < config.port_min || port > config.port_max || packet.local_socket_exists(&key) {
-        return Err(Counter::PassUnmatched);
+        return Err(Outcome::Stack(Passed::Unmatched));
     }
     if config.filtering == filtering::ADDRESS_AND_PORT_DEPENDENT {
-        return Err(Counter::DropUnsolicited);
+        return Err(Outcome::Drop(Dropped::Unsolicited));
     }
     let public = Endpoint::new(key.dst, key.dst_port, key.proto);
     if config.filtering == filtering::ADDRESS_DEPENDENT {
@@ -952,17 +932,17 @@ fn admit_inbound<P: Packet>(
         match unsafe { MASQ_PEERS.get(peer) } {
             Some(&last_sent)
                 if now.saturating_sub(last_sent) <= config.mapping_timeout_ns(key.proto) => {}
-            _ => return Err(Counter::DropUnsolicited),
+            _ => return Err(Outcome::Drop(Dropped::Unsolicited)),
         }
     }
     // SAFETY: map values are plain data and only read here.
     let Some(private) = (unsafe { MASQ_BY_PUBLIC.get(public) }) else {
-        return Err(Counter::DropUnsolicited);
+        return Err(Outcome::Drop(Dropped::Unsolicited));
     };
     let private = *private;
     // A port the FTP ALG holds opens only by its expectation (checked before this).
     if private.flags & endpoint_flags::ALG_CLAIM != 0 {
-        return Err(Counter::DropUnsolicited);
+        return Err(Outcome::Drop(Dropped::Unsolicited));
     }
     let outbound = FlowKey {
         src: private.addr,
@@ -980,7 +960,7 @@ fn admit_inbound<P: Packet>(
         private.addr,
         private.port,
     )?;
-    Ok(Counter::SessionCreated)
+    Ok(Translated::SessionCreated)
 }
 
 /// An ICMP error about a translated connection (RFC 5382 REQ-9, RFC 5508): the packet it
@@ -988,25 +968,25 @@ fn admit_inbound<P: Packet>(
 /// the way that connection's replies are, and the error's own address with it. Never creates
 /// or removes state: an ICMP message must not tear a mapping down (REQ-10).
 #[inline(always)]
-fn translate_icmp_error<P: Packet>(packet: &mut P, outer: &Headers) -> Result<Counter, Counter> {
+fn translate_icmp_error<P: Packet>(packet: &mut P, outer: &Headers) -> Result<Translated, Outcome> {
     let inner = outer.l4 + ICMP_ERROR_HEADER;
     if !packet.make_readable(inner + Ipv4Hdr::LEN) {
-        return Err(Counter::PassMalformed);
+        return Err(Outcome::Stack(Passed::Malformed));
     }
-    let ip: *const Ipv4Hdr = ptr_at(packet, inner).ok_or(Counter::PassMalformed)?;
+    let ip: *const Ipv4Hdr = ptr_at(packet, inner).ok_or(Outcome::Stack(Passed::Malformed))?;
     // SAFETY: bounds-checked by ptr_at; copied out before any rewrite.
     let (vihl, proto, src, dst) =
         unsafe { ((*ip).vihl, (*ip).proto, (*ip).src_addr, (*ip).dst_addr) };
     let inner_ip_len = ((vihl & 0x0f) as usize) * 4;
     if vihl >> 4 != 4 || inner_ip_len < Ipv4Hdr::LEN {
-        return Err(Counter::PassMalformed);
+        return Err(Outcome::Stack(Passed::Malformed));
     }
     let inner_l4 = inner + inner_ip_len;
     // RFC 792: at least the first 8 bytes of the quoted datagram's payload.
     if !packet.make_readable(inner_l4 + 8) {
-        return Err(Counter::PassMalformed);
+        return Err(Outcome::Stack(Passed::Malformed));
     }
-    let head: *const [u8; 8] = ptr_at(packet, inner_l4).ok_or(Counter::PassMalformed)?;
+    let head: *const [u8; 8] = ptr_at(packet, inner_l4).ok_or(Outcome::Stack(Passed::Malformed))?;
     // SAFETY: bounds-checked by ptr_at.
     let head = unsafe { *head };
     let (src_port, dst_port, src_port_off, dst_port_off) = match proto {
@@ -1029,9 +1009,9 @@ fn translate_icmp_error<P: Packet>(packet: &mut P, outer: &Headers) -> Result<Co
                 inner_l4 + ICMP_ID,
                 inner_l4 + ICMP_ID,
             ),
-            _ => return Err(Counter::PassUnmatched),
+            _ => return Err(Outcome::Stack(Passed::Unmatched)),
         },
-        _ => return Err(Counter::PassUnmatched),
+        _ => return Err(Outcome::Stack(Passed::Unmatched)),
     };
     let quoted = FlowKey {
         src,
@@ -1066,7 +1046,7 @@ fn translate_icmp_error<P: Packet>(packet: &mut P, outer: &Headers) -> Result<Co
         };
         (side, session.addr, session.port)
     } else {
-        return Err(Counter::PassUnmatched);
+        return Err(Outcome::Stack(Passed::Unmatched));
     };
 
     let icmp_check = outer.l4 + ICMP_CHECK;
@@ -1103,7 +1083,7 @@ fn translate_icmp_error<P: Packet>(packet: &mut P, outer: &Headers) -> Result<Co
                 outer_old,
                 addr,
             )
-            .map_err(|_| Counter::DropRewriteFailed)?;
+            .map_err(|_| Outcome::Drop(Dropped::RewriteFailed))?;
     }
     if inner_old_addr != addr {
         packet
@@ -1114,12 +1094,12 @@ fn translate_icmp_error<P: Packet>(packet: &mut P, outer: &Headers) -> Result<Co
                 inner_old_addr,
                 addr,
             )
-            .map_err(|_| Counter::DropRewriteFailed)?;
+            .map_err(|_| Outcome::Drop(Dropped::RewriteFailed))?;
     }
     if old_port != port {
         packet
             .rewrite_embedded_port(port_off, icmp_check, old_port, port)
-            .map_err(|_| Counter::DropRewriteFailed)?;
+            .map_err(|_| Outcome::Drop(Dropped::RewriteFailed))?;
     }
-    Ok(Counter::IcmpErrorTranslated)
+    Ok(Translated::IcmpErrorTranslated)
 }
