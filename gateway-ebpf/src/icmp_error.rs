@@ -40,9 +40,10 @@ use gateway_common::{
 };
 
 use crate::{
-    forward::{AF_INET, Scratch, scratch},
+    forward::AF_INET,
     maps::{ICMP_RATE, ICMP_RATE_ALL, count},
     packet::{Packet, ptr_at},
+    scratch::{Scratch, scratch},
 };
 
 /// Room inserted after the Ethernet header of a TC packet for the message: it then ends

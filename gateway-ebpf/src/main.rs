@@ -16,6 +16,7 @@ mod nat;
 mod neighbour;
 mod packet;
 mod punt;
+mod scratch;
 mod untranslate;
 
 use aya_ebpf::{
@@ -29,7 +30,7 @@ use crate::nat::Outcome;
 #[xdp]
 pub fn gateway_xdp(ctx: XdpContext) -> u32 {
     let mut ctx = ctx;
-    match nat::translate(&mut ctx, forward::fresh_quote()) {
+    match nat::translate(&mut ctx, scratch::fresh_quote()) {
         Outcome::Forward(_) => forward::xdp_forward(&mut ctx),
         Outcome::Stack(_) => xdp_action::XDP_PASS,
         Outcome::Drop(_) => xdp_action::XDP_DROP,
@@ -40,7 +41,7 @@ pub fn gateway_xdp(ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn gateway_tc(ctx: TcContext) -> i32 {
     let mut ctx = ctx;
-    match nat::translate(&mut ctx, forward::fresh_quote()) {
+    match nat::translate(&mut ctx, scratch::fresh_quote()) {
         Outcome::Forward(_) => forward::tc_forward(&mut ctx),
         Outcome::Stack(_) => TC_ACT_OK,
         Outcome::Drop(_) => TC_ACT_SHOT,

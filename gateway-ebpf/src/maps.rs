@@ -1,7 +1,6 @@
 //! The maps shared with the agent. Names and value types come from `gateway-common`; sizes
 //! are the defaults, which the agent may override at load time.
 
-use crate::forward::Scratch;
 use aya_ebpf::{
     macros::map,
     maps::{Array, DevMap, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -94,11 +93,6 @@ pub static NAT_CONFIG: Array<NatConfig> = Array::with_max_entries(1, 0);
 /// ifindex). An egress interface not in here gets the packet through the stack instead.
 #[map(name = "REDIRECT_PORTS")]
 pub static REDIRECT_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_REDIRECT_PORTS, 0);
-
-/// Per-CPU room for the quote of the packet being handled and the ICMP message built from it
-/// (element 0; see `forward::Scratch`).
-#[map(name = "SCRATCH")]
-pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// The ICMP errors the programs send, per destination: the kernel's per-host rate limit
 /// (`icmp_error.rs`). Not pinned: a new program starts with full buckets.
