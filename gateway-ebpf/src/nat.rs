@@ -23,13 +23,13 @@ mod sessions;
 use gateway_common::{
     IPPROTO_TCP,
     outcome::{Dropped, Passed, Translated},
-    punt_reason,
+    punt_reason, tcp,
 };
 
 use self::{
     expectations::use_expectation,
     fragments::{remember_fragment, translate_later_fragment},
-    headers::{ETH_LEN, Headers, Parsed, TCP_ACK, TCP_SYN, parse},
+    headers::{ETH_LEN, Headers, Parsed, parse},
     icmp_errors::translate_icmp_error,
     masquerade::{
         admit_inbound, in_networks, is_ftp_control_port, is_masquerade_address, masquerade_new,
@@ -126,7 +126,7 @@ fn translate_headers<P: Packet>(packet: &mut P, headers: &Headers) -> Result<Tra
         return result;
     }
     if key.proto == IPPROTO_TCP
-        && headers.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        && tcp::opens_connection(headers.tcp_flags)
         && let Some(result) = use_expectation(packet, headers, settings, now)
     {
         return result;

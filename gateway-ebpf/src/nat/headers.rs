@@ -5,7 +5,7 @@
 use gateway_common::{
     FlowKey, FragmentKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, REWRITE_SOURCE,
     outcome::{Dropped, Passed},
-    session_state,
+    session_state, tcp,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
@@ -37,11 +37,6 @@ pub(super) const ICMP_TIME_EXCEEDED: u8 = 11;
 pub(super) const ICMP_PARAMETER_PROBLEM: u8 = 12;
 /// The embedded packet starts after the 8-byte ICMP error header.
 pub(super) const ICMP_ERROR_HEADER: usize = 8;
-
-pub(super) const TCP_FIN: u8 = 0x01;
-pub(super) const TCP_SYN: u8 = 0x02;
-pub(super) const TCP_RST: u8 = 0x04;
-pub(super) const TCP_ACK: u8 = 0x10;
 
 /// BPF_NOEXIST / BPF_ANY map update flags.
 pub(super) const BPF_ANY: u64 = 0;
@@ -214,13 +209,13 @@ pub(super) fn state_bits(headers: &Headers) -> u8 {
     }
     let flags = headers.tcp_flags;
     let mut bits = 0;
-    if flags & TCP_RST != 0 {
+    if flags & tcp::flags::RST != 0 {
         bits |= session_state::RST;
     }
-    if flags & TCP_FIN != 0 {
+    if flags & tcp::flags::FIN != 0 {
         bits |= session_state::FIN;
     }
-    if flags & (TCP_SYN | TCP_RST) == 0 {
+    if flags & (tcp::flags::SYN | tcp::flags::RST) == 0 {
         bits |= session_state::ESTABLISHED;
     }
     bits

@@ -7,6 +7,7 @@ use gateway_common::{
     Endpoint, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, MAX_FTP_CONTROL_PORTS, MAX_MASQ_ADDRESSES,
     MAX_MASQ_NETWORKS, NatConfig, PORT_ALLOCATION_TRIES, PeerKey, REWRITE_DESTINATION,
     REWRITE_SOURCE, Session, endpoint_flags, filtering,
+    masquerade::{PortCandidates, public_address_index},
     outcome::{Dropped, Passed, Translated},
 };
 
@@ -79,20 +80,19 @@ pub(super) fn mapping(config: &NatConfig, private: Endpoint) -> Result<Endpoint,
             return Ok(public);
         }
     }
-    let index = (u32::from_ne_bytes(private.addr) % config.address_count.max(1)) as usize;
+    let index = public_address_index(private.addr, config.address_count);
     let Some(&addr) = config.addresses.get(index) else {
         return Err(Outcome::Stack(Passed::Unmatched));
     };
-    let (min, max) = (config.port_min as u32, config.port_max as u32);
-    let span = max.saturating_sub(min) + 1;
-    let original = u16::from_be_bytes(private.port) as u32;
+    let candidates = PortCandidates::new(
+        config.port_min,
+        config.port_max,
+        u16::from_be_bytes(private.port),
+    );
     for attempt in 0..PORT_ALLOCATION_TRIES {
-        let port = if attempt == 0 && original >= min && original <= max {
-            original
-        } else {
-            min + unsafe { bpf_get_prandom_u32() } % span
-        };
-        let public = Endpoint::new(addr, (port as u16).to_be_bytes(), private.proto);
+        // SAFETY: no preconditions.
+        let port = candidates.candidate(attempt, || unsafe { bpf_get_prandom_u32() });
+        let public = Endpoint::new(addr, port.to_be_bytes(), private.proto);
         if MASQ_BY_PUBLIC.insert(public, private, BPF_NOEXIST).is_ok() {
             MASQ_BY_PRIVATE
                 .insert(private, public, BPF_ANY)

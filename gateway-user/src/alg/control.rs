@@ -18,8 +18,10 @@ use std::{
 };
 
 use gateway_common::{
-    Endpoint, ExpectationEntry, ExpectationKey, FlowKey, IPPROTO_TCP, endpoint_flags,
-    expectation_kind, punt_reason,
+    Endpoint, ExpectationEntry, ExpectationKey, FlowKey, IPPROTO_TCP, PORT_ALLOCATION_TRIES,
+    endpoint_flags, expectation_kind,
+    masquerade::{PortCandidates, public_address_index},
+    punt_reason, tcp,
 };
 use gateway_ftp::{
     policy::{Check, Policy, ViolationAction},
@@ -129,9 +131,6 @@ fn hex_head(bytes: &[u8]) -> String {
         .map(|byte| format!("{byte:02x}"))
         .collect()
 }
-const TCP_PSH: u8 = 0x08;
-/// Free-port probes per allocation, as the fast path does.
-const PORT_TRIES: u32 = gateway_common::PORT_ALLOCATION_TRIES;
 
 /// A packet to send, already translated, with its checksums.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -686,7 +685,7 @@ impl ControlTable {
             }
         };
         let key = flow_key(&packet);
-        let syn_only = packet.flags & (flags::SYN | flags::ACK) == flags::SYN;
+        let syn_only = tcp::opens_connection(packet.flags);
         let existing = self.flows.get(&key).copied();
         let (id, direction) = match existing {
             // A new connection reusing the ports of one that closed.
@@ -742,12 +741,17 @@ impl ControlTable {
             .connections
             .iter()
             .filter(|(_, connection)| {
+                // A closed connection lingers instead; a half-closed one is not closing for
+                // the timeout (its other direction may still carry commands).
                 let limit = if connection.closed() {
                     CLOSED_LINGER_NS
-                } else if connection.established {
-                    settings.established_timeout_ns
                 } else {
-                    settings.transitory_timeout_ns
+                    tcp::idle_timeout_ns(
+                        connection.established,
+                        false,
+                        settings.established_timeout_ns,
+                        settings.transitory_timeout_ns,
+                    )
                 };
                 now_ns.saturating_sub(connection.last_seen_ns) > limit
             })
@@ -917,8 +921,9 @@ impl ControlTable {
             return Some(public.socket());
         }
         // The same public address the fast path would choose for this private address.
-        let index = u32::from_ne_bytes(client.ip().octets()) as usize % masquerade.addresses.len();
-        let address = masquerade.addresses[index];
+        let count = u32::try_from(masquerade.addresses.len()).ok()?;
+        let index = public_address_index(client.ip().octets(), count);
+        let address = *masquerade.addresses.get(index)?;
         let ports = masquerade.ports.clone();
         let public = allocate(
             &mut self.rng,
@@ -1198,7 +1203,7 @@ fn emit(
         packet.seq = seq;
         packet.id = template.id.wrapping_add(index as u16);
         if index != last {
-            packet.flags &= !(flags::FIN | TCP_PSH);
+            packet.flags &= !(flags::FIN | flags::PSH);
         }
         packet.payload = chunk.to_vec();
         seq = seq.wrapping_add(chunk.len() as u32);
@@ -1293,7 +1298,8 @@ impl PortAllocator for DataPorts<'_> {
 }
 
 /// Claims a public port on `address` for `owner`: `preferred` if it is in range and free,
-/// else random ports in range, `PORT_TRIES` probes in all (as the fast path allocates).
+/// else random ports in range, `PORT_ALLOCATION_TRIES` probes in all: the fast path's
+/// sequence (`PortCandidates`).
 fn allocate(
     rng: &mut u64,
     maps: &mut dyn AlgMaps,
@@ -1303,13 +1309,9 @@ fn allocate(
     reserved: &HashSet<SocketAddrV4>,
     owner: Endpoint,
 ) -> Option<SocketAddrV4> {
-    let span = u32::from(*ports.end()) - u32::from(*ports.start()) + 1;
-    for attempt in 0..PORT_TRIES {
-        let port = if attempt == 0 && ports.contains(&preferred) {
-            preferred
-        } else {
-            (u32::from(*ports.start()) + next_random(rng) % span) as u16
-        };
+    let candidates = PortCandidates::new(*ports.start(), *ports.end(), preferred);
+    for attempt in 0..PORT_ALLOCATION_TRIES {
+        let port = candidates.candidate(attempt, || next_random(rng));
         let candidate = SocketAddrV4::new(address, port);
         if reserved.contains(&candidate) {
             continue;

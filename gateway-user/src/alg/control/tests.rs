@@ -93,7 +93,7 @@ fn segment(
 const SYN: u8 = flags::SYN;
 const SYN_ACK: u8 = flags::SYN | flags::ACK;
 const ACK: u8 = flags::ACK;
-const PSH_ACK: u8 = flags::ACK | TCP_PSH;
+const PSH_ACK: u8 = flags::ACK | flags::PSH;
 const MSS_1460: [u8; 4] = [2, 4, 0x05, 0xb4];
 
 /// Handshake of a published-server control connection: client 40000 -> public:21.
@@ -398,8 +398,8 @@ fn a_super_packet_leaves_cut_to_the_receivers_mss() {
     assert_eq!(packets[1].seq, 101 + packets[0].payload.len() as u32);
     let joined: Vec<u8> = packets.iter().flat_map(|p| p.payload.clone()).collect();
     assert_eq!(joined, payload);
-    assert_eq!(packets[0].flags & TCP_PSH, 0);
-    assert_eq!(packets[2].flags & TCP_PSH, TCP_PSH);
+    assert_eq!(packets[0].flags & flags::PSH, 0);
+    assert_eq!(packets[2].flags & flags::PSH, flags::PSH);
 }
 
 #[test]
