@@ -10,6 +10,8 @@ pub mod icmp;
 pub mod masquerade;
 pub mod outcome;
 pub mod tcp;
+#[macro_use]
+pub mod wire;
 
 use core::net::{Ipv4Addr, SocketAddrV4};
 
@@ -157,15 +159,17 @@ impl FlowKey {
     }
 }
 
-/// `NatConfig::filtering`: who may send to a mapped public endpoint with no session yet
-/// (RFC 4787 section 5).
-pub mod filtering {
-    /// Any host the inside endpoint has sent to, from any of its ports.
-    pub const ADDRESS_DEPENDENT: u32 = 0;
-    /// Only the exact remote endpoints the inside endpoint has sent to.
-    pub const ADDRESS_AND_PORT_DEPENDENT: u32 = 1;
-    /// Any outside host.
-    pub const ENDPOINT_INDEPENDENT: u32 = 2;
+wire_enum! {
+    /// `NatConfig::filtering`: who may send to a mapped public endpoint with no session yet
+    /// (RFC 4787 section 5).
+    pub enum Filtering: u32 {
+        /// Any host the inside endpoint has sent to, from any of its ports.
+        AddressDependent = 0,
+        /// Only the exact remote endpoints the inside endpoint has sent to.
+        AddressAndPortDependent = 1,
+        /// Any outside host.
+        EndpointIndependent = 2,
+    }
 }
 
 /// A remote host a mapped public endpoint has sent to: the key of `MASQ_PEERS`, for
@@ -221,32 +225,36 @@ pub struct ExpectationKey {
     pub peer: [u8; 4],
 }
 
-/// `ExpectationEntry::kind`.
-pub mod expectation_kind {
-    /// The data connection comes in to a public endpoint: its destination becomes `target`.
-    pub const INBOUND: u8 = 1;
-    /// The data connection goes out from behind the gateway: its source address becomes
-    /// `target.addr` (the source port is kept).
-    pub const OUTBOUND: u8 = 2;
-    /// Hairpinned passive mode: an inside client opens the data connection to the public
-    /// endpoint a published inside server's `227`/`229` was rewritten to. Translated as any
-    /// hairpinned connection: the destination becomes `target` (the server), the source the
-    /// client's masquerade mapping, so the server answers through the gateway.
-    pub const HAIRPIN_TO_SERVER: u8 = 3;
-    /// Hairpinned active mode: a published inside server opens the data connection to the
-    /// masquerade endpoint an inside client's `PORT`/`EPRT` was rewritten to. The destination
-    /// becomes `target` (the client), the source address `source` (the server's public
-    /// address, which the client talks to; the source port is kept).
-    pub const HAIRPIN_TO_CLIENT: u8 = 4;
+wire_enum! {
+    /// `ExpectationEntry::kind`: how the data connection is translated.
+    pub enum ExpectationKind: u8 {
+        /// The data connection comes in to a public endpoint: its destination becomes
+        /// `target`.
+        Inbound = 1,
+        /// The data connection goes out from behind the gateway: its source address becomes
+        /// `target.addr` (the source port is kept).
+        Outbound = 2,
+        /// Hairpinned passive mode: an inside client opens the data connection to the public
+        /// endpoint a published inside server's `227`/`229` was rewritten to. Translated as
+        /// any hairpinned connection: the destination becomes `target` (the server), the
+        /// source the client's masquerade mapping, so the server answers through the gateway.
+        HairpinToServer = 3,
+        /// Hairpinned active mode: a published inside server opens the data connection to the
+        /// masquerade endpoint an inside client's `PORT`/`EPRT` was rewritten to. The
+        /// destination becomes `target` (the client), the source address `source` (the
+        /// server's public address, which the client talks to; the source port is kept).
+        HairpinToClient = 4,
+    }
+}
 
+impl ExpectationKind {
     /// How `gateway expectations` names a kind.
-    pub fn name(kind: u8) -> &'static str {
-        match kind {
-            INBOUND => "inbound",
-            OUTBOUND => "outbound",
-            HAIRPIN_TO_SERVER => "hairpin-to-server",
-            HAIRPIN_TO_CLIENT => "hairpin-to-client",
-            _ => "unknown",
+    pub fn name(self) -> &'static str {
+        match self {
+            ExpectationKind::Inbound => "inbound",
+            ExpectationKind::Outbound => "outbound",
+            ExpectationKind::HairpinToServer => "hairpin-to-server",
+            ExpectationKind::HairpinToClient => "hairpin-to-client",
         }
     }
 }
@@ -259,7 +267,7 @@ pub struct ExpectationEntry {
     pub target: Endpoint,
     pub kind: u8,
     pub _pad: [u8; 3],
-    /// `HAIRPIN_TO_CLIENT`: the source address the data connection gets; zero otherwise.
+    /// `HairpinToClient`: the source address the data connection gets; zero otherwise.
     pub source: [u8; 4],
     /// `bpf_ktime_get_ns` after which it is void.
     pub expires_ns: u64,
@@ -275,12 +283,16 @@ unsafe impl aya::Pod for ExpectationKey {}
 // SAFETY: repr(C); the explicit `_pad` puts `expires_ns` on its 8-byte boundary.
 unsafe impl aya::Pod for ExpectationEntry {}
 
-/// `Session::rewrite`: which endpoint of the packet the session replaces.
-pub const REWRITE_SOURCE: u8 = 1;
-pub const REWRITE_DESTINATION: u8 = 2;
-/// Both, for hairpinned connections: source from `addr`/`port`, destination from
-/// `peer_addr`/`peer_port`.
-pub const REWRITE_BOTH: u8 = 3;
+wire_enum! {
+    /// `Session::rewrite`: which endpoint of the packet the session replaces.
+    pub enum Rewrite: u8 {
+        Source = 1,
+        Destination = 2,
+        /// Both, for hairpinned connections: source from `addr`/`port`, destination from
+        /// `peer_addr`/`peer_port`.
+        Both = 3,
+    }
+}
 
 /// `Session::state` bits.
 pub mod session_state {
@@ -299,11 +311,11 @@ pub struct Session {
     /// The endpoint that replaces the packet's source or destination (see `rewrite`).
     pub addr: [u8; 4],
     pub port: [u8; 2],
-    /// `REWRITE_SOURCE`, `REWRITE_DESTINATION` or `REWRITE_BOTH`.
+    /// A [`Rewrite`].
     pub rewrite: u8,
     /// `session_state` bits.
     pub state: u8,
-    /// With `REWRITE_BOTH`: the endpoint that replaces the destination.
+    /// With `Rewrite::Both`: the endpoint that replaces the destination.
     pub peer_addr: [u8; 4],
     pub peer_port: [u8; 2],
     pub _pad: [u8; 2],
@@ -344,7 +356,7 @@ pub struct NatConfig {
     /// Public port (and ICMP identifier) range, host order, inclusive.
     pub port_min: u16,
     pub port_max: u16,
-    /// One of the `filtering` constants.
+    /// A [`Filtering`].
     pub filtering: u32,
     /// Non-zero: the programs forward translated packets themselves (FIB lookup, then
     /// `bpf_redirect_neigh` from TC, a devmap redirect from XDP) instead of handing them to
@@ -561,20 +573,23 @@ counters! {
     }
 }
 
-/// Why a packet was punted: which side of which kind of FTP control connection sent it.
-pub mod punt_reason {
-    /// From an outside client to a published server's public control endpoint.
-    pub const PUBLISHED_FROM_CLIENT: u8 = 1;
-    /// From a published server's private control endpoint.
-    pub const PUBLISHED_FROM_SERVER: u8 = 2;
-    /// From a masqueraded inside client to an outside server's control port.
-    pub const MASQUERADE_FROM_CLIENT: u8 = 3;
-    /// From an outside server's control port to a masquerade address.
-    pub const MASQUERADE_FROM_SERVER: u8 = 4;
-    /// From an inside client to a published server's public control endpoint (hairpinning):
-    /// the server must see the client at its masquerade mapping. The server's side arrives
-    /// as `PUBLISHED_FROM_SERVER`.
-    pub const HAIRPIN_FROM_CLIENT: u8 = 5;
+wire_enum! {
+    /// Why a packet was punted: which side of which kind of FTP control connection sent it
+    /// (the value of `PUNT_ENDPOINTS`, and of punt records and frames).
+    pub enum PuntReason: u8 {
+        /// From an outside client to a published server's public control endpoint.
+        PublishedFromClient = 1,
+        /// From a published server's private control endpoint.
+        PublishedFromServer = 2,
+        /// From a masqueraded inside client to an outside server's control port.
+        MasqueradeFromClient = 3,
+        /// From an outside server's control port to a masquerade address.
+        MasqueradeFromServer = 4,
+        /// From an inside client to a published server's public control endpoint
+        /// (hairpinning): the server must see the client at its masquerade mapping. The
+        /// server's side arrives as `PublishedFromServer`.
+        HairpinFromClient = 5,
+    }
 }
 
 /// The head of a punt ring record; the IPv4 packet (from its IP header on) follows it.
@@ -585,7 +600,7 @@ pub struct PuntHeader {
     pub ifindex: u32,
     /// Bytes of the IPv4 packet that follow the header.
     pub len: u32,
-    /// One of the `punt_reason` constants.
+    /// A [`PuntReason`].
     pub reason: u8,
     pub _pad: [u8; 3],
     /// When the packet was punted: the low 32 bits of `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
@@ -683,7 +698,7 @@ pub mod punt_frame {
 }
 
 /// Published FTP control endpoints (`alg = "ftp"`), public and private: the key of
-/// `PUNT_ENDPOINTS`, whose value is the `punt_reason` of packets addressed to (public) or
+/// `PUNT_ENDPOINTS`, whose value is the [`PuntReason`] of packets addressed to (public) or
 /// sent from (private) that endpoint.
 pub const MAX_PUNT_ENDPOINTS: u32 = 2 * MAX_PUBLISHED;
 
@@ -746,7 +761,7 @@ mod tests {
         let meta = punt_frame::Meta {
             punted_ns_low: 0xdead_beef,
             ifindex: 7,
-            reason: punt_reason::MASQUERADE_FROM_SERVER,
+            reason: PuntReason::MasqueradeFromServer as u8,
         };
         let mut frame = [0u8; 40];
         frame[..punt_frame::META_LEN].copy_from_slice(&meta.encode());
@@ -767,6 +782,28 @@ mod tests {
         foreign[9..12].copy_from_slice(&[0x02, 0x42, 0xac]);
         assert_eq!(punt_frame::decode(&foreign), None);
         assert_eq!(punt_frame::decode(&frame[..13]), None);
+    }
+
+    #[test]
+    fn wire_enums_read_back_what_was_written_and_refuse_the_rest() {
+        for &reason in PuntReason::ALL {
+            assert_eq!(PuntReason::try_from(reason as u8), Ok(reason));
+        }
+        for &rewrite in Rewrite::ALL {
+            assert_eq!(Rewrite::try_from(rewrite as u8), Ok(rewrite));
+        }
+        for &filtering in Filtering::ALL {
+            assert_eq!(Filtering::try_from(filtering as u32), Ok(filtering));
+        }
+        assert_eq!(
+            PuntReason::try_from(0),
+            Err(wire::UnknownValue {
+                what: "PuntReason",
+                value: 0
+            })
+        );
+        assert!(Rewrite::try_from(4).is_err());
+        assert!(Filtering::try_from(3).is_err());
     }
 
     #[test]

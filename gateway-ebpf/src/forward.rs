@@ -41,12 +41,11 @@ use crate::{
     icmp_error,
     maps::{NAT_CONFIG, REDIRECT_PORTS, count},
     neighbour,
-    packet::{Packet, ptr_at},
+    packet::{AF_INET, Packet, ptr_at},
     scratch::scratch,
     untranslate,
 };
 
-pub const AF_INET: u8 = 2;
 /// The IPv4 header's TTL and protocol, as one checksummed 16-bit word.
 const IP_TTL: usize = 8;
 const IP_CHECK: usize = 10;

@@ -40,9 +40,8 @@ use gateway_common::{
 };
 
 use crate::{
-    forward::AF_INET,
     maps::{ICMP_RATE, ICMP_RATE_ALL, count},
-    packet::{Packet, ptr_at},
+    packet::{AF_INET, Packet, ptr_at},
     scratch::{Scratch, scratch},
 };
 

@@ -54,7 +54,7 @@ pub static FRAGMENTS: LruHashMap<FragmentKey, FragmentTranslation> =
 pub static EXPECTATIONS: HashMap<ExpectationKey, ExpectationEntry> =
     HashMap::with_max_entries(MAX_EXPECTATIONS, 0);
 
-/// Published FTP control endpoints, public and private, with the `punt_reason` of their
+/// Published FTP control endpoints, public and private, with the `PuntReason` of their
 /// packets: those go to the agent.
 #[map(name = "PUNT_ENDPOINTS")]
 pub static PUNT_ENDPOINTS: HashMap<Endpoint, u8> = HashMap::with_max_entries(MAX_PUNT_ENDPOINTS, 0);

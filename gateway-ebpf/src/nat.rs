@@ -7,12 +7,13 @@
 //! Drops are counted by reason; nothing is dropped silently.
 //!
 //! One concern per file, in Cilium's manner: `headers` (parsing and rewriting), `published`,
-//! `hairpin`, `sessions`, `expectations`, `masquerade`, `icmp_errors`, `fragments`. Every
-//! step returns an [`Outcome`] (or a translation, which is `Outcome::Forward`). Everything is
+//! `ftp_control` (what goes to the agent), `hairpin`, `sessions`, `expectations`,
+//! `masquerade`, `icmp_errors`, `fragments`. Every step returns an [`Outcome`] (or a translation, which is `Outcome::Forward`). Everything is
 //! `#[inline(always)]`: the translation is one frame on the entry's stack, as before the split.
 
 mod expectations;
 mod fragments;
+mod ftp_control;
 mod hairpin;
 mod headers;
 mod icmp_errors;
@@ -21,19 +22,18 @@ mod published;
 mod sessions;
 
 use gateway_common::{
-    IPPROTO_TCP,
+    IPPROTO_TCP, PuntReason,
     outcome::{Dropped, Passed, Translated},
-    punt_reason, tcp,
+    tcp,
 };
 
 use self::{
     expectations::use_expectation,
     fragments::{remember_fragment, translate_later_fragment},
+    ftp_control::is_ftp_control_port,
     headers::{ETH_LEN, Headers, Parsed, parse},
     icmp_errors::translate_icmp_error,
-    masquerade::{
-        admit_inbound, in_networks, is_ftp_control_port, is_masquerade_address, masquerade_new,
-    },
+    masquerade::{admit_inbound, in_networks, is_masquerade_address, masquerade_new},
     published::translate_published,
     sessions::{now, session_hit},
 };
@@ -144,7 +144,7 @@ fn translate_headers<P: Packet>(packet: &mut P, headers: &Headers) -> Result<Tra
         }
         if inside && !in_networks(config, key.dst) {
             if is_ftp_control_port(config, key.proto, key.dst_port) {
-                return Err(Outcome::Punt(punt_reason::MASQUERADE_FROM_CLIENT));
+                return Err(Outcome::Punt(PuntReason::MasqueradeFromClient as u8));
             }
             return masquerade_new(packet, headers, config, now);
         }
@@ -153,7 +153,7 @@ fn translate_headers<P: Packet>(packet: &mut P, headers: &Headers) -> Result<Tra
         // (The gateway's own FTP client, if any, keeps its connections.)
         if is_ftp_control_port(config, key.proto, key.src_port) && !packet.local_socket_exists(&key)
         {
-            return Err(Outcome::Punt(punt_reason::MASQUERADE_FROM_SERVER));
+            return Err(Outcome::Punt(PuntReason::MasqueradeFromServer as u8));
         }
         return admit_inbound(packet, headers, config, now);
     }

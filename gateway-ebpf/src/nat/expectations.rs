@@ -3,8 +3,7 @@
 //! (once) and gets its two sessions.
 
 use gateway_common::{
-    Counter, Endpoint, ExpectationKey, FlowKey, NatConfig, REWRITE_DESTINATION, REWRITE_SOURCE,
-    Session, expectation_kind,
+    Counter, Endpoint, ExpectationKey, ExpectationKind, FlowKey, NatConfig, Rewrite, Session,
     outcome::{Dropped, Translated},
 };
 
@@ -42,8 +41,8 @@ pub(super) fn use_expectation<P: Packet>(
         return None;
     }
     let target = expectation.target;
-    if expectation.kind == expectation_kind::HAIRPIN_TO_SERVER
-        || expectation.kind == expectation_kind::HAIRPIN_TO_CLIENT
+    if expectation.kind == ExpectationKind::HairpinToServer as u8
+        || expectation.kind == ExpectationKind::HairpinToClient as u8
     {
         return Some(use_hairpin_expectation(
             packet,
@@ -53,10 +52,10 @@ pub(super) fn use_expectation<P: Packet>(
             now,
         ));
     }
-    let (forward, reply, backward) = if expectation.kind == expectation_kind::INBOUND {
+    let (forward, reply, backward) = if expectation.kind == ExpectationKind::Inbound as u8 {
         // To the public endpoint: delivered to the private one.
         (
-            (target.addr, target.port, REWRITE_DESTINATION),
+            (target.addr, target.port, Rewrite::Destination),
             FlowKey {
                 src: target.addr,
                 dst: key.src,
@@ -65,12 +64,12 @@ pub(super) fn use_expectation<P: Packet>(
                 proto: key.proto,
                 _pad: [0; 3],
             },
-            (key.dst, key.dst_port, REWRITE_SOURCE),
+            (key.dst, key.dst_port, Rewrite::Source),
         )
     } else {
         // From behind the gateway: leaves with the public address, same port.
         (
-            (target.addr, key.src_port, REWRITE_SOURCE),
+            (target.addr, key.src_port, Rewrite::Source),
             FlowKey {
                 src: key.dst,
                 dst: target.addr,
@@ -79,13 +78,13 @@ pub(super) fn use_expectation<P: Packet>(
                 proto: key.proto,
                 _pad: [0; 3],
             },
-            (key.src, key.src_port, REWRITE_DESTINATION),
+            (key.src, key.src_port, Rewrite::Destination),
         )
     };
-    let session = |(addr, port, rewrite): ([u8; 4], [u8; 2], u8)| Session {
+    let session = |(addr, port, rewrite): ([u8; 4], [u8; 2], Rewrite)| Session {
         addr,
         port,
-        rewrite,
+        rewrite: rewrite as u8,
         state: state_bits(headers),
         peer_addr: [0; 4],
         peer_port: [0; 2],

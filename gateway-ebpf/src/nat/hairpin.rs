@@ -2,16 +2,15 @@
 //! public address. Both addresses are rewritten, so the server answers the gateway.
 
 use gateway_common::{
-    Endpoint, ExpectationEntry, FlowKey, NatConfig, REWRITE_BOTH, Session, expectation_kind,
+    Endpoint, ExpectationEntry, ExpectationKind, FlowKey, NatConfig, PuntReason, Rewrite, Session,
     outcome::{Dropped, Passed, Translated},
-    punt_reason,
 };
 
 use super::{
     Outcome,
+    ftp_control::punt_reason,
     headers::{BPF_ANY, Headers, state_bits},
     masquerade::mapping,
-    published::punt_reason,
     sessions::{apply_session, now, session_hit},
 };
 use crate::{maps::SESSIONS, packet::Packet};
@@ -34,7 +33,7 @@ pub(super) fn hairpin<P: Packet>(
         return result;
     }
     if punt_reason(published).is_some() {
-        return Err(Outcome::Punt(punt_reason::HAIRPIN_FROM_CLIENT));
+        return Err(Outcome::Punt(PuntReason::HairpinFromClient as u8));
     }
     let key = headers.key;
     let client = Endpoint::new(key.src, key.src_port, key.proto);
@@ -45,9 +44,9 @@ pub(super) fn hairpin<P: Packet>(
 
 /// A hairpinned FTP data connection's SYN, announced by the control connection's
 /// expectation: translated both ways as any hairpinned connection. Passive mode
-/// (`HAIRPIN_TO_SERVER`, the inside client opens it to the public data endpoint): the client
+/// (`HairpinToServer`, the inside client opens it to the public data endpoint): the client
 /// gets its masquerade mapping as source, the server is the destination. Active mode
-/// (`HAIRPIN_TO_CLIENT`, the server opens it to the client's masquerade endpoint): the server
+/// (`HairpinToClient`, the server opens it to the client's masquerade endpoint): the server
 /// gets its public address as source (its port kept), the client is the destination.
 #[inline(always)]
 pub(super) fn use_hairpin_expectation<P: Packet>(
@@ -58,7 +57,7 @@ pub(super) fn use_hairpin_expectation<P: Packet>(
     now: u64,
 ) -> Result<Translated, Outcome> {
     let key = headers.key;
-    let source = if expectation.kind == expectation_kind::HAIRPIN_TO_SERVER {
+    let source = if expectation.kind == ExpectationKind::HairpinToServer as u8 {
         if config.address_count == 0 {
             // Masquerade gone (a reload) since the expectation was made.
             return Err(Outcome::Stack(Passed::Unmatched));
@@ -86,7 +85,7 @@ pub(super) fn install_hairpin<P: Packet>(
     let forward = Session {
         addr: source.addr,
         port: source.port,
-        rewrite: REWRITE_BOTH,
+        rewrite: Rewrite::Both as u8,
         state: state_bits(headers),
         peer_addr: target.addr,
         peer_port: target.port,

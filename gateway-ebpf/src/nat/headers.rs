@@ -3,7 +3,7 @@
 //! are replaced.
 
 use gateway_common::{
-    FlowKey, FragmentKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, REWRITE_SOURCE,
+    FlowKey, FragmentKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Rewrite,
     outcome::{Dropped, Passed},
     session_state, tcp,
 };
@@ -70,10 +70,10 @@ pub(super) enum Parsed {
 impl Headers {
     /// Frame offset of the port (or ICMP identifier) a rewrite of `side` changes.
     #[inline(always)]
-    pub(super) fn port_offset(&self, side: u8) -> usize {
+    pub(super) fn port_offset(&self, side: Rewrite) -> usize {
         if self.key.proto == IPPROTO_ICMP {
             self.l4 + ICMP_ID
-        } else if side == REWRITE_SOURCE {
+        } else if side == Rewrite::Source {
             self.l4 + L4_SRC_PORT
         } else {
             self.l4 + L4_DST_PORT
@@ -179,12 +179,12 @@ pub(super) fn parse<P: Packet>(packet: &mut P) -> Result<Parsed, Outcome> {
 pub(super) fn rewrite<P: Packet>(
     packet: &mut P,
     headers: &Headers,
-    side: u8,
+    side: Rewrite,
     addr: [u8; 4],
     port: [u8; 2],
 ) -> Result<(), Outcome> {
     let key = &headers.key;
-    let (addr_off, old_addr, old_port) = if side == REWRITE_SOURCE {
+    let (addr_off, old_addr, old_port) = if side == Rewrite::Source {
         (ETH_LEN + IP_SRC, key.src, key.src_port)
     } else {
         (ETH_LEN + IP_DST, key.dst, key.dst_port)

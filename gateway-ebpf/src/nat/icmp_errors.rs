@@ -2,8 +2,7 @@
 //! the way its connection's replies are, and the error's own address with it.
 
 use gateway_common::{
-    Endpoint, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, REWRITE_BOTH, REWRITE_DESTINATION,
-    REWRITE_SOURCE,
+    Endpoint, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Rewrite,
     outcome::{Dropped, Passed, Translated},
 };
 use network_types::ip::Ipv4Hdr;
@@ -91,18 +90,18 @@ pub(super) fn translate_icmp_error<P: Packet>(
         unsafe {
             PUBLISH_DNAT.get(Endpoint::new(src, src_port, proto))
         } {
-        (REWRITE_SOURCE, private.addr, private.port)
+        (Rewrite::Source, private.addr, private.port)
     } else if let Some(public) = unsafe { PUBLISH_SNAT.get(Endpoint::new(dst, dst_port, proto)) } {
-        (REWRITE_DESTINATION, public.addr, public.port)
+        (Rewrite::Destination, public.addr, public.port)
     } else if let Some(session) = unsafe { SESSIONS.get(quoted.reversed()) }
-        && session.rewrite != REWRITE_BOTH
+        && session.rewrite != Rewrite::Both as u8
     {
         // The quoted packet reversed is the connection's other direction, whose session says
         // how that direction is translated: exactly what the quoted packet needs undone.
-        let side = if session.rewrite == REWRITE_DESTINATION {
-            REWRITE_SOURCE
+        let side = if session.rewrite == Rewrite::Destination as u8 {
+            Rewrite::Source
         } else {
-            REWRITE_DESTINATION
+            Rewrite::Destination
         };
         (side, session.addr, session.port)
     } else {
@@ -112,7 +111,7 @@ pub(super) fn translate_icmp_error<P: Packet>(
     let icmp_check = outer.l4 + ICMP_CHECK;
     let inner_check = inner + IP_CHECK;
     let (outer_addr_off, outer_old, inner_addr_off, inner_old_addr, port_off, old_port) =
-        if inner_side == REWRITE_SOURCE {
+        if inner_side == Rewrite::Source {
             // Error to the translated source: outer destination and quoted source.
             (
                 ETH_LEN + IP_DST,

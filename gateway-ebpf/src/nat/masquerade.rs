@@ -4,9 +4,8 @@
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use gateway_common::{
-    Endpoint, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, MAX_FTP_CONTROL_PORTS, MAX_MASQ_ADDRESSES,
-    MAX_MASQ_NETWORKS, NatConfig, PORT_ALLOCATION_TRIES, PeerKey, REWRITE_DESTINATION,
-    REWRITE_SOURCE, Session, endpoint_flags, filtering,
+    Endpoint, Filtering, FlowKey, IPPROTO_ICMP, MAX_MASQ_ADDRESSES, MAX_MASQ_NETWORKS, NatConfig,
+    PORT_ALLOCATION_TRIES, PeerKey, Rewrite, Session, endpoint_flags,
     masquerade::{PortCandidates, public_address_index},
     outcome::{Dropped, Passed, Translated},
 };
@@ -19,23 +18,6 @@ use crate::{
     maps::{MASQ_BY_PRIVATE, MASQ_BY_PUBLIC, MASQ_PEERS, SESSIONS},
     packet::Packet,
 };
-
-/// Whether `port` is one of `[ftp] control_ports` (outside servers of masqueraded clients).
-#[inline(always)]
-pub(super) fn is_ftp_control_port(config: &NatConfig, proto: u8, port: [u8; 2]) -> bool {
-    if proto != IPPROTO_TCP {
-        return false;
-    }
-    for index in 0..MAX_FTP_CONTROL_PORTS {
-        if index as u32 >= config.ftp_control_port_count {
-            break;
-        }
-        if config.ftp_control_ports[index] == port {
-            return true;
-        }
-    }
-    false
-}
 
 #[inline(always)]
 pub(super) fn in_networks(config: &NatConfig, addr: [u8; 4]) -> bool {
@@ -123,7 +105,7 @@ pub(super) fn install(
     let forward = Session {
         addr: public.addr,
         port: public.port,
-        rewrite: REWRITE_SOURCE,
+        rewrite: Rewrite::Source as u8,
         state,
         peer_addr: [0; 4],
         peer_port: [0; 2],
@@ -135,7 +117,7 @@ pub(super) fn install(
     let backward = Session {
         addr: outbound.src,
         port: outbound.src_port,
-        rewrite: REWRITE_DESTINATION,
+        rewrite: Rewrite::Destination as u8,
         ..forward
     };
     SESSIONS
@@ -181,7 +163,7 @@ pub(super) fn masquerade_new<P: Packet>(
         (*session).packets = 1;
         (*session).bytes = headers.ip_len as u64;
     }
-    rewrite(packet, headers, REWRITE_SOURCE, public.addr, public.port)?;
+    rewrite(packet, headers, Rewrite::Source, public.addr, public.port)?;
     Ok(Translated::SessionCreated)
 }
 
@@ -205,11 +187,11 @@ pub(super) fn admit_inbound<P: Packet>(
     if port < config.port_min || port > config.port_max || packet.local_socket_exists(&key) {
         return Err(Outcome::Stack(Passed::Unmatched));
     }
-    if config.filtering == filtering::ADDRESS_AND_PORT_DEPENDENT {
+    if config.filtering == Filtering::AddressAndPortDependent as u32 {
         return Err(Outcome::Drop(Dropped::Unsolicited));
     }
     let public = Endpoint::new(key.dst, key.dst_port, key.proto);
-    if config.filtering == filtering::ADDRESS_DEPENDENT {
+    if config.filtering == Filtering::AddressDependent as u32 {
         let peer = PeerKey {
             public,
             remote: key.src,
@@ -242,7 +224,7 @@ pub(super) fn admit_inbound<P: Packet>(
     rewrite(
         packet,
         headers,
-        REWRITE_DESTINATION,
+        Rewrite::Destination,
         private.addr,
         private.port,
     )?;

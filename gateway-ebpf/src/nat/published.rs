@@ -2,19 +2,20 @@
 //! replies; published FTP control endpoints go to the agent.
 
 use gateway_common::{
-    Endpoint, IPPROTO_TCP, NatConfig, REWRITE_DESTINATION, REWRITE_SOURCE,
+    Endpoint, NatConfig, Rewrite,
     outcome::{Dropped, Translated},
 };
 
 use super::{
     Outcome,
+    ftp_control::punt_reason,
     hairpin::hairpin,
     headers::{Headers, rewrite},
     masquerade::{in_networks, is_masquerade_address},
     sessions::{now, session_hit},
 };
 use crate::{
-    maps::{PUBLISH_DNAT, PUBLISH_SNAT, PUNT_ENDPOINTS},
+    maps::{PUBLISH_DNAT, PUBLISH_SNAT},
     packet::Packet,
 };
 
@@ -51,7 +52,7 @@ pub(super) fn translate_published<P: Packet>(
             rewrite(
                 packet,
                 headers,
-                REWRITE_DESTINATION,
+                Rewrite::Destination,
                 private.addr,
                 private.port,
             )
@@ -74,20 +75,9 @@ pub(super) fn translate_published<P: Packet>(
             return Some(Err(Outcome::Punt(reason)));
         }
         return Some(
-            rewrite(packet, headers, REWRITE_SOURCE, public.addr, public.port)
+            rewrite(packet, headers, Rewrite::Source, public.addr, public.port)
                 .map(|()| Translated::SnatPublished),
         );
     }
     None
-}
-
-/// Whether `endpoint` is a published FTP control endpoint (`alg = "ftp"`), and if so why its
-/// packets are punted.
-#[inline(always)]
-pub(super) fn punt_reason(endpoint: Endpoint) -> Option<u8> {
-    if endpoint.proto != IPPROTO_TCP {
-        return None;
-    }
-    // SAFETY: map values are plain data and only read here.
-    unsafe { PUNT_ENDPOINTS.get(endpoint) }.copied()
 }

@@ -3,8 +3,7 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use gateway_common::{
-    Counter, Endpoint, NatConfig, PeerKey, REWRITE_BOTH, REWRITE_DESTINATION, REWRITE_SOURCE,
-    Session, outcome::Translated,
+    Counter, Endpoint, NatConfig, PeerKey, Rewrite, Session, outcome::Translated,
 };
 
 use super::{
@@ -45,7 +44,7 @@ pub(super) fn session_hit<P: Packet>(
         count(Counter::SessionExpired);
         return None;
     }
-    if session.rewrite == REWRITE_SOURCE && idle > PEER_REFRESH_NS {
+    if session.rewrite == Rewrite::Source as u8 && idle > PEER_REFRESH_NS {
         // Outbound traffic keeps the mapping open to this host (address-dependent
         // filtering); refreshed at most once a second per connection.
         let public = Endpoint::new(session.addr, session.port, key.proto);
@@ -72,15 +71,21 @@ pub(super) fn apply_session<P: Packet>(
     headers: &Headers,
     session: &Session,
 ) -> Result<(), Outcome> {
-    if session.rewrite == REWRITE_BOTH {
-        rewrite(packet, headers, REWRITE_SOURCE, session.addr, session.port)?;
+    if session.rewrite == Rewrite::Both as u8 {
+        rewrite(packet, headers, Rewrite::Source, session.addr, session.port)?;
         return rewrite(
             packet,
             headers,
-            REWRITE_DESTINATION,
+            Rewrite::Destination,
             session.peer_addr,
             session.peer_port,
         );
     }
-    rewrite(packet, headers, session.rewrite, session.addr, session.port)
+    // As before the enum: any value but the source's rewrites the destination.
+    let side = if session.rewrite == Rewrite::Source as u8 {
+        Rewrite::Source
+    } else {
+        Rewrite::Destination
+    };
+    rewrite(packet, headers, side, session.addr, session.port)
 }

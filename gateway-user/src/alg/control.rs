@@ -18,10 +18,10 @@ use std::{
 };
 
 use gateway_common::{
-    Endpoint, ExpectationEntry, ExpectationKey, FlowKey, IPPROTO_TCP, PORT_ALLOCATION_TRIES,
-    endpoint_flags, expectation_kind,
+    Endpoint, ExpectationEntry, ExpectationKey, ExpectationKind, FlowKey, IPPROTO_TCP,
+    PORT_ALLOCATION_TRIES, PuntReason, endpoint_flags,
     masquerade::{PortCandidates, public_address_index},
-    punt_reason, tcp,
+    tcp,
 };
 use gateway_ftp::{
     policy::{Check, Policy, ViolationAction},
@@ -828,15 +828,15 @@ impl ControlTable {
             );
             return None;
         }
-        let (client_seen, server, server_seen, held) = match reason {
-            punt_reason::PUBLISHED_FROM_CLIENT => {
+        let (client_seen, server, server_seen, held) = match PuntReason::try_from(reason) {
+            Ok(PuntReason::PublishedFromClient) => {
                 let Some(private) = self.settings.published.get(&destination).copied() else {
                     self.stats.drop_no_session += 1;
                     return None;
                 };
                 (client, private, destination, Vec::new())
             }
-            punt_reason::MASQUERADE_FROM_CLIENT => {
+            Ok(PuntReason::MasqueradeFromClient) => {
                 let Some(public) = self.masquerade_mapping(client, maps) else {
                     self.stats.drop_no_port += 1;
                     return None;
@@ -846,7 +846,7 @@ impl ControlTable {
             }
             // An inside client of a published server, through its public address: the server
             // sees the client at its masquerade mapping, as any hairpinned connection.
-            punt_reason::HAIRPIN_FROM_CLIENT => {
+            Ok(PuntReason::HairpinFromClient) => {
                 let Some(private) = self.settings.published.get(&destination).copied() else {
                     self.stats.drop_no_session += 1;
                     return None;
@@ -858,8 +858,9 @@ impl ControlTable {
                 let held = vec![(Endpoint::from_socket(public, IPPROTO_TCP), u64::MAX)];
                 (public, private, destination, held)
             }
-            // A server's segment with no connection: not ours to open.
-            _ => {
+            // A server's segment with no connection: not ours to open; nor is a reason the
+            // fast path does not write.
+            Ok(PuntReason::PublishedFromServer | PuntReason::MasqueradeFromServer) | Err(_) => {
                 self.stats.drop_no_session += 1;
                 return None;
             }
@@ -1054,7 +1055,7 @@ impl ControlTable {
                     };
                     let entry = ExpectationEntry {
                         target: Endpoint::new(expectation.source.octets(), [0; 2], IPPROTO_TCP),
-                        kind: expectation_kind::OUTBOUND,
+                        kind: ExpectationKind::Outbound as u8,
                         _pad: [0; 3],
                         source: [0; 4],
                         expires_ns: expectation_until,
