@@ -7,6 +7,11 @@
 
 pub mod checksum;
 pub mod icmp;
+pub mod masquerade;
+pub mod outcome;
+pub mod tcp;
+#[macro_use]
+pub mod wire;
 
 use core::net::{Ipv4Addr, SocketAddrV4};
 
@@ -154,15 +159,17 @@ impl FlowKey {
     }
 }
 
-/// `NatConfig::filtering`: who may send to a mapped public endpoint with no session yet
-/// (RFC 4787 section 5).
-pub mod filtering {
-    /// Any host the inside endpoint has sent to, from any of its ports.
-    pub const ADDRESS_DEPENDENT: u32 = 0;
-    /// Only the exact remote endpoints the inside endpoint has sent to.
-    pub const ADDRESS_AND_PORT_DEPENDENT: u32 = 1;
-    /// Any outside host.
-    pub const ENDPOINT_INDEPENDENT: u32 = 2;
+wire_enum! {
+    /// `NatConfig::filtering`: who may send to a mapped public endpoint with no session yet
+    /// (RFC 4787 section 5).
+    pub enum Filtering: u32 {
+        /// Any host the inside endpoint has sent to, from any of its ports.
+        AddressDependent = 0,
+        /// Only the exact remote endpoints the inside endpoint has sent to.
+        AddressAndPortDependent = 1,
+        /// Any outside host.
+        EndpointIndependent = 2,
+    }
 }
 
 /// A remote host a mapped public endpoint has sent to: the key of `MASQ_PEERS`, for
@@ -218,32 +225,36 @@ pub struct ExpectationKey {
     pub peer: [u8; 4],
 }
 
-/// `ExpectationEntry::kind`.
-pub mod expectation_kind {
-    /// The data connection comes in to a public endpoint: its destination becomes `target`.
-    pub const INBOUND: u8 = 1;
-    /// The data connection goes out from behind the gateway: its source address becomes
-    /// `target.addr` (the source port is kept).
-    pub const OUTBOUND: u8 = 2;
-    /// Hairpinned passive mode: an inside client opens the data connection to the public
-    /// endpoint a published inside server's `227`/`229` was rewritten to. Translated as any
-    /// hairpinned connection: the destination becomes `target` (the server), the source the
-    /// client's masquerade mapping, so the server answers through the gateway.
-    pub const HAIRPIN_TO_SERVER: u8 = 3;
-    /// Hairpinned active mode: a published inside server opens the data connection to the
-    /// masquerade endpoint an inside client's `PORT`/`EPRT` was rewritten to. The destination
-    /// becomes `target` (the client), the source address `source` (the server's public
-    /// address, which the client talks to; the source port is kept).
-    pub const HAIRPIN_TO_CLIENT: u8 = 4;
+wire_enum! {
+    /// `ExpectationEntry::kind`: how the data connection is translated.
+    pub enum ExpectationKind: u8 {
+        /// The data connection comes in to a public endpoint: its destination becomes
+        /// `target`.
+        Inbound = 1,
+        /// The data connection goes out from behind the gateway: its source address becomes
+        /// `target.addr` (the source port is kept).
+        Outbound = 2,
+        /// Hairpinned passive mode: an inside client opens the data connection to the public
+        /// endpoint a published inside server's `227`/`229` was rewritten to. Translated as
+        /// any hairpinned connection: the destination becomes `target` (the server), the
+        /// source the client's masquerade mapping, so the server answers through the gateway.
+        HairpinToServer = 3,
+        /// Hairpinned active mode: a published inside server opens the data connection to the
+        /// masquerade endpoint an inside client's `PORT`/`EPRT` was rewritten to. The
+        /// destination becomes `target` (the client), the source address `source` (the
+        /// server's public address, which the client talks to; the source port is kept).
+        HairpinToClient = 4,
+    }
+}
 
+impl ExpectationKind {
     /// How `gateway expectations` names a kind.
-    pub fn name(kind: u8) -> &'static str {
-        match kind {
-            INBOUND => "inbound",
-            OUTBOUND => "outbound",
-            HAIRPIN_TO_SERVER => "hairpin-to-server",
-            HAIRPIN_TO_CLIENT => "hairpin-to-client",
-            _ => "unknown",
+    pub fn name(self) -> &'static str {
+        match self {
+            ExpectationKind::Inbound => "inbound",
+            ExpectationKind::Outbound => "outbound",
+            ExpectationKind::HairpinToServer => "hairpin-to-server",
+            ExpectationKind::HairpinToClient => "hairpin-to-client",
         }
     }
 }
@@ -256,7 +267,7 @@ pub struct ExpectationEntry {
     pub target: Endpoint,
     pub kind: u8,
     pub _pad: [u8; 3],
-    /// `HAIRPIN_TO_CLIENT`: the source address the data connection gets; zero otherwise.
+    /// `HairpinToClient`: the source address the data connection gets; zero otherwise.
     pub source: [u8; 4],
     /// `bpf_ktime_get_ns` after which it is void.
     pub expires_ns: u64,
@@ -272,12 +283,16 @@ unsafe impl aya::Pod for ExpectationKey {}
 // SAFETY: repr(C); the explicit `_pad` puts `expires_ns` on its 8-byte boundary.
 unsafe impl aya::Pod for ExpectationEntry {}
 
-/// `Session::rewrite`: which endpoint of the packet the session replaces.
-pub const REWRITE_SOURCE: u8 = 1;
-pub const REWRITE_DESTINATION: u8 = 2;
-/// Both, for hairpinned connections: source from `addr`/`port`, destination from
-/// `peer_addr`/`peer_port`.
-pub const REWRITE_BOTH: u8 = 3;
+wire_enum! {
+    /// `Session::rewrite`: which endpoint of the packet the session replaces.
+    pub enum Rewrite: u8 {
+        Source = 1,
+        Destination = 2,
+        /// Both, for hairpinned connections: source from `addr`/`port`, destination from
+        /// `peer_addr`/`peer_port`.
+        Both = 3,
+    }
+}
 
 /// `Session::state` bits.
 pub mod session_state {
@@ -296,11 +311,11 @@ pub struct Session {
     /// The endpoint that replaces the packet's source or destination (see `rewrite`).
     pub addr: [u8; 4],
     pub port: [u8; 2],
-    /// `REWRITE_SOURCE`, `REWRITE_DESTINATION` or `REWRITE_BOTH`.
+    /// A [`Rewrite`].
     pub rewrite: u8,
     /// `session_state` bits.
     pub state: u8,
-    /// With `REWRITE_BOTH`: the endpoint that replaces the destination.
+    /// With `Rewrite::Both`: the endpoint that replaces the destination.
     pub peer_addr: [u8; 4],
     pub peer_port: [u8; 2],
     pub _pad: [u8; 2],
@@ -341,7 +356,7 @@ pub struct NatConfig {
     /// Public port (and ICMP identifier) range, host order, inclusive.
     pub port_min: u16,
     pub port_max: u16,
-    /// One of the `filtering` constants.
+    /// A [`Filtering`].
     pub filtering: u32,
     /// Non-zero: the programs forward translated packets themselves (FIB lookup, then
     /// `bpf_redirect_neigh` from TC, a devmap redirect from XDP) instead of handing them to
@@ -370,14 +385,12 @@ impl NatConfig {
     #[inline(always)]
     pub fn session_timeout_ns(&self, proto: u8, state: u8) -> u64 {
         match proto {
-            IPPROTO_TCP => {
-                let closing = state & (session_state::FIN | session_state::RST) != 0;
-                if state & session_state::ESTABLISHED != 0 && !closing {
-                    self.tcp_established_timeout_ns
-                } else {
-                    self.tcp_transitory_timeout_ns
-                }
-            }
+            IPPROTO_TCP => tcp::idle_timeout_ns(
+                state & session_state::ESTABLISHED != 0,
+                state & (session_state::FIN | session_state::RST) != 0,
+                self.tcp_established_timeout_ns,
+                self.tcp_transitory_timeout_ns,
+            ),
             IPPROTO_UDP => self.udp_timeout_ns,
             _ => self.icmp_timeout_ns,
         }
@@ -408,224 +421,175 @@ unsafe impl aya::Pod for Ipv4Cidr {}
 // SAFETY: repr(C), integers and arrays; u64 fields start 8-aligned (checked in tests).
 unsafe impl aya::Pod for NatConfig {}
 
-/// Per-CPU counters of the fast path, indexes into the `STATS` array.
-///
-/// The agent sums them over CPUs. Every packet the programs see lands in exactly one of the
-/// verdict counters (translated, passed for a reason, or dropped for a reason); `Redirected`,
-/// the ICMP errors sent or withheld, `PassedUntranslated` and the `Fib*` refusals count,
-/// besides, what happened to a translated packet next.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Counter {
-    /// Destination rewritten from a published address to its private server.
-    DnatPublished = 0,
-    /// Source of a published server's reply rewritten to its public address.
-    SnatPublished = 1,
-    /// Not IPv4 (ARP, IPv6, VLAN-tagged, ...): handed to the kernel untouched.
-    PassNotIpv4 = 2,
-    /// IPv4 whose headers could not be parsed (truncated, bad IHL): the kernel decides.
-    PassMalformed = 3,
-    /// An IPv4 fragment of a datagram the gateway does not translate.
-    PassFragment = 4,
-    /// IPv4 that matches no translation rule.
-    PassUnmatched = 5,
-    /// A rewrite helper failed half-way: the packet is inconsistent and must not leave.
-    DropRewriteFailed = 6,
-    /// Translated by an existing session (masquerade, either direction).
-    SessionHit = 7,
-    /// A new masqueraded connection: mapping found or allocated, two sessions created.
-    SessionCreated = 8,
-    /// A session found past its timeout and removed.
-    SessionExpired = 9,
-    /// No free public port after `PORT_ALLOCATION_TRIES` probes: the packet is dropped.
-    DropPortExhausted = 10,
-    /// The session table refused an insert.
-    DropSessionTableFull = 11,
-    /// Outside traffic to a masquerade address and port that no session or mapping admits.
-    DropUnsolicited = 12,
-    /// An ICMP error about a translated connection, translated with the packet it quotes.
-    IcmpErrorTranslated = 13,
-    /// A new hairpinned connection (inside host to a published server's public address).
-    HairpinCreated = 14,
-    /// A later fragment (no transport header) given its datagram's translation.
-    FragmentTranslated = 15,
-    /// A later fragment of a datagram whose first fragment was not seen, that would otherwise
-    /// leave untranslated (or vanish in the gateway's own reassembly).
-    DropFragmentUnknown = 16,
-    /// A translated packet forwarded by the program itself (FIB lookup and redirect), past the
-    /// gateway's stack. Counted in addition to its translation counter.
-    Redirected = 17,
-    /// Arrived on the outside interface with a source address of an inside network.
-    DropSpoofed = 18,
-    /// A data connection's first packet found its expectation: two sessions created.
-    ExpectationUsed = 19,
-    /// An expectation found past its expiry (removed; the packet is treated as unexpected).
-    ExpectationExpired = 20,
-    /// A packet of an FTP control connection, handed to the agent: redirected to its tap
-    /// (TC, when the agent has one) or copied into the punt ring.
-    Punted = 21,
-    /// A packet of an FTP control connection that the punt ring had no room for (or that is
-    /// larger than a record), after the tap, if any, refused it too: dropped, never forwarded
-    /// untranslated; TCP retransmits it.
-    DropPuntFailed = 22,
-    /// A packet with DF too big for the next link once translated: answered with ICMP
-    /// fragmentation-needed to its original sender, quoting its original header (RFC 1191
-    /// path-MTU discovery), instead of being forwarded. Counted in addition to its
-    /// translation counter.
-    FragNeededSent = 23,
-    /// A translated packet whose TTL expires at the gateway: answered with ICMP time exceeded
-    /// to its original sender, quoting its original header (`traceroute` through the
-    /// gateway), instead of being forwarded. Counted in addition to its translation counter.
-    TimeExceededSent = 24,
-    /// A translated packet the gateway cannot deliver: answered with ICMP destination
-    /// unreachable to its original sender, quoting its original header: host unreachable for
-    /// an `unreachable` route or a next hop that does not answer ARP, administratively
-    /// prohibited for a `prohibit` route. Counted in addition to its translation counter.
-    UnreachableSent = 25,
-    /// An ICMP error the gateway would have sent about a translated packet, withheld by the
-    /// rate limits (per destination and overall, the kernel's defaults); the packet is dropped
-    /// as the kernel drops it.
-    IcmpErrorRateLimited = 26,
-    /// An ICMP error the gateway must not send: about an ICMP error or a later fragment, to or
-    /// about a packet to a non-unicast address, or to a sender with no route back. The packet
-    /// is dropped as the kernel drops it.
-    IcmpErrorSuppressed = 27,
-    /// A translated packet the route lookup does not forward (for the gateway itself, a
-    /// broadcast, no route at all): its original addresses and ports are put back and the
-    /// stack gets it as it arrived, so its own sockets see the real sender and its ICMP errors
-    /// (net unreachable, port unreachable) reach it. Counted in addition to its translation
-    /// counter.
-    PassedUntranslated = 28,
-    /// `bpf_fib_lookup` refusals for translated packets, by result (counted in addition to
-    /// the translation counter). Forwarding is disabled on the ingress interface: the stack
-    /// gets the packet and drops it.
-    FibForwardingDisabled = 29,
-    /// A `blackhole` route: dropped silently, as the kernel does.
-    FibBlackhole = 30,
-    /// An `unreachable` route: answered with host unreachable.
-    FibUnreachable = 31,
-    /// A `prohibit` route: answered with administratively prohibited.
-    FibProhibit = 32,
-    /// Not a unicast route (local delivery, broadcast, no route): passed untranslated.
-    FibNotForwarded = 33,
-    /// The next hop's link-layer address is not resolved yet: forwarded all the same (TC's
-    /// `bpf_redirect_neigh`, or the stack, resolves it); one that stays unresolved is answered
-    /// with host unreachable.
-    FibNoNeighbour = 34,
-    /// Too big for the next link: fragmentation-needed with DF, else the stack fragments it.
-    FibFragNeeded = 35,
-    /// The route has a lightweight tunnel encapsulation: the stack handles it.
-    FibUnsupportedLwt = 36,
-    /// No source address for the route: the stack handles it.
-    FibNoSourceAddress = 37,
-    /// The lookup itself failed (an unknown ingress interface): the stack handles it.
-    FibError = 38,
+/// Declares the fast path's counters from one list: each with its `STATS` index, its stable
+/// snake_case name (logs, `--json` output, metrics) and its kind (`outcome::CounterKind`).
+/// Generates the enum, `ALL` (in index order), `COUNT`, `name` and `kind`.
+macro_rules! counters {
+    (
+        $(#[$outer:meta])*
+        pub enum Counter {
+            $($(#[doc = $doc:literal])* $variant:ident = $index:literal, $name:literal, $kind:ident;)+
+        }
+    ) => {
+        $(#[$outer])*
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Counter {
+            $($(#[doc = $doc])* $variant = $index,)+
+        }
+
+        impl Counter {
+            pub const COUNT: u32 = [$($name),+].len() as u32;
+            pub const ALL: [Counter; Self::COUNT as usize] = [$(Counter::$variant),+];
+
+            /// Stable snake_case name, used in logs, `--json` output and metrics.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Counter::$variant => $name,)+
+                }
+            }
+
+            /// Which kind of counter this is: a verdict (and which), or counted besides one.
+            pub const fn kind(self) -> outcome::CounterKind {
+                match self {
+                    $(Counter::$variant => outcome::CounterKind::$kind,)+
+                }
+            }
+        }
+    };
 }
 
-impl Counter {
-    pub const ALL: [Counter; 39] = [
-        Counter::DnatPublished,
-        Counter::SnatPublished,
-        Counter::PassNotIpv4,
-        Counter::PassMalformed,
-        Counter::PassFragment,
-        Counter::PassUnmatched,
-        Counter::DropRewriteFailed,
-        Counter::SessionHit,
-        Counter::SessionCreated,
-        Counter::SessionExpired,
-        Counter::DropPortExhausted,
-        Counter::DropSessionTableFull,
-        Counter::DropUnsolicited,
-        Counter::IcmpErrorTranslated,
-        Counter::HairpinCreated,
-        Counter::FragmentTranslated,
-        Counter::DropFragmentUnknown,
-        Counter::Redirected,
-        Counter::DropSpoofed,
-        Counter::ExpectationUsed,
-        Counter::ExpectationExpired,
-        Counter::Punted,
-        Counter::DropPuntFailed,
-        Counter::FragNeededSent,
-        Counter::TimeExceededSent,
-        Counter::UnreachableSent,
-        Counter::IcmpErrorRateLimited,
-        Counter::IcmpErrorSuppressed,
-        Counter::PassedUntranslated,
-        Counter::FibForwardingDisabled,
-        Counter::FibBlackhole,
-        Counter::FibUnreachable,
-        Counter::FibProhibit,
-        Counter::FibNotForwarded,
-        Counter::FibNoNeighbour,
-        Counter::FibFragNeeded,
-        Counter::FibUnsupportedLwt,
-        Counter::FibNoSourceAddress,
-        Counter::FibError,
-    ];
-    pub const COUNT: u32 = Self::ALL.len() as u32;
-
-    /// Stable snake_case name, used in logs, `--json` output and metrics.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Counter::DnatPublished => "dnat_published",
-            Counter::SnatPublished => "snat_published",
-            Counter::PassNotIpv4 => "pass_not_ipv4",
-            Counter::PassMalformed => "pass_malformed",
-            Counter::PassFragment => "pass_fragment",
-            Counter::PassUnmatched => "pass_unmatched",
-            Counter::DropRewriteFailed => "drop_rewrite_failed",
-            Counter::SessionHit => "session_hit",
-            Counter::SessionCreated => "session_created",
-            Counter::SessionExpired => "session_expired",
-            Counter::DropPortExhausted => "drop_port_exhausted",
-            Counter::DropSessionTableFull => "drop_session_table_full",
-            Counter::DropUnsolicited => "drop_unsolicited",
-            Counter::IcmpErrorTranslated => "icmp_error_translated",
-            Counter::HairpinCreated => "hairpin_created",
-            Counter::FragmentTranslated => "fragment_translated",
-            Counter::DropFragmentUnknown => "drop_fragment_unknown",
-            Counter::Redirected => "redirected",
-            Counter::DropSpoofed => "drop_spoofed",
-            Counter::ExpectationUsed => "expectation_used",
-            Counter::ExpectationExpired => "expectation_expired",
-            Counter::Punted => "punted",
-            Counter::DropPuntFailed => "drop_punt_failed",
-            Counter::FragNeededSent => "frag_needed_sent",
-            Counter::TimeExceededSent => "time_exceeded_sent",
-            Counter::UnreachableSent => "unreachable_sent",
-            Counter::IcmpErrorRateLimited => "icmp_error_rate_limited",
-            Counter::IcmpErrorSuppressed => "icmp_error_suppressed",
-            Counter::PassedUntranslated => "passed_untranslated",
-            Counter::FibForwardingDisabled => "fib_forwarding_disabled",
-            Counter::FibBlackhole => "fib_blackhole",
-            Counter::FibUnreachable => "fib_unreachable",
-            Counter::FibProhibit => "fib_prohibit",
-            Counter::FibNotForwarded => "fib_not_forwarded",
-            Counter::FibNoNeighbour => "fib_no_neighbour",
-            Counter::FibFragNeeded => "fib_frag_needed",
-            Counter::FibUnsupportedLwt => "fib_unsupported_lwt",
-            Counter::FibNoSourceAddress => "fib_no_source_address",
-            Counter::FibError => "fib_error",
-        }
+counters! {
+    /// Per-CPU counters of the fast path, indexes into the `STATS` array.
+    ///
+    /// The agent sums them over CPUs. Every packet the programs see lands in exactly one of the
+    /// verdict counters (translated, passed for a reason, or dropped for a reason); `Redirected`,
+    /// the ICMP errors sent or withheld, `PassedUntranslated` and the `Fib*` refusals count,
+    /// besides, what happened to a translated packet next.
+    pub enum Counter {
+        /// Destination rewritten from a published address to its private server.
+        DnatPublished = 0, "dnat_published", Translated;
+        /// Source of a published server's reply rewritten to its public address.
+        SnatPublished = 1, "snat_published", Translated;
+        /// Not IPv4 (ARP, IPv6, VLAN-tagged, ...): handed to the kernel untouched.
+        PassNotIpv4 = 2, "pass_not_ipv4", Passed;
+        /// IPv4 whose headers could not be parsed (truncated, bad IHL): the kernel decides.
+        PassMalformed = 3, "pass_malformed", Passed;
+        /// An IPv4 fragment of a datagram the gateway does not translate.
+        PassFragment = 4, "pass_fragment", Passed;
+        /// IPv4 that matches no translation rule.
+        PassUnmatched = 5, "pass_unmatched", Passed;
+        /// A rewrite helper failed half-way: the packet is inconsistent and must not leave.
+        DropRewriteFailed = 6, "drop_rewrite_failed", Dropped;
+        /// Translated by an existing session (masquerade, either direction).
+        SessionHit = 7, "session_hit", Translated;
+        /// A new masqueraded connection: mapping found or allocated, two sessions created.
+        SessionCreated = 8, "session_created", Translated;
+        /// A session found past its timeout and removed.
+        SessionExpired = 9, "session_expired", Besides;
+        /// No free public port after `PORT_ALLOCATION_TRIES` probes: the packet is dropped.
+        DropPortExhausted = 10, "drop_port_exhausted", Dropped;
+        /// The session table refused an insert.
+        DropSessionTableFull = 11, "drop_session_table_full", Dropped;
+        /// Outside traffic to a masquerade address and port that no session or mapping admits.
+        DropUnsolicited = 12, "drop_unsolicited", Dropped;
+        /// An ICMP error about a translated connection, translated with the packet it quotes.
+        IcmpErrorTranslated = 13, "icmp_error_translated", Translated;
+        /// A new hairpinned connection (inside host to a published server's public address).
+        HairpinCreated = 14, "hairpin_created", Translated;
+        /// A later fragment (no transport header) given its datagram's translation.
+        FragmentTranslated = 15, "fragment_translated", Translated;
+        /// A later fragment of a datagram whose first fragment was not seen, that would otherwise
+        /// leave untranslated (or vanish in the gateway's own reassembly).
+        DropFragmentUnknown = 16, "drop_fragment_unknown", Dropped;
+        /// A translated packet forwarded by the program itself (FIB lookup and redirect), past the
+        /// gateway's stack. Counted in addition to its translation counter.
+        Redirected = 17, "redirected", Besides;
+        /// Arrived on the outside interface with a source address of an inside network.
+        DropSpoofed = 18, "drop_spoofed", Dropped;
+        /// A data connection's first packet found its expectation: two sessions created.
+        ExpectationUsed = 19, "expectation_used", Translated;
+        /// An expectation found past its expiry (removed; the packet is treated as unexpected).
+        ExpectationExpired = 20, "expectation_expired", Besides;
+        /// A packet of an FTP control connection, handed to the agent: redirected to its tap
+        /// (TC, when the agent has one) or copied into the punt ring.
+        Punted = 21, "punted", Punted;
+        /// A packet of an FTP control connection that the punt ring had no room for (or that is
+        /// larger than a record), after the tap, if any, refused it too: dropped, never forwarded
+        /// untranslated; TCP retransmits it.
+        DropPuntFailed = 22, "drop_punt_failed", Dropped;
+        /// A packet with DF too big for the next link once translated: answered with ICMP
+        /// fragmentation-needed to its original sender, quoting its original header (RFC 1191
+        /// path-MTU discovery), instead of being forwarded. Counted in addition to its
+        /// translation counter.
+        FragNeededSent = 23, "frag_needed_sent", Besides;
+        /// A translated packet whose TTL expires at the gateway: answered with ICMP time exceeded
+        /// to its original sender, quoting its original header (`traceroute` through the
+        /// gateway), instead of being forwarded. Counted in addition to its translation counter.
+        TimeExceededSent = 24, "time_exceeded_sent", Besides;
+        /// A translated packet the gateway cannot deliver: answered with ICMP destination
+        /// unreachable to its original sender, quoting its original header: host unreachable for
+        /// an `unreachable` route or a next hop that does not answer ARP, administratively
+        /// prohibited for a `prohibit` route. Counted in addition to its translation counter.
+        UnreachableSent = 25, "unreachable_sent", Besides;
+        /// An ICMP error the gateway would have sent about a translated packet, withheld by the
+        /// rate limits (per destination and overall, the kernel's defaults); the packet is dropped
+        /// as the kernel drops it.
+        IcmpErrorRateLimited = 26, "icmp_error_rate_limited", Besides;
+        /// An ICMP error the gateway must not send: about an ICMP error or a later fragment, to or
+        /// about a packet to a non-unicast address, or to a sender with no route back. The packet
+        /// is dropped as the kernel drops it.
+        IcmpErrorSuppressed = 27, "icmp_error_suppressed", Besides;
+        /// A translated packet the route lookup does not forward (for the gateway itself, a
+        /// broadcast, no route at all): its original addresses and ports are put back and the
+        /// stack gets it as it arrived, so its own sockets see the real sender and its ICMP errors
+        /// (net unreachable, port unreachable) reach it. Counted in addition to its translation
+        /// counter.
+        PassedUntranslated = 28, "passed_untranslated", Besides;
+        /// `bpf_fib_lookup` refusals for translated packets, by result (counted in addition to
+        /// the translation counter). Forwarding is disabled on the ingress interface: the stack
+        /// gets the packet and drops it.
+        FibForwardingDisabled = 29, "fib_forwarding_disabled", Besides;
+        /// A `blackhole` route: dropped silently, as the kernel does.
+        FibBlackhole = 30, "fib_blackhole", Besides;
+        /// An `unreachable` route: answered with host unreachable.
+        FibUnreachable = 31, "fib_unreachable", Besides;
+        /// A `prohibit` route: answered with administratively prohibited.
+        FibProhibit = 32, "fib_prohibit", Besides;
+        /// Not a unicast route (local delivery, broadcast, no route): passed untranslated.
+        FibNotForwarded = 33, "fib_not_forwarded", Besides;
+        /// The next hop's link-layer address is not resolved yet: forwarded all the same (TC's
+        /// `bpf_redirect_neigh`, or the stack, resolves it); one that stays unresolved is answered
+        /// with host unreachable.
+        FibNoNeighbour = 34, "fib_no_neighbour", Besides;
+        /// Too big for the next link: fragmentation-needed with DF, else the stack fragments it.
+        FibFragNeeded = 35, "fib_frag_needed", Besides;
+        /// The route has a lightweight tunnel encapsulation: the stack handles it.
+        FibUnsupportedLwt = 36, "fib_unsupported_lwt", Besides;
+        /// No source address for the route: the stack handles it.
+        FibNoSourceAddress = 37, "fib_no_source_address", Besides;
+        /// The lookup itself failed (an unknown ingress interface): the stack handles it.
+        FibError = 38, "fib_error", Besides;
     }
 }
 
-/// Why a packet was punted: which side of which kind of FTP control connection sent it.
-pub mod punt_reason {
-    /// From an outside client to a published server's public control endpoint.
-    pub const PUBLISHED_FROM_CLIENT: u8 = 1;
-    /// From a published server's private control endpoint.
-    pub const PUBLISHED_FROM_SERVER: u8 = 2;
-    /// From a masqueraded inside client to an outside server's control port.
-    pub const MASQUERADE_FROM_CLIENT: u8 = 3;
-    /// From an outside server's control port to a masquerade address.
-    pub const MASQUERADE_FROM_SERVER: u8 = 4;
-    /// From an inside client to a published server's public control endpoint (hairpinning):
-    /// the server must see the client at its masquerade mapping. The server's side arrives
-    /// as `PUBLISHED_FROM_SERVER`.
-    pub const HAIRPIN_FROM_CLIENT: u8 = 5;
+wire_enum! {
+    /// Why a packet was punted: which side of which kind of FTP control connection sent it
+    /// (the value of `PUNT_ENDPOINTS`, and of punt records and frames).
+    pub enum PuntReason: u8 {
+        /// From an outside client to a published server's public control endpoint.
+        PublishedFromClient = 1,
+        /// From a published server's private control endpoint.
+        PublishedFromServer = 2,
+        /// From a masqueraded inside client to an outside server's control port.
+        MasqueradeFromClient = 3,
+        /// From an outside server's control port to a masquerade address.
+        MasqueradeFromServer = 4,
+        /// From an inside client to a published server's public control endpoint
+        /// (hairpinning): the server must see the client at its masquerade mapping. The
+        /// server's side arrives as `PublishedFromServer`.
+        HairpinFromClient = 5,
+    }
 }
 
 /// The head of a punt ring record; the IPv4 packet (from its IP header on) follows it.
@@ -636,7 +600,7 @@ pub struct PuntHeader {
     pub ifindex: u32,
     /// Bytes of the IPv4 packet that follow the header.
     pub len: u32,
-    /// One of the `punt_reason` constants.
+    /// A [`PuntReason`].
     pub reason: u8,
     pub _pad: [u8; 3],
     /// When the packet was punted: the low 32 bits of `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
@@ -734,7 +698,7 @@ pub mod punt_frame {
 }
 
 /// Published FTP control endpoints (`alg = "ftp"`), public and private: the key of
-/// `PUNT_ENDPOINTS`, whose value is the `punt_reason` of packets addressed to (public) or
+/// `PUNT_ENDPOINTS`, whose value is the [`PuntReason`] of packets addressed to (public) or
 /// sent from (private) that endpoint.
 pub const MAX_PUNT_ENDPOINTS: u32 = 2 * MAX_PUBLISHED;
 
@@ -797,7 +761,7 @@ mod tests {
         let meta = punt_frame::Meta {
             punted_ns_low: 0xdead_beef,
             ifindex: 7,
-            reason: punt_reason::MASQUERADE_FROM_SERVER,
+            reason: PuntReason::MasqueradeFromServer as u8,
         };
         let mut frame = [0u8; 40];
         frame[..punt_frame::META_LEN].copy_from_slice(&meta.encode());
@@ -818,6 +782,28 @@ mod tests {
         foreign[9..12].copy_from_slice(&[0x02, 0x42, 0xac]);
         assert_eq!(punt_frame::decode(&foreign), None);
         assert_eq!(punt_frame::decode(&frame[..13]), None);
+    }
+
+    #[test]
+    fn wire_enums_read_back_what_was_written_and_refuse_the_rest() {
+        for &reason in PuntReason::ALL {
+            assert_eq!(PuntReason::try_from(reason as u8), Ok(reason));
+        }
+        for &rewrite in Rewrite::ALL {
+            assert_eq!(Rewrite::try_from(rewrite as u8), Ok(rewrite));
+        }
+        for &filtering in Filtering::ALL {
+            assert_eq!(Filtering::try_from(filtering as u32), Ok(filtering));
+        }
+        assert_eq!(
+            PuntReason::try_from(0),
+            Err(wire::UnknownValue {
+                what: "PuntReason",
+                value: 0
+            })
+        );
+        assert!(Rewrite::try_from(4).is_err());
+        assert!(Filtering::try_from(3).is_err());
     }
 
     #[test]

@@ -40,9 +40,9 @@ use gateway_common::{
 };
 
 use crate::{
-    forward::{AF_INET, Scratch, scratch},
     maps::{ICMP_RATE, ICMP_RATE_ALL, count},
-    packet::{Packet, ptr_at},
+    packet::{AF_INET, Packet, ptr_at},
+    scratch::{Scratch, scratch},
 };
 
 /// Room inserted after the Ethernet header of a TC packet for the message: it then ends

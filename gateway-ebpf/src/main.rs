@@ -16,6 +16,7 @@ mod nat;
 mod neighbour;
 mod packet;
 mod punt;
+mod scratch;
 mod untranslate;
 
 use aya_ebpf::{
@@ -24,27 +25,27 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 
-use crate::nat::Verdict;
+use crate::nat::Outcome;
 
 #[xdp]
 pub fn gateway_xdp(ctx: XdpContext) -> u32 {
     let mut ctx = ctx;
-    match nat::translate(&mut ctx, forward::fresh_quote()) {
-        Verdict::Pass => xdp_action::XDP_PASS,
-        Verdict::Forward => forward::xdp_forward(&mut ctx),
-        Verdict::Drop => xdp_action::XDP_DROP,
-        Verdict::Punt(reason) => punt::punt_xdp(&mut ctx, reason),
+    match nat::translate(&mut ctx, scratch::fresh_quote()) {
+        Outcome::Forward(_) => forward::xdp_forward(&mut ctx),
+        Outcome::Stack(_) => xdp_action::XDP_PASS,
+        Outcome::Drop(_) => xdp_action::XDP_DROP,
+        Outcome::Punt(reason) => punt::punt_xdp(&mut ctx, reason),
     }
 }
 
 #[classifier]
 pub fn gateway_tc(ctx: TcContext) -> i32 {
     let mut ctx = ctx;
-    match nat::translate(&mut ctx, forward::fresh_quote()) {
-        Verdict::Pass => TC_ACT_OK,
-        Verdict::Forward => forward::tc_forward(&mut ctx),
-        Verdict::Drop => TC_ACT_SHOT,
-        Verdict::Punt(reason) => punt::punt_tc(&mut ctx, reason),
+    match nat::translate(&mut ctx, scratch::fresh_quote()) {
+        Outcome::Forward(_) => forward::tc_forward(&mut ctx),
+        Outcome::Stack(_) => TC_ACT_OK,
+        Outcome::Drop(_) => TC_ACT_SHOT,
+        Outcome::Punt(reason) => punt::punt_tc(&mut ctx, reason),
     }
 }
 

@@ -1,7 +1,6 @@
 //! The maps shared with the agent. Names and value types come from `gateway-common`; sizes
 //! are the defaults, which the agent may override at load time.
 
-use crate::forward::Scratch;
 use aya_ebpf::{
     macros::map,
     maps::{Array, DevMap, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -55,7 +54,7 @@ pub static FRAGMENTS: LruHashMap<FragmentKey, FragmentTranslation> =
 pub static EXPECTATIONS: HashMap<ExpectationKey, ExpectationEntry> =
     HashMap::with_max_entries(MAX_EXPECTATIONS, 0);
 
-/// Published FTP control endpoints, public and private, with the `punt_reason` of their
+/// Published FTP control endpoints, public and private, with the `PuntReason` of their
 /// packets: those go to the agent.
 #[map(name = "PUNT_ENDPOINTS")]
 pub static PUNT_ENDPOINTS: HashMap<Endpoint, u8> = HashMap::with_max_entries(MAX_PUNT_ENDPOINTS, 0);
@@ -94,11 +93,6 @@ pub static NAT_CONFIG: Array<NatConfig> = Array::with_max_entries(1, 0);
 /// ifindex). An egress interface not in here gets the packet through the stack instead.
 #[map(name = "REDIRECT_PORTS")]
 pub static REDIRECT_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_REDIRECT_PORTS, 0);
-
-/// Per-CPU room for the quote of the packet being handled and the ICMP message built from it
-/// (element 0; see `forward::Scratch`).
-#[map(name = "SCRATCH")]
-pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// The ICMP errors the programs send, per destination: the kernel's per-host rate limit
 /// (`icmp_error.rs`). Not pinned: a new program starts with full buckets.

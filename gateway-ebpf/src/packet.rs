@@ -16,6 +16,9 @@ use aya_ebpf::{
 };
 use gateway_common::{FlowKey, IPPROTO_TCP, IPPROTO_UDP, checksum};
 
+/// The address family of the programs' route lookups (`bpf_fib_lookup`, `bpf_redirect_neigh`).
+pub const AF_INET: u8 = 2;
+
 /// Where the transport checksum is, and which rules it follows.
 #[derive(Clone, Copy)]
 pub enum L4Check {

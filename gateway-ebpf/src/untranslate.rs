@@ -15,8 +15,8 @@ use gateway_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 use network_types::eth::EthHdr;
 
 use crate::{
-    forward::scratch,
     packet::{L4Check, Packet, RewriteFailed, ptr_at},
+    scratch::scratch,
 };
 
 const IP_SRC: usize = 12;

@@ -55,14 +55,8 @@ impl Direction {
     }
 }
 
-/// TCP flag bits the session looks at.
-pub mod flags {
-    pub const FIN: u8 = 0x01;
-    pub const SYN: u8 = 0x02;
-    pub const RST: u8 = 0x04;
-    pub const PSH: u8 = 0x08;
-    pub const ACK: u8 = 0x10;
-}
+/// TCP flag bits the session looks at: the ones the fast path reads too.
+pub use gateway_common::tcp::flags;
 
 /// The TCP fields of a segment that the session reads and rewrites.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,9 +15,7 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail};
-use gateway_common::{
-    FlowKey, REWRITE_BOTH, REWRITE_DESTINATION, REWRITE_SOURCE, expectation_kind, session_state,
-};
+use gateway_common::{ExpectationKind, FlowKey, Rewrite, session_state};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, UnixListener, UnixStream},
@@ -799,28 +797,36 @@ impl Agent {
                     .dataplane
                     .expectations()?
                     .into_iter()
-                    .map(|(key, entry)| ExpectationRow {
-                        kind: expectation_kind::name(entry.kind).into(),
-                        endpoint: key.endpoint.socket().to_string(),
-                        peer: std::net::Ipv4Addr::from(key.peer).to_string(),
-                        target: match entry.kind {
-                            expectation_kind::OUTBOUND => {
-                                format!("source {}", std::net::Ipv4Addr::from(entry.target.addr))
-                            }
-                            expectation_kind::HAIRPIN_TO_SERVER => {
-                                format!("{} from the peer's mapping", entry.target.socket())
-                            }
-                            expectation_kind::HAIRPIN_TO_CLIENT => format!(
-                                "{} from {}",
-                                entry.target.socket(),
-                                std::net::Ipv4Addr::from(entry.source)
-                            ),
-                            _ => entry.target.socket().to_string(),
-                        },
-                        expires_in_seconds: (entry.expires_ns as i128 - now as i128)
-                            .clamp(i64::MIN as i128, i64::MAX as i128)
-                            as i64
-                            / 1_000_000_000,
+                    .map(|(key, entry)| {
+                        let kind = ExpectationKind::try_from(entry.kind);
+                        ExpectationRow {
+                            kind: kind.map_or("unknown", ExpectationKind::name).into(),
+                            endpoint: key.endpoint.socket().to_string(),
+                            peer: std::net::Ipv4Addr::from(key.peer).to_string(),
+                            target: match kind {
+                                Ok(ExpectationKind::Outbound) => {
+                                    format!(
+                                        "source {}",
+                                        std::net::Ipv4Addr::from(entry.target.addr)
+                                    )
+                                }
+                                Ok(ExpectationKind::HairpinToServer) => {
+                                    format!("{} from the peer's mapping", entry.target.socket())
+                                }
+                                Ok(ExpectationKind::HairpinToClient) => format!(
+                                    "{} from {}",
+                                    entry.target.socket(),
+                                    std::net::Ipv4Addr::from(entry.source)
+                                ),
+                                Ok(ExpectationKind::Inbound) | Err(_) => {
+                                    entry.target.socket().to_string()
+                                }
+                            },
+                            expires_in_seconds: (entry.expires_ns as i128 - now as i128)
+                                .clamp(i64::MIN as i128, i64::MAX as i128)
+                                as i64
+                                / 1_000_000_000,
+                        }
                     })
                     .collect();
                 serde_json::to_value(rows)?
@@ -1226,11 +1232,12 @@ fn tuples(
     let src = endpoint(key.src, key.src_port);
     let dst = endpoint(key.dst, key.dst_port);
     let own = endpoint(session.addr, session.port);
-    let translated = match session.rewrite {
-        REWRITE_SOURCE => (own, dst),
-        REWRITE_DESTINATION => (src, own),
-        REWRITE_BOTH => (own, endpoint(session.peer_addr, session.peer_port)),
-        _ => (src, dst),
+    let translated = match Rewrite::try_from(session.rewrite) {
+        Ok(Rewrite::Source) => (own, dst),
+        Ok(Rewrite::Destination) => (src, own),
+        Ok(Rewrite::Both) => (own, endpoint(session.peer_addr, session.peer_port)),
+        // Not a value the fast path writes: shown as it is keyed, untranslated.
+        Err(_) => (src, dst),
     };
     ((src, dst), translated)
 }

@@ -19,7 +19,7 @@ use std::collections::HashSet;
 
 use gateway_common::{
     Counter, Endpoint, ExpectationEntry, ExpectationKey, FlowKey, Ipv4Cidr, LAYOUT_VERSION,
-    NatConfig, PeerKey, REWRITE_DESTINATION, Session, filtering, names, punt_reason,
+    NatConfig, PeerKey, PuntReason, Rewrite, Session, names,
 };
 
 use crate::{
@@ -393,10 +393,10 @@ impl Dataplane {
         for publish in publishes.iter().filter(|publish| publish.alg.is_some()) {
             let proto = publish.protocol.number();
             for (endpoint, reason) in [
-                (publish.public, punt_reason::PUBLISHED_FROM_CLIENT),
-                (publish.private, punt_reason::PUBLISHED_FROM_SERVER),
+                (publish.public, PuntReason::PublishedFromClient),
+                (publish.private, PuntReason::PublishedFromServer),
             ] {
-                punt.insert(Endpoint::from_socket(endpoint, proto), reason, 0)
+                punt.insert(Endpoint::from_socket(endpoint, proto), reason as u8, 0)
                     .map_err(map_error(map_name))?;
             }
         }
@@ -436,10 +436,12 @@ impl Dataplane {
             config.port_min = *masquerade.ports.start();
             config.port_max = *masquerade.ports.end();
             config.filtering = match masquerade.filtering {
-                Filtering::AddressDependent => filtering::ADDRESS_DEPENDENT,
-                Filtering::AddressAndPortDependent => filtering::ADDRESS_AND_PORT_DEPENDENT,
-                Filtering::EndpointIndependent => filtering::ENDPOINT_INDEPENDENT,
-            };
+                Filtering::AddressDependent => gateway_common::Filtering::AddressDependent,
+                Filtering::AddressAndPortDependent => {
+                    gateway_common::Filtering::AddressAndPortDependent
+                }
+                Filtering::EndpointIndependent => gateway_common::Filtering::EndpointIndependent,
+            } as u32;
             for (slot, port) in config.ftp_control_ports.iter_mut().zip(ftp_control_ports) {
                 *slot = port.to_be_bytes();
             }
@@ -870,7 +872,7 @@ impl Dataplane {
                 let idle = now_ns.saturating_sub(session.last_seen_ns);
                 if idle > config.session_timeout_ns(key.proto, session.state) {
                     expired.push(key);
-                } else if session.rewrite != REWRITE_DESTINATION {
+                } else if Rewrite::try_from(session.rewrite) != Ok(Rewrite::Destination) {
                     // Outbound and hairpin sessions name the mapping they use.
                     in_use.insert(Endpoint::new(session.addr, session.port, key.proto));
                 }

@@ -268,7 +268,7 @@ fn scale_cost() {
 
 /// Adds sessions `from..to` (synthetic remote endpoints) to the table.
 fn fill_sessions(dataplane: &mut Dataplane, from: u32, to: u32) {
-    use gateway_common::{FlowKey, IPPROTO_TCP, REWRITE_SOURCE, Session};
+    use gateway_common::{FlowKey, IPPROTO_TCP, Rewrite, Session};
     let map = dataplane
         .ebpf_mut()
         .map_mut(gateway_common::names::SESSIONS)
@@ -287,7 +287,7 @@ fn fill_sessions(dataplane: &mut Dataplane, from: u32, to: u32) {
         let session = Session {
             addr: PUBLIC.octets(),
             port: 40000u16.to_be_bytes(),
-            rewrite: REWRITE_SOURCE,
+            rewrite: Rewrite::Source as u8,
             state: 1,
             ..Session::default()
         };

@@ -13,7 +13,7 @@ mod common;
 use aya::programs::{TestRun, TestRunOptions};
 use common::{Hook, TC_ACT_SHOT, XDP_DROP, assert_translates, run};
 use gateway_common::{
-    Counter, Endpoint, ExpectationEntry, ExpectationKey, IPPROTO_TCP, expectation_kind, punt_reason,
+    Counter, Endpoint, ExpectationEntry, ExpectationKey, ExpectationKind, IPPROTO_TCP, PuntReason,
 };
 use gateway_tests::{check_environment, frame::FrameSpec};
 use gateway_user::{
@@ -104,16 +104,16 @@ fn hairpinned_control_packets_go_to_the_agent() {
     let cases = [
         (
             syn(FrameSpec::tcp(client, at(PUBLIC, 21))),
-            punt_reason::HAIRPIN_FROM_CLIENT,
+            PuntReason::HairpinFromClient as u8,
         ),
         (
             FrameSpec::tcp(client, at(PUBLIC, 21)),
-            punt_reason::HAIRPIN_FROM_CLIENT,
+            PuntReason::HairpinFromClient as u8,
         ),
         // The server answers the client's masquerade mapping.
         (
             FrameSpec::tcp(at(SERVER, 21), at(PUBLIC, 41000)),
-            punt_reason::PUBLISHED_FROM_SERVER,
+            PuntReason::PublishedFromServer as u8,
         ),
     ];
     let mut punted = 0;
@@ -240,7 +240,7 @@ fn a_hairpinned_passive_data_connection_is_translated_both_ways() {
             &mut dataplane,
             public,
             INSIDE_CLIENT,
-            expectation_kind::HAIRPIN_TO_SERVER,
+            ExpectationKind::HairpinToServer as u8,
             server,
             Ipv4Addr::UNSPECIFIED,
         );
@@ -301,7 +301,7 @@ fn a_hairpinned_active_data_connection_is_translated_both_ways() {
             &mut dataplane,
             announced,
             SERVER,
-            expectation_kind::HAIRPIN_TO_CLIENT,
+            ExpectationKind::HairpinToClient as u8,
             client,
             PUBLIC,
         );

@@ -661,7 +661,7 @@ fn a_simultaneous_open_gets_through() {
 }
 
 mod expectations {
-    use gateway_common::{ExpectationEntry, ExpectationKey, IPPROTO_TCP, expectation_kind};
+    use gateway_common::{ExpectationEntry, ExpectationKey, ExpectationKind, IPPROTO_TCP};
     use gateway_user::dataplane::monotonic_now_ns;
 
     use super::*;
@@ -712,7 +712,7 @@ mod expectations {
                 &mut dataplane,
                 public,
                 REMOTE,
-                expectation_kind::INBOUND,
+                ExpectationKind::Inbound as u8,
                 private,
                 Duration::from_secs(60),
             );
@@ -762,7 +762,7 @@ mod expectations {
                 &mut dataplane,
                 client,
                 HOST_A,
-                expectation_kind::OUTBOUND,
+                ExpectationKind::Outbound as u8,
                 at(PUBLIC, 0),
                 Duration::from_secs(60),
             );
@@ -794,7 +794,7 @@ mod expectations {
             &mut dataplane,
             public,
             REMOTE,
-            expectation_kind::INBOUND,
+            ExpectationKind::Inbound as u8,
             at(HOST_A, 50000),
             Duration::ZERO,
         );
@@ -802,7 +802,7 @@ mod expectations {
             &mut dataplane,
             at(PUBLIC, 40003),
             REMOTE,
-            expectation_kind::INBOUND,
+            ExpectationKind::Inbound as u8,
             at(HOST_A, 50001),
             Duration::ZERO,
         );

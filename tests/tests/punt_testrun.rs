@@ -8,7 +8,7 @@ mod common;
 
 use aya::programs::{TestRun, TestRunOptions};
 use common::{Hook, TC_ACT_SHOT, XDP_DROP, run};
-use gateway_common::{Counter, punt_reason};
+use gateway_common::{Counter, PuntReason};
 use gateway_tests::{check_environment, frame::FrameSpec};
 use gateway_user::{
     alg::shell::decode,
@@ -78,28 +78,28 @@ fn control_packets_go_to_the_ring_whole_and_no_further() {
                 SocketAddrV4::new(CLIENT, 40000),
                 SocketAddrV4::new(PUBLIC, 21),
             ),
-            punt_reason::PUBLISHED_FROM_CLIENT,
+            PuntReason::PublishedFromClient as u8,
         ),
         (
             FrameSpec::tcp(
                 SocketAddrV4::new(SERVER, 21),
                 SocketAddrV4::new(CLIENT, 40000),
             ),
-            punt_reason::PUBLISHED_FROM_SERVER,
+            PuntReason::PublishedFromServer as u8,
         ),
         (
             FrameSpec::tcp(
                 SocketAddrV4::new(INSIDE_CLIENT, 41000),
                 SocketAddrV4::new(OUTSIDE_SERVER, 21),
             ),
-            punt_reason::MASQUERADE_FROM_CLIENT,
+            PuntReason::MasqueradeFromClient as u8,
         ),
         (
             FrameSpec::tcp(
                 SocketAddrV4::new(OUTSIDE_SERVER, 21),
                 SocketAddrV4::new(PUBLIC, 41000),
             ),
-            punt_reason::MASQUERADE_FROM_SERVER,
+            PuntReason::MasqueradeFromServer as u8,
         ),
     ];
     let mut punted = 0;
@@ -219,14 +219,14 @@ fn punts_go_to_the_tap_and_fall_back_to_the_ring_when_it_is_gone() {
                         SocketAddrV4::new(CLIENT, 40000),
                         SocketAddrV4::new(PUBLIC, 21),
                     ),
-                    punt_reason::PUBLISHED_FROM_CLIENT,
+                    PuntReason::PublishedFromClient as u8,
                 ),
                 (
                     FrameSpec::tcp(
                         SocketAddrV4::new(OUTSIDE_SERVER, 21),
                         SocketAddrV4::new(PUBLIC, 41000),
                     ),
-                    punt_reason::MASQUERADE_FROM_SERVER,
+                    PuntReason::MasqueradeFromServer as u8,
                 ),
             ];
             for (hook, redirected) in [(Hook::Tc, TC_ACT_REDIRECT), (Hook::Xdp, XDP_REDIRECT)] {

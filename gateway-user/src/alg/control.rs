@@ -18,8 +18,10 @@ use std::{
 };
 
 use gateway_common::{
-    Endpoint, ExpectationEntry, ExpectationKey, FlowKey, IPPROTO_TCP, endpoint_flags,
-    expectation_kind, punt_reason,
+    Endpoint, ExpectationEntry, ExpectationKey, ExpectationKind, FlowKey, IPPROTO_TCP,
+    PORT_ALLOCATION_TRIES, PuntReason, endpoint_flags,
+    masquerade::{PortCandidates, public_address_index},
+    tcp,
 };
 use gateway_ftp::{
     policy::{Check, Policy, ViolationAction},
@@ -132,9 +134,6 @@ fn hex_head(bytes: &[u8]) -> String {
         .map(|byte| format!("{byte:02x}"))
         .collect()
 }
-const TCP_PSH: u8 = 0x08;
-/// Free-port probes per allocation, as the fast path does.
-const PORT_TRIES: u32 = gateway_common::PORT_ALLOCATION_TRIES;
 
 /// A packet to send, already translated, with its checksums.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -693,7 +692,7 @@ impl ControlTable {
             }
         };
         let key = flow_key(&packet);
-        let syn_only = packet.flags & (flags::SYN | flags::ACK) == flags::SYN;
+        let syn_only = tcp::opens_connection(packet.flags);
         let existing = self.flows.get(&key).copied();
         let (id, direction) = match existing {
             // A new connection reusing the ports of one that closed.
@@ -749,12 +748,17 @@ impl ControlTable {
             .connections
             .iter()
             .filter(|(_, connection)| {
+                // A closed connection lingers instead; a half-closed one is not closing for
+                // the timeout (its other direction may still carry commands).
                 let limit = if connection.closed() {
                     CLOSED_LINGER_NS
-                } else if connection.established {
-                    settings.established_timeout_ns
                 } else {
-                    settings.transitory_timeout_ns
+                    tcp::idle_timeout_ns(
+                        connection.established,
+                        false,
+                        settings.established_timeout_ns,
+                        settings.transitory_timeout_ns,
+                    )
                 };
                 now_ns.saturating_sub(connection.last_seen_ns) > limit
             })
@@ -840,15 +844,15 @@ impl ControlTable {
             }
             return Err(vec![refusal::reset_for_syn(packet)]);
         }
-        let (client_seen, server, server_seen, held) = match reason {
-            punt_reason::PUBLISHED_FROM_CLIENT => {
+        let (client_seen, server, server_seen, held) = match PuntReason::try_from(reason) {
+            Ok(PuntReason::PublishedFromClient) => {
                 let Some(private) = self.settings.published.get(&destination).copied() else {
                     self.stats.drop_no_session += 1;
                     return Err(Vec::new());
                 };
                 (client, private, destination, Vec::new())
             }
-            punt_reason::MASQUERADE_FROM_CLIENT => {
+            Ok(PuntReason::MasqueradeFromClient) => {
                 let Some(public) = self.masquerade_mapping(client, maps) else {
                     self.stats.drop_no_port += 1;
                     return Err(Vec::new());
@@ -858,7 +862,7 @@ impl ControlTable {
             }
             // An inside client of a published server, through its public address: the server
             // sees the client at its masquerade mapping, as any hairpinned connection.
-            punt_reason::HAIRPIN_FROM_CLIENT => {
+            Ok(PuntReason::HairpinFromClient) => {
                 let Some(private) = self.settings.published.get(&destination).copied() else {
                     self.stats.drop_no_session += 1;
                     return Err(Vec::new());
@@ -870,8 +874,9 @@ impl ControlTable {
                 let held = vec![(Endpoint::from_socket(public, IPPROTO_TCP), u64::MAX)];
                 (public, private, destination, held)
             }
-            // A server's segment with no connection: not ours to open.
-            _ => {
+            // A server's segment with no connection: not ours to open; nor is a reason the
+            // fast path does not write.
+            Ok(PuntReason::PublishedFromServer | PuntReason::MasqueradeFromServer) | Err(_) => {
                 self.stats.drop_no_session += 1;
                 return Err(Vec::new());
             }
@@ -933,8 +938,9 @@ impl ControlTable {
             return Some(public.socket());
         }
         // The same public address the fast path would choose for this private address.
-        let index = u32::from_ne_bytes(client.ip().octets()) as usize % masquerade.addresses.len();
-        let address = masquerade.addresses[index];
+        let count = u32::try_from(masquerade.addresses.len()).ok()?;
+        let index = public_address_index(client.ip().octets(), count);
+        let address = *masquerade.addresses.get(index)?;
         let ports = masquerade.ports.clone();
         let public = allocate(
             &mut self.rng,
@@ -1065,7 +1071,7 @@ impl ControlTable {
                     };
                     let entry = ExpectationEntry {
                         target: Endpoint::new(expectation.source.octets(), [0; 2], IPPROTO_TCP),
-                        kind: expectation_kind::OUTBOUND,
+                        kind: ExpectationKind::Outbound as u8,
                         _pad: [0; 3],
                         source: [0; 4],
                         expires_ns: expectation_until,
@@ -1214,7 +1220,7 @@ fn emit(
         packet.seq = seq;
         packet.id = template.id.wrapping_add(index as u16);
         if index != last {
-            packet.flags &= !(flags::FIN | TCP_PSH);
+            packet.flags &= !(flags::FIN | flags::PSH);
         }
         packet.payload = chunk.to_vec();
         seq = seq.wrapping_add(chunk.len() as u32);
@@ -1309,7 +1315,8 @@ impl PortAllocator for DataPorts<'_> {
 }
 
 /// Claims a public port on `address` for `owner`: `preferred` if it is in range and free,
-/// else random ports in range, `PORT_TRIES` probes in all (as the fast path allocates).
+/// else random ports in range, `PORT_ALLOCATION_TRIES` probes in all: the fast path's
+/// sequence (`PortCandidates`).
 fn allocate(
     rng: &mut u64,
     maps: &mut dyn AlgMaps,
@@ -1319,13 +1326,9 @@ fn allocate(
     reserved: &HashSet<SocketAddrV4>,
     owner: Endpoint,
 ) -> Option<SocketAddrV4> {
-    let span = u32::from(*ports.end()) - u32::from(*ports.start()) + 1;
-    for attempt in 0..PORT_TRIES {
-        let port = if attempt == 0 && ports.contains(&preferred) {
-            preferred
-        } else {
-            (u32::from(*ports.start()) + next_random(rng) % span) as u16
-        };
+    let candidates = PortCandidates::new(*ports.start(), *ports.end(), preferred);
+    for attempt in 0..PORT_ALLOCATION_TRIES {
+        let port = candidates.candidate(attempt, || next_random(rng));
         let candidate = SocketAddrV4::new(address, port);
         if reserved.contains(&candidate) {
             continue;

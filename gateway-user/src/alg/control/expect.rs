@@ -9,15 +9,15 @@
 //!   data connection is translated both ways as any hairpinned connection is, as Linux's
 //!   `nf_nat_ftp` does with its `nf_nat_follow_master`. Passive mode: the client connects to
 //!   the public data endpoint; it reaches the server from its masquerade mapping
-//!   (`HAIRPIN_TO_SERVER`). Active mode: the server connects to the masquerade endpoint the
+//!   (`HairpinToServer`). Active mode: the server connects to the masquerade endpoint the
 //!   client's `PORT` was rewritten to; it reaches the client from the server's public address,
-//!   which is where the client sees its server (`HAIRPIN_TO_CLIENT`). Either way each end
+//!   which is where the client sees its server (`HairpinToClient`). Either way each end
 //!   sends its packets back to the gateway, never straight to the other on the inside
 //!   network, where they would arrive from an address it does not know.
 
 use std::net::SocketAddrV4;
 
-use gateway_common::{Endpoint, ExpectationEntry, ExpectationKey, IPPROTO_TCP, expectation_kind};
+use gateway_common::{Endpoint, ExpectationEntry, ExpectationKey, ExpectationKind, IPPROTO_TCP};
 use gateway_ftp::session::{Direction, Expectation};
 
 /// A control connection's ends as the agent translates it.
@@ -49,12 +49,12 @@ pub(super) fn entry(
         peer: expectation.peer.octets(),
     };
     let (kind, source) = match (ends.hairpinned(), direction) {
-        (false, _) => (expectation_kind::INBOUND, [0; 4]),
+        (false, _) => (ExpectationKind::Inbound as u8, [0; 4]),
         // A `227`/`229`: the client opens it.
-        (true, Direction::ServerToClient) => (expectation_kind::HAIRPIN_TO_SERVER, [0; 4]),
+        (true, Direction::ServerToClient) => (ExpectationKind::HairpinToServer as u8, [0; 4]),
         // A `PORT`/`EPRT`: the server opens it.
         (true, Direction::ClientToServer) => (
-            expectation_kind::HAIRPIN_TO_CLIENT,
+            ExpectationKind::HairpinToClient as u8,
             ends.server_seen.ip().octets(),
         ),
     };

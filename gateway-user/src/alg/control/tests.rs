@@ -93,14 +93,14 @@ fn segment(
 const SYN: u8 = flags::SYN;
 const SYN_ACK: u8 = flags::SYN | flags::ACK;
 const ACK: u8 = flags::ACK;
-const PSH_ACK: u8 = flags::ACK | TCP_PSH;
+const PSH_ACK: u8 = flags::ACK | flags::PSH;
 const MSS_1460: [u8; 4] = [2, 4, 0x05, 0xb4];
 
 /// Handshake of a published-server control connection: client 40000 -> public:21.
 fn published_handshake(table: &mut ControlTable, maps: &mut FakeMaps) {
     let client = (CLIENT, 40000);
     let out = table.on_packet(
-        punt_reason::PUBLISHED_FROM_CLIENT,
+        PuntReason::PublishedFromClient as u8,
         &segment(client, (PUBLIC, 21), 100, 0, SYN, b"", MSS_1460.to_vec()),
         0,
         maps,
@@ -111,7 +111,7 @@ fn published_handshake(table: &mut ControlTable, maps: &mut FakeMaps) {
     assert_eq!(syn.ttl, 63);
     assert_eq!(out[0].dst, SERVER);
     let out = table.on_packet(
-        punt_reason::PUBLISHED_FROM_SERVER,
+        PuntReason::PublishedFromServer as u8,
         &segment(
             (SERVER, 21),
             client,
@@ -130,7 +130,7 @@ fn published_handshake(table: &mut ControlTable, maps: &mut FakeMaps) {
         (PUBLIC, 21, CLIENT)
     );
     table.on_packet(
-        punt_reason::PUBLISHED_FROM_CLIENT,
+        PuntReason::PublishedFromClient as u8,
         &segment(client, (PUBLIC, 21), 101, 501, ACK, b"", vec![]),
         0,
         maps,
@@ -144,7 +144,7 @@ fn passive_reply_of_a_published_server_is_rewritten_after_its_expectation() {
     published_handshake(&mut table, &mut maps);
     let reply = b"227 Entering Passive Mode (10,0,0,2,195,80).\r\n";
     let out = table.on_packet(
-        punt_reason::PUBLISHED_FROM_SERVER,
+        PuntReason::PublishedFromServer as u8,
         &segment(
             (SERVER, 21),
             (CLIENT, 40000),
@@ -174,11 +174,11 @@ fn passive_reply_of_a_published_server_is_rewritten_after_its_expectation() {
     };
     let entry = maps.expectations[&key];
     assert_eq!(entry.target.socket(), SocketAddrV4::new(SERVER, 50000));
-    assert_eq!(entry.kind, expectation_kind::INBOUND);
+    assert_eq!(entry.kind, ExpectationKind::Inbound as u8);
     assert_eq!(entry.expires_ns, 61 * SECOND);
     // The line grew by 3 bytes (46 to 49): the client's ACK of it is mapped back for the server.
     let out = table.on_packet(
-        punt_reason::PUBLISHED_FROM_CLIENT,
+        PuntReason::PublishedFromClient as u8,
         &segment(
             (CLIENT, 40000),
             (PUBLIC, 21),
@@ -208,7 +208,7 @@ fn a_taken_data_port_is_replaced_by_a_free_one() {
     );
     published_handshake(&mut table, &mut maps);
     let out = table.on_packet(
-        punt_reason::PUBLISHED_FROM_SERVER,
+        PuntReason::PublishedFromServer as u8,
         &segment(
             (SERVER, 21),
             (CLIENT, 40000),
@@ -240,7 +240,7 @@ fn masqueraded_client_gets_a_mapping_and_its_port_command_an_expectation() {
     let inside = (Ipv4Addr::new(10, 0, 0, 5), 41000);
     let server = (Ipv4Addr::new(198, 51, 100, 7), 21);
     let out = table.on_packet(
-        punt_reason::MASQUERADE_FROM_CLIENT,
+        PuntReason::MasqueradeFromClient as u8,
         &segment(inside, server, 1, 0, SYN, b"", MSS_1460.to_vec()),
         0,
         &mut maps,
@@ -254,7 +254,7 @@ fn masqueraded_client_gets_a_mapping_and_its_port_command_an_expectation() {
     );
     // The server's reply arrives at the public mapping.
     let out = table.on_packet(
-        punt_reason::MASQUERADE_FROM_SERVER,
+        PuntReason::MasqueradeFromServer as u8,
         &segment(
             server,
             (PUBLIC, 41000),
@@ -277,7 +277,7 @@ fn masqueraded_client_gets_a_mapping_and_its_port_command_an_expectation() {
         ("230 ok\r\n", ""),
     ] {
         table.on_packet(
-            punt_reason::MASQUERADE_FROM_SERVER,
+            PuntReason::MasqueradeFromServer as u8,
             &segment(
                 server,
                 (PUBLIC, 41000),
@@ -293,7 +293,7 @@ fn masqueraded_client_gets_a_mapping_and_its_port_command_an_expectation() {
         s += reply.len() as u32;
         if !command.is_empty() {
             table.on_packet(
-                punt_reason::MASQUERADE_FROM_CLIENT,
+                PuntReason::MasqueradeFromClient as u8,
                 &segment(inside, server, c, s, PSH_ACK, command.as_bytes(), vec![]),
                 0,
                 &mut maps,
@@ -302,7 +302,7 @@ fn masqueraded_client_gets_a_mapping_and_its_port_command_an_expectation() {
         }
     }
     let out = table.on_packet(
-        punt_reason::MASQUERADE_FROM_CLIENT,
+        PuntReason::MasqueradeFromClient as u8,
         &segment(
             inside,
             server,
@@ -332,7 +332,7 @@ fn segments_of_unknown_connections_are_dropped() {
     let mut table = ControlTable::new(settings(), 7);
     let mut maps = FakeMaps::default();
     let out = table.on_packet(
-        punt_reason::PUBLISHED_FROM_CLIENT,
+        PuntReason::PublishedFromClient as u8,
         &segment(
             (CLIENT, 40000),
             (PUBLIC, 21),
@@ -348,7 +348,7 @@ fn segments_of_unknown_connections_are_dropped() {
     assert!(out.is_empty());
     // A server cannot open a control connection.
     let out = table.on_packet(
-        punt_reason::PUBLISHED_FROM_SERVER,
+        PuntReason::PublishedFromServer as u8,
         &segment((SERVER, 21), (CLIENT, 40000), 1, 0, SYN, b"", vec![]),
         0,
         &mut maps,
@@ -358,7 +358,12 @@ fn segments_of_unknown_connections_are_dropped() {
     corrupt[30] ^= 1;
     assert!(
         table
-            .on_packet(punt_reason::PUBLISHED_FROM_CLIENT, &corrupt, 0, &mut maps)
+            .on_packet(
+                PuntReason::PublishedFromClient as u8,
+                &corrupt,
+                0,
+                &mut maps
+            )
             .is_empty()
     );
     let stats = table.stats();
@@ -376,7 +381,7 @@ fn a_super_packet_leaves_cut_to_the_receivers_mss() {
         payload.extend_from_slice(b"NOOP\r\n");
     }
     let out = table.on_packet(
-        punt_reason::PUBLISHED_FROM_CLIENT,
+        PuntReason::PublishedFromClient as u8,
         &segment(
             (CLIENT, 40000),
             (PUBLIC, 21),
@@ -398,8 +403,8 @@ fn a_super_packet_leaves_cut_to_the_receivers_mss() {
     assert_eq!(packets[1].seq, 101 + packets[0].payload.len() as u32);
     let joined: Vec<u8> = packets.iter().flat_map(|p| p.payload.clone()).collect();
     assert_eq!(joined, payload);
-    assert_eq!(packets[0].flags & TCP_PSH, 0);
-    assert_eq!(packets[2].flags & TCP_PSH, TCP_PSH);
+    assert_eq!(packets[0].flags & flags::PSH, 0);
+    assert_eq!(packets[2].flags & flags::PSH, flags::PSH);
 }
 
 #[test]
@@ -409,7 +414,7 @@ fn a_closed_connection_goes_with_its_unused_expectations() {
     session_with_passive_reply(&mut table, &mut maps);
     assert_eq!(maps.expectations.len(), 1);
     table.on_packet(
-        punt_reason::PUBLISHED_FROM_CLIENT,
+        PuntReason::PublishedFromClient as u8,
         &segment(
             (CLIENT, 40000),
             (PUBLIC, 21),
@@ -423,7 +428,7 @@ fn a_closed_connection_goes_with_its_unused_expectations() {
         &mut maps,
     );
     table.on_packet(
-        punt_reason::PUBLISHED_FROM_SERVER,
+        PuntReason::PublishedFromServer as u8,
         &segment(
             (SERVER, 21),
             (CLIENT, 40000),
@@ -466,7 +471,7 @@ fn a_used_expectation_releases_its_data_port() {
 /// The client resets its control connection from `port`.
 fn rst_from(table: &mut ControlTable, maps: &mut FakeMaps, port: u16) {
     table.on_packet(
-        punt_reason::PUBLISHED_FROM_CLIENT,
+        PuntReason::PublishedFromClient as u8,
         &segment(
             (CLIENT, port),
             (PUBLIC, 21),
@@ -486,7 +491,7 @@ fn rst_from(table: &mut ControlTable, maps: &mut FakeMaps, port: u16) {
 fn syn_from(table: &mut ControlTable, maps: &mut FakeMaps, port: u16) -> bool {
     table
         .on_packet(
-            punt_reason::PUBLISHED_FROM_CLIENT,
+            PuntReason::PublishedFromClient as u8,
             &segment(
                 (CLIENT, port),
                 (PUBLIC, 21),
@@ -661,7 +666,7 @@ fn saved_json(table: &mut ControlTable) -> serde_json::Value {
 fn session_with_passive_reply(table: &mut ControlTable, maps: &mut FakeMaps) {
     published_handshake(table, maps);
     table.on_packet(
-        punt_reason::PUBLISHED_FROM_SERVER,
+        PuntReason::PublishedFromServer as u8,
         &segment(
             (SERVER, 21),
             (CLIENT, 40000),
@@ -801,14 +806,14 @@ fn a_refusal_the_gateway_sent_is_resent_until_the_client_acknowledges_it() {
     let client = (CLIENT, 40000);
     let greeting = b"220 hi\r\n";
     table.on_packet(
-        punt_reason::PUBLISHED_FROM_SERVER,
+        PuntReason::PublishedFromServer as u8,
         &segment((SERVER, 21), client, 501, 101, PSH_ACK, greeting, vec![]),
         0,
         &mut maps,
     );
     // RETR before login: refused, answered by the gateway.
     let out = table.on_packet(
-        punt_reason::PUBLISHED_FROM_CLIENT,
+        PuntReason::PublishedFromClient as u8,
         &segment(
             client,
             (PUBLIC, 21),
@@ -844,7 +849,7 @@ fn a_refusal_the_gateway_sent_is_resent_until_the_client_acknowledges_it() {
     // The client acknowledges it: nothing is owed any more.
     let acked = first.seq.wrapping_add(refusal.len() as u32);
     table.on_packet(
-        punt_reason::PUBLISHED_FROM_CLIENT,
+        PuntReason::PublishedFromClient as u8,
         &segment(client, (PUBLIC, 21), 109, acked, ACK, b"", vec![]),
         0,
         &mut maps,

@@ -10,7 +10,7 @@ const INSIDE_CLIENT: (Ipv4Addr, u16) = (INSIDE, 41000);
 /// 10.0.0.2:21); returns the next sequence numbers of the client and of the server.
 fn hairpinned_login(table: &mut ControlTable, maps: &mut FakeMaps) -> (u32, u32) {
     let out = table.on_packet(
-        punt_reason::HAIRPIN_FROM_CLIENT,
+        PuntReason::HairpinFromClient as u8,
         &segment(
             INSIDE_CLIENT,
             (PUBLIC, 21),
@@ -39,7 +39,7 @@ fn hairpinned_login(table: &mut ControlTable, maps: &mut FakeMaps) -> (u32, u32)
     // The server answers the mapping (punted as any published server's segment); the client
     // gets it from the public endpoint it connected to.
     let out = table.on_packet(
-        punt_reason::PUBLISHED_FROM_SERVER,
+        PuntReason::PublishedFromServer as u8,
         &segment(
             (SERVER, 21),
             (PUBLIC, 41000),
@@ -64,7 +64,7 @@ fn hairpinned_login(table: &mut ControlTable, maps: &mut FakeMaps) -> (u32, u32)
         ("230 ok\r\n", ""),
     ] {
         table.on_packet(
-            punt_reason::PUBLISHED_FROM_SERVER,
+            PuntReason::PublishedFromServer as u8,
             &segment(
                 (SERVER, 21),
                 (PUBLIC, 41000),
@@ -80,7 +80,7 @@ fn hairpinned_login(table: &mut ControlTable, maps: &mut FakeMaps) -> (u32, u32)
         s += reply.len() as u32;
         if !command.is_empty() {
             table.on_packet(
-                punt_reason::HAIRPIN_FROM_CLIENT,
+                PuntReason::HairpinFromClient as u8,
                 &segment(
                     INSIDE_CLIENT,
                     (PUBLIC, 21),
@@ -132,7 +132,7 @@ fn a_passive_reply_to_a_hairpinned_client_gets_a_hairpin_expectation() {
     let mut maps = FakeMaps::default();
     let (c, s) = hairpinned_login(&mut table, &mut maps);
     let out = table.on_packet(
-        punt_reason::PUBLISHED_FROM_SERVER,
+        PuntReason::PublishedFromServer as u8,
         &segment(
             (SERVER, 21),
             (PUBLIC, 41000),
@@ -160,7 +160,7 @@ fn a_passive_reply_to_a_hairpinned_client_gets_a_hairpin_expectation() {
         peer: INSIDE.octets(),
     };
     let entry = maps.expectations[&key];
-    assert_eq!(entry.kind, expectation_kind::HAIRPIN_TO_SERVER);
+    assert_eq!(entry.kind, ExpectationKind::HairpinToServer as u8);
     assert_eq!(entry.target.socket(), SocketAddrV4::new(SERVER, 50000));
     assert_eq!(entry.source, [0; 4]);
     assert_eq!(maps.expectations.len(), 1, "for the client only");
@@ -175,7 +175,7 @@ fn a_port_command_of_a_hairpinned_client_gets_a_hairpin_expectation() {
     let mut maps = FakeMaps::default();
     let (c, s) = hairpinned_login(&mut table, &mut maps);
     let out = table.on_packet(
-        punt_reason::HAIRPIN_FROM_CLIENT,
+        PuntReason::HairpinFromClient as u8,
         &segment(
             INSIDE_CLIENT,
             (PUBLIC, 21),
@@ -199,7 +199,7 @@ fn a_port_command_of_a_hairpinned_client_gets_a_hairpin_expectation() {
         peer: SERVER.octets(),
     };
     let entry = maps.expectations[&key];
-    assert_eq!(entry.kind, expectation_kind::HAIRPIN_TO_CLIENT);
+    assert_eq!(entry.kind, ExpectationKind::HairpinToClient as u8);
     assert_eq!(entry.target.socket(), SocketAddrV4::new(INSIDE, 40961));
     assert_eq!(entry.source, PUBLIC.octets());
     // The port is the ALG's: filtering never admits anything else to it.
@@ -218,7 +218,7 @@ fn a_hairpinned_client_cannot_bounce() {
     let (c, s) = hairpinned_login(&mut table, &mut maps);
     let line = b"PORT 10,0,0,2,160,1\r\n";
     let out = table.on_packet(
-        punt_reason::HAIRPIN_FROM_CLIENT,
+        PuntReason::HairpinFromClient as u8,
         &segment(INSIDE_CLIENT, (PUBLIC, 21), c, s, PSH_ACK, line, vec![]),
         0,
         &mut maps,
@@ -252,7 +252,7 @@ fn the_publish_policy_applies_to_hairpinned_clients() {
     let mut maps = FakeMaps::default();
     let (c, s) = hairpinned_login(&mut table, &mut maps);
     let out = table.on_packet(
-        punt_reason::HAIRPIN_FROM_CLIENT,
+        PuntReason::HairpinFromClient as u8,
         &segment(
             INSIDE_CLIENT,
             (PUBLIC, 21),
@@ -286,7 +286,7 @@ fn no_hairpin_session_without_a_masquerade() {
     let mut table = ControlTable::new(settings, 7);
     let mut maps = FakeMaps::default();
     let out = table.on_packet(
-        punt_reason::HAIRPIN_FROM_CLIENT,
+        PuntReason::HairpinFromClient as u8,
         &segment(
             INSIDE_CLIENT,
             (PUBLIC, 21),
