@@ -554,7 +554,7 @@ fn a_client_beyond_its_limit_is_reset_at_once_in_the_servers_name() {
 
     // Published: from the public endpoint the client called.
     let out = table.on_packet(
-        punt_reason::PUBLISHED_FROM_CLIENT,
+        PuntReason::PublishedFromClient as u8,
         &segment(
             (CLIENT, 40003),
             (PUBLIC, 21),
@@ -596,7 +596,7 @@ fn a_client_beyond_its_limit_is_reset_at_once_in_the_servers_name() {
     let mut resets = Vec::new();
     for port in 50000..50003 {
         let out = table.on_packet(
-            punt_reason::MASQUERADE_FROM_CLIENT,
+            PuntReason::MasqueradeFromClient as u8,
             &segment(
                 (inside, port),
                 (outside, 21),
