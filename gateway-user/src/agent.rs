@@ -16,6 +16,9 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 use gateway_common::{ExpectationKind, FlowKey, Rewrite, session_state};
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, UnixListener, UnixStream},
@@ -141,15 +144,26 @@ impl Alg {
         });
     }
 
+    /// The agent's own totals beside the table's, by bare name (as `AlgStats::totals`).
+    fn own_totals(&self) -> [(&'static str, u64); 7] {
+        [
+            ("send_failed", self.send_failures),
+            ("undecodable", self.undecodable),
+            ("handled", self.handled),
+            ("busy_ns", self.busy_ns),
+            ("wait_ns", self.waited_ns),
+            ("punt_tap_packets", self.from_tap),
+            ("punt_ring_packets", self.from_ring),
+        ]
+    }
+
     fn counters(&self) -> Vec<(String, u64)> {
         let mut counters = self.table.stats().pairs();
-        counters.push(("alg_send_failed".into(), self.send_failures));
-        counters.push(("alg_undecodable".into(), self.undecodable));
-        counters.push(("alg_handled".into(), self.handled));
-        counters.push(("alg_busy_ns".into(), self.busy_ns));
-        counters.push(("alg_wait_ns".into(), self.waited_ns));
-        counters.push(("alg_punt_tap_packets".into(), self.from_tap));
-        counters.push(("alg_punt_ring_packets".into(), self.from_ring));
+        counters.extend(
+            self.own_totals()
+                .into_iter()
+                .map(|(name, value)| (format!("alg_{name}"), value)),
+        );
         counters
     }
 }
@@ -602,7 +616,7 @@ impl Agent {
                             };
                             serde_json::to_string(&response).unwrap_or_default()
                         }
-                        Query::Metrics => metrics::render(&self.snapshot()),
+                        Query::Metrics => metrics::render(self.snapshot()),
                         Query::Capture(records) => {
                             self.alg.captures.push(records);
                             String::new()
@@ -1026,24 +1040,38 @@ impl Agent {
         Ok(changes)
     }
 
-    /// The ALG's counters, with the packets the punt tap dropped (its queue full: the agent
-    /// fell behind), which only the kernel's interface statistics know.
+    /// The ALG's counters, with the packets the punt tap dropped.
     fn alg_counters(&self) -> Vec<(String, u64)> {
         let mut counters = self.alg.counters();
-        if let Some((name, _)) = &self.punt_tap {
-            counters.push((
-                "alg_punt_tap_dropped".into(),
-                system::tx_dropped(name).unwrap_or(0),
-            ));
+        if let Some(dropped) = self.punt_tap_dropped() {
+            counters.push(("alg_punt_tap_dropped".into(), dropped));
         }
         counters
     }
 
+    /// Packets the punt tap dropped (its queue full: the agent fell behind), which only the
+    /// kernel's interface statistics know; none without a tap.
+    fn punt_tap_dropped(&self) -> Option<u64> {
+        self.punt_tap
+            .as_ref()
+            .map(|(name, _)| system::tx_dropped(name).unwrap_or(0))
+    }
+
     fn snapshot(&self) -> metrics::Snapshot {
         let now = monotonic_now_ns();
+        let stats = self.alg.table.stats();
         metrics::Snapshot {
             fastpath: self.dataplane.counters().unwrap_or_default(),
-            alg: self.alg_counters(),
+            alg: stats
+                .totals()
+                .into_iter()
+                .chain(self.alg.own_totals())
+                .chain(
+                    self.punt_tap_dropped()
+                        .map(|dropped| ("punt_tap_dropped", dropped)),
+                )
+                .collect(),
+            violations: stats.violations().collect(),
             sessions: self
                 .dataplane
                 .sessions()
@@ -1182,36 +1210,34 @@ async fn stream_capture(mut stream: UnixStream, queries: QueryChannel) {
     }
 }
 
-/// A Prometheus scrape: `GET /metrics` over HTTP/1.x.
-async fn answer_metrics(mut stream: tokio::net::TcpStream, queries: QueryChannel) {
-    let mut head = Vec::new();
-    let mut buffer = [0u8; 1024];
-    let read = tokio::time::timeout(Duration::from_secs(5), async {
-        while !head.windows(4).any(|window| window == b"\r\n\r\n") && head.len() < 8192 {
-            let n = stream.read(&mut buffer).await?;
-            if n == 0 {
-                break;
+/// A Prometheus scrape: `GET /metrics` over HTTP/1.x, one request per connection; anything
+/// else is 404.
+async fn answer_metrics(stream: tokio::net::TcpStream, queries: QueryChannel) {
+    let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
+        let queries = queries.clone();
+        async move {
+            let wanted =
+                request.method() == hyper::Method::GET && request.uri().path() == "/metrics";
+            if wanted {
+                let body = ask(&queries, Query::Metrics).await;
+                hyper::Response::builder()
+                    .header(hyper::header::CONTENT_TYPE, metrics::CONTENT_TYPE)
+                    .body(Full::new(Bytes::from(body)))
+            } else {
+                hyper::Response::builder()
+                    .status(hyper::StatusCode::NOT_FOUND)
+                    .body(Full::default())
             }
-            head.extend_from_slice(&buffer[..n]);
         }
-        Ok::<_, std::io::Error>(())
-    })
-    .await;
-    if !matches!(read, Ok(Ok(()))) {
-        return;
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(5))
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service);
+    if let Err(err) = connection.await {
+        tracing::debug!("metrics connection: {err}");
     }
-    let wanted = head.starts_with(b"GET /metrics ") || head.starts_with(b"GET /metrics?");
-    let response = if wanted {
-        let body = ask(&queries, Query::Metrics).await;
-        format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-    } else {
-        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
-    };
-    let _ = stream.write_all(response.as_bytes()).await;
-    let _ = stream.shutdown().await;
 }
 
 async fn ask(queries: &QueryChannel, query: Query) -> String {

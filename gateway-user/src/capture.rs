@@ -1,50 +1,63 @@
 //! pcap (the classic libpcap format) of the ALG's packets, for `gateway capture`: IPv4 packets
-//! with no link header (`LINKTYPE_RAW`), readable by tcpdump and Wireshark.
+//! with no link header (`LINKTYPE_RAW`), readable by tcpdump and Wireshark. The format is
+//! `pcap-file`'s; this module only says which header and how records are cut.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-const MAGIC_MICROSECONDS: u32 = 0xa1b2_c3d4;
-const LINKTYPE_RAW: u32 = 101;
+use byteorder_slice::byteorder::NativeEndian;
+use pcap_file::{
+    DataLink, Endianness, TsResolution,
+    pcap::{PcapHeader, PcapPacket, PcapParser},
+};
+
 const SNAPLEN: u32 = 65535;
 
-/// The file's global header, in this machine's byte order (readers detect it by the magic).
-pub fn file_header() -> Vec<u8> {
-    let mut header = Vec::with_capacity(24);
-    header.extend_from_slice(&MAGIC_MICROSECONDS.to_ne_bytes());
-    header.extend_from_slice(&2u16.to_ne_bytes());
-    header.extend_from_slice(&4u16.to_ne_bytes());
-    header.extend_from_slice(&0i32.to_ne_bytes());
-    header.extend_from_slice(&0u32.to_ne_bytes());
-    header.extend_from_slice(&SNAPLEN.to_ne_bytes());
-    header.extend_from_slice(&LINKTYPE_RAW.to_ne_bytes());
-    header
+fn header() -> PcapHeader {
+    PcapHeader {
+        snaplen: SNAPLEN,
+        datalink: DataLink::RAW,
+        ts_resolution: TsResolution::MicroSecond,
+        // This machine's byte order, as the records: readers detect it by the magic.
+        endianness: Endianness::native(),
+        ..PcapHeader::default()
+    }
 }
 
-/// One packet record.
+/// The file's global header.
+pub fn file_header() -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(24);
+    // Writing the fixed header to a Vec cannot fail.
+    let _ = header().write_to(&mut bytes);
+    bytes
+}
+
+/// One packet record; a packet past the snap length is cut to it.
 pub fn record(when: SystemTime, packet: &[u8]) -> Vec<u8> {
     let since = when.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let kept = packet.len().min(SNAPLEN as usize);
-    let mut record = Vec::with_capacity(16 + kept);
-    record.extend_from_slice(&(since.as_secs() as u32).to_ne_bytes());
-    record.extend_from_slice(&since.subsec_micros().to_ne_bytes());
-    record.extend_from_slice(&(kept as u32).to_ne_bytes());
-    record.extend_from_slice(&(packet.len() as u32).to_ne_bytes());
-    record.extend_from_slice(&packet[..kept]);
-    record
+    let kept = &packet[..packet.len().min(SNAPLEN as usize)];
+    let original = u32::try_from(packet.len()).unwrap_or(u32::MAX);
+    let mut bytes = Vec::with_capacity(16 + kept.len());
+    // Cannot fail: the data fits the snap length and the original length, and a clock
+    // before 2106 fits the seconds field (after that the record is left out).
+    if PcapPacket::new(since, original, kept)
+        .write_to::<_, NativeEndian>(&mut bytes, TsResolution::MicroSecond, SNAPLEN)
+        .is_err()
+    {
+        bytes.clear();
+    }
+    bytes
 }
 
 /// Splits a pcap byte stream into its packets (for tests and tools); `None` if malformed.
-pub fn packets(file: &[u8]) -> Option<Vec<&[u8]>> {
-    let magic = u32::from_ne_bytes(file.get(..4)?.try_into().ok()?);
-    if magic != MAGIC_MICROSECONDS {
-        return None;
-    }
-    let mut rest = file.get(24..)?;
+pub fn packets(file: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let (mut rest, parser) = PcapParser::new(file).ok()?;
     let mut packets = Vec::new();
     while !rest.is_empty() {
-        let kept = u32::from_ne_bytes(rest.get(8..12)?.try_into().ok()?) as usize;
-        packets.push(rest.get(16..16 + kept)?);
-        rest = &rest[16 + kept..];
+        // Raw: a record is only split off, not judged (pcap-file's checked packet refuses an
+        // original length past the snap length, which tcpdump reads).
+        let (after, packet) = parser.next_raw_packet(rest).ok()?;
+        packets.push(packet.data.into_owned());
+        rest = after;
     }
     Some(packets)
 }
@@ -60,8 +73,23 @@ mod tests {
         file.extend(record(SystemTime::now(), &[0x45, 1]));
         assert_eq!(
             packets(&file).unwrap(),
-            vec![&[0x45u8, 0, 0, 20][..], &[0x45, 1][..]]
+            vec![vec![0x45u8, 0, 0, 20], vec![0x45, 1]]
         );
         assert!(packets(&file[..30]).is_none());
+    }
+
+    #[test]
+    fn header_says_raw_ipv4_in_microseconds() {
+        let (_, parser) = PcapParser::new(&file_header()).unwrap();
+        assert_eq!(parser.header().datalink, DataLink::RAW);
+        assert_eq!(parser.header().ts_resolution, TsResolution::MicroSecond);
+        assert_eq!(parser.header().snaplen, SNAPLEN);
+        // The largest IPv4 packet fits whole; a longer one is cut to the snap length.
+        let mut file = file_header();
+        file.extend(record(SystemTime::now(), &[7; 65535]));
+        file.extend(record(SystemTime::now(), &vec![8; SNAPLEN as usize + 10]));
+        let packets = packets(&file).unwrap();
+        assert_eq!(packets[0], [7; 65535]);
+        assert_eq!(packets[1], vec![8; SNAPLEN as usize]);
     }
 }

@@ -174,49 +174,23 @@ pub enum Filtering {
     EndpointIndependent,
 }
 
-/// An IPv4 prefix such as 10.0.0.0/24.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ipv4Net {
-    pub addr: std::net::Ipv4Addr,
-    pub prefix: u8,
-}
+/// An IPv4 prefix such as 10.0.0.0/24 (`ipnet`'s; `mask()` is its `netmask()`).
+pub use ipnet::Ipv4Net;
 
-impl Ipv4Net {
-    pub fn mask(&self) -> std::net::Ipv4Addr {
-        std::net::Ipv4Addr::from(u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0))
+/// One `masquerade.networks` entry. A prefix with host bits set is refused rather than
+/// truncated as `ipnet` would: it most likely names a host where a network was meant.
+fn parse_network(text: &str) -> Result<Ipv4Net, String> {
+    let net: Ipv4Net = text.parse().map_err(|_| {
+        "expected an IPv4 prefix, address/length with a length of 0 to 32, such as \"10.0.0.0/24\""
+            .to_owned()
+    })?;
+    if net.addr() != net.network() {
+        return Err(format!(
+            "{text} has host bits set (did you mean {}?)",
+            net.trunc()
+        ));
     }
-}
-
-impl std::str::FromStr for Ipv4Net {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let (addr, prefix) = text
-            .split_once('/')
-            .ok_or("expected address/prefix, such as \"10.0.0.0/24\"")?;
-        let addr: std::net::Ipv4Addr = addr
-            .parse()
-            .map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
-        let prefix: u8 = prefix
-            .parse()
-            .ok()
-            .filter(|p| *p <= 32)
-            .ok_or(format!("prefix {prefix:?} is not 0 to 32"))?;
-        let net = Ipv4Net { addr, prefix };
-        if u32::from(addr) & !u32::from(net.mask()) != 0 {
-            return Err(format!(
-                "{text} has host bits set (did you mean {}/{prefix}?)",
-                std::net::Ipv4Addr::from(u32::from(addr) & u32::from(net.mask()))
-            ));
-        }
-        Ok(net)
-    }
-}
-
-impl fmt::Display for Ipv4Net {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
+    Ok(net)
 }
 
 /// Idle timeouts in seconds. Defaults are the RFC minimums: established TCP 2 h 4 min and
@@ -787,8 +761,7 @@ fn parse_masquerade(raw: &RawMasquerade) -> Result<Masquerade, String> {
         .networks
         .iter()
         .map(|text| {
-            text.parse::<Ipv4Net>()
-                .map_err(|why| format!("masquerade.networks: {text:?}: {why}"))
+            parse_network(text).map_err(|why| format!("masquerade.networks: {text:?}: {why}"))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let addresses = raw
@@ -1145,7 +1118,7 @@ mod tests {
         let masquerade = config.masquerade.unwrap();
         assert_eq!(masquerade.networks[0].to_string(), "10.0.0.0/24");
         assert_eq!(
-            masquerade.networks[0].mask(),
+            masquerade.networks[0].netmask(),
             std::net::Ipv4Addr::new(255, 255, 255, 0)
         );
         assert_eq!(masquerade.ports, 1024..=65535);
@@ -1169,12 +1142,11 @@ mod tests {
             "addresses = [\"203.0.113.1\"]\nports = \"2000-1000\"",
         );
         assert!(error(&ports).contains("masquerade.ports"));
+        assert!(error(&text.replace("10.0.0.0/24", "10.0.0.0")).contains("address/length"));
+        assert!(error(&text.replace("10.0.0.0/24", "10.0.0.x/24")).contains("IPv4 prefix"));
+        let everything = parse(&text.replace("10.0.0.0/24", "0.0.0.0/0")).unwrap();
         assert_eq!(
-            Ipv4Net {
-                addr: std::net::Ipv4Addr::UNSPECIFIED,
-                prefix: 0
-            }
-            .mask(),
+            everything.masquerade.unwrap().networks[0].netmask(),
             std::net::Ipv4Addr::UNSPECIFIED
         );
     }

@@ -424,8 +424,8 @@ impl Dataplane {
         if let Some(masquerade) = masquerade {
             for (slot, net) in config.networks.iter_mut().zip(&masquerade.networks) {
                 *slot = Ipv4Cidr {
-                    addr: net.addr.octets(),
-                    mask: net.mask().octets(),
+                    addr: net.network().octets(),
+                    mask: net.netmask().octets(),
                 };
             }
             for (slot, addr) in config.addresses.iter_mut().zip(&masquerade.addresses) {

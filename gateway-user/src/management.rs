@@ -194,6 +194,8 @@ pub fn capture(
     if !read_exact(&mut header)? {
         bail!("the agent sent no capture");
     }
+    let (_, pcap) = pcap_file::pcap::PcapHeader::from_slice(&header)
+        .map_err(|err| anyhow::anyhow!("the agent sent no pcap header: {err}"))?;
     out.write_all(&header)?;
     out.flush()?;
     let mut written = 0;
@@ -202,7 +204,16 @@ pub fn capture(
         if !read_exact(&mut record)? {
             break;
         }
-        let kept = u32::from_ne_bytes([record[8], record[9], record[10], record[11]]) as usize;
+        // Records are relayed as they come; only their captured length is needed, which
+        // pcap-file reads only from a whole record (a slice), not from a stream's head.
+        let kept = [record[8], record[9], record[10], record[11]];
+        let kept = match pcap.endianness {
+            pcap_file::Endianness::Big => u32::from_be_bytes(kept),
+            pcap_file::Endianness::Little => u32::from_le_bytes(kept),
+        } as usize;
+        if kept > pcap.snaplen as usize {
+            bail!("the agent sent a record of {kept} bytes, past the snap length");
+        }
         let mut packet = vec![0u8; kept];
         if !read_exact(&mut packet)? {
             break;

@@ -1,85 +1,109 @@
 //! Prometheus text exposition (format 0.0.4) of the agent's counters and gauges, served on
 //! `[metrics] listen` at `/metrics`. Names follow Prometheus conventions: a `gateway_`
 //! prefix, `_total` on counters, labels for what varies (outcome, check).
-
-use std::fmt::Write as _;
+//!
+//! The text is written by `prometheus-client` from one snapshot per scrape: the values live
+//! in the BPF maps and the ALG's own counters, so the snapshot is a collector of constant
+//! samples rather than a registry of live metrics that would have to mirror them.
 
 use gateway_common::Counter;
+use gateway_ftp::policy::Check;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric, prometheus_text},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+
+/// The `Content-Type` of what [`render`] writes.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 /// What one scrape reports.
+#[derive(Debug)]
 pub struct Snapshot {
     pub fastpath: Vec<(Counter, u64)>,
-    /// The ALG's counters by name (`alg_packets`, ..., `alg_violation_<check>`).
-    pub alg: Vec<(String, u64)>,
+    /// The ALG's totals by bare name (`packets`, `sessions_opened`, ...), each exposed as
+    /// `gateway_ftp_<name>_total`.
+    pub alg: Vec<(&'static str, u64)>,
+    /// FTP policy violations by check.
+    pub violations: Vec<(Check, u64)>,
     pub sessions: usize,
     pub ftp_sessions: usize,
     pub expectations: usize,
     pub uptime_seconds: u64,
 }
 
-pub fn render(snapshot: &Snapshot) -> String {
+/// The ALG total that [`Snapshot::violations`] breaks down: exposed only by check, since an
+/// unlabelled sample would land in the labelled family of the same name.
+const VIOLATIONS_TOTAL: &str = "violations";
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "gateway_fastpath_packets",
+            "Packets the fast path handled, by outcome (translated, passed, dropped by reason), and what became of translated ones (forwarded, answered with an ICMP error, route lookups refused by reason).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (counter, value) in &self.fastpath {
+            ConstCounter::new(*value)
+                .encode(family.encode_family(&[("outcome", counter.name())])?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "gateway_ftp_violations",
+            "FTP policy violations, by check.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (check, value) in &self.violations {
+            ConstCounter::new(*value).encode(family.encode_family(&[("check", check.name())])?)?;
+        }
+        for (name, value) in &self.alg {
+            if *name == VIOLATIONS_TOTAL {
+                continue;
+            }
+            let (family, help) = (
+                format!("gateway_ftp_{name}"),
+                format!("FTP ALG counter alg_{name}."),
+            );
+            let metric = encoder.encode_descriptor(&family, &help, None, MetricType::Counter)?;
+            ConstCounter::new(*value).encode(metric)?;
+        }
+        for (name, help, value) in [
+            (
+                "gateway_sessions",
+                "Entries in the fast path's session table (one per direction).",
+                self.sessions as u64,
+            ),
+            (
+                "gateway_ftp_control_sessions",
+                "FTP control sessions the ALG holds.",
+                self.ftp_sessions as u64,
+            ),
+            (
+                "gateway_expectations",
+                "Announced data connections not opened yet.",
+                self.expectations as u64,
+            ),
+            (
+                "gateway_uptime_seconds",
+                "Seconds since the agent started.",
+                self.uptime_seconds,
+            ),
+        ] {
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            ConstGauge::new(value).encode(metric)?;
+        }
+        Ok(())
+    }
+}
+
+pub fn render(snapshot: Snapshot) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(snapshot));
     let mut text = String::new();
-    let family = |text: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        name.to_owned()
-    };
-    let name = family(
-        &mut text,
-        "gateway_fastpath_packets_total",
-        "counter",
-        "Packets the fast path handled, by outcome (translated, passed, dropped by reason), and what became of translated ones (forwarded, answered with an ICMP error, route lookups refused by reason).",
-    );
-    for (counter, value) in &snapshot.fastpath {
-        let _ = writeln!(text, "{name}{{outcome=\"{}\"}} {value}", counter.name());
-    }
-    let violations = family(
-        &mut text,
-        "gateway_ftp_violations_total",
-        "counter",
-        "FTP policy violations, by check.",
-    );
-    for (alg_name, value) in &snapshot.alg {
-        if let Some(check) = alg_name.strip_prefix("alg_violation_") {
-            let _ = writeln!(text, "{violations}{{check=\"{check}\"}} {value}");
-        }
-    }
-    for (alg_name, value) in &snapshot.alg {
-        if alg_name.starts_with("alg_violation_") || alg_name == "alg_violations" {
-            continue;
-        }
-        let name = format!("gateway_ftp_{}_total", alg_name.trim_start_matches("alg_"));
-        let _ = writeln!(
-            text,
-            "# HELP {name} FTP ALG counter {alg_name}.\n# TYPE {name} counter\n{name} {value}"
-        );
-    }
-    for (name, help, value) in [
-        (
-            "gateway_sessions",
-            "Entries in the fast path's session table (one per direction).",
-            snapshot.sessions as u64,
-        ),
-        (
-            "gateway_ftp_control_sessions",
-            "FTP control sessions the ALG holds.",
-            snapshot.ftp_sessions as u64,
-        ),
-        (
-            "gateway_expectations",
-            "Announced data connections not opened yet.",
-            snapshot.expectations as u64,
-        ),
-        (
-            "gateway_uptime_seconds",
-            "Seconds since the agent started.",
-            snapshot.uptime_seconds,
-        ),
-    ] {
-        let _ = writeln!(
-            text,
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-        );
-    }
+    // Writing to a String cannot fail, nor can encoding the numbers and names above.
+    let _ = prometheus_text::encode(&mut text, &registry);
     text
 }
 
@@ -89,13 +113,10 @@ mod tests {
 
     #[test]
     fn exposition_has_help_type_and_labelled_samples() {
-        let text = render(&Snapshot {
+        let text = render(Snapshot {
             fastpath: vec![(Counter::SessionHit, 7), (Counter::Punted, 2)],
-            alg: vec![
-                ("alg_packets".into(), 2),
-                ("alg_violations".into(), 1),
-                ("alg_violation_bounce".into(), 1),
-            ],
+            alg: vec![("packets", 2), ("violations", 1)],
+            violations: vec![(Check::Bounce, 1), (Check::OutOfState, 0)],
             sessions: 4,
             ftp_sessions: 1,
             expectations: 0,
@@ -104,8 +125,15 @@ mod tests {
         assert!(text.contains("# TYPE gateway_fastpath_packets_total counter"));
         assert!(text.contains("gateway_fastpath_packets_total{outcome=\"session_hit\"} 7"));
         assert!(text.contains("gateway_ftp_violations_total{check=\"bounce\"} 1"));
+        assert!(text.contains("# HELP gateway_ftp_packets_total FTP ALG counter alg_packets."));
         assert!(text.contains("gateway_ftp_packets_total 2"));
-        assert!(text.contains("gateway_sessions 4"));
+        assert!(text.contains("# TYPE gateway_sessions gauge\ngateway_sessions 4\n"));
+        assert!(text.contains("gateway_uptime_seconds 9"));
+        assert!(
+            text.contains("# HELP gateway_ftp_violations_total FTP policy violations, by check.\n")
+        );
+        // The unlabelled total is not repeated inside the labelled family.
+        assert!(!text.contains("gateway_ftp_violations_total 1"), "{text}");
         // Every sample line belongs to a family declared before it.
         let mut declared = std::collections::HashSet::new();
         for line in text.lines() {

@@ -1,8 +1,11 @@
-//! Crafted Ethernet/IPv4 frames with correct checksums, for feeding BPF programs directly.
+//! Crafted Ethernet/IPv4 frames with correct checksums, for feeding BPF programs directly. The
+//! checksums come from the `oracle`, not from the checksum code under test.
 
 use std::net::SocketAddrV4;
 
-use gateway_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, checksum};
+use gateway_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+
+use crate::oracle;
 
 /// An Ethernet + IPv4 (+ options) + TCP/UDP frame with correct checksums.
 #[derive(Clone, Debug)]
@@ -116,11 +119,9 @@ impl FrameSpec {
         };
         segment.extend_from_slice(&self.payload);
         let (src, dst) = (self.src.ip().octets(), self.dst.ip().octets());
-        if self.proto == IPPROTO_ICMP {
-            let check = !checksum::fold(checksum::sum_bytes(&segment));
-            segment[2..4].copy_from_slice(&check.to_be_bytes());
-        } else if !(self.proto == IPPROTO_UDP && self.udp_no_checksum) {
-            let check = checksum::ipv4_transport(src, dst, self.proto, &segment, check_offset);
+        if !(self.proto == IPPROTO_UDP && self.udp_no_checksum) {
+            let check = oracle::transport(src, dst, self.proto, &segment)
+                .unwrap_or_else(|err| panic!("cannot checksum the frame spec's segment: {err}"));
             segment[check_offset..check_offset + 2].copy_from_slice(&check.to_be_bytes());
         }
 
@@ -133,7 +134,8 @@ impl FrameSpec {
         ip.extend_from_slice(&src);
         ip.extend_from_slice(&dst);
         ip.extend_from_slice(&self.ip_options);
-        let check = checksum::ipv4_header(&ip);
+        let check = oracle::ipv4_header(&ip)
+            .unwrap_or_else(|err| panic!("cannot checksum the frame spec's header: {err}"));
         ip[10..12].copy_from_slice(&check.to_be_bytes());
 
         let mut frame = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02, 0x08, 0x00];

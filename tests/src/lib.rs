@@ -13,6 +13,7 @@ pub mod ftp;
 pub mod gateway;
 pub mod lab;
 pub mod netns;
+pub mod oracle;
 pub mod packet;
 pub mod transfer;
 

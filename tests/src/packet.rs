@@ -1,9 +1,12 @@
 //! Reading captured frames: a one-line summary (for the demo and failure messages) and a
-//! from-scratch check of every IPv4, TCP and UDP checksum.
+//! from-scratch check of every IPv4, TCP and UDP checksum (by the `oracle`, not the code under
+//! test).
 
 use std::{fmt, net::Ipv4Addr};
 
-use gateway_common::{IPPROTO_TCP, IPPROTO_UDP, checksum};
+use gateway_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+
+use crate::oracle;
 
 /// The fields of an IPv4 TCP/UDP frame that translation touches.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,8 +128,11 @@ pub fn payload(frame: &[u8]) -> Option<&[u8]> {
 pub fn checksum_error(frame: &[u8]) -> Option<String> {
     let (ip, segment) = split(frame)?;
     let stored_ip = u16::from_be_bytes([ip[10], ip[11]]);
-    let expected_ip = checksum::ipv4_header(ip);
-    if !checksum::same(stored_ip, expected_ip) {
+    let expected_ip = match oracle::ipv4_header(ip) {
+        Ok(expected) => expected,
+        Err(err) => return Some(err),
+    };
+    if !oracle::same(stored_ip, expected_ip) {
         return Some(format!(
             "IPv4 header checksum {stored_ip:#06x}, expected {expected_ip:#06x}"
         ));
@@ -142,8 +148,11 @@ pub fn checksum_error(frame: &[u8]) -> Option<String> {
     }
     let src = [ip[12], ip[13], ip[14], ip[15]];
     let dst = [ip[16], ip[17], ip[18], ip[19]];
-    let expected = checksum::ipv4_transport(src, dst, proto, segment, check_offset);
-    (!checksum::same(stored, expected)).then(|| {
+    let expected = match oracle::transport(src, dst, proto, segment) {
+        Ok(expected) => expected,
+        Err(err) => return Some(err),
+    };
+    (!oracle::same(stored, expected)).then(|| {
         let name = if proto == IPPROTO_TCP { "TCP" } else { "UDP" };
         format!("{name} checksum {stored:#06x}, expected {expected:#06x}")
     })
@@ -219,7 +228,7 @@ pub fn icmp_error(frame: &[u8]) -> Result<Option<IcmpErrorFrame>, String> {
     }
     let ip = &frame[ETH_LEN..];
     let ihl = ((ip[0] & 0x0f) as usize) * 4;
-    if ip[0] >> 4 != 4 || ihl < 20 || ip[9] != gateway_common::IPPROTO_ICMP {
+    if ip[0] >> 4 != 4 || ihl < 20 || ip[9] != IPPROTO_ICMP {
         return Ok(None);
     }
     let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
@@ -234,13 +243,21 @@ pub fn icmp_error(frame: &[u8]) -> Result<Option<IcmpErrorFrame>, String> {
         return Ok(None);
     }
     let stored = u16::from_be_bytes([ip[10], ip[11]]);
-    let expected = checksum::ipv4_header(&ip[..ihl]);
-    if !checksum::same(stored, expected) {
+    let expected = oracle::ipv4_header(&ip[..ihl])?;
+    if !oracle::same(stored, expected) {
         return Err(format!(
             "IPv4 header checksum {stored:#06x}, expected {expected:#06x}"
         ));
     }
-    if checksum::fold(checksum::sum_bytes(icmp)) != 0xffff {
+    let (src, dst) = (
+        [ip[12], ip[13], ip[14], ip[15]],
+        [ip[16], ip[17], ip[18], ip[19]],
+    );
+    let stored_icmp = u16::from_be_bytes([icmp[2], icmp[3]]);
+    if !oracle::same(
+        stored_icmp,
+        oracle::transport(src, dst, IPPROTO_ICMP, icmp)?,
+    ) {
         return Err(format!("ICMP checksum wrong in {icmp:02x?}"));
     }
     Ok(Some(IcmpErrorFrame {
@@ -252,4 +269,52 @@ pub fn icmp_error(frame: &[u8]) -> Result<Option<IcmpErrorFrame>, String> {
         quote: icmp[8..].to_vec(),
         padding: ip[total..].to_vec(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddrV4;
+
+    use super::*;
+    use crate::frame::FrameSpec;
+
+    #[test]
+    fn the_audit_catches_a_changed_byte() {
+        let (src, dst) = (
+            SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 40000),
+            SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 2), 21),
+        );
+        for frame in [
+            FrameSpec::tcp(src, dst).build(),
+            FrameSpec::udp(src, dst).build(),
+        ] {
+            assert_eq!(checksum_error(&frame), None);
+            let mut payload_changed = frame.clone();
+            *payload_changed.last_mut().unwrap() ^= 0x40;
+            assert!(checksum_error(&payload_changed).is_some_and(|why| why.contains("checksum")));
+            let mut ttl_changed = frame;
+            ttl_changed[ETH_LEN + 8] -= 1;
+            assert!(checksum_error(&ttl_changed).is_some_and(|why| why.starts_with("IPv4 header")));
+        }
+    }
+
+    #[test]
+    fn icmp_errors_are_checked_too() {
+        let quoted = FrameSpec::udp(
+            SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 40000),
+            SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 2), 53),
+        );
+        let frame = FrameSpec::icmp_error(
+            Ipv4Addr::new(203, 0, 113, 9),
+            Ipv4Addr::new(10, 0, 0, 2),
+            3,
+            4,
+            &quoted,
+        )
+        .build();
+        assert!(icmp_error(&frame).is_ok_and(|error| error.is_some()));
+        let mut changed = frame;
+        *changed.last_mut().unwrap() ^= 1;
+        assert!(icmp_error(&changed).is_err());
+    }
 }

@@ -248,7 +248,7 @@ fn with_addresses(frame: &[u8], src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
     frame[26..30].copy_from_slice(&src.octets());
     frame[30..34].copy_from_slice(&dst.octets());
     let ihl = ((frame[14] & 0x0f) as usize) * 4;
-    let check = gateway_common::checksum::ipv4_header(&frame[14..14 + ihl]);
+    let check = gateway_tests::oracle::ipv4_header(&frame[14..14 + ihl]).expect("IPv4 header");
     frame[24..26].copy_from_slice(&check.to_be_bytes());
     frame
 }

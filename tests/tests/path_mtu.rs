@@ -16,7 +16,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use gateway_common::checksum;
 use gateway_tests::{
     TempFile,
     capture::{Capture, Frame},
@@ -24,6 +23,7 @@ use gateway_tests::{
     gateway::GatewayProcess,
     lab::{self, HOST_IF, Lab, LabOptions, ROUTER_INSIDE_IF, ROUTER_OUTSIDE_IF},
     netns::{Netns, unique_prefix},
+    oracle,
     transfer::tcp_transfer,
 };
 
@@ -165,13 +165,20 @@ fn frag_needed_received(frames: &[Frame]) -> Vec<(Ipv4Addr, Ipv4Addr, u16, Vec<u
             continue;
         }
         assert_eq!(
-            checksum::ipv4_header(&ip[..ihl]),
-            u16::from_be_bytes([ip[10], ip[11]]),
+            oracle::ipv4_header(&ip[..ihl]),
+            Ok(u16::from_be_bytes([ip[10], ip[11]])),
             "IPv4 header checksum of the ICMP message"
         );
-        assert_eq!(
-            checksum::fold(checksum::sum_bytes(icmp)),
-            0xffff,
+        let (src, dst) = (
+            [ip[12], ip[13], ip[14], ip[15]],
+            [ip[16], ip[17], ip[18], ip[19]],
+        );
+        let expected = oracle::transport(src, dst, gateway_common::IPPROTO_ICMP, icmp);
+        assert!(
+            expected.is_ok_and(|expected| oracle::same(
+                expected,
+                u16::from_be_bytes([icmp[2], icmp[3]])
+            )),
             "ICMP checksum of {icmp:02x?}"
         );
         found.push((
@@ -247,8 +254,8 @@ fn sender_learns_the_mtu(
     );
     let header_len = original.len() - 8;
     assert_eq!(
-        checksum::ipv4_header(&quote[..header_len]),
-        u16::from_be_bytes([quote[10], quote[11]]),
+        oracle::ipv4_header(&quote[..header_len]),
+        Ok(u16::from_be_bytes([quote[10], quote[11]])),
         "{what}: quoted header checksum"
     );
 }

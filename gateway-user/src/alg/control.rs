@@ -171,36 +171,45 @@ pub struct AlgStats {
 }
 
 impl AlgStats {
-    /// Every counter with its name (violations by check as `alg_violation_<check>`).
-    pub fn pairs(&self) -> Vec<(String, u64)> {
-        let totals = [
-            ("alg_packets", self.packets),
-            ("alg_emitted", self.emitted),
-            ("alg_sessions_opened", self.sessions_opened),
-            ("alg_sessions_closed", self.sessions_closed),
-            ("alg_expectations", self.expectations),
-            ("alg_violations", self.violations),
-            ("alg_drop_malformed", self.drop_malformed),
-            ("alg_drop_no_session", self.drop_no_session),
-            ("alg_drop_no_port", self.drop_no_port),
-            ("alg_drop_stream_error", self.drop_stream_error),
-            ("alg_drop_ttl", self.drop_ttl),
+    /// Every total by its bare name (`packets`, ...): `gateway stats` shows `alg_<name>`, the
+    /// metrics `gateway_ftp_<name>_total`.
+    pub fn totals(&self) -> [(&'static str, u64); 16] {
+        [
+            ("packets", self.packets),
+            ("emitted", self.emitted),
+            ("sessions_opened", self.sessions_opened),
+            ("sessions_closed", self.sessions_closed),
+            ("expectations", self.expectations),
+            ("violations", self.violations),
+            ("drop_malformed", self.drop_malformed),
+            ("drop_no_session", self.drop_no_session),
+            ("drop_no_port", self.drop_no_port),
+            ("drop_stream_error", self.drop_stream_error),
+            ("drop_ttl", self.drop_ttl),
             (
-                "alg_expectation_install_failed",
+                "expectation_install_failed",
                 self.expectation_install_failed,
             ),
-            ("alg_sessions_reset", self.sessions_reset),
-            ("alg_sessions_encrypted", self.sessions_encrypted),
-            ("alg_not_ftp", self.not_ftp),
-            ("alg_resent", self.resent),
-        ];
-        totals
-            .iter()
-            .map(|(name, value)| ((*name).to_owned(), *value))
+            ("sessions_reset", self.sessions_reset),
+            ("sessions_encrypted", self.sessions_encrypted),
+            ("not_ftp", self.not_ftp),
+            ("resent", self.resent),
+        ]
+    }
+
+    /// Violations by check, in `Check::ALL` order.
+    pub fn violations(&self) -> impl Iterator<Item = (Check, u64)> {
+        Check::ALL.into_iter().zip(self.violations_by_check)
+    }
+
+    /// Every counter as `gateway stats` names it (violations by check as
+    /// `alg_violation_<check>`).
+    pub fn pairs(&self) -> Vec<(String, u64)> {
+        self.totals()
+            .into_iter()
+            .map(|(name, value)| (format!("alg_{name}"), value))
             .chain(
-                Check::ALL
-                    .iter()
-                    .zip(self.violations_by_check)
+                self.violations()
                     .map(|(check, value)| (format!("alg_violation_{}", check.name()), value)),
             )
             .collect()

@@ -7,14 +7,11 @@
 //! interface and resolves the next hop's link address, as for any forwarded packet. It leaves
 //! on the egress path, where no gateway program runs, so it is never translated twice.
 
-use std::{
-    io,
-    net::SocketAddrV4,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
-};
+use std::{io, net::SocketAddrV4};
 
 use aya::maps::{MapData, RingBuf};
 use gateway_common::{Endpoint, ExpectationEntry, ExpectationKey, PUNT_HEADER_LEN, PuntHeader};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::io::unix::AsyncFd;
 
 use super::control::{AlgMaps, Outgoing};
@@ -96,50 +93,24 @@ pub struct BatchRead {
 
 /// A raw IPv4 socket for packets built whole by the ALG.
 pub struct RawSender {
-    fd: OwnedFd,
+    socket: Socket,
 }
 
 impl RawSender {
     pub fn open() -> io::Result<RawSender> {
-        // SAFETY: plain socket(2); the result is checked before use.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor that nothing else owns.
-        Ok(RawSender {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        // IPPROTO_RAW: the ALG writes the IPv4 header itself (IP_HDRINCL implied).
+        let socket = Socket::new(
+            Domain::IPV4,
+            Type::RAW,
+            Some(Protocol::from(libc::IPPROTO_RAW)),
+        )?;
+        Ok(RawSender { socket })
     }
 
     pub fn send(&self, packet: &Outgoing) -> io::Result<()> {
-        let destination = socket_address(SocketAddrV4::new(packet.dst, 0));
-        // SAFETY: the buffer and the address outlive the call; lengths are theirs.
-        let sent = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                packet.bytes.as_ptr().cast(),
-                packet.bytes.len(),
-                0,
-                (&raw const destination).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let destination = SockAddr::from(SocketAddrV4::new(packet.dst, 0));
+        self.socket.send_to(&packet.bytes, &destination)?;
         Ok(())
-    }
-}
-
-fn socket_address(address: SocketAddrV4) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: address.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*address.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
     }
 }
 

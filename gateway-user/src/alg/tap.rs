@@ -10,10 +10,14 @@
 use std::{
     ffi::CStr,
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
 };
 
 use gateway_common::punt_frame;
+use rustix::{
+    fs::{Mode, OFlags},
+    net::{AddressFamily, SocketFlags, SocketType},
+};
 use tokio::io::unix::AsyncFd;
 
 use super::shell::BatchRead;
@@ -41,21 +45,14 @@ impl PuntTap {
     /// off (no link-local address, no router or neighbour solicitations: nothing of the
     /// stack's own is ever queued to it), the largest MTU the tap takes.
     pub fn create() -> io::Result<PuntTap> {
-        // SAFETY: open(2) of a NUL-terminated path; the result is checked.
-        let raw = unsafe {
-            libc::open(
-                c"/dev/net/tun".as_ptr(),
-                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
-            )
-        };
-        if raw < 0 {
-            return Err(with_context(
-                io::Error::last_os_error(),
-                "open /dev/net/tun",
-            ));
-        }
-        // SAFETY: a fresh descriptor nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = rustix::fs::open(
+            "/dev/net/tun",
+            OFlags::RDWR | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|err| with_context(err.into(), "open /dev/net/tun"))?;
+        // The tap's ioctls stay libc calls: rustix's ioctl pairs opcode and argument just as
+        // unsafely and has no ifreq of its own, and no crate sets a device's MTU and flags.
         let mut request = ifreq(NAME_PATTERN)?;
         // No packet-information prefix: a read returns the frame as it left the program.
         // No offloads are announced (TUNSETOFFLOAD), so the kernel finishes partial checksums
@@ -134,15 +131,7 @@ impl PuntTap {
             let mut read = BatchRead::default();
             while read.packets < MAX_BATCH {
                 let result = guard.try_io(|fd| {
-                    // SAFETY: read(2) into `frame`, whose length bounds it.
-                    let n = unsafe {
-                        libc::read(fd.as_raw_fd(), frame.as_mut_ptr().cast(), frame.len())
-                    };
-                    if n < 0 {
-                        Err(io::Error::last_os_error())
-                    } else {
-                        Ok(n as usize)
-                    }
+                    rustix::io::read(fd.get_ref(), &mut frame[..]).map_err(Into::into)
                 });
                 let length = match result {
                     Ok(Ok(length)) => length,
@@ -188,14 +177,14 @@ fn ifreq(name: &str) -> io::Result<libc::ifreq> {
     Ok(request)
 }
 
+/// A socket to name the tap to the interface ioctls.
 fn socket() -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2); checked.
-    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    Ok(rustix::net::socket_with(
+        AddressFamily::INET,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
 }
 
 fn with_context(err: io::Error, what: &str) -> io::Error {
