@@ -1,5 +1,6 @@
-//! The gateway agent: configuration, loading and attaching the fast path, and (in later
-//! layers) the FTP ALG. The `gateway` binary in `main.rs` is a thin command line over this.
+//! The gateway agent: configuration, the host's sysctls, loading and attaching the fast path,
+//! the FTP ALG's I/O shell, and the management API and metrics. The `gateway` binary in
+//! `main.rs` is a thin command line over this.
 
 pub mod agent;
 pub mod alg;
