@@ -6,13 +6,13 @@
 use std::net::SocketAddrV4;
 
 use crate::{
+    endpoints::{
+        Direction, Endpoints, Expectation, MIN_DATA_PORT, OutboundExpectation, PortAllocator,
+    },
     line::Line,
     parse::{self, ExtendedAddress},
     policy::{Check, NotFtpAction, Policy, TlsPolicy, ViolationAction},
     rewrite,
-    session::{
-        Direction, Endpoints, Expectation, MIN_DATA_PORT, OutboundExpectation, PortAllocator,
-    },
     state::{OUT_OF_BAND, ProtocolState},
     stream::LineAction,
 };

@@ -4,6 +4,7 @@
 //! no clocks. The agent's I/O shell feeds it what it reads from the punt ring buffer and
 //! carries out what it returns. That keeps every rule unit-testable and fuzzable.
 //!
+//! - [`endpoints`]: where each side is, line directions, the expectations announcements ask for.
 //! - [`line`]: cuts a direction's byte stream into lines, across segment boundaries.
 //! - [`parse`]: reads commands and replies, and the data-connection endpoints that
 //!   `PORT`/`EPRT`/`227`/`229` announce, strictly (field counts, ranges, syntax).
@@ -15,6 +16,7 @@
 //!   the segments the gateway sends in a side's name.
 //! - `inspect`: the checks, announcements and protocol state each complete line goes through.
 
+pub mod endpoints;
 mod inspect;
 pub mod line;
 pub mod parse;

@@ -1,3 +1,5 @@
+use std::net::{Ipv4Addr, SocketAddrV4};
+
 use super::*;
 use crate::inspect::embedded_address;
 
