@@ -353,20 +353,18 @@ impl Session {
                     action: violation.action,
                 }),
         );
+        let passed_as_tcp = outcome.not_ftp.is_some() && !outcome.reset;
         if let Some(reason) = outcome.not_ftp.take() {
             actions.push(Action::NotFtp {
                 reason,
-                passed: !outcome.reset,
+                passed: passed_as_tcp,
             });
         }
         if outcome.reset {
             actions.extend(self.reset_both());
             return Ok(actions);
         }
-        if actions
-            .iter()
-            .any(|action| matches!(action, Action::NotFtp { passed: true, .. }))
-        {
+        if passed_as_tcp {
             // Plain TCP from here on: whatever waited goes as it is, after this segment's
             // own bytes, and nothing is framed into lines any more.
             self.not_ftp = true;

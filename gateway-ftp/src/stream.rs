@@ -147,11 +147,6 @@ impl StreamRewriter {
         self.fin_held = true;
     }
 
-    /// Whether a FIN waits behind held lines.
-    pub fn fin_held(&self) -> bool {
-        self.fin_held
-    }
-
     /// Asks `judge` about the held lines, oldest first, and sends those it lets go, until it
     /// answers [`LineAction::Hold`] again or none is left. The FIN that waited goes (the
     /// second value) once nothing is held any more, after any unfinished line the sender

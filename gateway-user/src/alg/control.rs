@@ -606,7 +606,7 @@ impl ControlTable {
             if connection.closed() {
                 continue;
             }
-            for direction in [Direction::ClientToServer, Direction::ServerToClient] {
+            for direction in Direction::BOTH {
                 let Some(segment) = connection.core.resend_owed(direction) else {
                     continue;
                 };
