@@ -46,6 +46,6 @@ fuzz_target!(|data: &[u8]| {
         deny_commands: vec!["SITE".into()],
         ..Policy::default()
     };
-    let mut session = Session::with_policy(endpoints, Arc::new(policy));
+    let mut session = Session::new(endpoints, Arc::new(policy));
     segments::drive(&mut session, data, true);
 });

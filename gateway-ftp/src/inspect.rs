@@ -17,13 +17,17 @@ use crate::{
     stream::LineAction,
 };
 
-/// What a line's checks decided.
+/// What a line's checks and its announcement decided.
 enum Verdict {
     Pass,
+    /// An announcement from behind the gateway: the line is rewritten to the public endpoint
+    /// and the expectation maps that back.
     Rewrite {
         new_line: Vec<u8>,
         expectation: Expectation,
     },
+    /// An outside client's announcement to a published server: the line stays, the server's
+    /// data connection gets its public source.
     Outbound(OutboundExpectation),
     Violation(Check, String),
 }
@@ -77,8 +81,7 @@ const FTP_COMMANDS: &[&str] = &[
 pub(crate) struct Inspector<'a> {
     pub(crate) endpoints: &'a Endpoints,
     pub(crate) ports: &'a mut dyn PortAllocator,
-    /// Without a policy only announcements are acted on (nothing is held or refused).
-    pub(crate) policy: Option<&'a Policy>,
+    pub(crate) policy: &'a Policy,
     pub(crate) state: &'a mut ProtocolState,
     /// Lines no FTP client sends, seen after login so far (the session's count).
     pub(crate) malformed_lines: &'a mut usize,
@@ -99,21 +102,13 @@ impl Inspector<'_> {
             // Not inspected any more (passed through as plain TCP, or encrypted).
             return LineAction::Keep;
         }
-        let Some(policy) = self.policy else {
-            let verdict = verdict_of(announcement(
-                Direction::ClientToServer,
-                line,
-                self.endpoints,
-                self.ports,
-            ));
-            return self.act(Direction::ClientToServer, line, verdict);
-        };
+        let policy = self.policy;
         let content = strip_telnet(line.content());
         // Whether the line is FTP at all is judged as it arrives, pipelined or not: a stream
         // that is not FTP is caught at its first such line.
         let command = match classify_command(line, content, self.state.logged_in()) {
             Ok(command) => command,
-            Err((check, reason)) => return self.not_an_ftp_line(line, check, reason, policy),
+            Err((check, reason)) => return self.not_an_ftp_line(line, check, reason),
         };
         let verb = command.verb.as_str();
         if !policy.pipelining
@@ -126,12 +121,7 @@ impl Inspector<'_> {
         }
         let pipelined = arrival == Arrival::Released || self.state.awaiting_reply();
         let verdict = match check_command(&command, self.state, policy, pipelined) {
-            Ok(()) => verdict_of(announcement(
-                Direction::ClientToServer,
-                line,
-                self.endpoints,
-                self.ports,
-            )),
+            Ok(()) => announcement(Direction::ClientToServer, line, self.endpoints, self.ports),
             Err((check, reason)) => Verdict::Violation(check, reason),
         };
         let passes = !matches!(verdict, Verdict::Violation(..));
@@ -156,17 +146,10 @@ impl Inspector<'_> {
         }
         let content = strip_telnet(line.content());
         let first_of_reply = !self.state.inside_multiline_reply();
-        let checked = match self.policy {
-            Some(_) => check_reply(line, content, first_of_reply),
-            None => Ok(()),
-        };
-        let verdict = match checked {
-            Ok(()) if first_of_reply => verdict_of(announcement(
-                Direction::ServerToClient,
-                line,
-                self.endpoints,
-                self.ports,
-            )),
+        let verdict = match check_reply(line, content, first_of_reply) {
+            Ok(()) if first_of_reply => {
+                announcement(Direction::ServerToClient, line, self.endpoints, self.ports)
+            }
             Ok(()) => Verdict::Pass,
             Err((check, reason)) => Verdict::Violation(check, reason),
         };
@@ -195,8 +178,8 @@ impl Inspector<'_> {
         line: &Line,
         check: Check,
         reason: String,
-        policy: &Policy,
     ) -> LineAction {
+        let policy = self.policy;
         let logged_in = self.state.logged_in();
         if logged_in {
             *self.malformed_lines += 1;
@@ -264,18 +247,7 @@ impl Inspector<'_> {
         check: Check,
         reason: String,
     ) -> LineAction {
-        let Some(policy) = self.policy else {
-            // Without a policy the line is reported, and passes as it is.
-            self.outcome.violations.push(LineViolation {
-                direction,
-                check,
-                reason,
-                line: line.bytes.clone(),
-                action: None,
-            });
-            return LineAction::Keep;
-        };
-        let action = policy.on_violation;
+        let action = self.policy.on_violation;
         self.outcome.violations.push(LineViolation {
             direction,
             check,
@@ -327,21 +299,6 @@ fn ordinal(n: usize) -> String {
 
 /// What the client gets instead of a server reply the policy refused.
 const REFUSED_REPLY: &str = "451 Reply refused by the gateway.\r\n";
-
-fn verdict_of(announcement: Announcement) -> Verdict {
-    match announcement {
-        Announcement::None => Verdict::Pass,
-        Announcement::Outbound(expectation) => Verdict::Outbound(expectation),
-        Announcement::Rewrite {
-            new_line,
-            expectation,
-        } => Verdict::Rewrite {
-            new_line,
-            expectation,
-        },
-        Announcement::Refused(check, reason) => Verdict::Violation(check, reason),
-    }
-}
 
 /// Whether a client's line is an FTP command at all: no NUL or bare CR, not a reply code, a
 /// verb and its argument, a verb FTP knows (before login; after it, servers answer unknown
@@ -489,24 +446,14 @@ pub fn embedded_address(text: &[u8]) -> bool {
     (1..=3).contains(&digits) && fields >= 5
 }
 
-enum Announcement {
-    None,
-    Outbound(OutboundExpectation),
-    Rewrite {
-        new_line: Vec<u8>,
-        expectation: Expectation,
-    },
-    Refused(Check, String),
-}
-
-/// Reads a complete candidate line: is it an announcement this side makes from behind the
-/// gateway, and if so what it becomes.
+/// Reads a complete line that passed its checks: is it an announcement, and if so what it
+/// becomes (a refused announcement is a violation).
 fn announcement(
     direction: Direction,
     line: &Line,
     endpoints: &Endpoints,
     ports: &mut dyn PortAllocator,
-) -> Announcement {
+) -> Verdict {
     let content = line.content();
     // (announced endpoint, span to replace, how to write the replacement, sender's real and
     // seen addresses, the peer that will connect)
@@ -515,7 +462,7 @@ fn announcement(
             Some(reply) if reply.code == 227 => match parse::passive_reply(content) {
                 Ok(announced) => (announced.endpoint, announced.span, Form::HostPort),
                 Err(err) => {
-                    return Announcement::Refused(
+                    return Verdict::Violation(
                         Check::Malformed,
                         format!("malformed 227: {err}"),
                     );
@@ -528,23 +475,23 @@ fn announcement(
                     Form::PortOnly,
                 ),
                 Err(err) => {
-                    return Announcement::Refused(
+                    return Verdict::Violation(
                         Check::Malformed,
                         format!("malformed 229: {err}"),
                     );
                 }
             },
-            _ => return Announcement::None,
+            _ => return Verdict::Pass,
         },
         Direction::ClientToServer => {
             let Some(command) = parse::command_line(content) else {
-                return Announcement::None;
+                return Verdict::Pass;
             };
             match command.verb.as_str() {
                 "PORT" => match parse::port_argument(&command) {
                     Ok(announced) => (announced.endpoint, announced.span, Form::HostPort),
                     Err(err) => {
-                        return Announcement::Refused(
+                        return Verdict::Violation(
                             Check::Malformed,
                             format!("malformed PORT: {err}"),
                         );
@@ -556,19 +503,19 @@ fn announcement(
                         delimiter,
                     }) => (announced.endpoint, announced.span, Form::Eprt(delimiter)),
                     Ok(ExtendedAddress::V6 { .. }) => {
-                        return Announcement::Refused(
+                        return Verdict::Violation(
                             Check::Malformed,
                             "EPRT with an IPv6 address through a NAT44".into(),
                         );
                     }
                     Err(err) => {
-                        return Announcement::Refused(
+                        return Verdict::Violation(
                             Check::Malformed,
                             format!("malformed EPRT: {err}"),
                         );
                     }
                 },
-                _ => return Announcement::None,
+                _ => return Verdict::Pass,
             }
         }
     };
@@ -587,19 +534,19 @@ fn announcement(
         ),
     };
     if *endpoint.ip() != real {
-        return Announcement::Refused(
+        return Verdict::Violation(
             Check::Bounce,
             format!("announces {} but the sender is {real}", endpoint.ip()),
         );
     }
     if endpoint.port() < MIN_DATA_PORT {
-        return Announcement::Refused(
+        return Verdict::Violation(
             Check::LowPort,
             format!("data port {} is below {MIN_DATA_PORT}", endpoint.port()),
         );
     }
     if (real != seen || peer != peer_seen) && !ports.may_expect() {
-        return Announcement::Refused(
+        return Verdict::Violation(
             Check::TooManyExpectations,
             "too many data connections announced and not yet opened".into(),
         );
@@ -609,17 +556,17 @@ fn announcement(
         // other side is, it will open the data connection from behind, and needs its source
         // translated on the way out.
         return if peer != peer_seen {
-            Announcement::Outbound(OutboundExpectation {
+            Verdict::Outbound(OutboundExpectation {
                 opener: peer,
                 to: endpoint,
                 source: peer_seen,
             })
         } else {
-            Announcement::None
+            Verdict::Pass
         };
     }
     let Some(public_port) = ports.allocate(seen, endpoint) else {
-        return Announcement::Refused(
+        return Verdict::Violation(
             Check::TooManyExpectations,
             "no public port free for the data connection".into(),
         );
@@ -630,7 +577,7 @@ fn announcement(
         Form::Eprt(delimiter) => rewrite::eprt_text(public, delimiter),
         Form::PortOnly => public_port.to_string(),
     };
-    Announcement::Rewrite {
+    Verdict::Rewrite {
         new_line: rewrite::splice(&line.bytes, span, text.as_bytes()),
         expectation: Expectation {
             peer,

@@ -100,6 +100,20 @@ impl Default for Policy {
 pub const DEFAULT_MAX_SESSIONS_PER_CLIENT: usize = 4096;
 
 impl Policy {
+    /// A policy that refuses only what no FTP client does: every user, command and TLS allowed,
+    /// pipelining passed to the server, a stream that is not FTP passed as plain TCP. The
+    /// protocol state is still followed (a `PORT` before login is out of state), and bounce
+    /// and low-port announcements still get no expectation: translation needs those rules.
+    pub fn permissive() -> Policy {
+        Policy {
+            tls: TlsPolicy::Pass,
+            pipelining: true,
+            not_ftp: NotFtpAction::Pass,
+            max_sessions_per_client: 0,
+            ..Policy::default()
+        }
+    }
+
     /// How many control sessions one client address may hold at once; `None`: no limit.
     pub fn session_limit(&self) -> Option<usize> {
         (self.max_sessions_per_client != 0).then_some(self.max_sessions_per_client)

@@ -24,7 +24,7 @@ use crate::{
     line::Line,
     policy::{Check, Policy, ViolationAction},
     state::ProtocolState,
-    stream::{Candidates, StreamError, StreamRewriter},
+    stream::{StreamError, StreamRewriter},
 };
 
 /// TCP flag bits the session looks at: the ones the fast path reads too.
@@ -52,8 +52,8 @@ pub enum Action {
         direction: Direction,
         segment: TcpSegment,
     },
-    /// A line that broke a rule, and what was done about it: `None` without a policy (the
-    /// line passed unchanged, reported only).
+    /// A line that broke a rule, and what was done about it: `None` when it was reported only
+    /// (the line that made a session not FTP under `not_ftp = "pass"`).
     Violation {
         direction: Direction,
         check: Check,
@@ -90,14 +90,14 @@ pub enum SessionError {
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct Session {
     endpoints: Endpoints,
-    max_line: usize,
     /// Each direction's stream (by [`Direction::index`]), from its SYN on.
     streams: [Option<StreamRewriter>; 2],
     /// Window-scale shifts announced in each side's SYN (client's, server's).
     window_scales: [Option<u8>; 2],
-    /// With a policy every line is held until complete and checked before it passes, and the
-    /// protocol state is followed; without one only announcements are acted on.
-    policy: Option<Arc<Policy>>,
+    /// What the operator allows. Not kept with the session's state: the shell gives a restored
+    /// session the policy that applies to its server now ([`Session::set_policy`]).
+    #[serde(skip)]
+    policy: Arc<Policy>,
     state: ProtocolState,
     /// Ended by a reset: every further segment is dropped.
     terminated: bool,
@@ -120,14 +120,14 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session that only translates: announcements are rewritten, nothing is enforced.
-    pub fn new(endpoints: Endpoints, max_line: usize) -> Session {
+    /// A session that follows the protocol state and enforces `policy` (which also bounds its
+    /// lines: `max_line`). Every line is held until complete and judged before it passes.
+    pub fn new(endpoints: Endpoints, policy: Arc<Policy>) -> Session {
         Session {
             endpoints,
-            max_line,
             streams: [None, None],
             window_scales: [None; 2],
-            policy: None,
+            policy,
             state: ProtocolState::new(),
             terminated: false,
             encrypted: false,
@@ -136,24 +136,6 @@ impl Session {
             owed: [false; 2],
             windows: [u16::MAX; 2],
             acks: [0; 2],
-        }
-    }
-
-    /// A session that also follows the protocol state and enforces `policy`.
-    pub fn with_policy(endpoints: Endpoints, policy: Arc<Policy>) -> Session {
-        Session {
-            max_line: policy.max_line,
-            policy: Some(policy),
-            ..Session::new(endpoints, 0)
-        }
-    }
-
-    /// Which of a direction's unfinished lines its stream holds back until complete.
-    fn candidates(&self, direction: Direction) -> Candidates {
-        match (self.policy.is_some(), direction) {
-            (true, _) => Candidates::EveryLine,
-            (false, Direction::ClientToServer) => Candidates::ActiveCommands,
-            (false, Direction::ServerToClient) => Candidates::PassiveReplies,
         }
     }
 
@@ -210,9 +192,7 @@ impl Session {
 
     /// Replaces the policy (a reload): it applies to the lines that come next.
     pub fn set_policy(&mut self, policy: Arc<Policy>) {
-        if self.policy.is_some() {
-            self.policy = Some(policy);
-        }
+        self.policy = policy;
     }
 
     pub fn on_segment(
@@ -228,12 +208,10 @@ impl Session {
         let at = direction.index();
         if segment.flags & flags::SYN != 0 {
             self.window_scales[at] = segment.window_scale;
-            let candidates = self.candidates(direction);
             if self.streams[at].is_none() {
                 self.streams[at] = Some(StreamRewriter::new(
                     segment.seq.wrapping_add(1),
-                    self.max_line,
-                    candidates,
+                    self.policy.max_line,
                 ));
             }
             // A SYN's own sequence number is not mapped (it precedes the stream).
@@ -276,7 +254,7 @@ impl Session {
         let mut inspector = Inspector {
             endpoints: &self.endpoints,
             ports,
-            policy: policy.as_deref(),
+            policy: &policy,
             state: &mut self.state,
             malformed_lines: &mut self.malformed_lines,
             holding: direction == Direction::ClientToServer && stream.held_lines() > 0,
@@ -301,7 +279,7 @@ impl Session {
         let mut outcome = inspector.outcome;
         let mut outputs = match result {
             Ok(outputs) => outputs,
-            Err(StreamError::LineTooLong(err)) if policy.is_some() => {
+            Err(StreamError::LineTooLong(err)) => {
                 // The line's end cannot be found within the bound: nothing after it can be
                 // framed, so whatever the policy's action, the session ends.
                 outcome.violations.push(LineViolation {

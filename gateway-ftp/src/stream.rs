@@ -6,11 +6,10 @@
 //! are answered from a history of what was sent, so the receiver always sees the same bytes
 //! at the same sequence numbers.
 //!
-//! A line that may need rewriting (the caller's `candidate` test on its first bytes, e.g.
-//! `227` from a server, `PORT` from a client) is held back until it is complete; every other
-//! byte goes out as soon as it arrives. (A sender that waits, Nagle-style, for the held half
-//! to be acknowledged is acknowledged by the session on the receiver's behalf; see
-//! `Session::resend_owed`.)
+//! Every line is held back until it is complete, so that the caller judges it whole (and may
+//! rewrite or refuse it); a complete line goes out as soon as the caller has answered. (A
+//! sender that waits, Nagle-style, for the held half to be acknowledged is acknowledged by
+//! the session on the receiver's behalf; see `Session::resend_owed`.)
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -47,7 +46,7 @@ pub enum StreamError {
     Broken,
 }
 
-/// What to do with a complete line that was held as a candidate.
+/// What to do with a complete line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LineAction {
     Keep,
@@ -56,36 +55,6 @@ pub enum LineAction {
     /// caller [releases](StreamRewriter::release) it. Pipelined commands wait so for the
     /// reply to the one before them.
     Hold,
-}
-
-/// Which unfinished lines a stream holds back until they are complete (and may rewrite); every
-/// other byte goes out as soon as it arrives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Candidates {
-    /// Every line (a session with a policy checks each one).
-    EveryLine,
-    /// A server's lines that may be `227` or `229`.
-    PassiveReplies,
-    /// A client's lines that may be `PORT` or `EPRT`.
-    ActiveCommands,
-}
-
-impl Candidates {
-    /// Whether a line starting with `start` (possibly incomplete) is held back.
-    pub fn holds(self, start: &[u8]) -> bool {
-        match self {
-            Candidates::EveryLine => true,
-            Candidates::PassiveReplies => {
-                let n = start.len().min(3);
-                b"227"[..n] == start[..n] || b"229"[..n] == start[..n]
-            }
-            Candidates::ActiveCommands => {
-                let n = start.len().min(4);
-                let head = start[..n].to_ascii_uppercase();
-                b"PORT"[..n] == head[..] || b"EPRT"[..n] == head[..]
-            }
-        }
-    }
 }
 
 /// Serializable (serde) so that the agent can keep a session across its own restart.
@@ -103,7 +72,6 @@ pub struct StreamRewriter {
     /// Segments ahead of `next`, by original offset.
     out_of_order: BTreeMap<u64, Vec<u8>>,
     out_of_order_bytes: usize,
-    candidates: Candidates,
     /// Set by the first error: framing and sequence state are no longer trustworthy.
     broken: bool,
     /// No more line framing: every byte passes as it is (an encrypted session).
@@ -117,9 +85,8 @@ pub struct StreamRewriter {
 }
 
 impl StreamRewriter {
-    /// `base_seq`: sequence number of the first payload byte (SYN + 1). `candidate` tells, from
-    /// the first bytes of a line (possibly incomplete), whether it may need rewriting.
-    pub fn new(base_seq: u32, max_line: usize, candidates: Candidates) -> StreamRewriter {
+    /// `base_seq`: sequence number of the first payload byte (SYN + 1).
+    pub fn new(base_seq: u32, max_line: usize) -> StreamRewriter {
         StreamRewriter {
             map: SeqMap::new(base_seq),
             lines: LineAssembler::new(max_line),
@@ -129,7 +96,6 @@ impl StreamRewriter {
             history_start: 0,
             out_of_order: BTreeMap::new(),
             out_of_order_bytes: 0,
-            candidates,
             broken: false,
             opaque: false,
             held: VecDeque::new(),
@@ -264,7 +230,7 @@ impl StreamRewriter {
     }
 
     /// A segment from the sender. Returns the segments to send to the receiver; `rewrite` is
-    /// asked about every complete candidate line.
+    /// asked about every complete line.
     pub fn on_segment(
         &mut self,
         seq: u32,
@@ -368,7 +334,7 @@ impl StreamRewriter {
         mapped
     }
 
-    /// Feeds in-order bytes: frames lines, rewrites candidates, returns what can be sent.
+    /// Feeds in-order bytes: frames lines, hands complete lines to the caller, returns what can be sent.
     fn process(
         &mut self,
         bytes: &[u8],
@@ -393,7 +359,7 @@ impl StreamRewriter {
         self.next += bytes.len() as u64;
         for line in lines {
             if line.start < self.sent_up_to {
-                // Its beginning already went out (it was not a candidate): send the rest.
+                // Its beginning already went out (a FIN flushed it unfinished): send the rest.
                 output.extend_from_slice(&line.bytes[(self.sent_up_to - line.start) as usize..]);
                 self.sent_up_to = line.end();
                 continue;
@@ -407,18 +373,11 @@ impl StreamRewriter {
             }
             self.put_line(&line, action, &mut output)?;
         }
-        // The unfinished tail: send what of it is not a candidate for rewriting.
+        // The unfinished tail waits until its line is complete (every line is judged whole),
+        // unless part of it went out already.
         let pending = self.lines.pending();
         let pending_start = self.lines.next_offset() - pending.len() as u64;
-        if !self.held.is_empty() {
-            // It waits behind the held lines.
-        } else if !pending.is_empty()
-            && !self.candidates.holds(pending)
-            && pending_start >= self.sent_up_to
-        {
-            output.extend_from_slice(pending);
-            self.sent_up_to = self.lines.next_offset();
-        } else if !pending.is_empty() && pending_start < self.sent_up_to {
+        if self.held.is_empty() && !pending.is_empty() && pending_start < self.sent_up_to {
             // Part of this unfinished line went out already: the rest follows as it comes.
             let from = (self.sent_up_to - pending_start) as usize;
             output.extend_from_slice(pending.get(from..).unwrap_or_default());

@@ -65,7 +65,7 @@ fn published(policy: Policy) -> Lab {
 
 fn lab(endpoints: Endpoints, policy: Policy) -> Lab {
     let mut lab = Lab {
-        session: Session::with_policy(endpoints, Arc::new(policy)),
+        session: Session::new(endpoints, Arc::new(policy)),
         ports: Ports(40000),
         next: [C_ISN + 1, S_ISN + 1],
     };

@@ -19,8 +19,20 @@ impl PortAllocator for Ports {
     }
 }
 
-fn published() -> Session {
+/// A session under a policy that refuses only what no FTP client does: what these tests look
+/// at is the translation.
+fn translating(endpoints: Endpoints, max_line: usize) -> Session {
     Session::new(
+        endpoints,
+        Arc::new(Policy {
+            max_line,
+            ..Policy::permissive()
+        }),
+    )
+}
+
+fn published() -> Session {
+    translating(
         Endpoints {
             client_real: CLIENT,
             client_seen: CLIENT,
@@ -53,22 +65,65 @@ fn emitted(actions: &[Action]) -> Vec<&TcpSegment> {
         .collect()
 }
 
-/// Client connects, server greets: returns the session ready for commands.
-fn handshake(session: &mut Session, ports: &mut Ports) {
+/// Both SYNs, with the given initial sequence numbers.
+fn syns(session: &mut Session, ports: &mut Ports, client_isn: u32, server_isn: u32) {
     session
         .on_segment(
             Direction::ClientToServer,
-            seg(C_ISN, 0, flags::SYN, ""),
+            seg(client_isn, 0, flags::SYN, ""),
             ports,
         )
         .unwrap();
     session
         .on_segment(
             Direction::ServerToClient,
-            seg(S_ISN, C_ISN + 1, flags::SYN | flags::ACK, ""),
+            seg(server_isn, client_isn.wrapping_add(1), flags::SYN | flags::ACK, ""),
             ports,
         )
         .unwrap();
+}
+
+/// The login before the commands under test, one line at a time: (sender, line).
+const LOGIN: [(Direction, &str); 5] = [
+    (Direction::ServerToClient, "220 ready\r\n"),
+    (Direction::ClientToServer, "USER u\r\n"),
+    (Direction::ServerToClient, "331 password\r\n"),
+    (Direction::ClientToServer, "PASS p\r\n"),
+    (Direction::ServerToClient, "230 in\r\n"),
+];
+
+/// Client connects and logs in: returns the session ready for commands, the client's next
+/// byte at `C_ISN + 1` and the server's at `S_ISN + 1` (the SYNs are placed so that the login
+/// ends there).
+fn handshake(session: &mut Session, ports: &mut Ports) {
+    let sent = |by: Direction| -> u32 {
+        LOGIN
+            .iter()
+            .filter(|(direction, _)| *direction == by)
+            .map(|(_, line)| line.len() as u32)
+            .sum()
+    };
+    let mut next = [
+        C_ISN - sent(Direction::ClientToServer) + 1,
+        S_ISN - sent(Direction::ServerToClient) + 1,
+    ];
+    syns(session, ports, next[0] - 1, next[1] - 1);
+    for (direction, line) in LOGIN {
+        let at = direction.index();
+        let actions = session
+            .on_segment(
+                direction,
+                seg(next[at], next[direction.opposite().index()], flags::ACK, line),
+                ports,
+            )
+            .unwrap();
+        assert!(
+            !actions.iter().any(|a| matches!(a, Action::Violation { .. })),
+            "login: {line}"
+        );
+        next[at] += line.len() as u32;
+    }
+    assert_eq!(next, [C_ISN + 1, S_ISN + 1]);
 }
 
 #[test]
@@ -174,7 +229,7 @@ fn windows_shrink_by_the_growth_in_flight_in_scaled_units() {
 fn a_masqueraded_clients_port_and_eprt_are_rewritten() {
     let inside = Ipv4Addr::new(10, 0, 0, 5);
     let remote = Ipv4Addr::new(198, 51, 100, 7);
-    let mut session = Session::new(
+    let mut session = translating(
         Endpoints {
             client_real: inside,
             client_seen: PUBLIC,
@@ -185,21 +240,47 @@ fn a_masqueraded_clients_port_and_eprt_are_rewritten() {
     );
     let mut ports = Ports(40000);
     handshake(&mut session, &mut ports);
-    let command = "PORT 10,0,0,5,4,1\r\nEPRT |1|10.0.0.5|1026|\r\n";
+    // One command at a time (a PORT in the same flight as another command is refused).
+    let port = "PORT 10,0,0,5,4,1\r\n";
     let actions = session
         .on_segment(
             Direction::ClientToServer,
-            seg(C_ISN + 1, S_ISN + 1, flags::ACK, command),
+            seg(C_ISN + 1, S_ISN + 1, flags::ACK, port),
             &mut ports,
         )
         .unwrap();
     assert!(
         matches!(actions[0], Action::InstallExpectation(Expectation { peer, .. }) if peer == remote)
     );
-    assert!(matches!(actions[1], Action::InstallExpectation(_)));
+    assert_eq!(emitted(&actions)[0].payload, b"PORT 203,0,113,1,156,65\r\n");
+    let grown = 6;
+    let ok = "200 ok\r\n";
+    session
+        .on_segment(
+            Direction::ServerToClient,
+            seg(S_ISN + 1, C_ISN + 1 + port.len() as u32 + grown, flags::ACK, ok),
+            &mut ports,
+        )
+        .unwrap();
+    let actions = session
+        .on_segment(
+            Direction::ClientToServer,
+            seg(
+                C_ISN + 1 + port.len() as u32,
+                S_ISN + 1 + ok.len() as u32,
+                flags::ACK,
+                "EPRT |1|10.0.0.5|1026|\r\n",
+            ),
+            &mut ports,
+        )
+        .unwrap();
+    assert!(matches!(actions[0], Action::InstallExpectation(_)));
+    let out = emitted(&actions);
+    assert_eq!(out[0].payload, b"EPRT |1|203.0.113.1|40002|\r\n");
     assert_eq!(
-        emitted(&actions)[0].payload,
-        b"PORT 203,0,113,1,156,65\r\nEPRT |1|203.0.113.1|40002|\r\n"
+        out[0].seq,
+        C_ISN + 1 + port.len() as u32 + grown,
+        "after the longer PORT"
     );
 }
 
@@ -207,7 +288,7 @@ fn a_masqueraded_clients_port_and_eprt_are_rewritten() {
 fn bounce_and_low_ports_get_no_expectation() {
     let inside = Ipv4Addr::new(10, 0, 0, 5);
     let remote = Ipv4Addr::new(198, 51, 100, 7);
-    let mut session = Session::new(
+    let mut session = translating(
         Endpoints {
             client_real: inside,
             client_seen: PUBLIC,
@@ -218,13 +299,13 @@ fn bounce_and_low_ports_get_no_expectation() {
     );
     let mut ports = Ports(40000);
     handshake(&mut session, &mut ports);
-    for (line, why) in [
-        ("PORT 192,0,2,9,4,1\r\n", "announces 192.0.2.9"),
-        ("PORT 10,0,0,5,0,25\r\n", "below 1024"),
-        ("PORT 10,0,0,5,4\r\n", "malformed PORT"),
+    for (line, why, check) in [
+        ("PORT 192,0,2,9,4,1\r\n", "announces 192.0.2.9", Check::Bounce),
+        ("PORT 10,0,0,5,0,25\r\n", "below 1024", Check::LowPort),
+        ("PORT 10,0,0,5,4\r\n", "malformed PORT", Check::Malformed),
     ] {
         let seq = C_ISN + 1;
-        let mut fresh = Session::new(session.endpoints, 512);
+        let mut fresh = translating(session.endpoints, 512);
         handshake(&mut fresh, &mut ports);
         let actions = fresh
             .on_segment(
@@ -245,10 +326,12 @@ fn bounce_and_low_ports_get_no_expectation() {
                 .any(|a| matches!(a, Action::Violation { reason, .. } if reason.contains(why))),
             "{line}: {actions:?}"
         );
+        let out = emitted(&actions);
+        assert!(out[0].payload.is_empty(), "{line}: never reaches the server");
         assert_eq!(
-            emitted(&actions)[0].payload,
-            line.as_bytes(),
-            "passed on unchanged"
+            out[1].payload,
+            check.reject_reply().as_bytes(),
+            "{line}: the client hears why"
         );
     }
 }
@@ -355,7 +438,7 @@ fn a_fin_sends_a_held_line_on_as_it_is() {
 /// segments used to index past the held line and panic.
 #[test]
 fn a_line_too_long_ends_the_stream_without_a_panic() {
-    let mut session = Session::new(published().endpoints, 16);
+    let mut session = translating(published().endpoints, 16);
     let mut ports = Ports(40000);
     handshake(&mut session, &mut ports);
     let long = seg(
@@ -364,11 +447,11 @@ fn a_line_too_long_ends_the_stream_without_a_panic() {
         flags::ACK,
         "150 far more than sixteen bytes",
     );
-    assert!(
-        session
-            .on_segment(Direction::ServerToClient, long, &mut ports)
-            .is_err()
-    );
+    let actions = session
+        .on_segment(Direction::ServerToClient, long, &mut ports)
+        .unwrap();
+    assert_eq!(violations(&actions), vec![Check::LineTooLong]);
+    assert!(actions.contains(&Action::Terminate), "{actions:?}");
     for offset in [0, 5, 31, 40] {
         let more = seg(
             S_ISN + 1 + offset,
@@ -376,11 +459,10 @@ fn a_line_too_long_ends_the_stream_without_a_panic() {
             flags::ACK | flags::FIN,
             "227 (10,0,0,2,4,1)\r\n",
         );
-        assert!(
-            session
-                .on_segment(Direction::ServerToClient, more, &mut ports)
-                .is_err()
-        );
+        let actions = session
+            .on_segment(Direction::ServerToClient, more, &mut ports)
+            .unwrap();
+        assert!(actions.is_empty(), "nothing after the reset: {actions:?}");
     }
 }
 
@@ -398,7 +480,7 @@ fn segments_before_the_syn_are_an_error() {
 // With a policy: the protocol state is followed and violations acted on.
 
 fn guarded(policy: Policy) -> Session {
-    Session::with_policy(
+    Session::new(
         Endpoints {
             client_real: CLIENT,
             client_seen: CLIENT,
@@ -412,7 +494,7 @@ fn guarded(policy: Policy) -> Session {
 /// Handshake and the server's greeting (sent and acknowledged). Returns the next client
 /// and server sequence numbers.
 fn greeted(session: &mut Session, ports: &mut Ports) -> (u32, u32) {
-    handshake(session, ports);
+    syns(session, ports, C_ISN, S_ISN);
     let greeting = "220 ready\r\n";
     session
         .on_segment(

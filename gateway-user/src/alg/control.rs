@@ -897,7 +897,7 @@ impl ControlTable {
             client_seen,
             server,
             server_seen,
-            core: session::Session::with_policy(
+            core: session::Session::new(
                 Endpoints {
                     client_real: *client.ip(),
                     client_seen: *client_seen.ip(),
