@@ -173,12 +173,7 @@ impl Inspector<'_> {
     /// A line no FTP client sends. Before login the session is not FTP from then on; after
     /// login it is once `max_malformed_lines` of them have come; until then it is a violation
     /// like any other.
-    fn not_an_ftp_line(
-        &mut self,
-        line: &Line,
-        check: Check,
-        reason: String,
-    ) -> LineAction {
+    fn not_an_ftp_line(&mut self, line: &Line, check: Check, reason: String) -> LineAction {
         let policy = self.policy;
         let logged_in = self.state.logged_in();
         if logged_in {
@@ -462,10 +457,7 @@ fn announcement(
             Some(reply) if reply.code == 227 => match parse::passive_reply(content) {
                 Ok(announced) => (announced.endpoint, announced.span, Form::HostPort),
                 Err(err) => {
-                    return Verdict::Violation(
-                        Check::Malformed,
-                        format!("malformed 227: {err}"),
-                    );
+                    return Verdict::Violation(Check::Malformed, format!("malformed 227: {err}"));
                 }
             },
             Some(reply) if reply.code == 229 => match parse::extended_passive_reply(content) {
@@ -475,10 +467,7 @@ fn announcement(
                     Form::PortOnly,
                 ),
                 Err(err) => {
-                    return Verdict::Violation(
-                        Check::Malformed,
-                        format!("malformed 229: {err}"),
-                    );
+                    return Verdict::Violation(Check::Malformed, format!("malformed 229: {err}"));
                 }
             },
             _ => return Verdict::Pass,

@@ -77,7 +77,12 @@ fn syns(session: &mut Session, ports: &mut Ports, client_isn: u32, server_isn: u
     session
         .on_segment(
             Direction::ServerToClient,
-            seg(server_isn, client_isn.wrapping_add(1), flags::SYN | flags::ACK, ""),
+            seg(
+                server_isn,
+                client_isn.wrapping_add(1),
+                flags::SYN | flags::ACK,
+                "",
+            ),
             ports,
         )
         .unwrap();
@@ -113,12 +118,19 @@ fn handshake(session: &mut Session, ports: &mut Ports) {
         let actions = session
             .on_segment(
                 direction,
-                seg(next[at], next[direction.opposite().index()], flags::ACK, line),
+                seg(
+                    next[at],
+                    next[direction.opposite().index()],
+                    flags::ACK,
+                    line,
+                ),
                 ports,
             )
             .unwrap();
         assert!(
-            !actions.iter().any(|a| matches!(a, Action::Violation { .. })),
+            !actions
+                .iter()
+                .any(|a| matches!(a, Action::Violation { .. })),
             "login: {line}"
         );
         next[at] += line.len() as u32;
@@ -258,7 +270,12 @@ fn a_masqueraded_clients_port_and_eprt_are_rewritten() {
     session
         .on_segment(
             Direction::ServerToClient,
-            seg(S_ISN + 1, C_ISN + 1 + port.len() as u32 + grown, flags::ACK, ok),
+            seg(
+                S_ISN + 1,
+                C_ISN + 1 + port.len() as u32 + grown,
+                flags::ACK,
+                ok,
+            ),
             &mut ports,
         )
         .unwrap();
@@ -300,7 +317,11 @@ fn bounce_and_low_ports_get_no_expectation() {
     let mut ports = Ports(40000);
     handshake(&mut session, &mut ports);
     for (line, why, check) in [
-        ("PORT 192,0,2,9,4,1\r\n", "announces 192.0.2.9", Check::Bounce),
+        (
+            "PORT 192,0,2,9,4,1\r\n",
+            "announces 192.0.2.9",
+            Check::Bounce,
+        ),
         ("PORT 10,0,0,5,0,25\r\n", "below 1024", Check::LowPort),
         ("PORT 10,0,0,5,4\r\n", "malformed PORT", Check::Malformed),
     ] {
@@ -327,7 +348,10 @@ fn bounce_and_low_ports_get_no_expectation() {
             "{line}: {actions:?}"
         );
         let out = emitted(&actions);
-        assert!(out[0].payload.is_empty(), "{line}: never reaches the server");
+        assert!(
+            out[0].payload.is_empty(),
+            "{line}: never reaches the server"
+        );
         assert_eq!(
             out[1].payload,
             check.reject_reply().as_bytes(),
