@@ -55,7 +55,7 @@ pub enum Outcome {
     Drop(Dropped),
     /// A packet of an FTP control connection, for the agent, with why: the entry point hands
     /// it over by its hook's transport (`punt.rs`), which counts it, and it goes no further.
-    Punt(u8),
+    Punt(PuntReason),
 }
 
 /// Translates the packet in place. `quote` receives the head of the packet as it arrived,
@@ -144,7 +144,7 @@ fn translate_headers<P: Packet>(packet: &mut P, headers: &Headers) -> Result<Tra
         }
         if inside && !in_networks(config, key.dst) {
             if is_ftp_control_port(config, key.proto, key.dst_port) {
-                return Err(Outcome::Punt(PuntReason::MasqueradeFromClient as u8));
+                return Err(Outcome::Punt(PuntReason::MasqueradeFromClient));
             }
             return masquerade_new(packet, headers, config, now);
         }
@@ -153,7 +153,7 @@ fn translate_headers<P: Packet>(packet: &mut P, headers: &Headers) -> Result<Tra
         // (The gateway's own FTP client, if any, keeps its connections.)
         if is_ftp_control_port(config, key.proto, key.src_port) && !packet.local_socket_exists(&key)
         {
-            return Err(Outcome::Punt(PuntReason::MasqueradeFromServer as u8));
+            return Err(Outcome::Punt(PuntReason::MasqueradeFromServer));
         }
         return admit_inbound(packet, headers, config, now);
     }

@@ -21,7 +21,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use gateway_common::{
-    Counter, PUNT_HEADER_LEN, PUNT_LARGE_DATA, PUNT_SMALL_DATA, PuntHeader, punt_frame,
+    Counter, PUNT_HEADER_LEN, PUNT_LARGE_DATA, PUNT_SMALL_DATA, PuntHeader, PuntReason, punt_frame,
 };
 
 use crate::{
@@ -34,7 +34,7 @@ const ETH_LEN: usize = network_types::eth::EthHdr::LEN;
 /// TC's punt: to the agent's tap if it has one, else (or if that fails) to the ring. Returns
 /// the program's verdict; the packet never continues into the stack.
 #[inline(always)]
-pub fn punt_tc(ctx: &mut TcContext, reason: u8) -> i32 {
+pub fn punt_tc(ctx: &mut TcContext, reason: PuntReason) -> i32 {
     // The slot is empty when the agent has no tap (XDP-only agents, `punt = "ring"`, between
     // two agents of a pinned fast path): the kernel clears it when the tap is unregistered.
     if let Some(tap) = PUNT_TAP.get_ifindex(0) {
@@ -42,7 +42,7 @@ pub fn punt_tc(ctx: &mut TcContext, reason: u8) -> i32 {
             // SAFETY: a helper without arguments.
             punted_ns_low: unsafe { bpf_ktime_get_ns() } as u32,
             ifindex: ctx.ingress_ifindex(),
-            reason,
+            reason: reason as u8,
         }
         .encode();
         // At TC ingress the frame starts at its Ethernet header; the MAC addresses are of no
@@ -66,13 +66,13 @@ pub fn punt_tc(ctx: &mut TcContext, reason: u8) -> i32 {
 /// cannot take is dropped by the kernel after the program and counted in the tap's
 /// `tx_dropped` (`alg_punt_tap_dropped`), then retransmitted by its sender.
 #[inline(always)]
-pub fn punt_xdp(ctx: &mut XdpContext, reason: u8) -> u32 {
+pub fn punt_xdp(ctx: &mut XdpContext, reason: PuntReason) -> u32 {
     if PUNT_TAP_XDP.get(0).is_some() {
         let meta = punt_frame::Meta {
             // SAFETY: a helper without arguments.
             punted_ns_low: unsafe { bpf_ktime_get_ns() } as u32,
             ifindex: Packet::ingress_ifindex(ctx),
-            reason,
+            reason: reason as u8,
         }
         .encode();
         // SAFETY: the helper bounds-checks the range against the frame and reads only `meta`.
@@ -97,7 +97,7 @@ pub fn punt_xdp(ctx: &mut XdpContext, reason: u8) -> u32 {
 
 /// The ring transport (XDP's and TC's fallback, `punt = "ring"`): Punted, or DropPuntFailed.
 #[inline(always)]
-pub fn punt<P: Packet>(packet: &P, reason: u8) -> Counter {
+pub fn punt<P: Packet>(packet: &P, reason: PuntReason) -> Counter {
     let len = packet.total_len().saturating_sub(ETH_LEN);
     let sent = if len <= PUNT_SMALL_DATA {
         punt_into::<P, { PUNT_HEADER_LEN + PUNT_SMALL_DATA }>(packet, reason, len)
@@ -114,7 +114,7 @@ pub fn punt<P: Packet>(packet: &P, reason: u8) -> Counter {
 /// Copies the packet into a record of `RECORD` bytes; false when the ring is full or the
 /// packet does not fit.
 #[inline(always)]
-fn punt_into<P: Packet, const RECORD: usize>(packet: &P, reason: u8, len: usize) -> bool {
+fn punt_into<P: Packet, const RECORD: usize>(packet: &P, reason: PuntReason, len: usize) -> bool {
     if len == 0 || len > RECORD - PUNT_HEADER_LEN {
         return false;
     }
@@ -124,7 +124,7 @@ fn punt_into<P: Packet, const RECORD: usize>(packet: &P, reason: u8, len: usize)
     let header = PuntHeader {
         ifindex: packet.ingress_ifindex(),
         len: len as u32,
-        reason,
+        reason: reason as u8,
         _pad: [0; 3],
         // SAFETY: a helper without arguments.
         punted_ns_low: unsafe { bpf_ktime_get_ns() } as u32,

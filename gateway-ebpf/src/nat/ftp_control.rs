@@ -2,19 +2,29 @@
 //! of published FTP control endpoints (`PUNT_ENDPOINTS`), and those of masqueraded clients'
 //! connections to `[ftp] control_ports`.
 
-use gateway_common::{Endpoint, IPPROTO_TCP, MAX_FTP_CONTROL_PORTS, NatConfig};
+use gateway_common::{
+    Endpoint, IPPROTO_TCP, MAX_FTP_CONTROL_PORTS, NatConfig, PuntReason, outcome::Dropped,
+};
+
+use super::Outcome;
 
 use crate::maps::PUNT_ENDPOINTS;
 
-/// Whether `endpoint` is a published FTP control endpoint (`alg = "ftp"`), and if so why its
-/// packets are punted.
+/// Whether `endpoint` is a published FTP control endpoint (`alg = "ftp"`), and if so the
+/// punt, with why its packets go to the agent. A reason the map holds that names no
+/// [`PuntReason`] cannot be punted faithfully: the packet is dropped (fail closed), never
+/// translated past the ALG.
 #[inline(always)]
-pub(super) fn punt_reason(endpoint: Endpoint) -> Option<u8> {
+pub(super) fn punt_endpoint(endpoint: Endpoint) -> Option<Outcome> {
     if endpoint.proto != IPPROTO_TCP {
         return None;
     }
     // SAFETY: map values are plain data and only read here.
-    unsafe { PUNT_ENDPOINTS.get(endpoint) }.copied()
+    let reason = *unsafe { PUNT_ENDPOINTS.get(endpoint) }?;
+    Some(match PuntReason::try_from(reason) {
+        Ok(reason) => Outcome::Punt(reason),
+        Err(_) => Outcome::Drop(Dropped::PuntFailed),
+    })
 }
 
 /// Whether `port` is one of `[ftp] control_ports` (outside servers of masqueraded clients).

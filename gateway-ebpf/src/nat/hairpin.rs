@@ -8,7 +8,7 @@ use gateway_common::{
 
 use super::{
     Outcome,
-    ftp_control::punt_reason,
+    ftp_control::punt_endpoint,
     headers::{BPF_ANY, Headers, state_bits},
     masquerade::mapping,
     sessions::{apply_session, now, session_hit},
@@ -32,8 +32,8 @@ pub(super) fn hairpin<P: Packet>(
     if let Some(result) = session_hit(packet, headers, config, now) {
         return result;
     }
-    if punt_reason(published).is_some() {
-        return Err(Outcome::Punt(PuntReason::HairpinFromClient as u8));
+    if punt_endpoint(published).is_some() {
+        return Err(Outcome::Punt(PuntReason::HairpinFromClient));
     }
     let key = headers.key;
     let client = Endpoint::new(key.src, key.src_port, key.proto);

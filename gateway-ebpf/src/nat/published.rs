@@ -8,7 +8,7 @@ use gateway_common::{
 
 use super::{
     Outcome,
-    ftp_control::punt_reason,
+    ftp_control::punt_endpoint,
     hairpin::hairpin,
     headers::{Headers, rewrite},
     masquerade::{in_networks, is_masquerade_address},
@@ -45,8 +45,8 @@ pub(super) fn translate_published<P: Packet>(
             }
             return Some(hairpin(packet, headers, config, endpoint, private));
         }
-        if let Some(reason) = punt_reason(endpoint) {
-            return Some(Err(Outcome::Punt(reason)));
+        if let Some(punt) = punt_endpoint(endpoint) {
+            return Some(Err(punt));
         }
         return Some(
             rewrite(
@@ -71,8 +71,8 @@ pub(super) fn translate_published<P: Packet>(
         {
             return Some(result);
         }
-        if let Some(reason) = punt_reason(endpoint) {
-            return Some(Err(Outcome::Punt(reason)));
+        if let Some(punt) = punt_endpoint(endpoint) {
+            return Some(Err(punt));
         }
         return Some(
             rewrite(packet, headers, Rewrite::Source, public.addr, public.port)
