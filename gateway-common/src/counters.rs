@@ -151,6 +151,9 @@ counters! {
         FibNoSourceAddress = 37, "fib_no_source_address", Besides;
         /// The lookup itself failed (an unknown ingress interface): the stack handles it.
         FibError = 38, "fib_error", Besides;
+        /// A pure ACK of an FTP control connection forwarded by the program through the
+        /// connection's `CONTROL_ACKS` entry instead of punted to the agent.
+        AlgAckForwarded = 39, "alg_ack_forwarded", Translated;
     }
 }
 

@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod checksum;
+pub mod control_ack;
 #[macro_use]
 pub mod wire;
 pub mod counters;
@@ -54,9 +55,10 @@ pub mod names {
     pub const REDIRECT_PORTS: &str = "REDIRECT_PORTS";
     pub const PUNT_TAP: &str = "PUNT_TAP";
     pub const PUNT_TAP_XDP: &str = "PUNT_TAP_XDP";
+    pub const CONTROL_ACKS: &str = "CONTROL_ACKS";
     /// Every map of the object: what `[dataplane] pin_path` pins, and a restarted agent
     /// adopts.
-    pub const ALL_MAPS: [&str; 16] = [
+    pub const ALL_MAPS: [&str; 17] = [
         PUBLISH_DNAT,
         PUBLISH_SNAT,
         STATS,
@@ -73,13 +75,14 @@ pub mod names {
         REDIRECT_PORTS,
         PUNT_TAP,
         PUNT_TAP_XDP,
+        CONTROL_ACKS,
     ];
 }
 
 /// The version of everything the maps hold: key and value layouts and their meaning. Bumped
 /// whenever any of them changes, so that an agent never adopts pinned maps of another layout
 /// (it refuses, and says how to start fresh). Stored in the `LAYOUT` map.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Interfaces in `REDIRECT_PORTS` (the gateway attaches to two; room for more).
 pub const MAX_REDIRECT_PORTS: u32 = 64;
@@ -98,11 +101,13 @@ mod tests {
         // Changing any of these sizes (or a field's meaning) needs a LAYOUT_VERSION bump.
         assert_eq!(core::mem::size_of::<NatConfig>(), 184);
         assert_eq!(core::mem::size_of::<PeerKey>(), 12);
-        assert_eq!(LAYOUT_VERSION, 3);
-        // Version 3: the hairpin expectations' source, and the counters of the route lookup
+        assert_eq!(LAYOUT_VERSION, 4);
+        // Version 4: `CONTROL_ACKS` and its counter. Version 3: the hairpin expectations'
+        // source, and the counters of the route lookup
         // and the ICMP errors (STATS grew).
         assert_eq!(core::mem::offset_of!(ExpectationEntry, source), 12);
-        assert_eq!(Counter::COUNT, 39);
+        assert_eq!(Counter::COUNT, 40);
+        assert_eq!(core::mem::size_of::<control_ack::ControlAck>(), 48);
         let mut names = names::ALL_MAPS.to_vec();
         names.sort_unstable();
         names.dedup();

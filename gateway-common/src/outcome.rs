@@ -41,6 +41,7 @@ outcome_kind! {
         HairpinCreated => HairpinCreated,
         FragmentTranslated => FragmentTranslated,
         ExpectationUsed => ExpectationUsed,
+        ControlAck => AlgAckForwarded,
     }
 }
 

@@ -9,6 +9,7 @@ use gateway_common::{
     Counter, DEFAULT_MAX_SESSIONS, Endpoint, ExpectationEntry, ExpectationKey, FlowKey,
     FragmentKey, FragmentTranslation, MAX_EXPECTATIONS, MAX_FRAGMENTED_DATAGRAMS, MAX_PUBLISHED,
     MAX_PUNT_ENDPOINTS, MAX_REDIRECT_PORTS, NatConfig, PUNT_RING_BYTES, PeerKey, Session,
+    control_ack::{ControlAck, MAX_CONTROL_ACKS},
     icmp::{TokenBucket, Unresolved, neighbour, rate},
 };
 
@@ -58,6 +59,12 @@ pub static EXPECTATIONS: HashMap<ExpectationKey, ExpectationEntry> =
 /// packets: those go to the agent.
 #[map(name = "PUNT_ENDPOINTS")]
 pub static PUNT_ENDPOINTS: HashMap<Endpoint, u8> = HashMap::with_max_entries(MAX_PUNT_ENDPOINTS, 0);
+
+/// Pure ACKs of FTP control connections the programs forward themselves, per direction as
+/// packets arrive: what the agent wrote of its sequence maps (`nat/control_ack.rs`).
+#[map(name = "CONTROL_ACKS")]
+pub static CONTROL_ACKS: HashMap<FlowKey, ControlAck> =
+    HashMap::with_max_entries(MAX_CONTROL_ACKS, 0);
 
 /// Packets of FTP control connections, for the agent (see `punt.rs`).
 #[map(name = "PUNT")]

@@ -7,10 +7,11 @@
 //! Drops are counted by reason; nothing is dropped silently.
 //!
 //! One concern per file, in Cilium's manner: `headers` (parsing and rewriting), `published`,
-//! `ftp_control` (what goes to the agent), `hairpin`, `sessions`, `expectations`,
+//! `ftp_control` (what goes to the agent), `control_ack` (what of it need not), `hairpin`, `sessions`, `expectations`,
 //! `masquerade`, `icmp_errors`, `fragments`. Every step returns an [`Outcome`] (or a translation, which is `Outcome::Forward`). Everything is
 //! `#[inline(always)]`: the translation is one frame on the entry's stack, as before the split.
 
+mod control_ack;
 mod expectations;
 mod fragments;
 mod ftp_control;
@@ -28,6 +29,7 @@ use gateway_common::{
 };
 
 use self::{
+    control_ack::forward_control_ack,
     expectations::use_expectation,
     fragments::{remember_fragment, translate_later_fragment},
     ftp_control::is_ftp_control_port,
@@ -94,7 +96,14 @@ fn try_translate<P: Packet>(
     {
         quote.take(packet, headers.l4 - ETH_LEN);
     }
-    let result = translate_headers(packet, &headers);
+    let mut result = translate_headers(packet, &headers);
+    // A pure ACK of a control connection the agent has described needs no judging: forwarded
+    // here, it saves the agent a wake-up and a send.
+    if let Err(Outcome::Punt(_)) = result
+        && let Some(forwarded) = forward_control_ack(packet, &headers)
+    {
+        result = forwarded;
+    }
     if let (Ok(_), Some(fragment)) = (&result, headers.first_fragment) {
         remember_fragment(packet, fragment);
     }

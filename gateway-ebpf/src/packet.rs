@@ -110,6 +110,18 @@ pub trait Packet {
         old: [u8; 2],
         new: [u8; 2],
     ) -> Result<(), RewriteFailed>;
+
+    /// Replaces a 32-bit TCP header field outside the pseudo-header (a sequence or ACK number,
+    /// or the window with the urgent pointer's neighbour), fixing the TCP checksum at
+    /// `check_off`. Through the load/store helpers: the field sits at the variable transport
+    /// offset, as the embedded headers do.
+    fn rewrite_tcp_word(
+        &mut self,
+        off: usize,
+        check_off: usize,
+        old: [u8; 4],
+        new: [u8; 4],
+    ) -> Result<(), RewriteFailed>;
 }
 
 /// The furthest header byte the fast path ever reads: Ethernet, an IPv4 header with options,
@@ -271,6 +283,20 @@ impl Packet for XdpContext {
         let icmp = checksum::replace_u16(icmp, u16::from_be_bytes(old), u16::from_be_bytes(new));
         xdp_store(self, port_off, &new)?;
         xdp_store(self, icmp_check_off, &icmp.to_be_bytes())
+    }
+
+    #[inline(always)]
+    fn rewrite_tcp_word(
+        &mut self,
+        off: usize,
+        check_off: usize,
+        old: [u8; 4],
+        new: [u8; 4],
+    ) -> Result<(), RewriteFailed> {
+        let check = u16::from_be_bytes(xdp_load::<2>(self, check_off)?);
+        let check = checksum::replace_u32(check, old, new);
+        xdp_store(self, off, &new)?;
+        xdp_store(self, check_off, &check.to_be_bytes())
     }
 }
 
@@ -435,6 +461,25 @@ impl Packet for TcContext {
             u16::from_ne_bytes(new) as u64,
         );
         self.l4_csum_replace(icmp_check_off, from, to, 2)
+            .map_err(|_| RewriteFailed)
+    }
+
+    #[inline(always)]
+    fn rewrite_tcp_word(
+        &mut self,
+        off: usize,
+        check_off: usize,
+        old: [u8; 4],
+        new: [u8; 4],
+    ) -> Result<(), RewriteFailed> {
+        self.store(off, &new, 0).map_err(|_| RewriteFailed)?;
+        // Not in the pseudo-header: a partial checksum (a local sender's offload) is left
+        // alone by the helper, a full one updated.
+        let (from, to) = (
+            u32::from_ne_bytes(old) as u64,
+            u32::from_ne_bytes(new) as u64,
+        );
+        self.l4_csum_replace(check_off, from, to, 4)
             .map_err(|_| RewriteFailed)
     }
 }

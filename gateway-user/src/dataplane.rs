@@ -19,7 +19,7 @@ use std::collections::HashSet;
 
 use gateway_common::{
     Counter, Endpoint, ExpectationEntry, ExpectationKey, FlowKey, Ipv4Cidr, LAYOUT_VERSION,
-    NatConfig, PeerKey, PuntReason, Rewrite, Session, names,
+    NatConfig, PeerKey, PuntReason, Rewrite, Session, control_ack::ControlAck, names,
 };
 
 use crate::{
@@ -466,6 +466,19 @@ impl Dataplane {
     ) -> Result<(), DataplaneError> {
         let map_name = names::EXPECTATIONS;
         let mut map: HashMap<_, ExpectationKey, ExpectationEntry> =
+            HashMap::try_from(self.map_mut(map_name)?).map_err(map_error(map_name))?;
+        map.insert(key, entry, 0).map_err(map_error(map_name))
+    }
+
+    /// Lets the programs forward the pure ACKs of one direction of an FTP control connection
+    /// (`key`: its packets as they arrive) as `entry` says, instead of punting them.
+    pub fn set_control_ack(
+        &mut self,
+        key: FlowKey,
+        entry: ControlAck,
+    ) -> Result<(), DataplaneError> {
+        let map_name = names::CONTROL_ACKS;
+        let mut map: HashMap<_, FlowKey, ControlAck> =
             HashMap::try_from(self.map_mut(map_name)?).map_err(map_error(map_name))?;
         map.insert(key, entry, 0).map_err(map_error(map_name))
     }
