@@ -6,6 +6,12 @@
 //! management requests take turns on the maps, so none of them needs a lock. Connections to
 //! the management socket and the metrics port are read by their own tasks, which hand the
 //! parsed request to the main loop and wait for its answer.
+//!
+//! This file is that loop (`Agent::serve`) and the way out; the rest lives by role:
+//! `startup` (`run`: checks, load, attach, restore), `alg` (the ALG's I/O state and
+//! counters), `api` (management requests and their rows), `status` (the structured status,
+//! counters and metrics snapshot), `reload` (applies [`Config::diff`]), `reattach`
+//! (interfaces that come back) and `sweep`.
 
 mod alg;
 mod api;

@@ -130,8 +130,12 @@ mod tests {
         alg = "ftp"
     "#;
 
+    fn parse(text: &str) -> Config {
+        Config::parse(text, Path::new("test.toml")).unwrap()
+    }
+
     fn config(extra: &str) -> Config {
-        Config::parse(&format!("{BASE}\n{extra}"), Path::new("test.toml")).unwrap()
+        parse(&format!("{BASE}\n{extra}"))
     }
 
     #[test]
@@ -143,14 +147,10 @@ mod tests {
     #[test]
     fn parts_fixed_at_start_need_a_restart_in_the_files_order() {
         let old = config("");
-        let new = Config::parse(
-            &format!(
-                "{}\n[sessions]\nmax = 2048\n[metrics]\nlisten = \"127.0.0.1:9469\"",
-                BASE.replace("veth-in", "eth1")
-            ),
-            Path::new("test.toml"),
-        )
-        .unwrap();
+        let new = parse(&format!(
+            "{}\n[sessions]\nmax = 2048\n[metrics]\nlisten = \"127.0.0.1:9469\"",
+            BASE.replace("veth-in", "eth1")
+        ));
         let diff = old.diff(&new);
         assert_eq!(
             diff.restart,
@@ -177,14 +177,10 @@ mod tests {
     #[test]
     fn publishes_are_removed_and_added_one_by_one() {
         let old = config("");
-        let new = Config::parse(
-            &format!(
-                "{}\n[[publish]]\npublic = \"203.0.113.1:80\"\nprivate = \"10.0.0.3:80\"\nprotocol = \"tcp\"",
-                BASE.replace("10.0.0.2:21", "10.0.0.4:21")
-            ),
-            Path::new("test.toml"),
-        )
-        .unwrap();
+        let new = parse(&format!(
+            "{}\n[[publish]]\npublic = \"203.0.113.1:80\"\nprivate = \"10.0.0.3:80\"\nprotocol = \"tcp\"",
+            BASE.replace("10.0.0.2:21", "10.0.0.4:21")
+        ));
         let diff = old.diff(&new);
         assert!(diff.restart.is_empty());
         assert_eq!(diff.unpublished, old.publish);
