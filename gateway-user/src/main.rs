@@ -219,62 +219,9 @@ fn show<T: serde::de::DeserializeOwned>(
     Ok(())
 }
 
+/// The text is the status's own (written from its fields); `--json` prints the fields.
 fn print_status(status: Status) {
-    println!(
-        "agent       pid {}, up {}s",
-        status.pid, status.uptime_seconds
-    );
-    println!("config      {}", status.config);
-    for interface in &status.interfaces {
-        println!(
-            "{:<11} {} (ifindex {}) {}",
-            interface.role, interface.name, interface.ifindex, interface.hook
-        );
-    }
-    for (name, id) in &status.programs {
-        println!("program     {name} id {id}");
-    }
-    println!("publishes   {}", status.publishes);
-    println!("punt        {}", status.punt);
-    println!(
-        "masquerade  {}",
-        status.masquerade.as_deref().unwrap_or("none")
-    );
-    println!("ftp policy  {}", status.policy);
-    for setting in &status.sysctls.settings {
-        let value = setting
-            .value
-            .map_or("unreadable".to_owned(), |value| value.to_string());
-        let all = setting
-            .all
-            .map(|all| format!(", all {all}"))
-            .unwrap_or_default();
-        let verdict = if setting.ok {
-            "ok".to_owned()
-        } else {
-            format!("WRONG: must be {}", setting.required)
-        };
-        let owed = match setting.original {
-            Some(original) => format!(", was {original}: put back when the gateway stops"),
-            None => String::new(),
-        };
-        println!(
-            "sysctl      {} = {value} ({verdict}{all}{owed})",
-            setting.name
-        );
-    }
-    if status.sysctls.managed {
-        println!(
-            "sysctls     set by the gateway while it runs; originals recorded in {}",
-            status.sysctls.record
-        );
-    } else if !status.sysctls.settings.is_empty() {
-        println!("sysctls     checked only (manage_sysctls = false)");
-    }
-    println!(
-        "now         {} session entries, {} ftp control sessions, {} expectations",
-        status.sessions, status.ftp_sessions, status.expectations
-    );
+    print!("{status}");
 }
 
 fn print_sessions(rows: Vec<SessionRow>) {

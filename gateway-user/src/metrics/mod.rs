@@ -6,6 +6,8 @@
 //! in the BPF maps and the ALG's own counters, so the snapshot is a collector of constant
 //! samples rather than a registry of live metrics that would have to mirror them.
 
+pub mod endpoint;
+
 use gateway_common::Counter;
 use gateway_ftp::policy::Check;
 use prometheus_client::{

@@ -12,6 +12,12 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
+mod status;
+
+pub use status::{
+    InterfaceStatus, MasqueradeStatus, PolicyStatus, PuntStatus, Status, SysctlsStatus,
+};
+
 /// Where the agent listens unless `[management] socket` says otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/gateway.sock";
 /// Largest request the agent reads.
@@ -45,45 +51,6 @@ pub enum Request {
 pub enum Response {
     Ok { data: serde_json::Value },
     Error { message: String },
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Status {
-    pub pid: u32,
-    pub config: String,
-    pub uptime_seconds: u64,
-    pub interfaces: Vec<InterfaceStatus>,
-    pub programs: Vec<(String, u32)>,
-    pub sessions: usize,
-    pub ftp_sessions: usize,
-    pub expectations: usize,
-    pub publishes: usize,
-    /// How FTP control packets reach the agent: its tap (TC) and the ring.
-    #[serde(default)]
-    pub punt: String,
-    pub masquerade: Option<String>,
-    pub policy: String,
-    /// The sysctls the fast path needs on its interfaces, as they are now.
-    #[serde(default)]
-    pub sysctls: SysctlsStatus,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct SysctlsStatus {
-    /// `[dataplane] manage_sysctls`: the agent sets wrong values while it runs (and puts
-    /// them back), or only checks them.
-    pub managed: bool,
-    /// Where the agent records the values it found before it changed them.
-    pub record: String,
-    pub settings: Vec<crate::sysctl::SysctlStatus>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct InterfaceStatus {
-    pub role: String,
-    pub name: String,
-    pub ifindex: u32,
-    pub hook: String,
 }
 
 /// One direction of a fast-path connection.

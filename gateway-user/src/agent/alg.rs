@@ -1,0 +1,128 @@
+//! The FTP ALG's moving parts in the agent: the control table, the raw socket it sends
+//! with, the saved state, the capture clients, and the counters of its I/O.
+
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use crate::{
+    alg::{
+        control::{ControlTable, Outgoing},
+        shell::{BatchRead, RawSender},
+        store::StateStore,
+    },
+    capture,
+    dataplane::{Dataplane, monotonic_now_ns},
+};
+
+/// The FTP ALG's moving parts in the agent.
+pub(super) struct Alg {
+    pub(super) table: ControlTable,
+    pub(super) raw: RawSender,
+    pub(super) send_failures: u64,
+    pub(super) undecodable: u64,
+    /// `gateway capture` clients: pcap records of every punted packet as it arrived and
+    /// every packet the ALG sent. A client that falls behind loses records, not the ALG time.
+    pub(super) captures: Vec<mpsc::Sender<Vec<u8>>>,
+    /// With a pinned fast path: where the control sessions are saved, before any packet they
+    /// produce leaves (so a restart never finds state older than what the peers saw).
+    pub(super) store: Option<StateStore>,
+    /// Punted packets handled, and the time spent on them (translation, state, sending):
+    /// where an ALG packet's time goes, for the benchmarks.
+    pub(super) handled: u64,
+    pub(super) busy_ns: u64,
+    /// Time the handled packets waited in the punt ring before the agent took them.
+    pub(super) waited_ns: u64,
+    /// Punted packets taken from the tap and from the ring: which transport is in use.
+    pub(super) from_tap: u64,
+    pub(super) from_ring: u64,
+}
+
+impl Alg {
+    /// Accounts for what a read of either transport found.
+    pub(super) fn took(&mut self, read: BatchRead, from_tap: bool) {
+        self.undecodable += read.undecodable as u64;
+        self.waited_ns += read.waited_ns;
+        let packets = read.packets as u64;
+        if from_tap {
+            self.from_tap += packets;
+        } else {
+            self.from_ring += packets;
+        }
+    }
+
+    /// Handles a batch of punted packets: translates them all, saves the state, then sends.
+    pub(super) fn handle_batch(
+        &mut self,
+        dataplane: &mut Dataplane,
+        batch: &mut Vec<(u8, Vec<u8>)>,
+    ) {
+        let started = Instant::now();
+        self.handled += batch.len() as u64;
+        let now = monotonic_now_ns();
+        let mut outgoing = Vec::new();
+        for (reason, packet) in batch.drain(..) {
+            self.capture(&packet);
+            outgoing.extend(self.table.on_packet(reason, &packet, now, dataplane));
+        }
+        self.save_state();
+        self.send_all(outgoing);
+        self.busy_ns += started.elapsed().as_nanos() as u64;
+    }
+
+    pub(super) fn send_all(&mut self, outgoing: Vec<Outgoing>) {
+        for packet in outgoing {
+            self.capture(&packet.bytes);
+            if let Err(err) = self.raw.send(&packet) {
+                self.send_failures += 1;
+                tracing::warn!(dst = %packet.dst, "cannot send a control packet: {err}");
+            }
+        }
+    }
+
+    /// Saves what changed in the control sessions (the journal; now and then a snapshot).
+    pub(super) fn save_state(&mut self) {
+        let Some(store) = &mut self.store else {
+            return;
+        };
+        if let Err(err) = store.save_changes(&mut self.table) {
+            tracing::warn!("cannot save the ftp sessions: {err}");
+        }
+    }
+
+    fn capture(&mut self, packet: &[u8]) {
+        if self.captures.is_empty() {
+            return;
+        }
+        let record = capture::record(std::time::SystemTime::now(), packet);
+        self.captures.retain(|client| {
+            !matches!(
+                client.try_send(record.clone()),
+                Err(mpsc::error::TrySendError::Closed(_))
+            )
+        });
+    }
+
+    /// The agent's own totals beside the table's, by bare name (as `AlgStats::totals`).
+    pub(super) fn own_totals(&self) -> [(&'static str, u64); 7] {
+        [
+            ("send_failed", self.send_failures),
+            ("undecodable", self.undecodable),
+            ("handled", self.handled),
+            ("busy_ns", self.busy_ns),
+            ("wait_ns", self.waited_ns),
+            ("punt_tap_packets", self.from_tap),
+            ("punt_ring_packets", self.from_ring),
+        ]
+    }
+
+    pub(super) fn counters(&self) -> Vec<(String, u64)> {
+        let mut counters = self.table.stats().pairs();
+        counters.extend(
+            self.own_totals()
+                .into_iter()
+                .map(|(name, value)| (format!("alg_{name}"), value)),
+        );
+        counters
+    }
+}
