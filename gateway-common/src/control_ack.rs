@@ -30,7 +30,8 @@ pub struct SeqShift {
 }
 
 impl SeqShift {
-    /// Every position moves by `shift`: no rewrite is unacknowledged.
+    /// Every position moves by `shift`: no rewrite is unacknowledged. (`low` = `high`: every
+    /// position is at or before one of them, or at or after it.)
     pub const fn uniform(shift: i32) -> SeqShift {
         SeqShift {
             low: 0,
@@ -43,9 +44,6 @@ impl SeqShift {
     /// Where `position` lands, or `None` when only the full edit list can tell.
     #[inline(always)]
     pub fn map(&self, position: u32) -> Option<u32> {
-        if self.before == self.after {
-            return Some(position.wrapping_add(self.before as u32));
-        }
         if position.wrapping_sub(self.low) as i32 <= 0 {
             Some(position.wrapping_add(self.before as u32))
         } else if position.wrapping_sub(self.high) as i32 >= 0 {

@@ -11,6 +11,8 @@
 
 use std::collections::VecDeque;
 
+use gateway_common::control_ack::SeqShift;
+
 /// The most edits a direction may have unacknowledged at once. A control connection has one
 /// rewrite per PORT/EPRT/227/229 exchange, so this bounds state, not legitimate use.
 pub const MAX_PENDING_EDITS: usize = 256;
@@ -221,6 +223,43 @@ impl SeqMap {
         }
     }
 
+    /// The sender's sequence numbers as the fast path may move them without this map (see
+    /// `gateway_common::control_ack`): one shift before the first unacknowledged edit, one
+    /// after the last, nothing in between. `None` when a shift does not fit 32 bits.
+    pub fn forward_shift(&self) -> Option<SeqShift> {
+        let total = i32::try_from(self.total_shift()).ok()?;
+        let (Some(first), Some(last)) = (self.edits.front(), self.edits.back()) else {
+            return Some(SeqShift::uniform(total));
+        };
+        Some(SeqShift {
+            low: self.base_seq.wrapping_add(first.at as u32),
+            high: self.base_seq.wrapping_add(last.end() as u32),
+            before: i32::try_from(self.folded_shift).ok()?,
+            after: total,
+        })
+    }
+
+    /// The receiver's ACK numbers as the fast path may move them back to the sender's: the
+    /// reverse of [`SeqMap::forward_shift`], in the receiver's numbering.
+    pub fn backward_shift(&self) -> Option<SeqShift> {
+        let total = i32::try_from(self.total_shift()).ok()?;
+        let (Some(first), Some(last)) = (self.edits.front(), self.edits.back()) else {
+            return Some(SeqShift::uniform(total.checked_neg()?));
+        };
+        let folded = i32::try_from(self.folded_shift).ok()?;
+        let receiver = |offset: u64, shift: i32| {
+            self.base_seq
+                .wrapping_add(offset as u32)
+                .wrapping_add(shift as u32)
+        };
+        Some(SeqShift {
+            low: receiver(first.at, folded),
+            high: receiver(last.end(), total),
+            before: folded.checked_neg()?,
+            after: total.checked_neg()?,
+        })
+    }
+
     fn receiver_offset(&self, seq: u32) -> u64 {
         unwrap(seq.wrapping_sub(self.base_seq), self.to_receiver(self.high))
     }
@@ -378,6 +417,34 @@ mod tests {
             let seq = base.wrapping_add(offset as u32);
             let there = map.seq_to_receiver(seq, 0);
             prop_assert_eq!(map.ack_to_sender(there), seq);
+        }
+
+        #[test]
+        fn the_fast_paths_shifts_agree_with_the_map_wherever_they_answer(
+            triples in edits(),
+            base in any::<u32>(),
+            acked in 0u64..6000,
+            offset in 0u64..6000,
+        ) {
+            let (mut map, _) = build(base, &triples);
+            let acknowledged = map.to_receiver(acked);
+            map.acknowledge(base.wrapping_add(acknowledged as u32));
+            let seq = base.wrapping_add(offset as u32);
+            if let Some(there) = map.forward_shift().unwrap().map(seq) {
+                prop_assert_eq!(there, map.clone().seq_to_receiver(seq, 0));
+            }
+            // A cumulative ACK below one already acknowledged is old (the sender ignores it,
+            // and the map clamps it at the stream's start): only later ones must agree.
+            let ack = base.wrapping_add(offset as u32);
+            if offset >= acknowledged
+                && let Some(back) = map.backward_shift().unwrap().map(ack)
+            {
+                prop_assert_eq!(back, map.ack_to_sender(ack));
+            }
+            // Past every edit both always answer.
+            let past = base.wrapping_add(6000 + 64);
+            prop_assert!(map.forward_shift().unwrap().map(past).is_some());
+            prop_assert!(map.backward_shift().unwrap().map(past).is_some());
         }
 
         #[test]

@@ -27,6 +27,7 @@ use crate::{
     stream::{StreamError, StreamRewriter},
 };
 
+use gateway_common::control_ack::SeqShift;
 /// TCP flag bits the session looks at: the ones the fast path reads too.
 pub use gateway_common::tcp::flags;
 
@@ -76,6 +77,17 @@ pub enum Action {
         reason: String,
         passed: bool,
     },
+}
+
+/// How the pure ACKs of one direction are rewritten (see [`Session::pure_acks`]): the shell
+/// adds the connection's addresses and hands it to the fast path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PureAcks {
+    /// The sender's own sequence number, through its stream's edits.
+    pub seq: SeqShift,
+    /// The ACK number, back through the other stream's edits.
+    pub ack: SeqShift,
+    pub window_shrink: u16,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -511,19 +523,58 @@ impl Session {
     /// the growth of rewrites in flight towards this side, so the other side never sends
     /// past this side's real right edge.
     fn window_for(&self, direction: Direction, window: u16) -> u16 {
+        window.saturating_sub(self.window_shrink(direction))
+    }
+
+    /// Whether bytes the gateway acknowledged in `direction`'s receiver's name still wait for
+    /// that receiver's ACK.
+    fn owes(&self, direction: Direction) -> bool {
+        let at = direction.index();
+        self.owed[at]
+            && self.streams[at]
+                .as_ref()
+                .is_some_and(|stream| !stream.all_acknowledged())
+    }
+
+    /// Window units (of `direction`'s sender's scale) its advertised window shrinks by: the
+    /// other direction's growth still in flight.
+    fn window_shrink(&self, direction: Direction) -> u16 {
         let growth = self.streams[direction.opposite().index()]
             .as_ref()
             .map_or(0, |stream| stream.seq_map().unacknowledged_growth());
         if growth == 0 {
-            return window;
+            return 0;
         }
         // Windows are scaled only when both SYNs carried the option (RFC 7323 2.2).
         let shift = match self.window_scales {
             [Some(_), Some(_)] => self.window_scales[direction.index()].unwrap_or(0).min(14),
             _ => 0,
         };
-        let units = growth.div_ceil(1u64 << shift);
-        window.saturating_sub(units.min(u64::from(u16::MAX)) as u16)
+        growth.div_ceil(1u64 << shift).min(u64::from(u16::MAX)) as u16
+    }
+
+    /// What the fast path may do with the pure ACKs `direction`'s sender sends, without this
+    /// session (see `gateway_common::control_ack`). `None` while the session must see them:
+    /// before both SYNs, once it is reset, while either stream holds bytes back (an
+    /// unfinished or a pipelined line), and while it owes bytes it acknowledged in a
+    /// receiver's name (the receiver's ACK is what settles them).
+    pub fn pure_acks(&self, direction: Direction) -> Option<PureAcks> {
+        if self.terminated || Direction::BOTH.iter().any(|&side| self.owes(side)) {
+            return None;
+        }
+        let own = self.streams[direction.index()].as_ref()?;
+        let other = self.streams[direction.opposite().index()].as_ref()?;
+        if [own, other]
+            .iter()
+            .any(|stream| stream.holds_back() || stream.held_lines() > 0)
+        {
+            return None;
+        }
+        Some(PureAcks {
+            seq: own.seq_map().forward_shift()?,
+            ack: other.seq_map().backward_shift()?,
+            window_shrink: self.window_shrink(direction),
+        })
     }
 
     /// An ACK carried by a segment in `direction` acknowledges the opposite stream.

@@ -211,6 +211,11 @@ impl StreamRewriter {
         !self.opaque && self.sent_up_to < self.next
     }
 
+    /// Whether the receiver has acknowledged everything sent to it.
+    pub fn all_acknowledged(&self) -> bool {
+        self.history.is_empty()
+    }
+
     /// Everything sent that the receiver has not acknowledged yet, as one segment (the
     /// history), for the gateway's own retransmission of what it acknowledged on the
     /// receiver's behalf.

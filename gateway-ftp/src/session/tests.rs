@@ -2,6 +2,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use super::*;
 use crate::inspect::embedded_address;
+use gateway_common::control_ack::SeqShift;
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
@@ -810,4 +811,103 @@ fn a_held_partial_line_is_acknowledged_for_the_receiver_and_owed_until_delivered
         )
         .unwrap();
     assert!(session.resend_owed(Direction::ClientToServer).is_none());
+}
+
+// What the fast path may do with pure ACKs (`Session::pure_acks`).
+
+#[test]
+fn pure_acks_follow_the_edits_and_wait_while_bytes_are_held() {
+    let mut session = published();
+    let mut ports = Ports(40000);
+    assert_eq!(
+        session.pure_acks(Direction::ClientToServer),
+        None,
+        "before the SYNs"
+    );
+    handshake(&mut session, &mut ports);
+    let plain = PureAcks {
+        seq: SeqShift::uniform(0),
+        ack: SeqShift::uniform(0),
+        window_shrink: 0,
+    };
+    assert_eq!(session.pure_acks(Direction::ClientToServer), Some(plain));
+    assert_eq!(session.pure_acks(Direction::ServerToClient), Some(plain));
+
+    // The 227 grows by 3: the client's ACKs move back past it (and are the session's inside
+    // it), the server's own numbers move forward past it, and its window shrinks meanwhile.
+    let reply = "227 Entering Passive Mode (10,0,0,2,195,80).\r\n";
+    session
+        .on_segment(
+            Direction::ServerToClient,
+            seg(S_ISN + 1, C_ISN + 1, flags::ACK, reply),
+            &mut ports,
+        )
+        .unwrap();
+    let end = S_ISN + 1 + reply.len() as u32;
+    let client = session.pure_acks(Direction::ClientToServer).unwrap();
+    assert_eq!(client.seq, SeqShift::uniform(0));
+    assert_eq!(
+        client.ack.map(end + 3),
+        Some(end),
+        "past the rewritten line"
+    );
+    assert_eq!(client.ack.map(S_ISN + 1), Some(S_ISN + 1), "before it");
+    assert_eq!(client.ack.map(S_ISN + 10), None, "inside it");
+    let server = session.pure_acks(Direction::ServerToClient).unwrap();
+    assert_eq!(server.seq.map(end), Some(end + 3));
+    assert_eq!(server.window_shrink, 0, "the client's stream did not grow");
+    assert_eq!(client.window_shrink, 3, "the server's growth is in flight");
+
+    // Half a line from the client: held, so its ACKs are the session's until it is whole.
+    session
+        .on_segment(
+            Direction::ClientToServer,
+            seg(C_ISN + 1, end + 3, flags::ACK, "RET"),
+            &mut ports,
+        )
+        .unwrap();
+    assert_eq!(session.pure_acks(Direction::ClientToServer), None);
+    assert_eq!(session.pure_acks(Direction::ServerToClient), None);
+    session
+        .on_segment(
+            Direction::ClientToServer,
+            seg(C_ISN + 4, end + 3, flags::ACK, "R f\r\n"),
+            &mut ports,
+        )
+        .unwrap();
+    // The gateway acknowledged the half in the server's name: owed until the server has it.
+    assert_eq!(session.pure_acks(Direction::ServerToClient), None, "owed");
+    session
+        .on_segment(
+            Direction::ServerToClient,
+            seg(end, C_ISN + 1 + 8, flags::ACK, ""),
+            &mut ports,
+        )
+        .unwrap();
+    let client = session.pure_acks(Direction::ClientToServer).unwrap();
+    assert_eq!(
+        client.window_shrink, 0,
+        "the client's ACK of the whole 227 settled the growth"
+    );
+    assert_eq!(client.ack.map(end + 50), Some(end + 47));
+}
+
+#[test]
+fn a_reset_session_leaves_its_acks_to_the_shell() {
+    let mut session = guarded(Policy {
+        on_violation: ViolationAction::Reset,
+        ..Policy::default()
+    });
+    let mut ports = Ports(40000);
+    let (c, s) = greeted(&mut session, &mut ports);
+    assert!(session.pure_acks(Direction::ClientToServer).is_some());
+    session
+        .on_segment(
+            Direction::ClientToServer,
+            seg(c, s, flags::ACK, "RETR /etc/passwd\r\n"),
+            &mut ports,
+        )
+        .unwrap();
+    assert!(session.terminated());
+    assert_eq!(session.pure_acks(Direction::ClientToServer), None);
 }
