@@ -75,6 +75,10 @@ pub struct ControlAck {
     pub seq: SeqShift,
     /// The ACK number, back through the other direction's edits (receiver to sender).
     pub ack: SeqShift,
+    /// Written by the programs: the timestamp value (network order) of the last ACK they
+    /// forwarded, zero before any. What the gateway later sends in this side's name must not
+    /// carry an older one, or the receiver's PAWS check (RFC 7323) drops it.
+    pub last_tsval: [u8; 4],
 }
 
 #[cfg(feature = "user")]

@@ -107,7 +107,7 @@ mod tests {
         // and the ICMP errors (STATS grew).
         assert_eq!(core::mem::offset_of!(ExpectationEntry, source), 12);
         assert_eq!(Counter::COUNT, 40);
-        assert_eq!(core::mem::size_of::<control_ack::ControlAck>(), 48);
+        assert_eq!(core::mem::size_of::<control_ack::ControlAck>(), 52);
         let mut names = names::ALL_MAPS.to_vec();
         names.sort_unstable();
         names.dedup();

@@ -483,6 +483,14 @@ impl Dataplane {
         map.insert(key, entry, 0).map_err(map_error(map_name))
     }
 
+    /// The `CONTROL_ACKS` entry of one direction of a control connection, if any.
+    pub fn control_ack(&self, key: FlowKey) -> Result<Option<ControlAck>, DataplaneError> {
+        let map_name = names::CONTROL_ACKS;
+        let map: HashMap<_, FlowKey, ControlAck> =
+            HashMap::try_from(self.map(map_name)?).map_err(map_error(map_name))?;
+        Ok(map.get(&key, 0).ok())
+    }
+
     /// Whether an expectation is in the map (not used yet, not removed).
     pub fn expectation_exists(&self, key: ExpectationKey) -> Result<bool, DataplaneError> {
         let map_name = names::EXPECTATIONS;

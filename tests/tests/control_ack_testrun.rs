@@ -251,6 +251,9 @@ fn a_published_servers_pure_acks_are_forwarded_through_the_edits() {
             &Segment::ack(client, public, 900, 5030, 501),
             "an ACK inside the rewritten 227",
         );
+        // The timestamp of the last ACK forwarded, for what the agent sends in that name.
+        let written = dataplane.control_ack(key(client, public)).unwrap().unwrap();
+        assert_eq!(u32::from_be_bytes(written.last_tsval), 0x0102_0304);
     }
 }
 

@@ -24,6 +24,8 @@ const TCP_SEQ: usize = 4;
 const TCP_ACK: usize = 8;
 const TCP_DATA_OFFSET: usize = 12;
 const TCP_FIXED_LEN: usize = 20;
+/// NOP, NOP, kind, length, TSval, TSecr.
+const TIMESTAMPS_LEN: usize = 12;
 
 /// The punted packet forwarded as a pure ACK of its control connection, or `None`: it stays
 /// punted (not a pure ACK, no entry, an option other than timestamps, or a number inside a
@@ -36,8 +38,10 @@ pub(super) fn forward_control_ack<P: Packet>(
     if headers.key.proto != IPPROTO_TCP || !is_pure_ack(headers.tcp_flags) {
         return None;
     }
-    // SAFETY: a live map value of plain data, read in place (the programs' stack is full).
-    let entry: &ControlAck = unsafe { CONTROL_ACKS.get(headers.key) }?;
+    // SAFETY: a live map value of plain data, read in place (the programs' stack is full);
+    // only `last_tsval` is written, and a torn write of it by two CPUs at once only makes
+    // the agent's later segment carry one of the two values.
+    let entry: &mut ControlAck = unsafe { &mut *CONTROL_ACKS.get_ptr_mut(headers.key)? };
     if !packet.make_readable(headers.l4 + TCP_FIXED_LEN) {
         return None;
     }
@@ -55,15 +59,17 @@ pub(super) fn forward_control_ack<P: Packet>(
     if headers.ip_len as usize != headers.l4 - ETH_LEN + header_words as usize * 4 {
         return None;
     }
+    let mut tsval = None;
     match header_words {
         TCP_HEADER_PLAIN => {}
         TCP_HEADER_TIMESTAMPS => {
-            if !packet.make_readable(headers.l4 + TCP_FIXED_LEN + TIMESTAMPS_OPTION.len()) {
+            if !packet.make_readable(headers.l4 + TCP_FIXED_LEN + TIMESTAMPS_LEN) {
                 return None;
             }
             if word(packet, TCP_FIXED_LEN)? != u32::from_be_bytes(TIMESTAMPS_OPTION) {
                 return None;
             }
+            tsval = Some(word(packet, TCP_FIXED_LEN + TIMESTAMPS_OPTION.len())?);
         }
         _ => return None,
     }
@@ -71,14 +77,18 @@ pub(super) fn forward_control_ack<P: Packet>(
     let new_ack = entry.ack.map(ack)?;
     let window = head as u16;
     let new_head = (head & 0xffff_0000) | u32::from(window.saturating_sub(entry.window_shrink));
-    Some(rewrite_ack(
+    let result = rewrite_ack(
         packet,
         headers,
         entry,
         [seq, new_seq],
         [ack, new_ack],
         [head, new_head],
-    ))
+    );
+    if let (Ok(_), Some(tsval)) = (&result, tsval) {
+        entry.last_tsval = tsval.to_be_bytes();
+    }
+    Some(result)
 }
 
 /// Writes the mapped numbers and the translation into the ACK, checksums following.
