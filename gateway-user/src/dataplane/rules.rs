@@ -18,23 +18,22 @@ impl Dataplane {
 
     /// Installs the published servers in both directions' maps.
     pub fn publish(&mut self, publishes: &[Publish]) -> Result<(), DataplaneError> {
-        for publish in publishes {
-            let proto = publish.protocol.number();
-            let public = Endpoint::from_socket(publish.public, proto);
-            let private = Endpoint::from_socket(publish.private, proto);
-            self.maps
-                .publish_dnat
-                .insert(public, private, 0)
-                .map_err(map_error(names::PUBLISH_DNAT))?;
-        }
-        for publish in publishes {
-            let proto = publish.protocol.number();
-            let public = Endpoint::from_socket(publish.public, proto);
-            let private = Endpoint::from_socket(publish.private, proto);
-            self.maps
-                .publish_snat
-                .insert(private, public, 0)
-                .map_err(map_error(names::PUBLISH_SNAT))?;
+        let maps = &mut self.maps;
+        for (table, name, inbound) in [
+            (&mut maps.publish_dnat, names::PUBLISH_DNAT, true),
+            (&mut maps.publish_snat, names::PUBLISH_SNAT, false),
+        ] {
+            for publish in publishes {
+                let proto = publish.protocol.number();
+                let public = Endpoint::from_socket(publish.public, proto);
+                let private = Endpoint::from_socket(publish.private, proto);
+                let (key, value) = if inbound {
+                    (public, private)
+                } else {
+                    (private, public)
+                };
+                table.insert(key, value, 0).map_err(map_error(name))?;
+            }
         }
         // Control connections of published FTP servers go to the ALG, both directions.
         for publish in publishes.iter().filter(|publish| publish.alg.is_some()) {
