@@ -5,7 +5,7 @@
 //! carries out what it returns. That keeps every rule unit-testable and fuzzable.
 //!
 //! - [`endpoints`]: where each side is, line directions, the expectations announcements ask for.
-//! - [`line`]: cuts a direction's byte stream into lines, across segment boundaries.
+//! - [`line`](mod@line): cuts a direction's byte stream into lines, across segment boundaries.
 //! - [`parse`]: reads commands and replies, and the data-connection endpoints that
 //!   `PORT`/`EPRT`/`227`/`229` announce, strictly (field counts, ranges, syntax).
 //! - [`rewrite`]: produces the translated line.

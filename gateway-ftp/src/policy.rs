@@ -28,7 +28,7 @@ pub enum TlsPolicy {
     Pass,
 }
 
-/// What becomes of a control session that turns out not to be FTP (see [`crate::inspect`]'s
+/// What becomes of a control session that turns out not to be FTP (see `inspect`'s
 /// classification: a first line that is no FTP command, a line no FTP client sends before
 /// login, or too many of them after it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]

@@ -1,7 +1,12 @@
 //! What the agent asks of the host: privileges, interfaces, scheduling (the sysctls are
 //! `crate::sysctl`'s).
 
-use std::{ffi::CString, fs, io, mem};
+use std::{fs, io, mem, os::fd::OwnedFd};
+
+use rustix::{
+    ioctl::{self, Opcode, Updater},
+    net::{AddressFamily, SocketFlags, SocketType},
+};
 
 /// Capability numbers from linux/capability.h.
 const CAP_NET_ADMIN: u32 = 12;
@@ -47,13 +52,19 @@ pub fn valid_interface_name(name: &str) -> bool {
         && !name.chars().any(char::is_whitespace)
 }
 
+/// The index of interface `name` in the caller's network namespace, if there is one.
 pub fn if_index(name: &str) -> Option<u32> {
-    let name = CString::new(name).ok()?;
-    // SAFETY: `name` is a valid NUL-terminated string.
-    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
-        0 => None,
-        index => Some(index),
-    }
+    rustix::net::netdevice::name_to_index(ioctl_socket().ok()?, name).ok()
+}
+
+/// A socket to name an interface to the interface ioctls (any socket will do).
+pub fn ioctl_socket() -> io::Result<OwnedFd> {
+    Ok(rustix::net::socket_with(
+        AddressFamily::INET,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
 }
 
 /// The driver behind an interface, from `ETHTOOL_GDRVINFO` (what `ethtool -i` shows).
@@ -71,7 +82,9 @@ impl DriverInfo {
     }
 }
 
-const SIOCETHTOOL: libc::c_ulong = 0x8946;
+/// From linux/sockios.h and linux/ethtool.h: rustix and nix have no ethtool request of
+/// their own, so its structs are spelled out here and rustix's typed ioctl makes the call.
+const SIOCETHTOOL: Opcode = 0x8946;
 const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
 
 #[repr(C)]
@@ -103,11 +116,7 @@ pub fn driver_info(interface: &str) -> io::Result<DriverInfo> {
             "interface name too long",
         ));
     }
-    // SAFETY: plain socket(2) call; the descriptor is closed below on every path.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let socket = ioctl_socket()?;
     // SAFETY: all-zero is a valid EthtoolDrvinfo.
     let mut info: EthtoolDrvinfo = unsafe { mem::zeroed() };
     info.cmd = ETHTOOL_GDRVINFO;
@@ -116,14 +125,14 @@ pub fn driver_info(interface: &str) -> io::Result<DriverInfo> {
         data: (&mut info as *mut EthtoolDrvinfo).cast(),
     };
     request.name[..interface.len()].copy_from_slice(interface.as_bytes());
-    // SAFETY: `request` points at a live, correctly sized ethtool_drvinfo for the call's duration.
-    let result = unsafe { libc::ioctl(fd, SIOCETHTOOL as _, &mut request) };
-    let error = io::Error::last_os_error();
-    // SAFETY: fd is ours.
-    unsafe { libc::close(fd) };
-    if result < 0 {
-        return Err(error);
-    }
+    // SAFETY: SIOCETHTOOL reads an ifreq whose data points at a live, correctly sized
+    // ethtool_drvinfo, which it fills, for the call's duration.
+    unsafe {
+        ioctl::ioctl(
+            &socket,
+            Updater::<SIOCETHTOOL, IfreqData>::new(&mut request),
+        )
+    }?;
     let text = |bytes: &[u8]| {
         let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
         String::from_utf8_lossy(&bytes[..end]).into_owned()
@@ -141,6 +150,7 @@ pub fn set_realtime_priority(priority: Option<u8>) -> io::Result<()> {
         Some(priority) => (libc::SCHED_FIFO, i32::from(priority)),
         None => (libc::SCHED_OTHER, 0),
     };
+    // libc's: rustix leaves sched_setscheduler out on purpose and nix has no wrapper for it.
     let param = libc::sched_param {
         sched_priority: priority,
     };

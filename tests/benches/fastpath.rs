@@ -269,12 +269,7 @@ fn scale_cost() {
 /// Adds sessions `from..to` (synthetic remote endpoints) to the table.
 fn fill_sessions(dataplane: &mut Dataplane, from: u32, to: u32) {
     use gateway_common::{FlowKey, IPPROTO_TCP, Rewrite, Session};
-    let map = dataplane
-        .ebpf_mut()
-        .map_mut(gateway_common::names::SESSIONS)
-        .expect("SESSIONS");
-    let mut sessions: aya::maps::HashMap<_, FlowKey, Session> =
-        aya::maps::HashMap::try_from(map).expect("hash map");
+    let sessions = dataplane.session_table();
     for index in from..to {
         let key = FlowKey {
             src: [10, 1, (index >> 16) as u8, (index >> 8) as u8],

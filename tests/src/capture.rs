@@ -2,6 +2,7 @@
 //! uses), on a thread of its own.
 
 use std::{
+    mem::MaybeUninit,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -12,6 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail};
+use socket2::{Domain, Protocol, SockAddr, SockAddrStorage, Socket, Type, socklen_t};
 
 use crate::netns::Netns;
 
@@ -50,10 +52,7 @@ impl Capture {
                     return Err(err);
                 }
             };
-            let result = receive_until(socket, &stop_flag);
-            // SAFETY: our own descriptor.
-            unsafe { libc::close(socket) };
-            result
+            receive_until(socket, &stop_flag)
         });
         match ready_rx.recv_timeout(Duration::from_secs(10)) {
             Ok(Ok(())) => Ok(Capture { stop, worker }),
@@ -74,99 +73,51 @@ impl Capture {
     }
 }
 
-fn open_socket(interface: &str) -> anyhow::Result<i32> {
-    let name = std::ffi::CString::new(interface)?;
-    // SAFETY: a valid NUL-terminated name.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if index == 0 {
-        bail!("no interface {interface}");
-    }
-    // SAFETY: plain socket(2).
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            ETH_P_ALL.to_be() as i32,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("socket(AF_PACKET)");
-    }
-    let setup = || -> anyhow::Result<()> {
-        // SAFETY: all-zero sockaddr_ll is valid; we fill what bind needs.
-        let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        address.sll_family = libc::AF_PACKET as u16;
-        address.sll_protocol = ETH_P_ALL.to_be();
-        address.sll_ifindex = index as i32;
-        // SAFETY: address is a valid sockaddr_ll of the given size.
-        if unsafe {
-            libc::bind(
-                fd,
-                (&address as *const libc::sockaddr_ll).cast(),
-                size_of::<libc::sockaddr_ll>() as u32,
-            )
-        } != 0
-        {
-            return Err(std::io::Error::last_os_error()).context("bind(AF_PACKET)");
-        }
-        // A bulk transfer arrives faster than a test thread may drain it: a large buffer (root
-        // may exceed rmem_max) keeps the capture complete.
-        let buffer: libc::c_int = 256 << 20;
-        let timeout = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 50_000,
-        };
-        // SAFETY: option values are valid for their size.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                (&buffer as *const libc::c_int).cast(),
-                4,
-            );
-            if libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&timeout as *const libc::timeval).cast(),
-                size_of::<libc::timeval>() as u32,
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error()).context("SO_RCVTIMEO");
-            }
-        }
-        Ok(())
-    };
-    if let Err(err) = setup() {
-        // SAFETY: our own descriptor.
-        unsafe { libc::close(fd) };
-        return Err(err);
-    }
-    Ok(fd)
+fn open_socket(interface: &str) -> anyhow::Result<Socket> {
+    let index = crate::if_index(interface)?;
+    let protocol = Protocol::from(i32::from(ETH_P_ALL.to_be()));
+    let socket =
+        Socket::new(Domain::PACKET, Type::RAW, Some(protocol)).context("socket(AF_PACKET)")?;
+    socket
+        .bind(&link_address(index))
+        .context("bind(AF_PACKET)")?;
+    // A bulk transfer arrives faster than a test thread may drain it: a large buffer (root
+    // may exceed rmem_max, which SO_RCVBUFFORCE does and socket2 has not) keeps the capture
+    // complete.
+    let _ = rustix::net::sockopt::set_socket_recv_buffer_size_force(&socket, 256 << 20);
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .context("SO_RCVTIMEO")?;
+    Ok(socket)
 }
 
-fn receive_until(fd: i32, stop: &AtomicBool) -> anyhow::Result<Vec<Frame>> {
+/// The `sockaddr_ll` of every protocol on interface `index` (socket2 makes IP and Unix
+/// addresses only; the struct is libc's).
+fn link_address(index: u32) -> SockAddr {
+    let mut storage = SockAddrStorage::zeroed();
+    // SAFETY: a sockaddr_storage has the room and alignment of a sockaddr_ll.
+    let address = unsafe { storage.view_as::<libc::sockaddr_ll>() };
+    address.sll_family = libc::AF_PACKET as u16;
+    address.sll_protocol = ETH_P_ALL.to_be();
+    address.sll_ifindex = index as i32;
+    // SAFETY: the storage holds a sockaddr_ll, which is this long.
+    unsafe { SockAddr::new(storage, size_of::<libc::sockaddr_ll>() as socklen_t) }
+}
+
+/// Whether an AF_PACKET socket's source address says this host sent the frame.
+fn sent_by_this_host(from: SockAddr) -> bool {
+    let mut storage = from.as_storage();
+    // SAFETY: an AF_PACKET socket's source addresses are sockaddr_ll.
+    unsafe { storage.view_as::<libc::sockaddr_ll>() }.sll_pkttype == PACKET_OUTGOING
+}
+
+fn receive_until(socket: Socket, stop: &AtomicBool) -> anyhow::Result<Vec<Frame>> {
     let mut frames = Vec::new();
-    let mut buffer = vec![0u8; 1 << 17];
+    let mut buffer = vec![MaybeUninit::<u8>::uninit(); 1 << 17];
     loop {
-        // SAFETY: zeroed sockaddr_ll is valid as an out-parameter.
-        let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        let mut from_len = size_of::<libc::sockaddr_ll>() as u32;
-        // SAFETY: buffer and address are valid for the lengths given.
-        let received = unsafe {
-            libc::recvfrom(
-                fd,
-                buffer.as_mut_ptr().cast(),
-                buffer.len(),
-                0,
-                (&mut from as *mut libc::sockaddr_ll).cast(),
-                &mut from_len,
-            )
-        };
-        if received < 0 {
-            let err = std::io::Error::last_os_error();
-            match err.kind() {
+        let (received, from) = match socket.recv_from(&mut buffer) {
+            Ok(received) => received,
+            Err(err) => match err.kind() {
                 // Timed out with nothing queued: done if asked to stop, else keep waiting.
                 std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
                     if stop.load(Ordering::Relaxed) {
@@ -176,11 +127,13 @@ fn receive_until(fd: i32, stop: &AtomicBool) -> anyhow::Result<Vec<Frame>> {
                 }
                 std::io::ErrorKind::Interrupted => continue,
                 _ => return Err(err).context("recvfrom(AF_PACKET)"),
-            }
-        }
+            },
+        };
+        // SAFETY: recvfrom initialised the first `received` bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(buffer.as_ptr().cast::<u8>(), received) };
         frames.push(Frame {
-            bytes: buffer[..received as usize].to_vec(),
-            outgoing: from.sll_pkttype == PACKET_OUTGOING,
+            bytes: bytes.to_vec(),
+            outgoing: sent_by_this_host(from),
         });
     }
 }

@@ -54,17 +54,24 @@ pub fn run(command: &mut Command) -> anyhow::Result<Output> {
     Ok(output)
 }
 
+/// The index of `interface` in the calling thread's namespace.
+pub fn if_index(interface: &str) -> anyhow::Result<u32> {
+    let socket = rustix::net::socket_with(
+        rustix::net::AddressFamily::INET,
+        rustix::net::SocketType::DGRAM,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::netdevice::name_to_index(socket, interface)
+        .with_context(|| format!("no interface {interface}"))
+}
+
 /// The smallest XDP program (`return XDP_PASS`), attached in native mode to `interface` of the
 /// calling thread's namespace through a BPF link, which lasts as long as the returned
 /// descriptor. Loaded with bpf(2) directly: it needs no object file.
 pub fn xdp_pass_link(interface: &str) -> anyhow::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd as _;
-    let name = std::ffi::CString::new(interface)?;
-    // SAFETY: a valid NUL-terminated name.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if ifindex == 0 {
-        bail!("no interface {interface}");
-    }
+    let ifindex = if_index(interface)?;
     let insns: [u64; 2] = [
         0x0000_0002_0000_00b7, // r0 = XDP_PASS
         0x0000_0000_0000_0095, // exit

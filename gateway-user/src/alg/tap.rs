@@ -7,16 +7,12 @@
 //! kernel unregisters the tap and empties the `PUNT_TAP` slot that named it, and punts go to
 //! the ring until the next agent publishes its own tap.
 
-use std::{
-    ffi::CStr,
-    io,
-    os::fd::{AsRawFd, OwnedFd},
-};
+use std::{ffi::CStr, io, os::fd::OwnedFd};
 
 use gateway_common::punt_frame;
 use rustix::{
     fs::{Mode, OFlags},
-    net::{AddressFamily, SocketFlags, SocketType},
+    ioctl::{self, Opcode, Setter, Updater},
 };
 use tokio::io::unix::AsyncFd;
 
@@ -51,17 +47,14 @@ impl PuntTap {
             Mode::empty(),
         )
         .map_err(|err| with_context(err.into(), "open /dev/net/tun"))?;
-        // The tap's ioctls stay libc calls: rustix's ioctl pairs opcode and argument just as
-        // unsafely and has no ifreq of its own, and no crate sets a device's MTU and flags.
         let mut request = ifreq(NAME_PATTERN)?;
         // No packet-information prefix: a read returns the frame as it left the program.
         // No offloads are announced (TUNSETOFFLOAD), so the kernel finishes partial checksums
         // and segments GSO packets before they reach the tap: the ALG sees ordinary packets.
         request.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
-        // SAFETY: TUNSETIFF reads and writes an ifreq, which `request` is.
-        if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF as _, &mut request) } < 0 {
-            return Err(with_context(io::Error::last_os_error(), "TUNSETIFF"));
-        }
+        // SAFETY: TUNSETIFF reads an ifreq and writes the name it chose back into it.
+        unsafe { ioctl::ioctl(&fd, Updater::<TUNSETIFF, libc::ifreq>::new(&mut request)) }
+            .map_err(|err| with_context(err.into(), "TUNSETIFF"))?;
         // SAFETY: the kernel wrote the NUL-terminated name it chose.
         let name = unsafe { CStr::from_ptr(request.ifr_name.as_ptr()) }
             .to_string_lossy()
@@ -79,26 +72,28 @@ impl PuntTap {
             Err(err) if err.kind() == io::ErrorKind::NotFound => {}
             Err(err) => return Err(with_context(err, "disable IPv6 on the tap")),
         }
-        let control = socket()?;
+        let control = system::ioctl_socket()?;
         // A frame larger than the MTU is queued all the same (a redirect does not check it);
         // the largest MTU says what the tap carries, whole control-connection super-packets.
         let mut request = ifreq(&name)?;
         request.ifr_ifru.ifru_mtu = MTU;
         // SAFETY: SIOCSIFMTU reads an ifreq.
-        if unsafe { libc::ioctl(control.as_raw_fd(), libc::SIOCSIFMTU as _, &request) } < 0 {
-            return Err(with_context(io::Error::last_os_error(), "SIOCSIFMTU"));
-        }
+        unsafe { ioctl::ioctl(&control, Setter::<SIOCSIFMTU, libc::ifreq>::new(request)) }
+            .map_err(|err| with_context(err.into(), "SIOCSIFMTU"))?;
         let mut request = ifreq(&name)?;
-        // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write an ifreq.
+        // SAFETY: SIOCGIFFLAGS reads an ifreq's name and writes its flags.
         unsafe {
-            if libc::ioctl(control.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut request) < 0 {
-                return Err(with_context(io::Error::last_os_error(), "SIOCGIFFLAGS"));
-            }
-            request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            if libc::ioctl(control.as_raw_fd(), libc::SIOCSIFFLAGS as _, &request) < 0 {
-                return Err(with_context(io::Error::last_os_error(), "SIOCSIFFLAGS"));
-            }
+            ioctl::ioctl(
+                &control,
+                Updater::<SIOCGIFFLAGS, libc::ifreq>::new(&mut request),
+            )
         }
+        .map_err(|err| with_context(err.into(), "SIOCGIFFLAGS"))?;
+        // SAFETY: reading the flags SIOCGIFFLAGS wrote.
+        unsafe { request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+        // SAFETY: SIOCSIFFLAGS reads an ifreq.
+        unsafe { ioctl::ioctl(&control, Setter::<SIOCSIFFLAGS, libc::ifreq>::new(request)) }
+            .map_err(|err| with_context(err.into(), "SIOCSIFFLAGS"))?;
         // SAFETY: the AsyncFd owns the descriptor, which stays open and the same until it
         // drops (deregistering it first).
         let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
@@ -159,6 +154,14 @@ impl PuntTap {
     }
 }
 
+// The ioctls' numbers and the ifreq they take are libc's (linux/if_tun.h, linux/sockios.h):
+// neither rustix nor nix has an ifreq or a request that sets a device's MTU or flags; rustix's
+// typed ioctl makes the calls.
+const TUNSETIFF: Opcode = libc::TUNSETIFF as Opcode;
+const SIOCSIFMTU: Opcode = libc::SIOCSIFMTU as Opcode;
+const SIOCGIFFLAGS: Opcode = libc::SIOCGIFFLAGS as Opcode;
+const SIOCSIFFLAGS: Opcode = libc::SIOCSIFFLAGS as Opcode;
+
 /// The tap's MTU: the largest a tap takes (65535 less its Ethernet header).
 const MTU: libc::c_int = 65535 - punt_frame::ETH_LEN as libc::c_int;
 
@@ -175,16 +178,6 @@ fn ifreq(name: &str) -> io::Result<libc::ifreq> {
         *slot = byte as libc::c_char;
     }
     Ok(request)
-}
-
-/// A socket to name the tap to the interface ioctls.
-fn socket() -> io::Result<OwnedFd> {
-    Ok(rustix::net::socket_with(
-        AddressFamily::INET,
-        SocketType::DGRAM,
-        SocketFlags::CLOEXEC,
-        None,
-    )?)
 }
 
 fn with_context(err: io::Error, what: &str) -> io::Error {
