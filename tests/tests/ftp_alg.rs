@@ -426,10 +426,11 @@ fn stream(frames: &[Frame], from: SocketAddrV4, to: SocketAddrV4) -> Stream {
 #[test]
 fn split_227_and_229_replies_longer_and_shorter_with_the_session_going_on() {
     // Public data ports of four digits: the server's 50000 becomes 2xxx. The 227 grows (the
-    // public address is longer), the 229 shrinks (one digit less); the session goes on after
-    // each, through the same control connection.
+    // public address is longer, and from 2560 on the port's high byte has two digits, so it
+    // grows whatever port is drawn), the 229 shrinks (one digit less); the session goes on
+    // after each, through the same control connection.
     let mut setup = Setup::new(&format!(
-        "{}\n[masquerade]\nnetworks = [\"10.0.0.0/24\"]\naddresses = [\"{}\"]\nports = \"2000-2999\"\n",
+        "{}\n[masquerade]\nnetworks = [\"10.0.0.0/24\"]\naddresses = [\"{}\"]\nports = \"2560-2999\"\n",
         published_config(true),
         lab::PUBLIC
     ));
@@ -528,7 +529,7 @@ fn split_227_and_229_replies_longer_and_shorter_with_the_session_going_on() {
                 .and_then(|rest| rest.split('|').next())
                 .and_then(|port| port.parse().ok())
                 .unwrap_or_else(|| panic!("229 port: {after}"));
-            assert!((2000..=2999).contains(&port), "{after}");
+            assert!((2560..=2999).contains(&port), "{after}");
             assert!(after.len() < before.len(), "229 shrinks: {after}");
         } else {
             assert_eq!(before, after, "other lines pass unchanged");
