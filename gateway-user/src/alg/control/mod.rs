@@ -17,6 +17,7 @@
 //!   that come out;
 //! - `ports`: public ports claimed for mappings and announced data connections;
 //! - `expect`: the fast path's expectation for an announced data connection;
+//! - `memory`: the maps held in memory, for tests and fuzzing;
 //! - `settings`, `stats`: the configuration as the ALG sees it, and its counters;
 //! - `state`: the table as saved for the next agent (see `alg::store`).
 
@@ -35,6 +36,7 @@ use gateway_ftp::{
 
 pub use self::{
     connection::ControlInfo,
+    memory::MemoryMaps,
     settings::{AlgSettings, MasqueradeSettings},
     state::{SavedChanges, SavedTable},
     stats::AlgStats,
@@ -484,6 +486,7 @@ fn flow_key(packet: &TcpPacket) -> FlowKey {
 
 mod connection;
 mod expect;
+mod memory;
 mod ports;
 mod segment;
 mod settings;

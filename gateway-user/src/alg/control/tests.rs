@@ -10,44 +10,6 @@ const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const SECOND: u64 = 1_000_000_000;
 
-/// The maps, with a log of every operation in order.
-#[derive(Default)]
-struct FakeMaps {
-    by_public: HashMap<Endpoint, Endpoint>,
-    by_private: HashMap<Endpoint, Endpoint>,
-    expectations: HashMap<ExpectationKey, ExpectationEntry>,
-    log: Vec<String>,
-}
-
-impl AlgMaps for FakeMaps {
-    fn mapping(&mut self, private: Endpoint) -> Option<Endpoint> {
-        self.by_private.get(&private).copied()
-    }
-    fn claim(&mut self, public: Endpoint, owner: Endpoint) -> bool {
-        if self.by_public.contains_key(&public) {
-            return false;
-        }
-        self.by_public.insert(public, owner);
-        self.log.push(format!("claim {}", public.socket()));
-        true
-    }
-    fn record_mapping(&mut self, private: Endpoint, public: Endpoint) {
-        self.by_private.insert(private, public);
-    }
-    fn expect(&mut self, key: ExpectationKey, entry: ExpectationEntry) -> bool {
-        self.log.push(format!("expect {}", key.endpoint.socket()));
-        self.expectations.insert(key, entry);
-        true
-    }
-    fn expectation_pending(&mut self, key: ExpectationKey) -> bool {
-        self.expectations.contains_key(&key)
-    }
-    fn unexpect(&mut self, key: ExpectationKey) {
-        self.log.push(format!("unexpect {}", key.endpoint.socket()));
-        self.expectations.remove(&key);
-    }
-}
-
 fn settings() -> AlgSettings {
     AlgSettings {
         published: HashMap::from([(SocketAddrV4::new(PUBLIC, 21), SocketAddrV4::new(SERVER, 21))]),
@@ -102,7 +64,7 @@ const PSH_ACK: u8 = flags::ACK | flags::PSH;
 const MSS_1460: [u8; 4] = [2, 4, 0x05, 0xb4];
 
 /// Handshake of a published-server control connection: client 40000 -> public:21.
-fn published_handshake(table: &mut ControlTable, maps: &mut FakeMaps) {
+fn published_handshake(table: &mut ControlTable, maps: &mut MemoryMaps) {
     let client = (CLIENT, 40000);
     let out = table.on_packet(
         PuntReason::PublishedFromClient as u8,
@@ -145,7 +107,7 @@ fn published_handshake(table: &mut ControlTable, maps: &mut FakeMaps) {
 #[test]
 fn passive_reply_of_a_published_server_is_rewritten_after_its_expectation() {
     let mut table = ControlTable::new(settings(), 7);
-    let mut maps = FakeMaps::default();
+    let mut maps = MemoryMaps::default();
     published_handshake(&mut table, &mut maps);
     let reply = b"227 Entering Passive Mode (10,0,0,2,195,80).\r\n";
     let out = table.on_packet(
@@ -206,7 +168,7 @@ fn passive_reply_of_a_published_server_is_rewritten_after_its_expectation() {
 #[test]
 fn a_taken_data_port_is_replaced_by_a_free_one() {
     let mut table = ControlTable::new(settings(), 7);
-    let mut maps = FakeMaps::default();
+    let mut maps = MemoryMaps::default();
     maps.by_public.insert(
         Endpoint::new(PUBLIC.octets(), 50000u16.to_be_bytes(), IPPROTO_TCP),
         Endpoint::default(),
@@ -241,7 +203,7 @@ fn a_taken_data_port_is_replaced_by_a_free_one() {
 #[test]
 fn masqueraded_client_gets_a_mapping_and_its_port_command_an_expectation() {
     let mut table = ControlTable::new(settings(), 7);
-    let mut maps = FakeMaps::default();
+    let mut maps = MemoryMaps::default();
     let inside = (Ipv4Addr::new(10, 0, 0, 5), 41000);
     let server = (Ipv4Addr::new(198, 51, 100, 7), 21);
     let out = table.on_packet(
@@ -335,7 +297,7 @@ fn masqueraded_client_gets_a_mapping_and_its_port_command_an_expectation() {
 #[test]
 fn segments_of_unknown_connections_are_dropped() {
     let mut table = ControlTable::new(settings(), 7);
-    let mut maps = FakeMaps::default();
+    let mut maps = MemoryMaps::default();
     let out = table.on_packet(
         PuntReason::PublishedFromClient as u8,
         &segment(
@@ -379,7 +341,7 @@ fn segments_of_unknown_connections_are_dropped() {
 #[test]
 fn a_super_packet_leaves_cut_to_the_receivers_mss() {
     let mut table = ControlTable::new(settings(), 7);
-    let mut maps = FakeMaps::default();
+    let mut maps = MemoryMaps::default();
     published_handshake(&mut table, &mut maps);
     let mut payload = Vec::new();
     while payload.len() < 4000 {
@@ -415,7 +377,7 @@ fn a_super_packet_leaves_cut_to_the_receivers_mss() {
 #[test]
 fn a_closed_connection_goes_with_its_unused_expectations() {
     let mut table = ControlTable::new(settings(), 7);
-    let mut maps = FakeMaps::default();
+    let mut maps = MemoryMaps::default();
     session_with_passive_reply(&mut table, &mut maps);
     assert_eq!(maps.expectations.len(), 1);
     table.on_packet(
@@ -459,7 +421,7 @@ fn a_closed_connection_goes_with_its_unused_expectations() {
 #[test]
 fn a_used_expectation_releases_its_data_port() {
     let mut table = ControlTable::new(settings(), 7);
-    let mut maps = FakeMaps::default();
+    let mut maps = MemoryMaps::default();
     session_with_passive_reply(&mut table, &mut maps);
     let port = Endpoint::new(PUBLIC.octets(), 50000u16.to_be_bytes(), IPPROTO_TCP);
     table.forget_used(&mut maps);
@@ -474,7 +436,7 @@ fn a_used_expectation_releases_its_data_port() {
 }
 
 /// The client resets its control connection from `port`.
-fn rst_from(table: &mut ControlTable, maps: &mut FakeMaps, port: u16) {
+fn rst_from(table: &mut ControlTable, maps: &mut MemoryMaps, port: u16) {
     table.on_packet(
         PuntReason::PublishedFromClient as u8,
         &segment(
@@ -493,7 +455,7 @@ fn rst_from(table: &mut ControlTable, maps: &mut FakeMaps, port: u16) {
 
 /// Opens a published control connection from `port`; true if the gateway let its SYN through
 /// (to the server; a refusal answers the client instead).
-fn syn_from(table: &mut ControlTable, maps: &mut FakeMaps, port: u16) -> bool {
+fn syn_from(table: &mut ControlTable, maps: &mut MemoryMaps, port: u16) -> bool {
     table
         .on_packet(
             PuntReason::PublishedFromClient as u8,
@@ -514,7 +476,7 @@ fn syn_from(table: &mut ControlTable, maps: &mut FakeMaps, port: u16) -> bool {
 }
 
 /// A published control session with an announced data connection: more state than a SYN.
-fn session_with_passive_reply(table: &mut ControlTable, maps: &mut FakeMaps) {
+fn session_with_passive_reply(table: &mut ControlTable, maps: &mut MemoryMaps) {
     published_handshake(table, maps);
     table.on_packet(
         PuntReason::PublishedFromServer as u8,
@@ -538,7 +500,7 @@ fn session_with_passive_reply(table: &mut ControlTable, maps: &mut FakeMaps) {
 #[test]
 fn a_refusal_the_gateway_sent_is_resent_until_the_client_acknowledges_it() {
     let mut table = ControlTable::new(settings(), 1);
-    let mut maps = FakeMaps::default();
+    let mut maps = MemoryMaps::default();
     published_handshake(&mut table, &mut maps);
     let client = (CLIENT, 40000);
     let greeting = b"220 hi\r\n";

@@ -10,7 +10,7 @@ fn the_per_client_limit_counts_live_sessions_only() {
         ..Policy::default()
     });
     let mut table = ControlTable::new(settings.clone(), 7);
-    let mut maps = FakeMaps::default();
+    let mut maps = MemoryMaps::default();
     assert!(syn_from(&mut table, &mut maps, 40001));
     assert!(syn_from(&mut table, &mut maps, 40002));
     assert!(!syn_from(&mut table, &mut maps, 40003), "a third one");
@@ -42,7 +42,7 @@ fn a_client_beyond_its_limit_is_reset_at_once_in_the_servers_name() {
         ..Policy::default()
     });
     let mut table = ControlTable::new(settings, 7);
-    let mut maps = FakeMaps::default();
+    let mut maps = MemoryMaps::default();
     assert!(syn_from(&mut table, &mut maps, 40001));
     assert!(syn_from(&mut table, &mut maps, 40002));
 
@@ -140,7 +140,7 @@ fn no_limit_when_the_limit_is_zero() {
         ..Policy::default()
     });
     let mut table = ControlTable::new(settings, 7);
-    let mut maps = FakeMaps::default();
+    let mut maps = MemoryMaps::default();
     for port in 40000..40100 {
         assert!(syn_from(&mut table, &mut maps, port));
     }

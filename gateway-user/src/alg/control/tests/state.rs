@@ -24,7 +24,7 @@ fn the_journal_brings_back_what_a_full_save_holds() {
     use crate::alg::store::{self, StateStore};
     let path = state_path("replay");
     let mut table = ControlTable::new(settings(), 7);
-    let mut maps = FakeMaps::default();
+    let mut maps = MemoryMaps::default();
     let mut store = StateStore::create(&path, &mut table).unwrap();
     session_with_passive_reply(&mut table, &mut maps);
     assert!(syn_from(&mut table, &mut maps, 40001));
@@ -58,7 +58,7 @@ fn a_save_after_a_batch_costs_what_the_batch_changed() {
         ..Policy::default()
     });
     let mut table = ControlTable::new(settings, 7);
-    let mut maps = FakeMaps::default();
+    let mut maps = MemoryMaps::default();
     let mut store = StateStore::create(&path, &mut table).unwrap();
     for port in 41000..41300 {
         assert!(syn_from(&mut table, &mut maps, port));
@@ -80,7 +80,7 @@ fn replay_stops_at_a_cut_line_and_skips_an_older_generation() {
     let path = state_path("generations");
     let journal = std::path::PathBuf::from(format!("{}.journal", path.display()));
     let mut table = ControlTable::new(settings(), 7);
-    let mut maps = FakeMaps::default();
+    let mut maps = MemoryMaps::default();
     let mut store = StateStore::create(&path, &mut table).unwrap();
     assert!(syn_from(&mut table, &mut maps, 40001));
     store.save_changes(&mut table).unwrap();
@@ -113,7 +113,7 @@ fn replay_stops_at_a_cut_line_and_skips_an_older_generation() {
 #[test]
 fn without_a_store_no_changes_are_kept() {
     let mut table = ControlTable::new(settings(), 7);
-    let mut maps = FakeMaps::default();
+    let mut maps = MemoryMaps::default();
     for port in 42000..42050 {
         assert!(syn_from(&mut table, &mut maps, port));
     }
@@ -175,7 +175,7 @@ fn a_save_of_the_previous_version_is_restored_under_the_policy_now_in_force() {
 
     // The session carries on (its sequence edit: the server's 45 bytes reached the client as
     // 48) under the policy now in force.
-    let mut maps = FakeMaps::default();
+    let mut maps = MemoryMaps::default();
     let out = restored.on_packet(
         PuntReason::PublishedFromClient as u8,
         &segment(
@@ -208,7 +208,7 @@ fn saves_hold_no_policy_and_a_restore_gives_each_session_its_servers() {
         ..Policy::default()
     });
     let mut table = ControlTable::new(settings.clone(), 7);
-    let mut maps = FakeMaps::default();
+    let mut maps = MemoryMaps::default();
     session_with_passive_reply(&mut table, &mut maps);
     let saved = saved_json(&mut table);
     assert_eq!(saved, without_policies(saved.clone()));
@@ -229,7 +229,7 @@ fn saves_hold_no_policy_and_a_restore_gives_each_session_its_servers() {
 #[test]
 fn an_unreadable_session_costs_only_itself() {
     let mut table = ControlTable::new(settings(), 7);
-    let mut maps = FakeMaps::default();
+    let mut maps = MemoryMaps::default();
     assert!(syn_from(&mut table, &mut maps, 40001));
     assert!(syn_from(&mut table, &mut maps, 40002));
     let mut snapshot = saved_json(&mut table);
