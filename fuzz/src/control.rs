@@ -9,14 +9,13 @@ use std::{
 };
 
 use gateway_common::PuntReason;
-use gateway_ftp::{
-    policy::{NotFtpAction, Policy, TlsPolicy, ViolationAction},
-    session::flags,
-};
+use gateway_ftp::session::flags;
 use gateway_user::alg::{
     control::{AlgSettings, ControlTable, MasqueradeSettings, MemoryMaps, Outgoing, SavedTable},
     packet::TcpPacket,
 };
+
+use crate::ftp::policy;
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
@@ -57,34 +56,6 @@ const LINES: &[&[u8]] = &[
     b"530 not logged in\r\n",
     b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
 ];
-
-/// The policy the first byte of the input picks.
-fn policy(choice: u8) -> Policy {
-    Policy {
-        max_line: 256,
-        on_violation: match choice & 0x03 {
-            0 => ViolationAction::Drop,
-            1 => ViolationAction::Reset,
-            _ => ViolationAction::Reject,
-        },
-        pipelining: choice & 0x04 != 0,
-        not_ftp: if choice & 0x08 != 0 {
-            NotFtpAction::Pass
-        } else {
-            NotFtpAction::Reset
-        },
-        tls: if choice & 0x10 != 0 {
-            TlsPolicy::Pass
-        } else {
-            TlsPolicy::Deny
-        },
-        max_pending_expectations: 1 + usize::from(choice >> 5 & 0x03),
-        max_sessions_per_client: 3,
-        deny_commands: vec!["SITE".into()],
-        deny_users: vec!["bob".into()],
-        ..Policy::default()
-    }
-}
 
 /// A published server (its own policy when `choice` says so) and a masquerade, with a policy.
 fn settings(choice: u8) -> AlgSettings {

@@ -8,7 +8,7 @@ use std::{
 use gateway_ftp::{
     line::LineAssembler,
     parse,
-    policy::{NotFtpAction, Policy, ViolationAction},
+    policy::{NotFtpAction, Policy, TlsPolicy, ViolationAction},
     rewrite,
     session::{Direction, Endpoints, PortAllocator, Session, TcpSegment, flags},
 };
@@ -56,8 +56,8 @@ pub fn session(data: &[u8]) {
 /// A control session as production builds it, with a policy, fed arbitrary segments in both
 /// directions and the resend timer: every check and action, the not-FTP rule, held and
 /// released pipelined lines, the gateway's own replies and RSTs. Nothing may panic. The first
-/// byte picks the policy (action, pipelining, not-FTP reset or pass) and the side behind the
-/// gateway (published server or masqueraded client).
+/// byte picks the [`policy`] and (0x40) the side behind the gateway (published server or
+/// masqueraded client).
 pub fn session_policy(data: &[u8]) {
     let Some((&choice, data)) = data.split_first() else {
         return;
@@ -77,7 +77,15 @@ pub fn session_policy(data: &[u8]) {
             server_seen: Ipv4Addr::new(198, 51, 100, 7),
         }
     };
-    let policy = Policy {
+    let mut session = Session::with_policy(endpoints, Arc::new(policy(choice)));
+    drive(&mut session, data, true);
+}
+
+/// The policy a byte of the input picks: its bits choose the violation action (0x03),
+/// pipelining (0x04), not-FTP pass (0x08), TLS pass (0x10) and the pending expectations
+/// allowed (0x60); `SITE` and the user `bob` are denied.
+pub fn policy(choice: u8) -> Policy {
+    Policy {
         max_line: 256,
         on_violation: match choice & 0x03 {
             0 => ViolationAction::Drop,
@@ -90,11 +98,17 @@ pub fn session_policy(data: &[u8]) {
         } else {
             NotFtpAction::Reset
         },
+        tls: if choice & 0x10 != 0 {
+            TlsPolicy::Pass
+        } else {
+            TlsPolicy::Deny
+        },
+        max_pending_expectations: 1 + usize::from(choice >> 5 & 0x03),
+        max_sessions_per_client: 3,
         deny_commands: vec!["SITE".into()],
+        deny_users: vec!["bob".into()],
         ..Policy::default()
-    };
-    let mut session = Session::with_policy(endpoints, Arc::new(policy));
-    drive(&mut session, data, true);
+    }
 }
 
 /// The segment records both session targets read ([`drive`]): one byte for direction, flags and SACK, the
