@@ -392,10 +392,26 @@ impl Lab {
 
     /// The agent restarts: the table comes back from the snapshot and journal, under the
     /// settings in force, holding the connections the live one holds.
+    ///
+    /// The resend timer runs first on both: a session that finds it owes nothing clears its
+    /// flag without a save (saving would cost a journal line per session per tick), so the
+    /// saved flag may still say it owes; the restored session finds the same on its first
+    /// tick. What either resends must be the same.
     fn restart(&mut self) {
+        let resent = self.table.resend_owed();
+        self.check(&resent);
+        self.journal();
         let live = connections(&mut self.table);
         let saved = self.saved.take().expect("saved");
         let mut restored = ControlTable::restore(settings(self.choice), saved).expect("own format");
+        let mut again = restored.resend_owed();
+        let mut resent = resent;
+        resent.sort_by(|a, b| a.bytes.cmp(&b.bytes));
+        again.sort_by(|a, b| a.bytes.cmp(&b.bytes));
+        assert_eq!(
+            again, resent,
+            "the restored table resends what the live one does"
+        );
         assert_eq!(
             connections(&mut restored),
             live,

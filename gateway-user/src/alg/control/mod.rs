@@ -134,7 +134,9 @@ impl ControlTable {
     }
 
     /// What the control sessions owe (bytes the gateway acknowledged for a receiver that has
-    /// not acknowledged them yet), to send again: called on a timer.
+    /// not acknowledged them yet), to send again: called on a timer. A session that finds it
+    /// owes nothing any more clears its flag unsaved (a journal line per session per tick
+    /// otherwise): a restored one may say it owes, and finds the same at its first tick.
     pub fn resend_owed(&mut self) -> Vec<Outgoing> {
         let mut outgoing = Vec::new();
         for (id, connection) in self.connections.iter_mut() {
