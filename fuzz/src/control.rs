@@ -197,6 +197,7 @@ struct Lab {
 /// jitter, an FTP line or bytes as payload, maybe a bad checksum or an expiring TTL; the
 /// resend timer; time passing (expiry); a reload with another policy; a data connection using
 /// an expectation; a restart (the table restored from its snapshot and journal); a flush.
+/// The timers end a batch: the journal gets what changed since the last one.
 ///
 /// Nothing may panic; everything sent must be a well-formed packet to an end of a control
 /// connection; the table restored from what the store saved holds the same connections as
@@ -220,6 +221,9 @@ pub fn control_table(data: &[u8]) {
         let out = match op >> 5 {
             0..=4 => lab.segment(op, &mut input),
             5 => {
+                // The end of a batch: the agent saves what it changed (changes add up
+                // until then), and runs its timers.
+                lab.journal();
                 lab.table.forget_used(&mut lab.maps);
                 lab.table.resend_owed()
             }
@@ -244,7 +248,6 @@ pub fn control_table(data: &[u8]) {
             }
         };
         lab.check(&out);
-        lab.journal();
         lab.maps.log.clear();
     }
     lab.restart();
