@@ -1,18 +1,27 @@
-//! `cargo xtask fuzz --seconds N`: every fuzz target in fuzz/, each for N seconds, after
-//! replaying the inputs that once crashed it (fuzz/regressions/<target>). New corpus entries
-//! go to a scratch directory; the in-tree corpus (fuzz/corpus/<target>) only seeds.
+//! `cargo xtask fuzz [--seconds N] [TARGET...]`: every fuzz target in fuzz/ (`cargo fuzz
+//! list`), or those named, each for N seconds (default 600), after replaying the inputs that
+//! once crashed it (fuzz/regressions/<target>). New corpus entries go to a scratch directory;
+//! the in-tree corpus (fuzz/corpus/<target>) only seeds. A crash stops the run; its input is
+//! in fuzz/artifacts/<target>/: fix the bug, then keep the input in fuzz/regressions/<target>/,
+//! which `cargo xtask test` replays (fuzz/src/lib.rs).
 
 use std::process::Command;
 
 use anyhow::{Context as _, bail};
 
-const TARGETS: &[&str] = &["ftp_lines", "ftp_session", "ftp_session_policy", "config"];
-
-pub fn run(seconds: u32) -> anyhow::Result<()> {
+pub fn run(seconds: u32, only: &[String]) -> anyhow::Result<()> {
     crate::setup::run()?;
     ensure_cargo_fuzz()?;
     let fuzz_dir = crate::workspace_root().join("fuzz");
-    for target in TARGETS {
+    let all = targets(&fuzz_dir)?;
+    if let Some(unknown) = only.iter().find(|target| !all.contains(target)) {
+        bail!("no fuzz target {unknown}: there are {}", all.join(", "));
+    }
+    let targets: Vec<&String> = all
+        .iter()
+        .filter(|target| only.is_empty() || only.contains(target))
+        .collect();
+    for target in &targets {
         let regressions = fuzz_dir.join("regressions").join(target);
         if let Ok(entries) = std::fs::read_dir(&regressions) {
             for entry in entries.flatten() {
@@ -32,17 +41,48 @@ pub fn run(seconds: u32) -> anyhow::Result<()> {
             .arg(format!("-max_total_time={seconds}"))
             .status_ok()?;
     }
-    println!("fuzz: no crash in {} targets", TARGETS.len());
+    println!("fuzz: no crash in {} targets", targets.len());
     Ok(())
 }
 
+/// The targets fuzz/Cargo.toml declares.
+fn targets(fuzz_dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let output = cargo_fuzz(fuzz_dir)
+        .arg("list")
+        .output()
+        .context("cannot run cargo fuzz list")?;
+    if !output.status.success() {
+        bail!(
+            "cargo fuzz list failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let targets: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if targets.is_empty() {
+        bail!("cargo fuzz list names no target");
+    }
+    Ok(targets)
+}
+
 fn fuzz_command(fuzz_dir: &std::path::Path, target: &str) -> Command {
+    let mut command = cargo_fuzz(fuzz_dir);
+    command.args(["run", target]);
+    command
+}
+
+fn cargo_fuzz(fuzz_dir: &std::path::Path) -> Command {
     let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     command
         .current_dir(fuzz_dir)
         .env_remove("RUST_BACKTRACE")
         .env("RUSTUP_TOOLCHAIN", "nightly")
-        .args(["fuzz", "run", target]);
+        .arg("fuzz");
     command
 }
 

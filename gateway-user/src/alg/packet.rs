@@ -17,6 +17,10 @@ const TCP_OPTION_NOP: u8 = 1;
 const TCP_OPTION_MSS: u8 = 2;
 const TCP_OPTION_WINDOW_SCALE: u8 = 3;
 const TCP_OPTION_SACK: u8 = 5;
+/// Bytes of TCP options a header holds (a data offset of 15 words).
+const MAX_OPTIONS: usize = 40;
+/// Bytes of one SACK block (left and right edge).
+const SACK_BLOCK: usize = 8;
 /// The MSS a TCP sender may assume when the receiver's SYN named none (RFC 9293 3.7.1).
 pub const DEFAULT_MSS: u16 = 536;
 
@@ -158,7 +162,7 @@ impl TcpPacket {
             .flatten()
             .filter(|(kind, _)| *kind == TCP_OPTION_SACK)
             .flat_map(|(_, data)| {
-                data.chunks_exact(8).map(|block| {
+                data.chunks_exact(SACK_BLOCK).map(|block| {
                     (
                         u32::from_be_bytes([block[0], block[1], block[2], block[3]]),
                         u32::from_be_bytes([block[4], block[5], block[6], block[7]]),
@@ -169,21 +173,35 @@ impl TcpPacket {
     }
 
     /// The options with the SACK blocks replaced by `sack` (dropped when empty), padded to a
-    /// multiple of four bytes.
+    /// multiple of four bytes. The blocks go in one option, where the first SACK option was,
+    /// and only as many as fit in a TCP header beside the other options: the first ones, the
+    /// most recent (RFC 2018 4). More would overflow the header's data offset.
     pub fn set_sack(&mut self, sack: &[(u32, u32)]) {
+        let others: usize = options(&self.options)
+            .flatten()
+            .map(|(kind, data)| match kind {
+                TCP_OPTION_SACK => 0,
+                TCP_OPTION_NOP => 1,
+                _ => data.len() + 2,
+            })
+            .sum();
+        let fit = MAX_OPTIONS.saturating_sub(others + 2) / SACK_BLOCK;
+        let sack = &sack[..sack.len().min(fit)];
         let mut rebuilt = Vec::with_capacity(self.options.len());
+        let mut sack_written = false;
         for (kind, data) in options(&self.options).flatten() {
             match kind {
                 TCP_OPTION_NOP => rebuilt.push(TCP_OPTION_NOP),
                 TCP_OPTION_SACK => {
-                    if !sack.is_empty() {
+                    if !sack_written && !sack.is_empty() {
                         rebuilt.push(TCP_OPTION_SACK);
-                        rebuilt.push((2 + 8 * sack.len()) as u8);
+                        rebuilt.push((2 + SACK_BLOCK * sack.len()) as u8);
                         for (left, right) in sack {
                             rebuilt.extend_from_slice(&left.to_be_bytes());
                             rebuilt.extend_from_slice(&right.to_be_bytes());
                         }
                     }
+                    sack_written = true;
                 }
                 _ => {
                     rebuilt.push(kind);
@@ -389,6 +407,27 @@ mod tests {
         assert_eq!(packet.mss(), Some(1460));
         let bytes = packet.build();
         assert_eq!(TcpPacket::parse(&bytes).unwrap().mss(), Some(1460));
+    }
+
+    /// Timestamps (10 bytes, 2 NOPs) leave room for three blocks; two SACK options (as a
+    /// punted packet may carry) become one.
+    #[test]
+    fn only_the_sack_blocks_that_fit_in_the_header_are_written() {
+        let mut packet = sample();
+        packet.options = vec![1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2];
+        packet
+            .options
+            .extend_from_slice(&[5, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
+        packet
+            .options
+            .extend_from_slice(&[5, 10, 0, 0, 0, 3, 0, 0, 0, 4]);
+        packet.options.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        let blocks = [(10, 20), (30, 40), (50, 60), (70, 80), (90, 100)];
+        packet.set_sack(&blocks);
+        assert_eq!(packet.sack(), blocks[..3]);
+        assert!(packet.options.len() <= 40, "{:?}", packet.options);
+        let parsed = TcpPacket::parse(&packet.build()).unwrap();
+        assert_eq!(parsed, packet);
     }
 
     #[test]

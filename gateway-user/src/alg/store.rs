@@ -108,10 +108,18 @@ pub fn load(snapshot: &Path) -> io::Result<Option<SavedTable>> {
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Some(table)),
         Err(err) => return Err(err),
     };
-    for line in BufReader::new(journal).split(b'\n') {
-        let Ok(changes) = serde_json::from_slice::<SavedChanges>(&line?) else {
-            // Cut short by a crash while it was written: the end of what was saved.
-            break;
+    for (number, line) in BufReader::new(journal).split(b'\n').enumerate() {
+        let changes = match serde_json::from_slice::<SavedChanges>(&line?) {
+            Ok(changes) => changes,
+            Err(err) => {
+                // Cut short by a crash while it was written: the end of what was saved.
+                tracing::warn!(
+                    journal = %journal_path(snapshot).display(),
+                    line = number + 1,
+                    "ftp state journal line unreadable, the replay ends before it: {err}"
+                );
+                break;
+            }
         };
         if changes.generation == table.generation {
             table.apply(changes);

@@ -1,47 +1,14 @@
+use std::sync::Arc;
+
+use gateway_common::{ExpectationKind, endpoint_flags};
+use gateway_ftp::{policy::Policy, session::flags};
+
 use super::*;
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const SECOND: u64 = 1_000_000_000;
-
-/// The maps, with a log of every operation in order.
-#[derive(Default)]
-struct FakeMaps {
-    by_public: HashMap<Endpoint, Endpoint>,
-    by_private: HashMap<Endpoint, Endpoint>,
-    expectations: HashMap<ExpectationKey, ExpectationEntry>,
-    log: Vec<String>,
-}
-
-impl AlgMaps for FakeMaps {
-    fn mapping(&mut self, private: Endpoint) -> Option<Endpoint> {
-        self.by_private.get(&private).copied()
-    }
-    fn claim(&mut self, public: Endpoint, owner: Endpoint) -> bool {
-        if self.by_public.contains_key(&public) {
-            return false;
-        }
-        self.by_public.insert(public, owner);
-        self.log.push(format!("claim {}", public.socket()));
-        true
-    }
-    fn record_mapping(&mut self, private: Endpoint, public: Endpoint) {
-        self.by_private.insert(private, public);
-    }
-    fn expect(&mut self, key: ExpectationKey, entry: ExpectationEntry) -> bool {
-        self.log.push(format!("expect {}", key.endpoint.socket()));
-        self.expectations.insert(key, entry);
-        true
-    }
-    fn expectation_pending(&mut self, key: ExpectationKey) -> bool {
-        self.expectations.contains_key(&key)
-    }
-    fn unexpect(&mut self, key: ExpectationKey) {
-        self.log.push(format!("unexpect {}", key.endpoint.socket()));
-        self.expectations.remove(&key);
-    }
-}
 
 fn settings() -> AlgSettings {
     AlgSettings {
@@ -97,7 +64,7 @@ const PSH_ACK: u8 = flags::ACK | flags::PSH;
 const MSS_1460: [u8; 4] = [2, 4, 0x05, 0xb4];
 
 /// Handshake of a published-server control connection: client 40000 -> public:21.
-fn published_handshake(table: &mut ControlTable, maps: &mut FakeMaps) {
+fn published_handshake(table: &mut ControlTable, maps: &mut MemoryMaps) {
     let client = (CLIENT, 40000);
     let out = table.on_packet(
         PuntReason::PublishedFromClient as u8,
@@ -140,7 +107,7 @@ fn published_handshake(table: &mut ControlTable, maps: &mut FakeMaps) {
 #[test]
 fn passive_reply_of_a_published_server_is_rewritten_after_its_expectation() {
     let mut table = ControlTable::new(settings(), 7);
-    let mut maps = FakeMaps::default();
+    let mut maps = MemoryMaps::default();
     published_handshake(&mut table, &mut maps);
     let reply = b"227 Entering Passive Mode (10,0,0,2,195,80).\r\n";
     let out = table.on_packet(
@@ -201,7 +168,7 @@ fn passive_reply_of_a_published_server_is_rewritten_after_its_expectation() {
 #[test]
 fn a_taken_data_port_is_replaced_by_a_free_one() {
     let mut table = ControlTable::new(settings(), 7);
-    let mut maps = FakeMaps::default();
+    let mut maps = MemoryMaps::default();
     maps.by_public.insert(
         Endpoint::new(PUBLIC.octets(), 50000u16.to_be_bytes(), IPPROTO_TCP),
         Endpoint::default(),
@@ -236,7 +203,7 @@ fn a_taken_data_port_is_replaced_by_a_free_one() {
 #[test]
 fn masqueraded_client_gets_a_mapping_and_its_port_command_an_expectation() {
     let mut table = ControlTable::new(settings(), 7);
-    let mut maps = FakeMaps::default();
+    let mut maps = MemoryMaps::default();
     let inside = (Ipv4Addr::new(10, 0, 0, 5), 41000);
     let server = (Ipv4Addr::new(198, 51, 100, 7), 21);
     let out = table.on_packet(
@@ -330,7 +297,7 @@ fn masqueraded_client_gets_a_mapping_and_its_port_command_an_expectation() {
 #[test]
 fn segments_of_unknown_connections_are_dropped() {
     let mut table = ControlTable::new(settings(), 7);
-    let mut maps = FakeMaps::default();
+    let mut maps = MemoryMaps::default();
     let out = table.on_packet(
         PuntReason::PublishedFromClient as u8,
         &segment(
@@ -374,7 +341,7 @@ fn segments_of_unknown_connections_are_dropped() {
 #[test]
 fn a_super_packet_leaves_cut_to_the_receivers_mss() {
     let mut table = ControlTable::new(settings(), 7);
-    let mut maps = FakeMaps::default();
+    let mut maps = MemoryMaps::default();
     published_handshake(&mut table, &mut maps);
     let mut payload = Vec::new();
     while payload.len() < 4000 {
@@ -410,7 +377,7 @@ fn a_super_packet_leaves_cut_to_the_receivers_mss() {
 #[test]
 fn a_closed_connection_goes_with_its_unused_expectations() {
     let mut table = ControlTable::new(settings(), 7);
-    let mut maps = FakeMaps::default();
+    let mut maps = MemoryMaps::default();
     session_with_passive_reply(&mut table, &mut maps);
     assert_eq!(maps.expectations.len(), 1);
     table.on_packet(
@@ -454,7 +421,7 @@ fn a_closed_connection_goes_with_its_unused_expectations() {
 #[test]
 fn a_used_expectation_releases_its_data_port() {
     let mut table = ControlTable::new(settings(), 7);
-    let mut maps = FakeMaps::default();
+    let mut maps = MemoryMaps::default();
     session_with_passive_reply(&mut table, &mut maps);
     let port = Endpoint::new(PUBLIC.octets(), 50000u16.to_be_bytes(), IPPROTO_TCP);
     table.forget_used(&mut maps);
@@ -469,7 +436,7 @@ fn a_used_expectation_releases_its_data_port() {
 }
 
 /// The client resets its control connection from `port`.
-fn rst_from(table: &mut ControlTable, maps: &mut FakeMaps, port: u16) {
+fn rst_from(table: &mut ControlTable, maps: &mut MemoryMaps, port: u16) {
     table.on_packet(
         PuntReason::PublishedFromClient as u8,
         &segment(
@@ -488,7 +455,7 @@ fn rst_from(table: &mut ControlTable, maps: &mut FakeMaps, port: u16) {
 
 /// Opens a published control connection from `port`; true if the gateway let its SYN through
 /// (to the server; a refusal answers the client instead).
-fn syn_from(table: &mut ControlTable, maps: &mut FakeMaps, port: u16) -> bool {
+fn syn_from(table: &mut ControlTable, maps: &mut MemoryMaps, port: u16) -> bool {
     table
         .on_packet(
             PuntReason::PublishedFromClient as u8,
@@ -508,162 +475,8 @@ fn syn_from(table: &mut ControlTable, maps: &mut FakeMaps, port: u16) -> bool {
         .any(|out| out.dst == SERVER)
 }
 
-#[test]
-fn the_per_client_limit_counts_live_sessions_only() {
-    let mut settings = settings();
-    settings.policy = Arc::new(Policy {
-        max_sessions_per_client: 2,
-        ..Policy::default()
-    });
-    let mut table = ControlTable::new(settings.clone(), 7);
-    let mut maps = FakeMaps::default();
-    assert!(syn_from(&mut table, &mut maps, 40001));
-    assert!(syn_from(&mut table, &mut maps, 40002));
-    assert!(!syn_from(&mut table, &mut maps, 40003), "a third one");
-
-    // The client resets one: a place frees up although the closed one lingers.
-    rst_from(&mut table, &mut maps, 40001);
-    assert_eq!(table.connections.len(), 2);
-    assert!(syn_from(&mut table, &mut maps, 40003));
-    assert!(!syn_from(&mut table, &mut maps, 40004));
-
-    // A restored table counts the same way.
-    let mut restored = ControlTable::restore(settings, table.save(1)).unwrap();
-    assert!(!syn_from(&mut restored, &mut maps, 40004));
-
-    // Forgetting the closed one changes nothing; forgetting a live one frees its place.
-    restored.expire(CLOSED_LINGER_NS + 1, &mut maps);
-    assert_eq!(restored.connections.len(), 2);
-    restored.expire(241 * SECOND, &mut maps);
-    assert!(restored.connections.is_empty());
-    assert!(restored.flows.is_empty());
-    assert!(syn_from(&mut restored, &mut maps, 40005));
-}
-
-#[test]
-fn a_client_beyond_its_limit_is_reset_at_once_in_the_servers_name() {
-    let mut settings = settings();
-    settings.policy = Arc::new(Policy {
-        max_sessions_per_client: 2,
-        ..Policy::default()
-    });
-    let mut table = ControlTable::new(settings, 7);
-    let mut maps = FakeMaps::default();
-    assert!(syn_from(&mut table, &mut maps, 40001));
-    assert!(syn_from(&mut table, &mut maps, 40002));
-
-    // Published: from the public endpoint the client called.
-    let out = table.on_packet(
-        PuntReason::PublishedFromClient as u8,
-        &segment(
-            (CLIENT, 40003),
-            (PUBLIC, 21),
-            0xffff_ffff,
-            0,
-            SYN,
-            b"",
-            MSS_1460.to_vec(),
-        ),
-        0,
-        &mut maps,
-    );
-    assert_eq!(out.len(), 1, "only the reset; nothing to the server");
-    assert_eq!(out[0].dst, CLIENT);
-    let reset = TcpPacket::parse(&out[0].bytes).expect("checksums valid");
-    assert_eq!(
-        (reset.src, reset.src_port, reset.dst, reset.dst_port),
-        (PUBLIC, 21, CLIENT, 40003)
-    );
-    assert_eq!(reset.flags, flags::RST | flags::ACK);
-    assert_eq!(
-        (reset.seq, reset.ack),
-        (0, 0),
-        "ack = SYN's seq + 1, wrapped"
-    );
-    assert_eq!(table.connections.len(), 2, "no session for it");
-    assert_eq!(table.flows.len(), 4, "two flows for each of the two");
-    let stats = table.stats();
-    assert_eq!(
-        stats.violations_by_check[check_index(Check::TooManySessions)],
-        1
-    );
-    assert_eq!(stats.sessions_opened, 2);
-
-    // Masqueraded: from the outside server the inside client called; no mapping claimed.
-    let inside = Ipv4Addr::new(10, 0, 0, 9);
-    let outside = Ipv4Addr::new(198, 51, 100, 7);
-    let mut opened = 0;
-    let mut resets = Vec::new();
-    for port in 50000..50003 {
-        let out = table.on_packet(
-            PuntReason::MasqueradeFromClient as u8,
-            &segment(
-                (inside, port),
-                (outside, 21),
-                1000,
-                0,
-                SYN,
-                b"",
-                MSS_1460.to_vec(),
-            ),
-            0,
-            &mut maps,
-        );
-        match out.as_slice() {
-            [only] if only.dst == outside => opened += 1,
-            [only] if only.dst == inside => resets.push(TcpPacket::parse(&only.bytes).unwrap()),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    assert_eq!(opened, 2);
-    assert_eq!(resets.len(), 1);
-    assert_eq!(
-        (
-            resets[0].src,
-            resets[0].src_port,
-            resets[0].dst,
-            resets[0].dst_port
-        ),
-        (outside, 21, inside, 50002)
-    );
-    assert_eq!((resets[0].seq, resets[0].ack), (0, 1001));
-    assert!(
-        !maps.log.iter().any(|entry| entry.contains(":50002")),
-        "{:?}",
-        maps.log
-    );
-    assert_eq!(
-        table.stats().violations_by_check[check_index(Check::TooManySessions)],
-        2
-    );
-}
-
-#[test]
-fn no_limit_when_the_limit_is_zero() {
-    let mut settings = settings();
-    settings.policy = Arc::new(Policy {
-        max_sessions_per_client: 0,
-        ..Policy::default()
-    });
-    let mut table = ControlTable::new(settings, 7);
-    let mut maps = FakeMaps::default();
-    for port in 40000..40100 {
-        assert!(syn_from(&mut table, &mut maps, port));
-    }
-    assert_eq!(table.stats().violations, 0);
-}
-
-/// The table as a save would write it, connections in id order (a map's order is arbitrary).
-fn saved_json(table: &mut ControlTable) -> serde_json::Value {
-    let mut value = serde_json::to_value(table.save(0)).unwrap();
-    if let Some(connections) = value["connections"].as_array_mut() {
-        connections.sort_by_key(|connection| connection["id"].as_u64());
-    }
-    value
-}
-
 /// A published control session with an announced data connection: more state than a SYN.
-fn session_with_passive_reply(table: &mut ControlTable, maps: &mut FakeMaps) {
+fn session_with_passive_reply(table: &mut ControlTable, maps: &mut MemoryMaps) {
     published_handshake(table, maps);
     table.on_packet(
         PuntReason::PublishedFromServer as u8,
@@ -681,127 +494,13 @@ fn session_with_passive_reply(table: &mut ControlTable, maps: &mut FakeMaps) {
     );
 }
 
-fn state_path(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("gateway-store-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join("ftp-state.json")
-}
-
-#[test]
-fn the_journal_brings_back_what_a_full_save_holds() {
-    use crate::alg::store::{self, StateStore};
-    let path = state_path("replay");
-    let mut table = ControlTable::new(settings(), 7);
-    let mut maps = FakeMaps::default();
-    let mut store = StateStore::create(&path, &mut table).unwrap();
-    session_with_passive_reply(&mut table, &mut maps);
-    assert!(syn_from(&mut table, &mut maps, 40001));
-    assert!(syn_from(&mut table, &mut maps, 40002));
-    assert!(store.save_changes(&mut table).unwrap() > 0);
-    // One reset (changed), one forgotten (removed), then nothing at all.
-    rst_from(&mut table, &mut maps, 40001);
-    store.save_changes(&mut table).unwrap();
-    table.expire(CLOSED_LINGER_NS + 1, &mut maps);
-    store.save_changes(&mut table).unwrap();
-    assert_eq!(
-        store.save_changes(&mut table).unwrap(),
-        0,
-        "nothing changed"
-    );
-
-    let loaded = store::load(&path).unwrap().expect("a save");
-    let mut restored = ControlTable::restore(settings(), loaded).unwrap();
-    assert_eq!(restored.connections.len(), 2);
-    assert_eq!(saved_json(&mut restored), saved_json(&mut table));
-    let _ = std::fs::remove_dir_all(path.parent().unwrap());
-}
-
-#[test]
-fn a_save_after_a_batch_costs_what_the_batch_changed() {
-    use crate::alg::store::StateStore;
-    let path = state_path("cost");
-    let mut settings = settings();
-    settings.policy = Arc::new(Policy {
-        max_sessions_per_client: 1000,
-        ..Policy::default()
-    });
-    let mut table = ControlTable::new(settings, 7);
-    let mut maps = FakeMaps::default();
-    let mut store = StateStore::create(&path, &mut table).unwrap();
-    for port in 41000..41300 {
-        assert!(syn_from(&mut table, &mut maps, port));
-    }
-    let all = store.save_changes(&mut table).unwrap();
-    // The next segment of one of them.
-    rst_from(&mut table, &mut maps, 41000);
-    let one = store.save_changes(&mut table).unwrap();
-    assert!(
-        one > 0 && one * 100 < all,
-        "{one} bytes for one session, {all} for 300"
-    );
-    let _ = std::fs::remove_dir_all(path.parent().unwrap());
-}
-
-#[test]
-fn replay_stops_at_a_cut_line_and_skips_an_older_generation() {
-    use crate::alg::store::{self, StateStore};
-    let path = state_path("generations");
-    let journal = std::path::PathBuf::from(format!("{}.journal", path.display()));
-    let mut table = ControlTable::new(settings(), 7);
-    let mut maps = FakeMaps::default();
-    let mut store = StateStore::create(&path, &mut table).unwrap();
-    assert!(syn_from(&mut table, &mut maps, 40001));
-    store.save_changes(&mut table).unwrap();
-    let old_generation = std::fs::read(&journal).unwrap();
-
-    // A new snapshot, then the old journal back (as if the truncation never happened) and a
-    // change of the new generation after it.
-    store.compact(&mut table).unwrap();
-    std::fs::write(&journal, &old_generation).unwrap();
-    assert!(syn_from(&mut table, &mut maps, 40002));
-    store.save_changes(&mut table).unwrap();
-    let loaded = store::load(&path).unwrap().unwrap();
-    let mut restored = ControlTable::restore(settings(), loaded).unwrap();
-    assert_eq!(saved_json(&mut restored), saved_json(&mut table));
-
-    // A last line cut short by a crash: what came before it stands.
-    let mut bytes = std::fs::read(&journal).unwrap();
-    let whole = bytes.clone();
-    assert!(syn_from(&mut table, &mut maps, 40003));
-    store.save_changes(&mut table).unwrap();
-    let appended = std::fs::read(&journal).unwrap();
-    bytes.extend_from_slice(&appended[whole.len()..whole.len() + 40]);
-    std::fs::write(&journal, &bytes).unwrap();
-    let loaded = store::load(&path).unwrap().unwrap();
-    let restored = ControlTable::restore(settings(), loaded).unwrap();
-    assert_eq!(restored.connections.len(), 2, "the third is cut off");
-    let _ = std::fs::remove_dir_all(path.parent().unwrap());
-}
-
-#[test]
-fn without_a_store_no_changes_are_kept() {
-    let mut table = ControlTable::new(settings(), 7);
-    let mut maps = FakeMaps::default();
-    for port in 42000..42050 {
-        assert!(syn_from(&mut table, &mut maps, port));
-    }
-    table.expire(241 * SECOND, &mut maps);
-    assert!(table.connections.is_empty());
-    assert!(table.changes.changed.is_empty() && table.changes.removed.is_empty());
-    // Once tracked, they are.
-    table.track_changes();
-    assert!(syn_from(&mut table, &mut maps, 42050));
-    assert_eq!(table.changes.changed.len(), 1);
-}
-
 /// A reply the gateway sends in the server's name (a refused command) has no sender that
 /// would retransmit it: the table sends it again on the resend timer, from the server's public
 /// endpoint, until the client acknowledges it.
 #[test]
 fn a_refusal_the_gateway_sent_is_resent_until_the_client_acknowledges_it() {
     let mut table = ControlTable::new(settings(), 1);
-    let mut maps = FakeMaps::default();
+    let mut maps = MemoryMaps::default();
     published_handshake(&mut table, &mut maps);
     let client = (CLIENT, 40000);
     let greeting = b"220 hi\r\n";
@@ -859,3 +558,5 @@ fn a_refusal_the_gateway_sent_is_resent_until_the_client_acknowledges_it() {
 }
 
 mod hairpin;
+mod limits;
+mod state;

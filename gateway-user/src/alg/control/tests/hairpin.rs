@@ -8,7 +8,7 @@ const INSIDE_CLIENT: (Ipv4Addr, u16) = (INSIDE, 41000);
 
 /// The handshake, greeting and anonymous login of 10.0.0.5:41000 to 203.0.113.1:21 (published
 /// 10.0.0.2:21); returns the next sequence numbers of the client and of the server.
-fn hairpinned_login(table: &mut ControlTable, maps: &mut FakeMaps) -> (u32, u32) {
+fn hairpinned_login(table: &mut ControlTable, maps: &mut MemoryMaps) -> (u32, u32) {
     let out = table.on_packet(
         PuntReason::HairpinFromClient as u8,
         &segment(
@@ -106,7 +106,7 @@ fn data_endpoint(addr: Ipv4Addr, port: u16) -> Endpoint {
 #[test]
 fn a_hairpinned_session_is_seen_from_both_public_addresses() {
     let mut table = ControlTable::new(settings(), 7);
-    let mut maps = FakeMaps::default();
+    let mut maps = MemoryMaps::default();
     hairpinned_login(&mut table, &mut maps);
     let sessions = table.connections(0);
     assert_eq!(sessions.len(), 1);
@@ -129,7 +129,7 @@ fn a_hairpinned_session_is_seen_from_both_public_addresses() {
 #[test]
 fn a_passive_reply_to_a_hairpinned_client_gets_a_hairpin_expectation() {
     let mut table = ControlTable::new(settings(), 7);
-    let mut maps = FakeMaps::default();
+    let mut maps = MemoryMaps::default();
     let (c, s) = hairpinned_login(&mut table, &mut maps);
     let out = table.on_packet(
         PuntReason::PublishedFromServer as u8,
@@ -172,7 +172,7 @@ fn a_passive_reply_to_a_hairpinned_client_gets_a_hairpin_expectation() {
 #[test]
 fn a_port_command_of_a_hairpinned_client_gets_a_hairpin_expectation() {
     let mut table = ControlTable::new(settings(), 7);
-    let mut maps = FakeMaps::default();
+    let mut maps = MemoryMaps::default();
     let (c, s) = hairpinned_login(&mut table, &mut maps);
     let out = table.on_packet(
         PuntReason::HairpinFromClient as u8,
@@ -214,7 +214,7 @@ fn a_port_command_of_a_hairpinned_client_gets_a_hairpin_expectation() {
 #[test]
 fn a_hairpinned_client_cannot_bounce() {
     let mut table = ControlTable::new(settings(), 7);
-    let mut maps = FakeMaps::default();
+    let mut maps = MemoryMaps::default();
     let (c, s) = hairpinned_login(&mut table, &mut maps);
     let line = b"PORT 10,0,0,2,160,1\r\n";
     let out = table.on_packet(
@@ -249,7 +249,7 @@ fn the_publish_policy_applies_to_hairpinned_clients() {
         }),
     );
     let mut table = ControlTable::new(settings, 7);
-    let mut maps = FakeMaps::default();
+    let mut maps = MemoryMaps::default();
     let (c, s) = hairpinned_login(&mut table, &mut maps);
     let out = table.on_packet(
         PuntReason::HairpinFromClient as u8,
@@ -284,7 +284,7 @@ fn no_hairpin_session_without_a_masquerade() {
     let mut settings = settings();
     settings.masquerade = None;
     let mut table = ControlTable::new(settings, 7);
-    let mut maps = FakeMaps::default();
+    let mut maps = MemoryMaps::default();
     let out = table.on_packet(
         PuntReason::HairpinFromClient as u8,
         &segment(

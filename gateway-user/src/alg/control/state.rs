@@ -1,0 +1,277 @@
+//! The control table as saved for the agent after this one (see `alg::store`): the
+//! connections as they are (`Connection` is serializable), the table-wide counters, and what
+//! changed since the last save. A connection's policy is not saved: a restore gives each the
+//! one the configuration then in force has for its server, as a reload does.
+
+use std::{
+    collections::HashSet,
+    net::{Ipv4Addr, SocketAddrV4},
+};
+
+use gateway_common::{Endpoint, ExpectationKey, IPPROTO_TCP};
+use gateway_ftp::session::Direction;
+use serde::{Deserialize as _, Deserializer, Serializer};
+
+use super::{AlgSettings, AlgStats, ControlTable, connection::Connection, key};
+
+/// Version of [`SavedTable`]'s format. 3: the sessions are saved without their policy.
+const SAVED_TABLE_VERSION: u32 = 3;
+/// The oldest version still restored: 2 (each session with a copy of its policy, which is
+/// ignored) is read as 3 is, so that an upgrade across a pinned restart keeps the sessions.
+const OLDEST_RESTORED_VERSION: u32 = 2;
+
+/// The control sessions as saved to disk, so that a restarted agent (adopting a pinned fast
+/// path) carries on with them: their translation, FTP state and sequence edits.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct SavedTable {
+    version: u32,
+    /// Which journal continues this snapshot (see `alg::state`): changes saved under another
+    /// generation are older than the snapshot.
+    pub generation: u64,
+    meta: SavedMeta,
+    connections: Connections,
+}
+
+/// The table-wide part of a save.
+#[derive(Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct SavedMeta {
+    next_id: u64,
+    rng: u64,
+    stats: AlgStats,
+}
+
+/// What changed in the table since the last [`ControlTable::take_changes`]: the connections
+/// as they are now, and those that went.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct SavedChanges {
+    pub generation: u64,
+    meta: SavedMeta,
+    changed: Connections,
+    removed: Vec<u64>,
+}
+
+impl SavedTable {
+    /// Brings the snapshot up to date with changes saved after it.
+    pub fn apply(&mut self, changes: SavedChanges) {
+        self.meta = changes.meta;
+        // A connection changed in a line that this version cannot read is lost, not left
+        // as it was before the change (sequence edits older than what the peers saw).
+        let gone: HashSet<u64> = changes
+            .removed
+            .iter()
+            .chain(&changes.changed.unreadable)
+            .chain(changes.changed.read.iter().map(|connection| &connection.id))
+            .copied()
+            .collect();
+        self.connections
+            .read
+            .retain(|connection| !gone.contains(&connection.id));
+        self.connections.read.extend(changes.changed.read);
+    }
+}
+
+/// Connections changed, and removed, since the last [`ControlTable::take_changes`]. Nothing
+/// is kept until [`ControlTable::track_changes`]: without a store nobody takes them.
+#[derive(Default)]
+pub(super) struct Changes {
+    tracking: bool,
+    pub changed: HashSet<u64>,
+    pub removed: Vec<u64>,
+}
+
+impl Changes {
+    pub fn changed(&mut self, id: u64) {
+        if self.tracking {
+            self.changed.insert(id);
+        }
+    }
+
+    pub fn removed(&mut self, id: u64) {
+        if self.tracking {
+            self.changed.remove(&id);
+            self.removed.push(id);
+        }
+    }
+}
+
+impl ControlTable {
+    /// Everything needed to carry on after a restart, as the snapshot of journal
+    /// `generation`. Pending changes are part of it: they are cleared.
+    pub fn save(&mut self, generation: u64) -> SavedTable {
+        self.changes.changed.clear();
+        self.changes.removed.clear();
+        SavedTable {
+            version: SAVED_TABLE_VERSION,
+            generation,
+            meta: self.meta(),
+            connections: Connections::of(self.connections.values().cloned().collect()),
+        }
+    }
+
+    /// What changed since the last call (or `save`), if anything, as a record of journal
+    /// `generation`.
+    pub fn take_changes(&mut self, generation: u64) -> Option<SavedChanges> {
+        if self.changes.changed.is_empty() && self.changes.removed.is_empty() {
+            return None;
+        }
+        let changed = Connections::of(
+            self.changes
+                .changed
+                .drain()
+                .filter_map(|id| self.connections.get(&id).cloned())
+                .collect(),
+        );
+        Some(SavedChanges {
+            generation,
+            meta: self.meta(),
+            changed,
+            removed: std::mem::take(&mut self.changes.removed),
+        })
+    }
+
+    /// From now on, keep what changes for [`ControlTable::take_changes`].
+    pub fn track_changes(&mut self) {
+        self.changes.tracking = true;
+    }
+
+    fn meta(&self) -> SavedMeta {
+        SavedMeta {
+            next_id: self.next_id,
+            rng: self.rng,
+            stats: self.stats,
+        }
+    }
+
+    /// A table from a saved one; policies come from `settings` (the config now in force).
+    /// `None` for a save of a format version this one does not read.
+    pub fn restore(settings: AlgSettings, saved: SavedTable) -> Option<ControlTable> {
+        if !(OLDEST_RESTORED_VERSION..=SAVED_TABLE_VERSION).contains(&saved.version) {
+            return None;
+        }
+        let mut table = ControlTable {
+            next_id: saved.meta.next_id,
+            stats: saved.meta.stats,
+            ..ControlTable::new(settings, saved.meta.rng)
+        };
+        for mut connection in saved.connections.read {
+            connection.follow(table.settings.policy_for(connection.server_seen));
+            let id = connection.id;
+            table.flows.insert(
+                key(connection.client, connection.server_seen),
+                (id, Direction::ClientToServer),
+            );
+            table.flows.insert(
+                key(connection.server, connection.client_seen),
+                (id, Direction::ServerToClient),
+            );
+            if !connection.closed() {
+                *table
+                    .live_per_client
+                    .entry(*connection.client.ip())
+                    .or_default() += 1;
+            }
+            table.connections.insert(id, connection);
+        }
+        Some(table)
+    }
+}
+
+/// Saved connections. Read back one by one: one this version cannot read (a bad file, or a
+/// format it does not know) gets a log line and costs only itself.
+pub(super) struct Connections {
+    read: Vec<Connection>,
+    /// The ids of those that could not be read (where the id could).
+    unreadable: Vec<u64>,
+}
+
+impl Connections {
+    fn of(read: Vec<Connection>) -> Connections {
+        Connections {
+            read,
+            unreadable: Vec::new(),
+        }
+    }
+}
+
+impl serde::Serialize for Connections {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.read.serialize(serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Connections {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Connections, D::Error> {
+        let mut connections = Connections::of(Vec::new());
+        for value in Vec::<serde_json::Value>::deserialize(deserializer)? {
+            let id = value.get("id").and_then(serde_json::Value::as_u64);
+            match serde_json::from_value::<Connection>(value) {
+                Ok(connection) => connections.read.push(connection),
+                Err(err) => {
+                    tracing::warn!(
+                        id = id.map_or_else(|| "-".to_owned(), |id| id.to_string()),
+                        "saved ftp control session unreadable: not restored: {err}"
+                    );
+                    connections.unreadable.extend(id);
+                }
+            }
+        }
+        Ok(connections)
+    }
+}
+
+/// Held public endpoints as `(address:port, until)`: all TCP.
+pub(super) mod held {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(
+        held: &[(Endpoint, u64)],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(
+            held.iter()
+                .map(|(endpoint, until)| (endpoint.socket(), until)),
+        )
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<(Endpoint, u64)>, D::Error> {
+        Ok(Vec::<(SocketAddrV4, u64)>::deserialize(deserializer)?
+            .into_iter()
+            .map(|(endpoint, until)| (Endpoint::from_socket(endpoint, IPPROTO_TCP), until))
+            .collect())
+    }
+}
+
+/// Expectations as `(address:port, peer, expiry)`: all TCP.
+pub(super) mod expectations {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(
+        expectations: &[(ExpectationKey, u64)],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(
+            expectations
+                .iter()
+                .map(|(key, expires)| (key.endpoint.socket(), Ipv4Addr::from(key.peer), expires)),
+        )
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<(ExpectationKey, u64)>, D::Error> {
+        Ok(
+            Vec::<(SocketAddrV4, Ipv4Addr, u64)>::deserialize(deserializer)?
+                .into_iter()
+                .map(|(endpoint, peer, expires)| {
+                    let key = ExpectationKey {
+                        endpoint: Endpoint::from_socket(endpoint, IPPROTO_TCP),
+                        peer: peer.octets(),
+                    };
+                    (key, expires)
+                })
+                .collect(),
+        )
+    }
+}
