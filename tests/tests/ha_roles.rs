@@ -11,6 +11,8 @@
 //!   printed with the agent's own promotion time (request to attached).
 //! - The old node comes back (addresses gone, as after a reboot): it stays backup and
 //!   detached (nopreempt), and traffic stays on the new master.
+//! - keepalived's FAULT (the packaged script run as keepalived runs it) detaches the master:
+//!   nothing is translated; MASTER attaches it again.
 //!
 //! State sync does not exist yet: connections open at the failover are lost (not tested).
 
@@ -171,13 +173,9 @@ fn start_keepalived(
     priority: u8,
     dir: &std::path::Path,
 ) -> Keepalived {
-    let script = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../packaging/gateway-ha-notify"
-    ));
     let notify = format!(
         "{} {} {}",
-        script.display(),
+        notify_script().display(),
         gateway.socket().display(),
         gateway::binary().expect("binary").display()
     );
@@ -315,9 +313,40 @@ fn keepalived_picks_the_master_and_the_backup_takes_over() {
     assert_standby(&one.gateway, "gw1 back");
     assert_eq!(role(&two.gateway), "master");
     round_trip(&lab.lan, Duration::from_secs(5)).expect("through the new master");
+    assert_translated_by(&two.gateway, &echo);
     assert_eq!(ha_status(&one.gateway)["sessions"], 0);
     let text = two.gateway.ask(&["status"]).expect("status");
     assert!(text.contains("ha          node 2 master"), "{text}");
+
+    // keepalived's FAULT, through the packaged script as keepalived calls it: the master
+    // detaches at once (its addresses stay with keepalived here), so nothing is translated;
+    // MASTER again attaches again.
+    let notify = |state: &str| {
+        gateway_tests::run(
+            std::process::Command::new(notify_script())
+                .arg(two.gateway.socket())
+                .arg(gateway::binary().expect("binary"))
+                .args(["GROUP", "gateway", state, "100"]),
+        )
+        .expect("notify script");
+    };
+    notify("FAULT");
+    let status = ha_status(&two.gateway);
+    assert_eq!(status["ha"]["role"], "fault", "{status}");
+    assert_eq!(status["ha"]["attached"], false, "{status}");
+    assert!(
+        round_trip(&lab.lan, Duration::from_secs(2)).is_err(),
+        "a detached node must not translate"
+    );
+    if let Ok(peer) = echo.seen.try_recv() {
+        panic!("the outside host accepted {peer} from a detached node");
+    }
+    notify("MASTER");
+    let status = ha_status(&two.gateway);
+    assert_eq!(status["ha"]["attached"], true, "{status}");
+    assert_eq!(status["ha"]["promotions"], 2, "{status}");
+    round_trip(&lab.lan, Duration::from_secs(5)).expect("attached again");
+    assert_translated_by(&two.gateway, &echo);
 
     for host in [&lab.lan, &lab.wan] {
         for (counter, value) in host.checksum_error_counters() {
@@ -358,6 +387,14 @@ fn assert_translated_by(gateway: &GatewayProcess, echo: &EchoServer) {
             .any(|row| row["translated"] == translated.as_str()),
         "no session translated to {translated} in {text}"
     );
+}
+
+/// The packaged notify script (packaging/gateway-ha-notify).
+fn notify_script() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../packaging/gateway-ha-notify"
+    ))
 }
 
 struct RemoveDir(PathBuf);
