@@ -12,6 +12,7 @@
 //! - [`management`]: the API's requests, responses and client; `management/status.rs` the
 //!   structured status and the text `gateway status` prints from its fields.
 //! - [`metrics`]: the Prometheus exposition; `metrics/endpoint.rs` its HTTP side.
+//! - [`ha`]: the node's role in an active/standby pair under keepalived.
 //! - [`alg`], [`dataplane`], [`sysctl`], [`system`], [`capture`]: the ALG's I/O shell, the fast
 //!   path's programs and maps, the host's sysctls, small system calls, pcap records.
 
@@ -20,6 +21,7 @@ pub mod alg;
 pub mod capture;
 pub mod config;
 pub mod dataplane;
+pub mod ha;
 pub mod management;
 pub mod metrics;
 pub mod sysctl;

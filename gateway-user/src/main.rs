@@ -8,9 +8,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use gateway_user::{
     agent::{self, RunOptions},
     config::{Config, XdpMode},
+    ha::Role,
     management::{
-        self, DEFAULT_SOCKET, ExpectationRow, FtpSessionRow, Request, SessionRow, Stats, Status,
-        print_table,
+        self, DEFAULT_SOCKET, ExpectationRow, FtpSessionRow, HaStatus, Request, SessionRow, Stats,
+        Status, print_table,
     },
 };
 
@@ -94,6 +95,14 @@ enum Command {
         /// Stop after this many seconds.
         #[arg(long)]
         duration: Option<u64>,
+    },
+    /// Tell the agent its role in an active/standby pair (`[ha]`): keepalived's notify hooks
+    /// run this. A master attaches the fast path; backup and fault detach it.
+    Ha {
+        #[command(flatten)]
+        ask: Ask,
+        #[arg(value_enum)]
+        role: Role,
     },
     /// Empty the session table, or (--ftp) forget the ALG's control sessions.
     Flush {
@@ -187,6 +196,9 @@ fn main() -> ExitCode {
             for change in changes {
                 println!("{change}");
             }
+        }),
+        Command::Ha { ask, role } => show(&ask, Request::Ha { role }, |ha: HaStatus| {
+            println!("{ha}");
         }),
         Command::Flush { ask, ftp } => {
             show(&ask, Request::Flush { ftp }, |value: serde_json::Value| {

@@ -201,6 +201,26 @@ fn install(prefix: &std::path::Path, destdir: Option<&std::path::Path>) -> anyho
     std::fs::write(&staged, unit_text)?;
     copy(&staged, &unit, 0o644)?;
     copy(&workspace_root().join("README.md"), &doc, 0o644)?;
+    // High availability: keepalived's notify script and the example config, both naming
+    // the binary under the prefix.
+    for (name, to, mode) in [
+        (
+            "gateway-ha-notify",
+            prefix.join("lib/gateway/gateway-ha-notify"),
+            0o755,
+        ),
+        (
+            "keepalived.conf",
+            prefix.join("share/doc/gateway/keepalived.conf"),
+            0o644,
+        ),
+    ] {
+        let text = std::fs::read_to_string(packaging.join(name))?
+            .replace("/usr/local/", &format!("{}/", prefix.display()));
+        let staged = std::env::temp_dir().join(name);
+        std::fs::write(&staged, text)?;
+        copy(&staged, &under(&to), mode)?;
+    }
     if config.exists() {
         println!("kept {} (exists)", config.display());
     } else {

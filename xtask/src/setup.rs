@@ -31,6 +31,9 @@ const TOOL_PACKAGES: &[&str] = &[
     "curl",
     // Reads the pcap files of `gateway capture` in its test.
     "tcpdump",
+    // VRRP: decides which of two gateways is active, in the high-availability test and
+    // the packaged example (packaging/keepalived.conf).
+    "keepalived",
 ];
 /// Debian packages only the benchmarks use: `perf`, which profiles the agent.
 const BENCH_PACKAGES: &[&str] = &["linux-perf"];

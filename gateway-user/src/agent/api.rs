@@ -151,6 +151,7 @@ impl Agent {
             }
             // Answered by its connection's task, which streams records instead of JSON.
             Request::Capture => bail!("capture is a stream: use `gateway capture`"),
+            Request::Ha { role } => serde_json::to_value(self.set_role(role)?)?,
             Request::Flush { ftp: false } => {
                 let removed = self.dataplane.flush_sessions()?;
                 tracing::info!(removed, "session table flushed");

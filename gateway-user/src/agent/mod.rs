@@ -11,10 +11,12 @@
 //! `startup` (`run`: checks, load, attach, restore), `alg` (the ALG's I/O state and
 //! counters), `api` (management requests and their rows), `status` (the structured status,
 //! counters and metrics snapshot), `reload` (applies [`Config::diff`]), `reattach`
-//! (interfaces that come back) and `sweep`.
+//! (interfaces that come back), `ha` (the node's role in an active/standby pair: attach on
+//! promotion, detach on demotion) and `sweep`.
 
 mod alg;
 mod api;
+mod ha;
 mod reattach;
 mod reload;
 mod startup;
@@ -45,6 +47,7 @@ use crate::{
     },
     config::{Config, Hook, XdpMode},
     dataplane::{Attachment, Dataplane},
+    ha::RoleState,
     management::{Request, Response},
     metrics,
     sysctl::HostSettings,
@@ -67,6 +70,8 @@ struct Agent {
     sweeping: Sweeping,
     /// The punt tap's name and ifindex while TC punts to it.
     punt_tap: Option<(String, u32)>,
+    /// With `[ha]`: the role keepalived gave this node; only a master is attached.
+    ha: Option<RoleState>,
 }
 
 struct Signals {

@@ -6,7 +6,11 @@ use crate::system;
 impl Agent {
     /// Notices an interface that went away (its links went with it) and re-attaches when it
     /// is back, with a new ifindex: roles, links and host settings are redone.
+    /// A standby attaches nothing (its promotion does).
     pub(super) fn check_interfaces(&mut self) {
+        if !self.passes_traffic() {
+            return;
+        }
         let names = [
             self.config.interfaces.inside.clone(),
             self.config.interfaces.outside.clone(),
@@ -62,7 +66,7 @@ impl Agent {
 
     /// Lets XDP redirect to exactly the interfaces attached now (a returning interface has a
     /// new ifindex; a gone one's index may be reused by another device).
-    fn refresh_redirect_ports(&mut self) {
+    pub(super) fn refresh_redirect_ports(&mut self) {
         let attached: Vec<u32> = self
             .attachments
             .iter()

@@ -26,6 +26,7 @@ use crate::{
     dataplane::{
         AttachedHook, Attachment, Dataplane, DataplaneError, LoadOptions, monotonic_now_ns,
     },
+    ha::RoleState,
     sysctl::{self, HostSettings},
     system,
 };
@@ -154,14 +155,26 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
     // Before the first translated packet: it would die in a stack that does not forward.
     host_settings.apply()?;
     let mut attachments = Vec::new();
-    for name in [&config.interfaces.inside, &config.interfaces.outside] {
-        let attachment = dataplane.attach(name, hook, xdp_mode)?;
-        tracing::info!(interface = %attachment.interface, hook = %attachment.hook, "fast path attached");
-        warn_of_veth_redirect(&attachment, config.dataplane.forwarding);
-        attachments.push(Some(attachment));
+    let ha = config.ha.as_ref().map(|ha| {
+        // Attach on promotion: the maps are filled above, the programs wait for keepalived.
+        tracing::info!(
+            node_id = ha.node_id, peer = %ha.peer,
+            "ha: starting as backup: the fast path stays detached until `gateway ha master`"
+        );
+        RoleState::starting()
+    });
+    if ha.is_some() {
+        attachments = vec![None, None];
+    } else {
+        for name in [&config.interfaces.inside, &config.interfaces.outside] {
+            let attachment = dataplane.attach(name, hook, xdp_mode)?;
+            tracing::info!(interface = %attachment.interface, hook = %attachment.hook, "fast path attached");
+            warn_of_veth_redirect(&attachment, config.dataplane.forwarding);
+            attachments.push(Some(attachment));
+        }
+        // XDP forwards to the interfaces it is attached to, through a devmap keyed by ifindex.
+        dataplane.set_redirect_ports(&ifindexes)?;
     }
-    // XDP forwards to the interfaces it is attached to, through a devmap keyed by ifindex.
-    dataplane.set_redirect_ports(&ifindexes)?;
     log_config(&config);
 
     // The runtime runs on this thread: the ALG's priority is this thread's.
@@ -205,6 +218,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         punt_tap: tap
             .as_ref()
             .map(|tap| (tap.name().to_owned(), tap.ifindex())),
+        ha,
     };
     let result = runtime.block_on(async {
         let reader = PuntReader::new(punt_ring).context("cannot watch the punt ring buffer")?;

@@ -82,6 +82,7 @@ impl Agent {
                     settings: host_settings.status(),
                 })
                 .unwrap_or_default(),
+            ha: self.ha_status(),
         })
     }
 
@@ -128,6 +129,7 @@ impl Agent {
                 .expectations()
                 .map_or(0, |expectations| expectations.len()),
             uptime_seconds: self.started.elapsed().as_secs(),
+            ha: self.ha_snapshot(),
         }
     }
 }

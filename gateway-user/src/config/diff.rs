@@ -16,6 +16,8 @@ pub enum RestartPart {
     Management,
     /// The metrics listener.
     Metrics,
+    /// `[ha]`: whether the agent starts as a standby, and the sync's peer and port.
+    Ha,
 }
 
 impl RestartPart {
@@ -27,6 +29,7 @@ impl RestartPart {
             RestartPart::MaxSessions => "sessions.max",
             RestartPart::Management => "management",
             RestartPart::Metrics => "metrics",
+            RestartPart::Ha => "ha",
         }
     }
 }
@@ -72,6 +75,7 @@ impl Config {
                 RestartPart::Metrics,
                 new.metrics_listen != self.metrics_listen,
             ),
+            (RestartPart::Ha, new.ha != self.ha),
         ]
         .into_iter()
         .filter_map(|(part, changed)| changed.then_some(part))
@@ -172,6 +176,8 @@ mod tests {
         assert_eq!(old.diff(&dataplane).restart, [RestartPart::Dataplane]);
         let socket = config("[management]\nsocket = \"/run/other.sock\"");
         assert_eq!(old.diff(&socket).restart, [RestartPart::Management]);
+        let ha = config("[ha]\nnode_id = 1\npeer = \"192.0.2.2\"");
+        assert_eq!(old.diff(&ha).restart, [RestartPart::Ha]);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! every error names the file, and where possible the line and the entry, in one line.
 
 mod diff;
+mod ha;
 mod parse;
 mod policy;
 mod raw;
@@ -20,6 +21,7 @@ use std::{
 pub use diff::{ConfigDiff, RestartPart};
 use gateway_common::{IPPROTO_TCP, IPPROTO_UDP};
 pub use gateway_ftp::policy::{NotFtpAction, Policy, TlsPolicy, ViolationAction};
+pub use ha::{DEFAULT_SYNC_PORT, Ha};
 use parse::{line_column, parse_endpoint, parse_ftp, parse_masquerade};
 use policy::apply_policy;
 use raw::RawConfig;
@@ -135,6 +137,8 @@ pub struct Config {
     pub management_socket: PathBuf,
     /// `[metrics] listen`: where the agent serves Prometheus metrics, if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `[ha]`: one node of an active/standby pair; `None`: a single gateway.
+    pub ha: Option<Ha>,
 }
 
 /// The FTP ALG's settings (`[ftp]`); which published servers it serves is `Publish::alg`.
@@ -435,7 +439,20 @@ impl Config {
             })
             .transpose()?;
 
+        let ha = raw
+            .ha
+            .as_ref()
+            .map(ha::parse_ha)
+            .transpose()
+            .map_err(invalid)?;
+        if ha.is_some() && raw.dataplane.pin_path.is_some() {
+            return Err(invalid(
+                "[ha] with dataplane.pin_path: not supported yet (a restarted node would adopt links attached while it is not master); remove one".into(),
+            ));
+        }
+
         Ok(Config {
+            ha,
             management_socket: raw.management.socket,
             metrics_listen,
             ftp,

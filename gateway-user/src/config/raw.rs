@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+pub(super) use super::ha::RawHa;
 use super::{
     Alg, Filtering, Forwarding, Hook, Protocol, Punt, Timeouts, XdpMode, policy::RawPolicy,
 };
@@ -27,6 +28,7 @@ pub(super) struct RawConfig {
     pub(super) management: RawManagement,
     #[serde(default)]
     pub(super) metrics: RawMetrics,
+    pub(super) ha: Option<RawHa>,
 }
 
 #[derive(Deserialize)]

@@ -272,3 +272,70 @@ fn bad_enum_values_and_names_are_refused() {
             .contains("xdp_mode")
     );
 }
+
+#[test]
+fn ha_is_optional_and_its_values_are_checked() {
+    assert_eq!(parse(GOOD).unwrap().ha, None);
+    let ha = parse(&format!(
+        "{GOOD}\n[ha]\nnode_id = 2\npeer = \"192.0.2.1\"\n"
+    ))
+    .unwrap()
+    .ha
+    .unwrap();
+    assert_eq!(
+        ha,
+        Ha {
+            node_id: 2,
+            peer: "192.0.2.1".parse().unwrap(),
+            sync_port: DEFAULT_SYNC_PORT,
+        }
+    );
+    let port = parse(&format!(
+        "{GOOD}\n[ha]\nnode_id = 1\npeer = \"192.0.2.2\"\nsync_port = 9000\n"
+    ))
+    .unwrap();
+    assert_eq!(port.ha.unwrap().sync_port, 9000);
+    for (table, expected) in [
+        (
+            "node_id = 0\npeer = \"192.0.2.2\"",
+            "ha.node_id = 0: expected 1 to 255",
+        ),
+        ("node_id = 256\npeer = \"192.0.2.2\"", "ha.node_id = 256"),
+        (
+            "node_id = 1\npeer = \"peer.example\"",
+            "ha.peer = \"peer.example\"",
+        ),
+        (
+            "node_id = 1\npeer = \"127.0.0.1\"",
+            "expected a unicast address",
+        ),
+        (
+            "node_id = 1\npeer = \"224.0.0.18\"",
+            "expected a unicast address",
+        ),
+        (
+            "node_id = 1\npeer = \"192.0.2.2\"\nsync_port = 0",
+            "ha.sync_port = 0: expected 1 to 65535",
+        ),
+        (
+            "node_id = 1\npeer = \"192.0.2.2\"\nsync_port = 70000",
+            "ha.sync_port = 70000",
+        ),
+        (
+            "node_id = 1\npeer = \"192.0.2.2\"\nkey = \"x\"",
+            "unknown field `key`",
+        ),
+        ("peer = \"192.0.2.2\"", "missing field `node_id`"),
+    ] {
+        let message = error(&format!("{GOOD}\n[ha]\n{table}\n"));
+        assert!(message.contains(expected), "{table:?}: {message}");
+    }
+    let pinned = error(&format!(
+        "{}\n[ha]\nnode_id = 1\npeer = \"192.0.2.2\"\n",
+        GOOD.replace(
+            "hook = \"auto\"",
+            "hook = \"auto\"\npin_path = \"/sys/fs/bpf/gw\""
+        )
+    ));
+    assert!(pinned.contains("[ha] with dataplane.pin_path"), "{pinned}");
+}

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 mod status;
 
 pub use status::{
-    InterfaceStatus, MasqueradeStatus, PolicyStatus, PuntStatus, Status, SysctlsStatus,
+    HaStatus, InterfaceStatus, MasqueradeStatus, PolicyStatus, PuntStatus, Status, SysctlsStatus,
 };
 
 /// Where the agent listens unless `[management] socket` says otherwise.
@@ -44,6 +44,11 @@ pub enum Request {
     },
     /// A pcap stream of the ALG's packets (as punted and as sent) follows instead of JSON.
     Capture,
+    /// keepalived's notify hook: this node's new role in its pair (`[ha]` only). Answered
+    /// with the [`HaStatus`] after the change.
+    Ha {
+        role: crate::ha::Role,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -292,6 +297,13 @@ mod tests {
             Request::Flush { ftp: false }
         );
         assert!(serde_json::from_str::<Request>(r#"{"command":"explode"}"#).is_err());
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"command":"ha","role":"master"}"#).unwrap(),
+            Request::Ha {
+                role: crate::ha::Role::Master
+            }
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"command":"ha","role":"leader"}"#).is_err());
     }
 
     #[test]

@@ -27,6 +27,56 @@ pub struct Status {
     /// The sysctls the fast path needs on its interfaces, as they are now.
     #[serde(default)]
     pub sysctls: SysctlsStatus,
+    /// `[ha]`: this node's role in its pair; `None` for a single gateway.
+    #[serde(default)]
+    pub ha: Option<HaStatus>,
+}
+
+/// A node of an active/standby pair: its role as keepalived last said, and its promotions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HaStatus {
+    pub node_id: u8,
+    /// The peer's state-sync address and port (`[ha]`; the sync itself is not built yet).
+    pub peer: String,
+    pub role: crate::ha::Role,
+    /// When the role last changed (or the agent started), in seconds since the Unix epoch.
+    pub since_unix_seconds: u64,
+    /// Seconds in this role.
+    pub for_seconds: u64,
+    /// Role changes since the start.
+    pub transitions: u64,
+    /// Whether the programs are attached (master) on both interfaces.
+    pub attached: bool,
+    pub promotions: u64,
+    /// How long the last promotion took, from the `master` request to programs attached.
+    pub last_promotion_ms: Option<f64>,
+}
+
+impl fmt::Display for HaStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "node {} {} for {}s ({} transitions), programs {}, peer {} (state sync not built yet)",
+            self.node_id,
+            self.role,
+            self.for_seconds,
+            self.transitions,
+            if self.attached {
+                "attached"
+            } else {
+                "detached"
+            },
+            self.peer
+        )?;
+        if let Some(took) = self.last_promotion_ms {
+            write!(
+                f,
+                ", last promotion attached in {took:.1} ms ({} in all)",
+                self.promotions
+            )?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -154,6 +204,9 @@ impl fmt::Display for Status {
             None => writeln!(f, "masquerade  none")?,
         }
         writeln!(f, "ftp policy  {}", self.policy)?;
+        if let Some(ha) = &self.ha {
+            writeln!(f, "ha          {ha}")?;
+        }
         self.sysctls.fmt(f)?;
         writeln!(
             f,
@@ -252,6 +305,7 @@ mod tests {
                 deny_users: 1,
             },
             sysctls: SysctlsStatus::default(),
+            ha: None,
         }
     }
 
@@ -289,5 +343,31 @@ mod tests {
             back.to_string()
                 .contains("punt        ring\nmasquerade  none\n")
         );
+        assert_eq!(back.ha, None);
+    }
+
+    #[test]
+    fn an_ha_node_shows_its_role_and_last_promotion() {
+        let mut status = status();
+        status.ha = Some(HaStatus {
+            node_id: 2,
+            peer: "192.0.2.1:7946".into(),
+            role: crate::ha::Role::Master,
+            since_unix_seconds: 1_700_000_000,
+            for_seconds: 4,
+            transitions: 1,
+            attached: true,
+            promotions: 1,
+            last_promotion_ms: Some(2.54),
+        });
+        assert!(status.to_string().contains(
+            "ftp policy  on_violation=reject tls=deny anonymous=true pipelining=false deny_commands=2 allow_users=0 deny_users=1\n\
+             ha          node 2 master for 4s (1 transitions), programs attached, peer 192.0.2.1:7946 (state sync not built yet), last promotion attached in 2.5 ms (1 in all)\n"
+        ), "{status}");
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["ha"]["role"], "master");
+        assert_eq!(json["ha"]["last_promotion_ms"], 2.54);
+        let back: Status = serde_json::from_value(json).unwrap();
+        assert_eq!(back.ha, status.ha);
     }
 }

@@ -17,6 +17,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use crate::ha::Role;
+
 /// The `Content-Type` of what [`render`] writes.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
@@ -33,6 +35,58 @@ pub struct Snapshot {
     pub ftp_sessions: usize,
     pub expectations: usize,
     pub uptime_seconds: u64,
+    /// `[ha]`: the node's role and promotions; `None` for a single gateway.
+    pub ha: Option<HaSnapshot>,
+}
+
+/// A node of an active/standby pair, as a scrape sees it.
+#[derive(Debug)]
+pub struct HaSnapshot {
+    pub role: Role,
+    pub transitions: u64,
+    pub promotions: u64,
+    /// Seconds the last promotion took, from the `master` request to programs attached.
+    pub last_promotion_seconds: Option<f64>,
+}
+
+impl HaSnapshot {
+    fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "gateway_ha_role",
+            "1 for the role keepalived last gave this node (master translates; backup and fault pass nothing), 0 for the others.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for role in Role::ALL {
+            ConstGauge::new(i64::from(role == self.role))
+                .encode(family.encode_family(&[("role", role.name())])?)?;
+        }
+        for (name, help, value) in [
+            (
+                "gateway_ha_transitions",
+                "Role changes since the agent started.",
+                self.transitions,
+            ),
+            (
+                "gateway_ha_promotions",
+                "Promotions to master (programs attached) since the agent started.",
+                self.promotions,
+            ),
+        ] {
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(metric)?;
+        }
+        if let Some(seconds) = self.last_promotion_seconds {
+            let metric = encoder.encode_descriptor(
+                "gateway_ha_last_promotion_seconds",
+                "How long the last promotion took, from the master request to programs attached.",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(seconds).encode(metric)?;
+        }
+        Ok(())
+    }
 }
 
 /// The ALG total that [`Snapshot::violations`] breaks down: exposed only by check, since an
@@ -96,6 +150,9 @@ impl Collector for Snapshot {
             let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
             ConstGauge::new(value).encode(metric)?;
         }
+        if let Some(ha) = &self.ha {
+            ha.encode(&mut encoder)?;
+        }
         Ok(())
     }
 }
@@ -123,6 +180,7 @@ mod tests {
             ftp_sessions: 1,
             expectations: 0,
             uptime_seconds: 9,
+            ha: None,
         });
         assert!(text.contains("# TYPE gateway_fastpath_packets_total counter"));
         assert!(text.contains("gateway_fastpath_packets_total{outcome=\"session_hit\"} 7"));
@@ -146,5 +204,46 @@ mod tests {
                 assert!(declared.contains(name), "{line}");
             }
         }
+        assert!(
+            !text.contains("gateway_ha"),
+            "a single gateway has no ha samples"
+        );
+    }
+
+    #[test]
+    fn an_ha_node_exposes_its_role_and_promotions() {
+        let text = render(Snapshot {
+            fastpath: Vec::new(),
+            alg: Vec::new(),
+            violations: Vec::new(),
+            sessions: 0,
+            ftp_sessions: 0,
+            expectations: 0,
+            uptime_seconds: 1,
+            ha: Some(HaSnapshot {
+                role: Role::Backup,
+                transitions: 3,
+                promotions: 1,
+                last_promotion_seconds: Some(0.0025),
+            }),
+        });
+        assert!(
+            text.contains("gateway_ha_role{role=\"master\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gateway_ha_role{role=\"backup\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gateway_ha_role{role=\"fault\"} 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("gateway_ha_transitions_total 3\n"), "{text}");
+        assert!(text.contains("gateway_ha_promotions_total 1\n"), "{text}");
+        assert!(
+            text.contains("gateway_ha_last_promotion_seconds 0.0025\n"),
+            "{text}"
+        );
     }
 }

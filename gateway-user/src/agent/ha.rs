@@ -1,0 +1,155 @@
+//! `gateway ha master|backup|fault`: keepalived's notify hooks set the node's role, and the
+//! fast path follows it: attached on promotion to master, detached on `backup` or `fault`.
+//! A node with `[ha]` starts detached (see `startup`), and the once-a-second interface
+//! check re-attaches nothing while it is a standby.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::bail;
+
+use super::{Agent, startup::warn_of_veth_redirect};
+use crate::{
+    ha::{Role, Transition},
+    management::HaStatus,
+    metrics::HaSnapshot,
+    system,
+};
+
+impl Agent {
+    /// Whether the fast path should be attached: always for a single gateway, only as
+    /// master for a node of a pair.
+    pub(super) fn passes_traffic(&self) -> bool {
+        self.ha
+            .as_ref()
+            .is_none_or(|state| state.role().passes_traffic())
+    }
+
+    /// Takes the role keepalived gives; attaches or detaches the programs for it.
+    pub(super) fn set_role(&mut self, role: Role) -> anyhow::Result<HaStatus> {
+        let asked = Instant::now();
+        let Some(state) = &mut self.ha else {
+            bail!(
+                "this gateway has no [ha] table in {}: it is a single node, always active",
+                self.config_path.display()
+            );
+        };
+        let from = state.role();
+        match state.change(role) {
+            Transition::Unchanged => {}
+            Transition::StandbyToStandby => {
+                tracing::info!(%from, to = %role, "ha: role changed; the fast path stays detached");
+            }
+            Transition::Detach => {
+                self.detach_all();
+                tracing::info!(%from, to = %role, "ha: demoted: fast path detached, this node passes nothing");
+            }
+            Transition::Attach => {
+                let failed = self.attach_all();
+                let took = asked.elapsed();
+                if let Some(state) = &mut self.ha {
+                    state.promoted(took);
+                }
+                if failed.is_empty() {
+                    tracing::info!(
+                        %from, to = %role, promotion_ms = took.as_secs_f64() * 1e3,
+                        "ha: promoted: fast path attached"
+                    );
+                } else {
+                    bail!(
+                        "promoted to master, but cannot attach to {}: retried every second",
+                        failed.join(", ")
+                    );
+                }
+            }
+        }
+        self.ha_status()
+            .ok_or_else(|| anyhow::anyhow!("ha state vanished"))
+    }
+
+    /// Attaches the programs to every configured interface that is there and not attached
+    /// yet; returns the ones it could not attach to (with why), which the interface check
+    /// retries.
+    fn attach_all(&mut self) -> Vec<String> {
+        let names = [
+            self.config.interfaces.inside.clone(),
+            self.config.interfaces.outside.clone(),
+        ];
+        let mut failed = Vec::new();
+        for (slot, name) in names.iter().enumerate() {
+            if self.attachments[slot].is_some() {
+                continue;
+            }
+            let Some(index) = system::if_index(name) else {
+                failed.push(format!("{name} (gone)"));
+                continue;
+            };
+            if index != self.ifindexes[slot] {
+                // It came back while this node was a standby: the new device has the
+                // host's defaults.
+                if let Some(host_settings) = &mut self.host_settings
+                    && let Err(err) = host_settings.interface_back(name, index)
+                {
+                    tracing::warn!(interface = %name, "{err}");
+                }
+                self.ifindexes[slot] = index;
+            }
+            match self.dataplane.attach(name, self.hook, self.xdp_mode) {
+                Ok(attachment) => {
+                    warn_of_veth_redirect(&attachment, self.config.dataplane.forwarding);
+                    self.attachments[slot] = Some(attachment);
+                }
+                Err(err) => failed.push(format!("{name} ({err})")),
+            }
+        }
+        if let Err(err) = self
+            .dataplane
+            .set_interface_roles(self.ifindexes[0], self.ifindexes[1])
+        {
+            tracing::warn!("cannot update interface roles: {err}");
+        }
+        self.refresh_redirect_ports();
+        failed
+    }
+
+    /// Detaches the programs from every interface: this node passes nothing. The maps and
+    /// their entries stay.
+    fn detach_all(&mut self) {
+        for attachment in self.attachments.iter_mut().filter_map(Option::take) {
+            let interface = attachment.interface.clone();
+            if let Err(err) = self.dataplane.detach(attachment) {
+                tracing::warn!(%interface, %err, "detach failed");
+            }
+        }
+        self.refresh_redirect_ports();
+    }
+
+    pub(super) fn ha_status(&self) -> Option<HaStatus> {
+        let (config, state) = (self.config.ha.as_ref()?, self.ha.as_ref()?);
+        Some(HaStatus {
+            node_id: config.node_id,
+            peer: format!("{}:{}", config.peer, config.sync_port),
+            role: state.role(),
+            since_unix_seconds: state
+                .since()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |since| since.as_secs()),
+            for_seconds: SystemTime::now()
+                .duration_since(state.since())
+                .map_or(0, |elapsed| elapsed.as_secs()),
+            transitions: state.transitions(),
+            attached: self.attachments.iter().all(Option::is_some),
+            promotions: state.promotions(),
+            last_promotion_ms: state.last_promotion().map(|took| took.as_secs_f64() * 1e3),
+        })
+    }
+
+    pub(super) fn ha_snapshot(&self) -> Option<HaSnapshot> {
+        let state = self.ha.as_ref()?;
+        Some(HaSnapshot {
+            role: state.role(),
+            transitions: state.transitions(),
+            promotions: state.promotions(),
+            last_promotion_seconds: state.last_promotion().map(|took| took.as_secs_f64()),
+        })
+    }
+}
