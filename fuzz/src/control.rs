@@ -78,6 +78,7 @@ fn settings(choice: u8) -> AlgSettings {
         },
         established_timeout_ns: 7440 * SECOND,
         transitory_timeout_ns: 240 * SECOND,
+        forward_pure_acks: true,
     }
 }
 

@@ -184,6 +184,8 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
         .is_some()
         .then(|| config.ftp.state_file.clone());
     let mut table = restore_alg(&config, state_file.as_deref(), dataplane.adopted());
+    // The pinned pure-ACK entries agree with the restored sessions (and go with the others).
+    table.adopt_control_acks(&mut dataplane);
     let store = match &state_file {
         Some(path) => Some(
             StateStore::create(path, &mut table)

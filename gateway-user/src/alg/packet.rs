@@ -17,6 +17,7 @@ const TCP_OPTION_NOP: u8 = 1;
 const TCP_OPTION_MSS: u8 = 2;
 const TCP_OPTION_WINDOW_SCALE: u8 = 3;
 const TCP_OPTION_SACK: u8 = 5;
+const TCP_OPTION_TIMESTAMPS: u8 = 8;
 /// Bytes of TCP options a header holds (a data offset of 15 words).
 const MAX_OPTIONS: usize = 40;
 /// Bytes of one SACK block (left and right edge).
@@ -154,6 +155,43 @@ impl TcpPacket {
             .flatten()
             .find(|(kind, data)| *kind == TCP_OPTION_WINDOW_SCALE && data.len() == 1)
             .map(|(_, data)| data[0])
+    }
+
+    /// The timestamps option's TSval, if the segment has one.
+    pub fn tsval(&self) -> Option<u32> {
+        options(&self.options)
+            .flatten()
+            .find(|(kind, data)| *kind == TCP_OPTION_TIMESTAMPS && data.len() == 8)
+            .map(|(_, data)| u32::from_be_bytes([data[0], data[1], data[2], data[3]]))
+    }
+
+    /// Raises the timestamps option's TSval to `tsval` when that is later (modulo 2^32, as
+    /// RFC 7323 compares them); a segment without the option is left as it is.
+    pub fn raise_tsval(&mut self, tsval: u32) {
+        let mut at = 0;
+        while let Some(&kind) = self.options.get(at) {
+            match kind {
+                TCP_OPTION_END => return,
+                TCP_OPTION_NOP => at += 1,
+                _ => {
+                    let len = usize::from(self.options.get(at + 1).copied().unwrap_or(0));
+                    if len < 2 {
+                        return;
+                    }
+                    if kind == TCP_OPTION_TIMESTAMPS
+                        && len == 10
+                        && let Some(field) = self.options.get_mut(at + 2..at + 6)
+                    {
+                        let current = u32::from_be_bytes([field[0], field[1], field[2], field[3]]);
+                        if tsval.wrapping_sub(current) as i32 > 0 {
+                            field.copy_from_slice(&tsval.to_be_bytes());
+                        }
+                        return;
+                    }
+                    at += len;
+                }
+            }
+        }
     }
 
     /// The SACK blocks, as (left, right) edges.

@@ -10,7 +10,10 @@
 use std::{io, net::SocketAddrV4};
 
 use aya::maps::{MapData, RingBuf};
-use gateway_common::{Endpoint, ExpectationEntry, ExpectationKey, PUNT_HEADER_LEN, PuntHeader};
+use gateway_common::{
+    Endpoint, ExpectationEntry, ExpectationKey, FlowKey, PUNT_HEADER_LEN, PuntHeader,
+    control_ack::ControlAck,
+};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::io::unix::AsyncFd;
 
@@ -150,6 +153,32 @@ impl AlgMaps for Dataplane {
         if let Err(err) = Dataplane::unexpect(self, key) {
             tracing::warn!("expectation removal failed: {err:#}");
         }
+    }
+
+    fn set_control_ack(&mut self, key: FlowKey, entry: ControlAck) -> bool {
+        Dataplane::set_control_ack(self, key, entry)
+            .inspect_err(|err| tracing::warn!("control ACK entry refused: {err:#}"))
+            .is_ok()
+    }
+
+    fn remove_control_ack(&mut self, key: FlowKey) {
+        if let Err(err) = Dataplane::remove_control_ack(self, key) {
+            tracing::warn!("control ACK entry removal failed: {err:#}");
+        }
+    }
+
+    fn control_ack_tsval(&mut self, key: FlowKey) -> Option<u32> {
+        self.control_ack(key)
+            .ok()
+            .flatten()
+            .map(|entry| u32::from_be_bytes(entry.last_tsval))
+            .filter(|&tsval| tsval != 0)
+    }
+
+    fn control_ack_keys(&mut self) -> Vec<FlowKey> {
+        Dataplane::control_ack_keys(self)
+            .inspect_err(|err| tracing::warn!("control ACK entries unreadable: {err:#}"))
+            .unwrap_or_default()
     }
 }
 

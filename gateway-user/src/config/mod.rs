@@ -158,6 +158,9 @@ pub struct Ftp {
     /// Every control packet waits in the punt ring until the agent runs: at a real-time
     /// priority a busy host's other tasks no longer stand in front of it.
     pub realtime_priority: Option<u8>,
+    /// Whether the fast path forwards the pure ACKs of control connections itself (their
+    /// numbers moved by the ALG's edits) instead of punting them to the agent.
+    pub forward_pure_acks: bool,
 }
 
 /// Application-level gateways a publish can name.

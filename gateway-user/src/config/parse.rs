@@ -7,7 +7,10 @@ use gateway_ftp::policy::Policy;
 use super::{
     Ftp, Ipv4Net, Masquerade,
     policy::apply_policy,
-    raw::{RawFtp, RawMasquerade, default_expectation_timeout, default_state_file},
+    raw::{
+        RawFtp, RawMasquerade, default_expectation_timeout, default_forward_pure_acks,
+        default_state_file,
+    },
 };
 
 /// One `masquerade.networks` entry. A prefix with host bits set is refused rather than
@@ -84,6 +87,7 @@ pub(super) fn parse_ftp(raw: Option<&RawFtp>, masquerade: bool) -> Result<Ftp, S
             policy: Policy::default(),
             state_file: default_state_file(),
             realtime_priority: None,
+            forward_pure_acks: default_forward_pure_acks(),
         });
     };
     let policy = match &raw.policy {
@@ -145,6 +149,7 @@ pub(super) fn parse_ftp(raw: Option<&RawFtp>, masquerade: bool) -> Result<Ftp, S
         policy,
         state_file,
         realtime_priority,
+        forward_pure_acks: raw.forward_pure_acks,
     })
 }
 

@@ -65,6 +65,12 @@ pub(super) struct RawFtp {
     pub(super) policy: Option<RawPolicy>,
     pub(super) state_file: Option<PathBuf>,
     pub(super) realtime_priority: Option<i64>,
+    #[serde(default = "default_forward_pure_acks")]
+    pub(super) forward_pure_acks: bool,
+}
+
+pub(super) fn default_forward_pure_acks() -> bool {
+    true
 }
 
 pub(super) fn default_state_file() -> PathBuf {

@@ -44,6 +44,28 @@ impl Dataplane {
         }
     }
 
+    /// Removes a direction's `CONTROL_ACKS` entry: its pure ACKs go to the agent again.
+    pub fn remove_control_ack(&mut self, key: FlowKey) -> Result<(), DataplaneError> {
+        match self.maps.control_acks.remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(MapError::SyscallError(err))
+                if err.io_error.raw_os_error() == Some(rustix::io::Errno::NOENT.raw_os_error()) =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(map_error(names::CONTROL_ACKS)(err)),
+        }
+    }
+
+    /// Every direction `CONTROL_ACKS` has an entry for.
+    pub fn control_ack_keys(&self) -> Result<Vec<FlowKey>, DataplaneError> {
+        self.maps
+            .control_acks
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_error(names::CONTROL_ACKS))
+    }
+
     /// Whether an expectation is in the map (not used yet, not removed).
     pub fn expectation_exists(&self, key: ExpectationKey) -> Result<bool, DataplaneError> {
         Ok(self.maps.expectations.get(&key, 0).is_ok())

@@ -4,7 +4,7 @@
 
 use std::{net::SocketAddrV4, sync::Arc};
 
-use gateway_common::{Endpoint, ExpectationKey};
+use gateway_common::{Endpoint, ExpectationKey, control_ack::ControlAck};
 use gateway_ftp::{
     policy::Policy,
     session::{self, Direction, TcpSegment, flags},
@@ -63,6 +63,10 @@ pub(super) struct Connection {
     /// gives it again, see [`Connection::follow`]).
     #[serde(skip)]
     pub policy: Arc<Policy>,
+    /// What this agent last wrote to `CONTROL_ACKS` for each side's pure ACKs (client's,
+    /// server's); not saved: a restore writes them afresh (`adopt_control_acks`).
+    #[serde(skip)]
+    pub acks_written: [Option<ControlAck>; 2],
 }
 
 impl Connection {

@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 
-use gateway_common::{Endpoint, ExpectationEntry, ExpectationKey};
+use gateway_common::{
+    Endpoint, ExpectationEntry, ExpectationKey, FlowKey, control_ack::ControlAck,
+};
 
 use super::AlgMaps;
 
@@ -18,6 +20,7 @@ pub struct MemoryMaps {
     pub by_public: HashMap<Endpoint, Endpoint>,
     pub by_private: HashMap<Endpoint, Endpoint>,
     pub expectations: HashMap<ExpectationKey, ExpectationEntry>,
+    pub control_acks: HashMap<FlowKey, ControlAck>,
     pub log: Vec<String>,
 }
 
@@ -52,5 +55,25 @@ impl AlgMaps for MemoryMaps {
     fn unexpect(&mut self, key: ExpectationKey) {
         self.log.push(format!("unexpect {}", key.endpoint.socket()));
         self.expectations.remove(&key);
+    }
+
+    fn set_control_ack(&mut self, key: FlowKey, entry: ControlAck) -> bool {
+        self.control_acks.insert(key, entry);
+        true
+    }
+
+    fn remove_control_ack(&mut self, key: FlowKey) {
+        self.control_acks.remove(&key);
+    }
+
+    fn control_ack_tsval(&mut self, key: FlowKey) -> Option<u32> {
+        self.control_acks
+            .get(&key)
+            .map(|entry| u32::from_be_bytes(entry.last_tsval))
+            .filter(|&tsval| tsval != 0)
+    }
+
+    fn control_ack_keys(&mut self) -> Vec<FlowKey> {
+        self.control_acks.keys().copied().collect()
     }
 }

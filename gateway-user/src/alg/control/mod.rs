@@ -16,6 +16,7 @@
 //! - `segment`: a segment of a known connection through its FTP session, and the actions
 //!   that come out;
 //! - `ports`: public ports claimed for mappings and announced data connections;
+//! - `acks`: the pure ACKs the fast path forwards itself, kept in step with the session;
 //! - `expect`: the fast path's expectation for an announced data connection;
 //! - `memory`: the maps held in memory, for tests and fuzzing;
 //! - `settings`, `stats`: the configuration as the ALG sees it, and its counters;
@@ -27,7 +28,8 @@ use std::{
 };
 
 use gateway_common::{
-    Endpoint, ExpectationEntry, ExpectationKey, FlowKey, IPPROTO_TCP, PuntReason, tcp,
+    Endpoint, ExpectationEntry, ExpectationKey, FlowKey, IPPROTO_TCP, PuntReason,
+    control_ack::ControlAck, tcp,
 };
 use gateway_ftp::{
     policy::Check,
@@ -64,6 +66,14 @@ pub trait AlgMaps {
     fn unexpect(&mut self, key: ExpectationKey);
     /// Whether an expectation is still waiting for its data connection (not used, not gone).
     fn expectation_pending(&mut self, key: ExpectationKey) -> bool;
+    /// Lets the fast path forward one direction's pure ACKs (`key`: as they arrive); false
+    /// when the map refuses (full).
+    fn set_control_ack(&mut self, key: FlowKey, entry: ControlAck) -> bool;
+    fn remove_control_ack(&mut self, key: FlowKey);
+    /// The timestamp of the last ACK the fast path forwarded for `key`, if it has forwarded one.
+    fn control_ack_tsval(&mut self, key: FlowKey) -> Option<u32>;
+    /// Every direction the map has an entry for.
+    fn control_ack_keys(&mut self) -> Vec<FlowKey>;
 }
 
 /// How long a closed control connection is remembered, for retransmitted FINs and ACKs.
@@ -264,7 +274,9 @@ impl ControlTable {
         };
         let was_live = self.connections.get(&id).is_some_and(|c| !c.closed());
         let outgoing = self.on_segment(id, direction, packet, now_ns, maps);
-        if self.connections.contains_key(&id) {
+        if let Some(connection) = self.connections.get_mut(&id) {
+            // Before anything this segment caused is sent (a rewritten line moves the numbers).
+            connection.sync_control_acks(self.settings.forward_pure_acks, maps);
             self.changes.changed(id);
         }
         if let Some(connection) = self.connections.get(&id)
@@ -327,9 +339,10 @@ impl ControlTable {
     }
 
     fn remove(&mut self, id: u64, maps: &mut dyn AlgMaps) {
-        let Some(connection) = self.connections.remove(&id) else {
+        let Some(mut connection) = self.connections.remove(&id) else {
             return;
         };
+        connection.drop_control_acks(maps);
         self.changes.removed(id);
         if !connection.closed() {
             self.client_session_ended(*connection.client.ip());
@@ -451,6 +464,7 @@ impl ControlTable {
             last_seen_ns: now_ns,
             held,
             expectations: Vec::new(),
+            acks_written: [None; 2],
         };
         self.flows
             .insert(key(client, server_seen), (id, Direction::ClientToServer));
@@ -486,6 +500,7 @@ fn flow_key(packet: &TcpPacket) -> FlowKey {
     )
 }
 
+mod acks;
 mod connection;
 mod expect;
 mod memory;

@@ -141,8 +141,15 @@ impl ControlTable {
                         self.stats.expectation_install_failed += 1;
                     }
                 }
-                Action::Emit { direction, segment } => {
-                    emit(connection, &packet, direction, segment, &mut outgoing);
+                Action::Emit {
+                    direction: sent,
+                    segment,
+                } => {
+                    if sent != direction {
+                        // In the other side's name: not older than what that side sent last.
+                        connection.refresh_timestamp(sent, maps);
+                    }
+                    emit(connection, &packet, sent, segment, &mut outgoing);
                 }
                 Action::Violation {
                     direction,

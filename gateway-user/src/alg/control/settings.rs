@@ -29,6 +29,8 @@ pub struct AlgSettings {
     pub published_policies: HashMap<SocketAddrV4, Arc<Policy>>,
     pub established_timeout_ns: u64,
     pub transitory_timeout_ns: u64,
+    /// `[ftp] forward_pure_acks`: the fast path forwards what it can of the pure ACKs.
+    pub forward_pure_acks: bool,
 }
 
 impl AlgSettings {
@@ -71,6 +73,7 @@ impl AlgSettings {
                 .collect(),
             established_timeout_ns: seconds(config.timeouts.tcp_established),
             transitory_timeout_ns: seconds(config.timeouts.tcp_transitory),
+            forward_pure_acks: config.ftp.forward_pure_acks,
         }
     }
 }

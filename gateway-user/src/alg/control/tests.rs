@@ -25,6 +25,7 @@ fn settings() -> AlgSettings {
         published_policies: HashMap::new(),
         established_timeout_ns: 7440 * SECOND,
         transitory_timeout_ns: 240 * SECOND,
+        forward_pure_acks: true,
     }
 }
 
@@ -557,6 +558,7 @@ fn a_refusal_the_gateway_sent_is_resent_until_the_client_acknowledges_it() {
     assert_eq!(table.stats().resent, 2);
 }
 
+mod acks;
 mod hairpin;
 mod limits;
 mod state;
