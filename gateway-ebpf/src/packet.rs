@@ -455,13 +455,7 @@ impl Packet for TcContext {
         old: [u8; 2],
         new: [u8; 2],
     ) -> Result<(), RewriteFailed> {
-        self.store(port_off, &new, 0).map_err(|_| RewriteFailed)?;
-        let (from, to) = (
-            u16::from_ne_bytes(old) as u64,
-            u16::from_ne_bytes(new) as u64,
-        );
-        self.l4_csum_replace(icmp_check_off, from, to, 2)
-            .map_err(|_| RewriteFailed)
+        tc_store_outside_pseudo_header(self, port_off, icmp_check_off, old, new)
     }
 
     #[inline(always)]
@@ -472,16 +466,30 @@ impl Packet for TcContext {
         old: [u8; 4],
         new: [u8; 4],
     ) -> Result<(), RewriteFailed> {
-        self.store(off, &new, 0).map_err(|_| RewriteFailed)?;
-        // Not in the pseudo-header: a partial checksum (a local sender's offload) is left
-        // alone by the helper, a full one updated.
-        let (from, to) = (
-            u32::from_ne_bytes(old) as u64,
-            u32::from_ne_bytes(new) as u64,
-        );
-        self.l4_csum_replace(check_off, from, to, 4)
-            .map_err(|_| RewriteFailed)
+        tc_store_outside_pseudo_header(self, off, check_off, old, new)
     }
+}
+
+/// Stores `N` (2 or 4) bytes that no pseudo-header covers and replaces them in the checksum at
+/// `check_off`: a partial checksum (a local sender's offload) is left alone by the helper, a
+/// full one updated.
+#[inline(always)]
+fn tc_store_outside_pseudo_header<const N: usize>(
+    ctx: &mut TcContext,
+    off: usize,
+    check_off: usize,
+    old: [u8; N],
+    new: [u8; N],
+) -> Result<(), RewriteFailed> {
+    ctx.store(off, &new, 0).map_err(|_| RewriteFailed)?;
+    // The helper takes the old and new values as they lie in memory, widened.
+    let widen = |bytes: [u8; N]| {
+        let mut wide = [0u8; 8];
+        wide[..N].copy_from_slice(&bytes);
+        u64::from_ne_bytes(wide)
+    };
+    ctx.l4_csum_replace(check_off, widen(old), widen(new), N as u64)
+        .map_err(|_| RewriteFailed)
 }
 
 #[inline(always)]
