@@ -167,12 +167,14 @@ fn main() -> ExitCode {
         Command::Sessions { ask, ftp, filter } => {
             let request = Request::Sessions { ftp, filter };
             if ftp {
-                show(&ask, request, print_ftp_sessions)
+                show(&ask, request, print_rows::<FtpSessionRow>)
             } else {
-                show(&ask, request, print_sessions)
+                show(&ask, request, print_rows::<SessionRow>)
             }
         }
-        Command::Expectations(ask) => show(&ask, Request::Expectations, print_expectations),
+        Command::Expectations(ask) => {
+            show(&ask, Request::Expectations, print_rows::<ExpectationRow>)
+        }
         Command::Capture {
             socket,
             write,
@@ -236,76 +238,75 @@ fn print_status(status: Status) {
     print!("{status}");
 }
 
-fn print_sessions(rows: Vec<SessionRow>) {
-    let rows: Vec<Vec<String>> = rows
-        .into_iter()
-        .map(|row| {
-            vec![
-                row.proto,
-                row.original,
-                row.translated,
-                row.state,
-                row.idle_seconds.to_string(),
-                row.packets.to_string(),
-                row.bytes.to_string(),
-            ]
-        })
-        .collect();
-    print_table(
-        &[
-            "PROTO",
-            "ORIGINAL",
-            "TRANSLATED",
-            "STATE",
-            "IDLE",
-            "PACKETS",
-            "BYTES",
-        ],
-        &rows,
-    );
+/// A row of one of the CLI's tables: its columns' headers and its cells.
+trait TableRow {
+    const HEADERS: &'static [&'static str];
+    fn cells(self) -> Vec<String>;
 }
 
-fn print_ftp_sessions(rows: Vec<FtpSessionRow>) {
-    let rows: Vec<Vec<String>> = rows
-        .into_iter()
-        .map(|row| {
-            vec![
-                format!("{} ({})", row.client, row.client_seen),
-                format!("{} ({})", row.server, row.server_seen),
-                row.user,
-                row.state,
-                row.pending_expectations.to_string(),
-                row.age_seconds.to_string(),
-            ]
-        })
-        .collect();
-    print_table(
-        &[
-            "CLIENT (SEEN AS)",
-            "SERVER (SEEN AS)",
-            "USER",
-            "STATE",
-            "PENDING",
-            "AGE",
-        ],
-        &rows,
-    );
+impl TableRow for SessionRow {
+    const HEADERS: &'static [&'static str] = &[
+        "PROTO",
+        "ORIGINAL",
+        "TRANSLATED",
+        "STATE",
+        "IDLE",
+        "PACKETS",
+        "BYTES",
+    ];
+
+    fn cells(self) -> Vec<String> {
+        vec![
+            self.proto,
+            self.original,
+            self.translated,
+            self.state,
+            self.idle_seconds.to_string(),
+            self.packets.to_string(),
+            self.bytes.to_string(),
+        ]
+    }
 }
 
-fn print_expectations(rows: Vec<ExpectationRow>) {
-    let rows: Vec<Vec<String>> = rows
-        .into_iter()
-        .map(|row| {
-            vec![
-                row.kind,
-                row.endpoint,
-                row.peer,
-                row.target,
-                row.expires_in_seconds.to_string(),
-            ]
-        })
-        .collect();
-    print_table(&["KIND", "ENDPOINT", "FROM", "TO", "EXPIRES IN"], &rows);
+impl TableRow for FtpSessionRow {
+    const HEADERS: &'static [&'static str] = &[
+        "CLIENT (SEEN AS)",
+        "SERVER (SEEN AS)",
+        "USER",
+        "STATE",
+        "PENDING",
+        "AGE",
+    ];
+
+    fn cells(self) -> Vec<String> {
+        vec![
+            format!("{} ({})", self.client, self.client_seen),
+            format!("{} ({})", self.server, self.server_seen),
+            self.user,
+            self.state,
+            self.pending_expectations.to_string(),
+            self.age_seconds.to_string(),
+        ]
+    }
+}
+
+impl TableRow for ExpectationRow {
+    const HEADERS: &'static [&'static str] = &["KIND", "ENDPOINT", "FROM", "TO", "EXPIRES IN"];
+
+    fn cells(self) -> Vec<String> {
+        vec![
+            self.kind,
+            self.endpoint,
+            self.peer,
+            self.target,
+            self.expires_in_seconds.to_string(),
+        ]
+    }
+}
+
+fn print_rows<R: TableRow>(rows: Vec<R>) {
+    let rows: Vec<Vec<String>> = rows.into_iter().map(TableRow::cells).collect();
+    print_table(R::HEADERS, &rows);
 }
 
 fn print_stats(stats: Stats) {
