@@ -83,6 +83,13 @@ fn kill_9_during_a_download_loses_nothing() {
             .starts_with("203.0.113.2:")
     );
     assert_eq!(rows[0]["server"], "10.0.0.2:21");
+    // Its 227 was rewritten (a longer line) before the kill: the pure-ACK entries the new
+    // agent adopted agree with the restored session, both sides' ACKs go on in the fast path.
+    assert_eq!(
+        rows[0]["fast_path_acks"],
+        serde_json::json!([true, true]),
+        "{sessions}"
+    );
 
     let finished = download.wait_with_output().expect("curl");
     assert!(

@@ -84,6 +84,7 @@ impl Agent {
                             .filter(|key| self.dataplane.expectation_exists(**key).unwrap_or(false))
                             .count(),
                         age_seconds: info.age_ns / 1_000_000_000,
+                        fast_path_acks: info.fast_path_acks,
                     })
                     .collect();
                 serde_json::to_value(rows)?

@@ -82,6 +82,9 @@ pub struct FtpSessionRow {
     pub state: String,
     pub pending_expectations: usize,
     pub age_seconds: u64,
+    /// Which sides' pure ACKs the fast path forwards itself now (client's, server's).
+    #[serde(default)]
+    pub fast_path_acks: [bool; 2],
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

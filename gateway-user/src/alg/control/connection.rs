@@ -28,6 +28,8 @@ pub struct ControlInfo {
     /// `login`, `password`, `logged-in`, `tls`, `reset`, `closed`.
     pub phase: &'static str,
     pub age_ns: u64,
+    /// Which sides' pure ACKs the fast path forwards itself (client's, server's).
+    pub fast_path_acks: [bool; 2],
 }
 
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
@@ -101,6 +103,7 @@ impl Connection {
                 self.core.phase()
             },
             age_ns: now_ns.saturating_sub(self.created_ns),
+            fast_path_acks: self.acks_written.map(|written| written.is_some()),
         }
     }
 }
