@@ -158,6 +158,9 @@ pub struct Ftp {
     /// Every control packet waits in the punt ring until the agent runs: at a real-time
     /// priority a busy host's other tasks no longer stand in front of it.
     pub realtime_priority: Option<u8>,
+    /// Microseconds the agent keeps polling for punts without sleeping after a batch, while
+    /// they keep coming (each batch found opens a new window); 0: it sleeps at once.
+    pub busy_poll_us: u64,
 }
 
 /// Application-level gateways a publish can name.

@@ -65,10 +65,18 @@ pub(super) struct RawFtp {
     pub(super) policy: Option<RawPolicy>,
     pub(super) state_file: Option<PathBuf>,
     pub(super) realtime_priority: Option<i64>,
+    #[serde(default = "default_busy_poll_us")]
+    pub(super) busy_poll_us: i64,
 }
 
 pub(super) fn default_state_file() -> PathBuf {
     PathBuf::from("/run/gateway/ftp-state.json")
+}
+
+/// Long enough to catch the next punt of a busy gateway (a few tens of microseconds apart),
+/// short enough that a lone packet's wait costs little CPU.
+pub(super) fn default_busy_poll_us() -> i64 {
+    50
 }
 
 pub(super) fn default_expectation_timeout() -> u64 {
