@@ -30,7 +30,11 @@ impl Agent {
     /// After a wake-up whose read is in `punts`' batches (and accounted): takes what the
     /// transports hold besides, handles it all, then busy-polls as configured.
     pub(super) fn take_punts(&mut self, punts: &mut Punts) {
-        self.poll_punts(punts);
+        if !self.poll_punts(punts) {
+            // A wake-up with nothing to take (readiness left over from the last busy-poll,
+            // which read past tokio): no traffic, no polling.
+            return;
+        }
         self.alg
             .handle_batch(&mut self.dataplane, &mut punts.ring_batch);
         let window = Duration::from_micros(self.config.ftp.busy_poll_us);
