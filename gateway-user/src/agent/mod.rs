@@ -9,8 +9,9 @@
 //!
 //! This file is that loop (`Agent::serve`) and the way out; the rest lives by role:
 //! `startup` (`run`: checks, load, attach, restore), `alg` (the ALG's I/O state and
-//! counters), `punts` (what the agent does per wake-up: drain, batch, busy-poll), `api` (management requests and their rows), `status` (the structured status,
-//! counters and metrics snapshot), `reload` (applies [`Config::diff`]), `reattach`
+//! counters), `punts` (what the agent does per wake-up: drain, batch, busy-poll), `api`
+//! (management requests and their rows), `status` (the structured status, counters and
+//! metrics snapshot), `reload` (applies [`Config::diff`]), `reattach`
 //! (interfaces that come back), `ha` (the node's role in an active/standby pair: attach on
 //! promotion, detach on demotion) and `sweep`.
 
