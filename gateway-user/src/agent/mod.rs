@@ -9,14 +9,16 @@
 //!
 //! This file is that loop (`Agent::serve`) and the way out; the rest lives by role:
 //! `startup` (`run`: checks, load, attach, restore), `alg` (the ALG's I/O state and
-//! counters), `api` (management requests and their rows), `status` (the structured status,
-//! counters and metrics snapshot), `reload` (applies [`Config::diff`]), `reattach`
+//! counters), `punts` (what the agent does per wake-up: drain, batch, busy-poll), `api`
+//! (management requests and their rows), `status` (the structured status, counters and
+//! metrics snapshot), `reload` (applies [`Config::diff`]), `reattach`
 //! (interfaces that come back), `ha` (the node's role in an active/standby pair: attach on
 //! promotion, detach on demotion) and `sweep`.
 
 mod alg;
 mod api;
 mod ha;
+mod punts;
 mod reattach;
 mod reload;
 mod startup;
@@ -38,6 +40,7 @@ pub use self::startup::{RunOptions, run};
 use self::{
     alg::Alg,
     api::answer_management,
+    punts::Punts,
     sweep::{Sweeping, sweep_ticks},
 };
 use crate::{
@@ -93,8 +96,8 @@ impl Agent {
     /// Runs until SIGINT or SIGTERM; returns the signal's name.
     async fn serve(
         &mut self,
-        mut reader: PuntReader,
-        mut tap: Option<PuntTap>,
+        reader: PuntReader,
+        tap: Option<PuntTap>,
         listener: UnixListener,
         metrics: Option<TcpListener>,
         signals: Signals,
@@ -108,36 +111,30 @@ impl Agent {
         let mut interface_checks = tokio::time::interval(Duration::from_secs(1));
         interface_checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (queries, mut incoming) = mpsc::channel(16);
-        let mut batch = Vec::new();
-        let mut tap_batch = Vec::new();
+        let mut punts = Punts {
+            ring: reader,
+            tap,
+            ring_batch: Vec::new(),
+            tap_batch: Vec::new(),
+        };
         loop {
             tokio::select! {
                 _ = interrupt.recv() => return Ok("SIGINT"),
                 _ = terminate.recv() => return Ok("SIGTERM"),
-                read = reader.next_batch(&mut batch) => {
+                read = punts.ring.next_batch(&mut punts.ring_batch) => {
                     let read = read.context("cannot read the punt ring buffer")?;
                     self.alg.took(read, false);
-                    self.alg.handle_batch(&mut self.dataplane, &mut batch);
+                    self.take_punts(&mut punts);
                 }
-                read = read_tap(tap.as_mut(), &mut tap_batch) => match read {
-                    Ok(read) => {
-                        self.alg.took(read, true);
-                        self.alg.handle_batch(&mut self.dataplane, &mut tap_batch);
+                read = read_tap(punts.tap.as_mut(), &mut punts.tap_batch) => {
+                    match read {
+                        Ok(read) => self.alg.took(read, true),
+                        Err(err) => self.lose_tap(&mut punts, &err),
                     }
-                    Err(err) => {
-                        // Someone deleted it, most likely: the ring takes over.
-                        tracing::warn!("cannot read the punt tap, TC punts to the ring from now on: {err}");
-                        if let Err(err) = self.dataplane.set_punt_tap(None) {
-                            tracing::warn!("cannot clear the punt tap: {err}");
-                        }
-                        tap = None;
-                        self.punt_tap = None;
-                        // What was read before the error.
-                        self.alg.handle_batch(&mut self.dataplane, &mut tap_batch);
-                    }
-                },
+                    self.take_punts(&mut punts);
+                }
                 _ = ticks.tick() => self.sweep(),
-                                _ = interface_checks.tick() => {
+                _ = interface_checks.tick() => {
                     self.check_interfaces();
                     let owed = self.alg.table.resend_owed();
                     self.alg.send_all(owed);

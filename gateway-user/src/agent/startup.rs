@@ -18,7 +18,8 @@ use super::{Agent, Signals, alg::Alg, sweep::Sweeping};
 use crate::{
     alg::{
         control::{AlgSettings, ControlTable},
-        shell::{self, PuntReader, RawSender},
+        sender::RawSender,
+        shell::{self, PuntReader},
         store::{self, StateStore},
         tap::PuntTap,
     },
@@ -206,6 +207,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
             waited_ns: 0,
             from_tap: 0,
             from_ring: 0,
+            io: Default::default(),
         },
         config,
         config_path: config_path.clone(),

@@ -4,12 +4,14 @@
 //! - [`packet`]: IPv4/TCP parsing and building, checksums;
 //! - [`control`]: the control connections and their NAT, over the sans-IO `gateway-ftp` core;
 //! - [`refusal`]: the RST that refuses a control connection at its SYN, and its log's limit;
-//! - [`shell`]: the ring buffer reader, the raw socket that sends, and the map adapter;
+//! - [`shell`]: the ring buffer reader and the map adapter;
+//! - [`sender`]: the raw socket that sends, a batch per `sendmmsg`;
 //! - [`tap`]: the punt tap, TC's way of handing packets over.
 
 pub mod control;
 pub mod packet;
 pub mod refusal;
+pub mod sender;
 pub mod shell;
 pub mod store;
 pub mod tap;

@@ -1,23 +1,17 @@
 //! The ALG's I/O: the punt ring buffer read under tokio (the tap, TC's punt transport, is
-//! in `tap.rs`), a raw IPv4 socket that sends the
-//! translated packets, and the fast path's maps behind [`AlgMaps`].
-//!
-//! Sending through a raw socket (`IPPROTO_RAW`, which implies `IP_HDRINCL`) hands the packet,
-//! headers and checksums as built, to the gateway's own routing: the kernel picks the egress
-//! interface and resolves the next hop's link address, as for any forwarded packet. It leaves
-//! on the egress path, where no gateway program runs, so it is never translated twice.
+//! in `tap.rs`; the raw socket that sends the translated packets in `sender.rs`), and the
+//! fast path's maps behind [`AlgMaps`].
 
-use std::{io, net::SocketAddrV4};
+use std::io;
 
 use aya::maps::{MapData, RingBuf};
 use gateway_common::{
     Endpoint, ExpectationEntry, ExpectationKey, FlowKey, PUNT_HEADER_LEN, PuntHeader,
     control_ack::ControlAck,
 };
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::io::unix::AsyncFd;
 
-use super::control::{AlgMaps, Outgoing};
+use super::control::AlgMaps;
 use crate::dataplane::Dataplane;
 
 /// One punt record: why the packet came, and the packet from its IPv4 header on.
@@ -61,25 +55,37 @@ impl PuntReader {
     /// Waits for records, then takes every one the ring holds (reason, packet), in order.
     pub async fn next_batch(&mut self, batch: &mut Vec<(u8, Vec<u8>)>) -> io::Result<BatchRead> {
         let mut guard = self.ring.readable_mut().await?;
-        let ring = guard.get_inner_mut();
-        // The punt's clock, truncated as in the header. Records punted while the ring is being
-        // drained are younger than this: they count as not having waited.
-        let taken_ns_low = crate::dataplane::monotonic_now_ns() as u32;
-        let mut read = BatchRead::default();
-        while let Some(record) = ring.next() {
-            match decode(&record) {
-                Some(punted) => {
-                    let waited = taken_ns_low.wrapping_sub(punted.header.punted_ns_low) as i32;
-                    read.waited_ns += waited.max(0) as u64;
-                    read.packets += 1;
-                    batch.push((punted.header.reason, punted.packet.to_vec()));
-                }
-                None => read.undecodable += 1,
-            }
-        }
+        let mut read = drain_ring(guard.get_inner_mut(), batch);
+        read.wakeups = 1;
         guard.clear_ready();
         Ok(read)
     }
+
+    /// Takes every record the ring holds now, without waiting (none: an empty read). The
+    /// readiness tokio keeps is left as it is: at worst the next wait returns at once to an
+    /// empty ring, and waits again.
+    pub fn try_batch(&mut self, batch: &mut Vec<(u8, Vec<u8>)>) -> BatchRead {
+        drain_ring(self.ring.get_mut(), batch)
+    }
+}
+
+fn drain_ring(ring: &mut RingBuf<MapData>, batch: &mut Vec<(u8, Vec<u8>)>) -> BatchRead {
+    // The punt's clock, truncated as in the header. Records punted while the ring is being
+    // drained are younger than this: they count as not having waited.
+    let taken_ns_low = crate::dataplane::monotonic_now_ns() as u32;
+    let mut read = BatchRead::default();
+    while let Some(record) = ring.next() {
+        match decode(&record) {
+            Some(punted) => {
+                let waited = taken_ns_low.wrapping_sub(punted.header.punted_ns_low) as i32;
+                read.waited_ns += waited.max(0) as u64;
+                read.packets += 1;
+                batch.push((punted.header.reason, punted.packet.to_vec()));
+            }
+            None => read.undecodable += 1,
+        }
+    }
+    read
 }
 
 /// What one read of the ring (or the tap) found besides the packets.
@@ -92,28 +98,24 @@ pub struct BatchRead {
     /// Time the packets of the batch waited in the ring (or the tap's queue), summed: from their punt to the
     /// agent taking them (wake-up and scheduling).
     pub waited_ns: u64,
+    /// Times the read waited for the transport to become readable and was woken (one per
+    /// readiness tokio reported, empty ones included); none for a read that did not wait.
+    pub wakeups: u64,
 }
 
-/// A raw IPv4 socket for packets built whole by the ALG.
-pub struct RawSender {
-    socket: Socket,
-}
-
-impl RawSender {
-    pub fn open() -> io::Result<RawSender> {
-        // IPPROTO_RAW: the ALG writes the IPv4 header itself (IP_HDRINCL implied).
-        let socket = Socket::new(
-            Domain::IPV4,
-            Type::RAW,
-            Some(Protocol::from(libc::IPPROTO_RAW)),
-        )?;
-        Ok(RawSender { socket })
+impl BatchRead {
+    /// Whether the read took anything (packets or records it had to skip).
+    pub fn took_any(&self) -> bool {
+        self.packets > 0 || self.undecodable > 0
     }
+}
 
-    pub fn send(&self, packet: &Outgoing) -> io::Result<()> {
-        let destination = SockAddr::from(SocketAddrV4::new(packet.dst, 0));
-        self.socket.send_to(&packet.bytes, &destination)?;
-        Ok(())
+impl std::ops::AddAssign for BatchRead {
+    fn add_assign(&mut self, other: BatchRead) {
+        self.packets += other.packets;
+        self.undecodable += other.undecodable;
+        self.waited_ns += other.waited_ns;
+        self.wakeups += other.wakeups;
     }
 }
 

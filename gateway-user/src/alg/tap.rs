@@ -118,40 +118,74 @@ impl PuntTap {
     /// its IPv4 header on), in order, as the ring reader does.
     pub async fn next_batch(&mut self, batch: &mut Vec<(u8, Vec<u8>)>) -> io::Result<BatchRead> {
         let PuntTap { fd, frame, .. } = self;
+        let mut wakeups = 0;
         loop {
             let mut guard = fd.readable().await?;
-            // As for the ring: frames punted while the queue is drained count as not having
-            // waited.
-            let taken_ns_low = crate::dataplane::monotonic_now_ns() as u32;
-            let mut read = BatchRead::default();
-            while read.packets < MAX_BATCH {
-                let result = guard.try_io(|fd| {
-                    rustix::io::read(fd.get_ref(), &mut frame[..]).map_err(Into::into)
-                });
-                let length = match result {
-                    Ok(Ok(length)) => length,
-                    Ok(Err(err)) if err.kind() == io::ErrorKind::Interrupted => continue,
-                    Ok(Err(err)) => return Err(err),
-                    // Drained: readiness is cleared, the next call waits.
-                    Err(_would_block) => break,
-                };
-                match frame.get(..length).and_then(|frame| {
-                    punt_frame::decode(frame).map(|(meta, ip)| (meta, &frame[ip..]))
-                }) {
-                    Some((meta, packet)) if !packet.is_empty() => {
-                        read.packets += 1;
-                        let waited = taken_ns_low.wrapping_sub(meta.punted_ns_low) as i32;
-                        read.waited_ns += waited.max(0) as u64;
-                        batch.push((meta.reason, packet.to_vec()));
-                    }
-                    _ => read.undecodable += 1,
+            wakeups += 1;
+            let mut read = drain(frame, batch, |frame| {
+                match guard.try_io(|fd| read_frame(fd.get_ref(), frame)) {
+                    Ok(result) => result.map(Some),
+                    // Drained: readiness is cleared, the next wait sleeps.
+                    Err(_would_block) => Ok(None),
                 }
-            }
-            if read.packets > 0 || read.undecodable > 0 {
+            })?;
+            if read.took_any() {
+                read.wakeups = wakeups;
                 return Ok(read);
             }
         }
     }
+
+    /// Takes the frames queued now (at most `MAX_BATCH`) without waiting. Tokio's readiness
+    /// is left as it is: at worst the next wait returns at once to an empty queue, finds it
+    /// so (which clears it), and sleeps.
+    pub fn try_batch(&mut self, batch: &mut Vec<(u8, Vec<u8>)>) -> io::Result<BatchRead> {
+        let PuntTap { fd, frame, .. } = self;
+        drain(frame, batch, |frame| {
+            match read_frame(fd.get_ref(), frame) {
+                Ok(length) => Ok(Some(length)),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(None),
+                Err(err) => Err(err),
+            }
+        })
+    }
+}
+
+fn read_frame(fd: &OwnedFd, frame: &mut [u8]) -> io::Result<usize> {
+    rustix::io::read(fd, frame).map_err(Into::into)
+}
+
+/// Reads frames into `frame` with `read_one` until it says the queue is empty (`None`) or
+/// `MAX_BATCH` packets are taken, and puts the decoded ones into `batch`.
+fn drain(
+    frame: &mut [u8],
+    batch: &mut Vec<(u8, Vec<u8>)>,
+    mut read_one: impl FnMut(&mut [u8]) -> io::Result<Option<usize>>,
+) -> io::Result<BatchRead> {
+    // As for the ring: frames punted while the queue is drained count as not having waited.
+    let taken_ns_low = crate::dataplane::monotonic_now_ns() as u32;
+    let mut read = BatchRead::default();
+    while read.packets < MAX_BATCH {
+        let length = match read_one(frame) {
+            Ok(Some(length)) => length,
+            Ok(None) => break,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        };
+        match frame
+            .get(..length)
+            .and_then(|frame| punt_frame::decode(frame).map(|(meta, ip)| (meta, &frame[ip..])))
+        {
+            Some((meta, packet)) if !packet.is_empty() => {
+                read.packets += 1;
+                let waited = taken_ns_low.wrapping_sub(meta.punted_ns_low) as i32;
+                read.waited_ns += waited.max(0) as u64;
+                batch.push((meta.reason, packet.to_vec()));
+            }
+            _ => read.undecodable += 1,
+        }
+    }
+    Ok(read)
 }
 
 // The ioctls' numbers and the ifreq they take are libc's (linux/if_tun.h, linux/sockios.h):

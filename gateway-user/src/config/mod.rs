@@ -161,6 +161,9 @@ pub struct Ftp {
     /// Whether the fast path forwards the pure ACKs of control connections itself (their
     /// numbers moved by the ALG's edits) instead of punting them to the agent.
     pub forward_pure_acks: bool,
+    /// Microseconds the agent keeps polling for punts without sleeping after a batch, while
+    /// they keep coming (each batch found opens a new window); 0: it sleeps at once.
+    pub busy_poll_us: u64,
 }
 
 /// Application-level gateways a publish can name.

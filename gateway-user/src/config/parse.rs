@@ -8,8 +8,8 @@ use super::{
     Ftp, Ipv4Net, Masquerade,
     policy::apply_policy,
     raw::{
-        RawFtp, RawMasquerade, default_expectation_timeout, default_forward_pure_acks,
-        default_state_file,
+        RawFtp, RawMasquerade, default_busy_poll_us, default_expectation_timeout,
+        default_forward_pure_acks, default_state_file,
     },
 };
 
@@ -78,6 +78,10 @@ pub(super) fn parse_masquerade(raw: &RawMasquerade) -> Result<Masquerade, String
     })
 }
 
+/// The longest busy-poll window: past a millisecond, sleeping in epoll costs less than
+/// spinning, and the agent's other work waits that long.
+const MAX_BUSY_POLL_US: i64 = 1000;
+
 pub(super) fn parse_ftp(raw: Option<&RawFtp>, masquerade: bool) -> Result<Ftp, String> {
     let default_ports = if masquerade { vec![21] } else { Vec::new() };
     let Some(raw) = raw else {
@@ -88,6 +92,7 @@ pub(super) fn parse_ftp(raw: Option<&RawFtp>, masquerade: bool) -> Result<Ftp, S
             state_file: default_state_file(),
             realtime_priority: None,
             forward_pure_acks: default_forward_pure_acks(),
+            busy_poll_us: default_busy_poll_us() as u64,
         });
     };
     let policy = match &raw.policy {
@@ -143,6 +148,14 @@ pub(super) fn parse_ftp(raw: Option<&RawFtp>, masquerade: bool) -> Result<Ftp, S
             ));
         }
     };
+    let busy_poll_us = match raw.busy_poll_us {
+        us @ 0..=MAX_BUSY_POLL_US => us as u64,
+        other => {
+            return Err(format!(
+                "ftp.busy_poll_us = {other}: expected 0 (off) to {MAX_BUSY_POLL_US} microseconds"
+            ));
+        }
+    };
     Ok(Ftp {
         control_ports,
         expectation_timeout: raw.expectation_timeout,
@@ -150,6 +163,7 @@ pub(super) fn parse_ftp(raw: Option<&RawFtp>, masquerade: bool) -> Result<Ftp, S
         state_file,
         realtime_priority,
         forward_pure_acks: raw.forward_pure_acks,
+        busy_poll_us,
     })
 }
 

@@ -67,6 +67,8 @@ pub(super) struct RawFtp {
     pub(super) realtime_priority: Option<i64>,
     #[serde(default = "default_forward_pure_acks")]
     pub(super) forward_pure_acks: bool,
+    #[serde(default = "default_busy_poll_us")]
+    pub(super) busy_poll_us: i64,
 }
 
 pub(super) fn default_forward_pure_acks() -> bool {
@@ -75,6 +77,12 @@ pub(super) fn default_forward_pure_acks() -> bool {
 
 pub(super) fn default_state_file() -> PathBuf {
     PathBuf::from("/run/gateway/ftp-state.json")
+}
+
+/// Long enough to catch the next punt of a busy gateway (a few tens of microseconds apart),
+/// short enough that a lone packet's wait costs little CPU.
+pub(super) fn default_busy_poll_us() -> i64 {
+    50
 }
 
 pub(super) fn default_expectation_timeout() -> u64 {

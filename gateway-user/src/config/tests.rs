@@ -127,6 +127,14 @@ fn ftp_alg_settings() {
         assert!(error(&text).contains("ftp.realtime_priority"), "{wrong}");
     }
 
+    assert_eq!(parse(GOOD).unwrap().ftp.busy_poll_us, 50);
+    let polling = format!("{GOOD}\n[ftp]\nbusy_poll_us = 0\n");
+    assert_eq!(parse(&polling).unwrap().ftp.busy_poll_us, 0);
+    for wrong in ["1001", "-1"] {
+        let text = polling.replace("= 0", &format!("= {wrong}"));
+        assert!(error(&text).contains("ftp.busy_poll_us"), "{wrong}");
+    }
+
     let orphan = format!("{GOOD}\n[ftp]\ncontrol_ports = [21]\n");
     assert!(error(&orphan).contains("there is no [masquerade]"));
     let twice = format!("{masq}\n[ftp]\ncontrol_ports = [21, 21]\n");

@@ -73,6 +73,12 @@ struct AgentTimes {
     busy_ns: f64,
     /// Packets the fast path punted to the agent per completed session.
     punted_per_session: f64,
+    /// Per completed session: times the agent slept and was woken for punts, batches its
+    /// busy-poll found without sleeping, send system calls, and packets those sent.
+    wakeups_per_session: f64,
+    polled_per_session: f64,
+    send_calls_per_session: f64,
+    sent_per_session: f64,
 }
 
 pub(super) struct FtpSample {
@@ -322,12 +328,22 @@ fn agent_times(gateway: &GatewayProcess, sessions: u64) -> anyhow::Result<AgentT
     if handled == 0.0 || sessions == 0 {
         bail!("{handled} packets handled by the agent in {sessions} sessions");
     }
+    let per_session = |name: &str| -> anyhow::Result<f64> {
+        Ok(gateway.counter_now(name)? as f64 / sessions as f64)
+    };
     Ok(AgentTimes {
         wait_ns: gateway.counter_now("alg_wait_ns")? as f64 / handled,
         busy_ns: gateway.counter_now("alg_busy_ns")? as f64 / handled,
-        punted_per_session: gateway.counter_now("punted")? as f64 / sessions as f64,
+        punted_per_session: per_session("punted")?,
+        wakeups_per_session: per_session("alg_wakeups")?,
+        polled_per_session: per_session("alg_busy_poll_batches")?,
+        send_calls_per_session: per_session("alg_send_calls")?,
+        sent_per_session: per_session("alg_sent")?,
     })
 }
+
+/// One figure of [`AgentTimes`], for a row of the report.
+type Column = fn(&AgentTimes) -> f64;
 
 /// What `ftp_rate.py` reports of a run in which every session completed.
 struct RateRun {
@@ -460,6 +476,26 @@ pub(super) fn report(
             median(&busy) / 1000.0,
             median(&punted),
         )?;
+        writeln!(
+            out,
+            "\nWhat those packets cost in wake-ups and system calls, counted by the agent (per completed session, median of\nthe gateway runs and range): a wake-up takes every punt queued, the packets a batch produced leave with one\n`sendmmsg`, and for `[ftp] busy_poll_us` after a batch the agent polls on without sleeping while punts keep coming.\n\n| per session | median (range) |\n| --- | --- |"
+        )?;
+        let rows: [(&str, Column); 5] = [
+            ("punted packets", |a| a.punted_per_session),
+            ("agent wake-ups", |a| a.wakeups_per_session),
+            ("batches found by the busy-poll", |a| a.polled_per_session),
+            ("send system calls", |a| a.send_calls_per_session),
+            ("packets sent", |a| a.sent_per_session),
+        ];
+        for (name, value) in rows {
+            let values: Vec<f64> = samples[gateway].agent.iter().map(value).collect();
+            let (low, high) = spread(&values);
+            writeln!(
+                out,
+                "| {name} | {:.1} ({low:.1}-{high:.1}) |",
+                median(&values)
+            )?;
+        }
     }
     if let Some(profile) = profile {
         writeln!(
