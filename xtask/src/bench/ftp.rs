@@ -73,6 +73,8 @@ struct AgentTimes {
     busy_ns: f64,
     /// Packets the fast path punted to the agent per completed session.
     punted_per_session: f64,
+    /// Pure ACKs of control connections the fast path forwarded itself, per session.
+    acks_forwarded_per_session: f64,
     /// Per completed session: times the agent slept and was woken for punts, batches its
     /// busy-poll found without sleeping, send system calls, and packets those sent.
     wakeups_per_session: f64,
@@ -335,6 +337,7 @@ fn agent_times(gateway: &GatewayProcess, sessions: u64) -> anyhow::Result<AgentT
         wait_ns: gateway.counter_now("alg_wait_ns")? as f64 / handled,
         busy_ns: gateway.counter_now("alg_busy_ns")? as f64 / handled,
         punted_per_session: per_session("punted")?,
+        acks_forwarded_per_session: per_session("alg_ack_forwarded")?,
         wakeups_per_session: per_session("alg_wakeups")?,
         polled_per_session: per_session("alg_busy_poll_batches")?,
         send_calls_per_session: per_session("alg_send_calls")?,
@@ -480,8 +483,11 @@ pub(super) fn report(
             out,
             "\nWhat those packets cost in wake-ups and system calls, counted by the agent (per completed session, median of\nthe gateway runs and range): a wake-up takes every punt queued, the packets a batch produced leave with one\n`sendmmsg`, and for `[ftp] busy_poll_us` after a batch the agent polls on without sleeping while punts keep coming.\n\n| per session | median (range) |\n| --- | --- |"
         )?;
-        let rows: [(&str, Column); 5] = [
+        let rows: [(&str, Column); 6] = [
             ("punted packets", |a| a.punted_per_session),
+            ("pure ACKs the fast path forwarded instead", |a| {
+                a.acks_forwarded_per_session
+            }),
             ("agent wake-ups", |a| a.wakeups_per_session),
             ("batches found by the busy-poll", |a| a.polled_per_session),
             ("send system calls", |a| a.send_calls_per_session),
