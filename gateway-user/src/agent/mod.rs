@@ -47,7 +47,7 @@ use crate::{
     },
     config::{Config, Hook, XdpMode},
     dataplane::{Attachment, Dataplane},
-    ha::RoleState,
+    ha::{RoleState, sync::SyncState},
     management::{Request, Response},
     metrics,
     sysctl::HostSettings,
@@ -72,6 +72,8 @@ struct Agent {
     punt_tap: Option<(String, u32)>,
     /// With `[ha]`: the role keepalived gave this node; only a master is attached.
     ha: Option<RoleState>,
+    /// With `[ha] key_file`: the state sync with the peer.
+    sync: Option<SyncState>,
 }
 
 struct Signals {
@@ -110,6 +112,7 @@ impl Agent {
         let (queries, mut incoming) = mpsc::channel(16);
         let mut batch = Vec::new();
         let mut tap_batch = Vec::new();
+        let mut sync_events = self.sync.as_mut().and_then(SyncState::take_events);
         loop {
             tokio::select! {
                 _ = interrupt.recv() => return Ok("SIGINT"),
@@ -137,6 +140,7 @@ impl Agent {
                     }
                 },
                 _ = ticks.tick() => self.sweep(),
+                event = ha::next_sync_event(sync_events.as_mut()) => self.on_sync_event(event),
                                 _ = interface_checks.tick() => {
                     self.check_interfaces();
                     let owed = self.alg.table.resend_owed();
