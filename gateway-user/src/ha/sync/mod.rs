@@ -248,28 +248,16 @@ impl SyncState {
             std::mem::take(&mut shared.snapshot_due)
         };
         let records = self.walker.walk(dataplane.synced_entries(), snapshot);
-        let now = monotonic_now_ns();
         let mut shared = lock(&self.shared);
         if snapshot {
             shared.counters.snapshots_sent += 1;
         }
-        let frames = records.chunks(RECORDS_PER_FRAME).count() as u64;
-        for (index, chunk) in records.chunks(RECORDS_PER_FRAME).enumerate() {
-            let mut payload = Vec::new();
-            wire::encode(chunk, now, &mut payload);
-            if self.queue.try_send(payload).is_err() {
-                // Behind: what the standby misses now comes with a full snapshot.
-                shared.counters.frames_dropped += frames - index as u64;
-                shared.counters.resyncs += 1;
-                shared.snapshot_due = true;
-                self.walker.forget();
-                tracing::warn!(
-                    queued = QUEUE_FRAMES,
-                    "ha sync: the queue to the standby is full; frames dropped, a resync follows"
-                );
-                return;
-            }
-            shared.counters.records_sent += chunk.len() as u64;
+        if !queue_frames(&self.queue, &records, monotonic_now_ns(), &mut shared) {
+            self.walker.forget();
+            tracing::warn!(
+                queued = QUEUE_FRAMES,
+                "ha sync: the queue to the standby is full; frames dropped, a resync follows"
+            );
         }
     }
 
@@ -311,6 +299,31 @@ impl SyncState {
             counters: shared.counters,
         }
     }
+}
+
+/// Queues `records` for the standby, [`RECORDS_PER_FRAME`] to a frame; false if the queue
+/// was full: the frames from there on are dropped and counted, and a snapshot is due (the
+/// caller forgets what it sent).
+fn queue_frames(
+    queue: &mpsc::Sender<Vec<u8>>,
+    records: &[Record],
+    now_ns: u64,
+    shared: &mut Shared,
+) -> bool {
+    let frames = records.chunks(RECORDS_PER_FRAME).count() as u64;
+    for (index, chunk) in records.chunks(RECORDS_PER_FRAME).enumerate() {
+        let mut payload = Vec::new();
+        wire::encode(chunk, now_ns, &mut payload);
+        if queue.try_send(payload).is_err() {
+            // Behind: what the standby misses now comes with a full snapshot.
+            shared.counters.frames_dropped += frames - index as u64;
+            shared.counters.resyncs += 1;
+            shared.snapshot_due = true;
+            return false;
+        }
+        shared.counters.records_sent += chunk.len() as u64;
+    }
+    true
 }
 
 /// The standby's listener: one active node at a time.
@@ -532,4 +545,40 @@ fn task_ended(
 
 fn timed_out(_: tokio::time::error::Elapsed) -> AuthError {
     AuthError::Io(std::io::ErrorKind::TimedOut.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use gateway_common::Endpoint;
+
+    use super::*;
+    use crate::dataplane::sync::SyncedKey;
+
+    #[test]
+    fn a_full_queue_drops_counts_and_asks_for_a_snapshot() {
+        let (queue, mut queued) = mpsc::channel(1);
+        let mut shared = Shared::default();
+        let gone = |port: u16| {
+            Record::Remove(SyncedKey::ByPublic(Endpoint::new(
+                [203, 0, 113, 1],
+                port.to_be_bytes(),
+                6,
+            )))
+        };
+        // Three frames' worth for a queue of one.
+        let records: Vec<Record> = (0..RECORDS_PER_FRAME as u16 * 2 + 1).map(gone).collect();
+        assert!(!queue_frames(&queue, &records, 0, &mut shared));
+        assert_eq!(shared.counters.records_sent, RECORDS_PER_FRAME as u64);
+        assert_eq!(shared.counters.frames_dropped, 2);
+        assert_eq!(shared.counters.resyncs, 1);
+        assert!(shared.snapshot_due);
+        let first = queued.try_recv().expect("the first frame queued");
+        assert_eq!(
+            wire::decode(&first, 0).unwrap(),
+            records[..RECORDS_PER_FRAME]
+        );
+        // Room again: queued whole.
+        assert!(queue_frames(&queue, &records[..3], 0, &mut shared));
+        assert_eq!(shared.counters.frames_dropped, 2);
+    }
 }
