@@ -241,6 +241,39 @@ vrrp_sync_group gateway {{
     }
 }
 
+impl HaLab {
+    /// keepalived for `node` with [`HaLab::keepalived_config`], its notify hook the packaged
+    /// script telling `gateway` (over its management socket) the node's role; its files in
+    /// a directory of `dir` named after the node and priority.
+    pub fn start_keepalived(
+        &self,
+        node: &Node,
+        gateway: &crate::gateway::GatewayProcess,
+        priority: u8,
+        dir: &Path,
+    ) -> anyhow::Result<Keepalived> {
+        let notify = format!(
+            "{} {} {}",
+            notify_script().display(),
+            gateway.socket().display(),
+            crate::gateway::binary()?.display()
+        );
+        Keepalived::start(
+            &node.netns,
+            &dir.join(format!("gw{}-{}", node.id, priority)),
+            &self.keepalived_config(node, priority, &notify),
+        )
+    }
+}
+
+/// The packaged notify script (packaging/gateway-ha-notify).
+pub fn notify_script() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../packaging/gateway-ha-notify"
+    ))
+}
+
 /// A node's address on the sync link.
 pub fn sync_address(node: &Node) -> Ipv4Addr {
     Ipv4Addr::new(192, 168, 77, node.id)

@@ -26,8 +26,8 @@ use std::{
 
 use gateway_tests::{
     TempFile, check_environment,
-    gateway::{self, GatewayProcess},
-    ha_lab::{HaLab, INSIDE_VIP, Keepalived, LAN_HOST, Node, PUBLIC_VIP, WAN_HOST},
+    gateway::GatewayProcess,
+    ha_lab::{HaLab, INSIDE_VIP, LAN_HOST, Node, PUBLIC_VIP, WAN_HOST},
     netns::{Netns, unique_prefix},
 };
 
@@ -302,27 +302,6 @@ fn start_gateway(lab: &HaLab, node: &Node, key: &str) -> (GatewayProcess, [TempF
     (gateway, [key_file, config])
 }
 
-fn start_keepalived(
-    lab: &HaLab,
-    node: &Node,
-    gateway: &GatewayProcess,
-    priority: u8,
-    dir: &std::path::Path,
-) -> Keepalived {
-    let notify = format!(
-        "{} {} {}",
-        notify_script().display(),
-        gateway.socket().display(),
-        gateway::binary().expect("binary").display()
-    );
-    Keepalived::start(
-        &node.netns,
-        &dir.join(format!("gw{}", node.id)),
-        &lab.keepalived_config(node, priority, &notify),
-    )
-    .expect("keepalived")
-}
-
 fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
@@ -344,11 +323,15 @@ fn established_flows_survive_a_failover_with_their_public_ports() {
     let [first, second] = &lab.nodes;
     let (mut one, _one_files) = start_gateway(&lab, first, KEY);
     let (two, _two_files) = start_gateway(&lab, second, KEY);
-    let mut one_keepalived = start_keepalived(&lab, first, &one, 150, &dir);
+    let mut one_keepalived = lab
+        .start_keepalived(first, &one, 150, &dir)
+        .expect("keepalived");
     wait_until("gw1 master", Duration::from_secs(15), || {
         status(&one)["ha"]["role"] == "master"
     });
-    let two_keepalived = start_keepalived(&lab, second, &two, 100, &dir);
+    let two_keepalived = lab
+        .start_keepalived(second, &two, 100, &dir)
+        .expect("keepalived");
     two_keepalived
         .wait_for_log("Entering BACKUP STATE", Duration::from_secs(10))
         .expect("gw2 backup");
@@ -483,14 +466,6 @@ fn a_standby_with_another_key_refuses_the_master_and_gets_no_state() {
             assert_eq!(value, 0, "{}: {counter}", host.name());
         }
     }
-}
-
-/// The packaged notify script (packaging/gateway-ha-notify).
-fn notify_script() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../packaging/gateway-ha-notify"
-    ))
 }
 
 struct RemoveDir(PathBuf);
