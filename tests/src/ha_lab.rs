@@ -10,6 +10,10 @@
 //!                                  (public VIP, the masquerade address)
 //! ```
 //!
+//! The two gateways are also joined by a link of their own, `veth-sync` (192.168.77.<id>/24),
+//! for the state sync, as a pair is usually cabled: the sync stays off the segments the fast
+//! path translates.
+//!
 //! Each segment is a bridge inside its own namespace (which is also the segment's one host);
 //! every link is a veth pair created with both ends in lab namespaces. keepalived talks
 //! unicast VRRP between the nodes' own addresses, so no multicast crosses the bridges.
@@ -36,6 +40,7 @@ pub const PUBLIC_VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 
 pub const INSIDE_IF: &str = "veth-in";
 pub const OUTSIDE_IF: &str = "veth-out";
+pub const SYNC_IF: &str = "veth-sync";
 const BRIDGE: &str = "br0";
 
 /// One gateway node: its namespace and own addresses.
@@ -103,6 +108,26 @@ impl HaLab {
                 ))?;
             }
         }
+        crate::run(Command::new("ip").args([
+            "link",
+            "add",
+            SYNC_IF,
+            "netns",
+            nodes[0].netns.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            SYNC_IF,
+            "netns",
+            nodes[1].netns.name(),
+        ]))?;
+        for node in &nodes {
+            node.netns.sh(&format!(
+                "ip addr add {}/24 dev {SYNC_IF}\nip link set {SYNC_IF} up",
+                sync_address(node)
+            ))?;
+        }
         lan.sh(&format!("ip route add default via {INSIDE_VIP}"))?;
         Ok(HaLab {
             prefix: prefix.to_owned(),
@@ -130,6 +155,21 @@ impl HaLab {
              [ha]\nnode_id = {id}\npeer = \"{peer}\"\n",
             id = node.id,
             peer = self.peer_of(node),
+        )
+    }
+
+    /// As [`HaLab::gateway_config`], with the state sync: the peer is the other node's
+    /// address on the sync link, the shared key in `key_file`.
+    pub fn synced_gateway_config(&self, node: &Node, key_file: &Path) -> String {
+        let peer = self
+            .nodes
+            .iter()
+            .find(|other| other.id != node.id)
+            .map_or(sync_address(node), sync_address);
+        let own_peer = format!("peer = \"{}\"", self.peer_of(node));
+        self.gateway_config(node).replace(
+            &own_peer,
+            &format!("peer = \"{peer}\"\nkey_file = \"{}\"", key_file.display()),
         )
     }
 
@@ -199,6 +239,44 @@ vrrp_sync_group gateway {{
             ),
         )
     }
+}
+
+impl HaLab {
+    /// keepalived for `node` with [`HaLab::keepalived_config`], its notify hook the packaged
+    /// script telling `gateway` (over its management socket) the node's role; its files in
+    /// a directory of `dir` named after the node and priority.
+    pub fn start_keepalived(
+        &self,
+        node: &Node,
+        gateway: &crate::gateway::GatewayProcess,
+        priority: u8,
+        dir: &Path,
+    ) -> anyhow::Result<Keepalived> {
+        let notify = format!(
+            "{} {} {}",
+            notify_script().display(),
+            gateway.socket().display(),
+            crate::gateway::binary()?.display()
+        );
+        Keepalived::start(
+            &node.netns,
+            &dir.join(format!("gw{}-{}", node.id, priority)),
+            &self.keepalived_config(node, priority, &notify),
+        )
+    }
+}
+
+/// The packaged notify script (packaging/gateway-ha-notify).
+pub fn notify_script() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../packaging/gateway-ha-notify"
+    ))
+}
+
+/// A node's address on the sync link.
+pub fn sync_address(node: &Node) -> Ipv4Addr {
+    Ipv4Addr::new(192, 168, 77, node.id)
 }
 
 /// keepalived running in the foreground in a namespace, its config, pid files and log in

@@ -31,7 +31,7 @@ use std::{
 use gateway_tests::{
     TempFile, check_environment,
     gateway::{self, GatewayProcess},
-    ha_lab::{HaLab, Keepalived, LAN_HOST, Node, PUBLIC_VIP, WAN_HOST},
+    ha_lab::{HaLab, Keepalived, LAN_HOST, Node, PUBLIC_VIP, WAN_HOST, notify_script},
     netns::{Netns, unique_prefix},
 };
 
@@ -166,27 +166,6 @@ fn start_gateway(lab: &HaLab, node: &Node) -> GatewayProcess {
     GatewayProcess::start(&node.netns, &config.0, &[]).expect("gateway")
 }
 
-fn start_keepalived(
-    lab: &HaLab,
-    node: &Node,
-    gateway: &GatewayProcess,
-    priority: u8,
-    dir: &std::path::Path,
-) -> Keepalived {
-    let notify = format!(
-        "{} {} {}",
-        notify_script().display(),
-        gateway.socket().display(),
-        gateway::binary().expect("binary").display()
-    );
-    Keepalived::start(
-        &node.netns,
-        &dir.join(format!("gw{}-{}", node.id, priority)),
-        &lab.keepalived_config(node, priority, &notify),
-    )
-    .expect("keepalived")
-}
-
 #[test]
 fn keepalived_picks_the_master_and_the_backup_takes_over() {
     check_environment().expect("environment");
@@ -211,9 +190,15 @@ fn keepalived_picks_the_master_and_the_backup_takes_over() {
     assert!(text.contains("ha          node 1 backup"), "{text}");
 
     // The first keepalived alone: no adverts heard, it takes the addresses.
-    one.keepalived = Some(start_keepalived(&lab, first, &one.gateway, 150, &dir));
+    one.keepalived = Some(
+        lab.start_keepalived(first, &one.gateway, 150, &dir)
+            .expect("keepalived"),
+    );
     wait_for_role(&one.gateway, "master", Duration::from_secs(15));
-    two.keepalived = Some(start_keepalived(&lab, second, &two.gateway, 100, &dir));
+    two.keepalived = Some(
+        lab.start_keepalived(second, &two.gateway, 100, &dir)
+            .expect("keepalived"),
+    );
     if let Some(keepalived) = &two.keepalived {
         keepalived
             .wait_for_log("Entering BACKUP STATE", Duration::from_secs(10))
@@ -302,7 +287,10 @@ fn keepalived_picks_the_master_and_the_backup_takes_over() {
         ))
         .expect("node 1 back");
     one.gateway = start_gateway(&lab, first);
-    one.keepalived = Some(start_keepalived(&lab, first, &one.gateway, 150, &dir));
+    one.keepalived = Some(
+        lab.start_keepalived(first, &one.gateway, 150, &dir)
+            .expect("keepalived"),
+    );
     if let Some(keepalived) = &one.keepalived {
         keepalived
             .wait_for_log("Entering BACKUP STATE", Duration::from_secs(10))
@@ -387,14 +375,6 @@ fn assert_translated_by(gateway: &GatewayProcess, echo: &EchoServer) {
             .any(|row| row["translated"] == translated.as_str()),
         "no session translated to {translated} in {text}"
     );
-}
-
-/// The packaged notify script (packaging/gateway-ha-notify).
-fn notify_script() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../packaging/gateway-ha-notify"
-    ))
 }
 
 struct RemoveDir(PathBuf);

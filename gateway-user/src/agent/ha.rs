@@ -2,14 +2,20 @@
 //! fast path follows it: attached on promotion to master, detached on `backup` or `fault`.
 //! A node with `[ha]` starts detached (see `startup`), and the once-a-second interface
 //! check re-attaches nothing while it is a standby.
+//!
+//! With `[ha] key_file`, the state sync ([`crate::ha::sync`]) follows the role too: a master
+//! streams its maps to the peer, a standby writes what it receives into its own.
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 
 use super::{Agent, startup::warn_of_veth_redirect};
 use crate::{
-    ha::{Role, Transition},
+    ha::{
+        Role, Transition,
+        sync::{SyncEvent, SyncEvents, SyncState},
+    },
     management::HaStatus,
     metrics::HaSnapshot,
     system,
@@ -34,7 +40,11 @@ impl Agent {
             );
         };
         let from = state.role();
-        match state.change(role) {
+        let transition = state.change(role);
+        if let Some(sync) = &mut self.sync {
+            sync.set_master(role.passes_traffic());
+        }
+        match transition {
             Transition::Unchanged => {}
             Transition::StandbyToStandby => {
                 tracing::info!(%from, to = %role, "ha: role changed; the fast path stays detached");
@@ -123,6 +133,35 @@ impl Agent {
         self.refresh_redirect_ports();
     }
 
+    /// Starts the state sync if `[ha]` has a key (inside the runtime).
+    pub(super) fn start_sync(&mut self) -> anyhow::Result<()> {
+        let Some(ha) = &self.config.ha else {
+            return Ok(());
+        };
+        let Some(key) = &ha.key else {
+            tracing::warn!(
+                "ha: no key_file in [ha]: no state sync, a failover loses the established flows"
+            );
+            return Ok(());
+        };
+        let sync = SyncState::start(ha, key).with_context(|| {
+            format!("cannot listen for the state sync on port {}", ha.sync_port)
+        })?;
+        tracing::info!(peer = %ha.peer, port = ha.sync_port, "ha: state sync listening");
+        self.sync = Some(sync);
+        Ok(())
+    }
+
+    pub(super) fn on_sync_event(&mut self, event: SyncEvent) {
+        let Some(sync) = &mut self.sync else {
+            return;
+        };
+        match event {
+            SyncEvent::Walk => sync.walk(&self.dataplane),
+            SyncEvent::Incoming(incoming) => sync.apply(&mut self.dataplane, incoming),
+        }
+    }
+
     pub(super) fn ha_status(&self) -> Option<HaStatus> {
         let (config, state) = (self.config.ha.as_ref()?, self.ha.as_ref()?);
         Some(HaStatus {
@@ -140,6 +179,7 @@ impl Agent {
             attached: self.attachments.iter().all(Option::is_some),
             promotions: state.promotions(),
             last_promotion_ms: state.last_promotion().map(|took| took.as_secs_f64() * 1e3),
+            sync: self.sync.as_ref().map(SyncState::status),
         })
     }
 
@@ -150,6 +190,15 @@ impl Agent {
             transitions: state.transitions(),
             promotions: state.promotions(),
             last_promotion_seconds: state.last_promotion().map(|took| took.as_secs_f64()),
+            sync: self.sync.as_ref().map(SyncState::status),
         })
+    }
+}
+
+/// The sync's next event, or never without a sync.
+pub(super) async fn next_sync_event(events: Option<&mut SyncEvents>) -> SyncEvent {
+    match events {
+        Some(events) => events.next().await,
+        None => std::future::pending().await,
     }
 }

@@ -50,7 +50,7 @@ use crate::{
     },
     config::{Config, Hook, XdpMode},
     dataplane::{Attachment, Dataplane},
-    ha::RoleState,
+    ha::{RoleState, sync::SyncState},
     management::{Request, Response},
     metrics,
     sysctl::HostSettings,
@@ -75,6 +75,8 @@ struct Agent {
     punt_tap: Option<(String, u32)>,
     /// With `[ha]`: the role keepalived gave this node; only a master is attached.
     ha: Option<RoleState>,
+    /// With `[ha] key_file`: the state sync with the peer.
+    sync: Option<SyncState>,
 }
 
 struct Signals {
@@ -117,6 +119,7 @@ impl Agent {
             ring_batch: Vec::new(),
             tap_batch: Vec::new(),
         };
+        let mut sync_events = self.sync.as_mut().and_then(SyncState::take_events);
         loop {
             tokio::select! {
                 _ = interrupt.recv() => return Ok("SIGINT"),
@@ -134,6 +137,7 @@ impl Agent {
                     self.take_punts(&mut punts);
                 }
                 _ = ticks.tick() => self.sweep(),
+                event = ha::next_sync_event(sync_events.as_mut()) => self.on_sync_event(event),
                 _ = interface_checks.tick() => {
                     self.check_interfaces();
                     let owed = self.alg.table.resend_owed();

@@ -223,8 +223,10 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
             .as_ref()
             .map(|tap| (tap.name().to_owned(), tap.ifindex())),
         ha,
+        sync: None,
     };
     let result = runtime.block_on(async {
+        agent.start_sync()?;
         let reader = PuntReader::new(punt_ring).context("cannot watch the punt ring buffer")?;
         let listener = bind_management(&socket_path)?;
         let metrics = match agent.config.metrics_listen {

@@ -34,6 +34,12 @@ impl Agent {
         // The ALG's mappings and claimed data ports have no fast-path session yet.
         self.alg.table.forget_used(&mut self.dataplane);
         self.alg.save_state();
+        if self.sync.is_some() && !self.passes_traffic() {
+            // A standby's entries are the active node's: its sweep removes them, and the
+            // removals travel. A standby sweeping on its own would expire them early (their
+            // last-seen times are refreshed coarsely) or late.
+            return;
+        }
         let held = self.alg.table.held_endpoints(now);
         match self.dataplane.sweep(&mut self.sweeping.sweeper, now, &held) {
             Ok(sweep) => {

@@ -1,14 +1,49 @@
 //! `[ha]`: this node's place in an active/standby pair. Its presence makes the agent start
 //! as a standby that attaches its programs only when keepalived makes it master
-//! ([`crate::ha`]). The peer and the port are those of the coming state sync (issue 16):
-//! validated now, so that a file written today keeps its meaning.
+//! ([`crate::ha`]). With `key_file`, the node also runs the state sync with its peer
+//! ([`crate::ha::sync`]): the active node streams its fast path's state to `peer:sync_port`,
+//! every frame authenticated with the shared key.
 
-use std::net::Ipv4Addr;
+use std::{fmt, net::Ipv4Addr, path::PathBuf};
 
 use serde::Deserialize;
 
 /// The port the state sync listens on unless `[ha] sync_port` says otherwise.
 pub const DEFAULT_SYNC_PORT: u16 = 7946;
+
+/// The shortest shared key the state sync accepts, in bytes: 128 bits of a random key.
+pub const MIN_SYNC_KEY_BYTES: usize = 16;
+
+/// The shared key of the state sync, as read from `[ha] key_file`. Its `Debug` does not
+/// show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SyncKey(Vec<u8>);
+
+impl SyncKey {
+    /// The key from a file's contents: one trailing newline (an editor's) is not part of it.
+    pub fn from_file_contents(mut bytes: Vec<u8>) -> Result<SyncKey, String> {
+        if bytes.last() == Some(&b'\n') {
+            bytes.pop();
+        }
+        if bytes.len() < MIN_SYNC_KEY_BYTES {
+            return Err(format!(
+                "{} bytes: too short, the key must have at least {MIN_SYNC_KEY_BYTES} (such as the output of `head -c 32 /dev/urandom | base64`)",
+                bytes.len()
+            ));
+        }
+        Ok(SyncKey(bytes))
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SyncKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SyncKey({} bytes)", self.0.len())
+    }
+}
 
 /// `[ha]`, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +55,11 @@ pub struct Ha {
     pub peer: Ipv4Addr,
     /// The TCP port both nodes' state sync uses.
     pub sync_port: u16,
+    /// The state sync's shared key (`key_file`); `None`: no state sync (roles only, a
+    /// failover loses the established flows).
+    pub key: Option<SyncKey>,
+    /// Where the key was read from, for messages.
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -29,6 +69,7 @@ pub(super) struct RawHa {
     peer: String,
     #[serde(default = "default_sync_port")]
     sync_port: i64,
+    key_file: Option<String>,
 }
 
 fn default_sync_port() -> i64 {
@@ -61,9 +102,29 @@ pub(super) fn parse_ha(raw: &RawHa) -> Result<Ha, String> {
         .ok()
         .filter(|port| *port != 0)
         .ok_or_else(|| format!("ha.sync_port = {}: expected 1 to 65535", raw.sync_port))?;
+    let (key, key_file) = match raw.key_file.as_deref() {
+        None => (None, None),
+        Some(path) => {
+            let path = PathBuf::from(path);
+            if !path.is_absolute() {
+                return Err(format!(
+                    "ha.key_file = {:?}: expected an absolute path",
+                    path.display()
+                ));
+            }
+            let bytes = std::fs::read(&path).map_err(|err| {
+                format!("ha.key_file = {:?}: cannot read it: {err}", path.display())
+            })?;
+            let key = SyncKey::from_file_contents(bytes)
+                .map_err(|err| format!("ha.key_file = {:?}: {err}", path.display()))?;
+            (Some(key), Some(path))
+        }
+    };
     Ok(Ha {
         node_id,
         peer,
         sync_port,
+        key,
+        key_file,
     })
 }

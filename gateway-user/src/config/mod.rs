@@ -21,7 +21,7 @@ use std::{
 pub use diff::{ConfigDiff, RestartPart};
 use gateway_common::{IPPROTO_TCP, IPPROTO_UDP};
 pub use gateway_ftp::policy::{NotFtpAction, Policy, TlsPolicy, ViolationAction};
-pub use ha::{DEFAULT_SYNC_PORT, Ha};
+pub use ha::{DEFAULT_SYNC_PORT, Ha, MIN_SYNC_KEY_BYTES, SyncKey};
 use parse::{line_column, parse_endpoint, parse_ftp, parse_masquerade};
 use policy::apply_policy;
 use raw::RawConfig;

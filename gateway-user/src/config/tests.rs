@@ -296,6 +296,8 @@ fn ha_is_optional_and_its_values_are_checked() {
             node_id: 2,
             peer: "192.0.2.1".parse().unwrap(),
             sync_port: DEFAULT_SYNC_PORT,
+            key: None,
+            key_file: None,
         }
     );
     let port = parse(&format!(
@@ -346,4 +348,33 @@ fn ha_is_optional_and_its_values_are_checked() {
         )
     ));
     assert!(pinned.contains("[ha] with dataplane.pin_path"), "{pinned}");
+}
+
+#[test]
+fn the_sync_key_is_read_from_its_file_and_refused_when_short() {
+    let dir = std::env::temp_dir().join(format!("gateway-key-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.key");
+    std::fs::write(&good, "0123456789abcdef0123\n").unwrap();
+    let short = dir.join("short.key");
+    std::fs::write(&short, "0123456789abcde\n").unwrap();
+    let table = |path: &str| {
+        format!("{GOOD}\n[ha]\nnode_id = 1\npeer = \"192.0.2.2\"\nkey_file = {path:?}\n")
+    };
+    let ha = parse(&table(&good.display().to_string()))
+        .unwrap()
+        .ha
+        .unwrap();
+    assert_eq!(
+        ha.key.as_ref().map(|key| key.bytes()),
+        Some(&b"0123456789abcdef0123"[..])
+    );
+    assert_eq!(format!("{:?}", ha.key.unwrap()), "SyncKey(20 bytes)");
+    let message = error(&table(&short.display().to_string()));
+    assert!(message.contains("15 bytes: too short"), "{message}");
+    let message = error(&table("relative.key"));
+    assert!(message.contains("expected an absolute path"), "{message}");
+    let message = error(&table(&dir.join("missing.key").display().to_string()));
+    assert!(message.contains("cannot read it"), "{message}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

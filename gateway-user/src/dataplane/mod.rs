@@ -2,7 +2,7 @@
 //!
 //! One file per concern: `maps` takes the typed map handles once, at load; `rules` writes
 //! the config into them; `alg` is what the FTP ALG asks of them; [`sweep`] walks the session
-//! tables; [`attach`] puts the programs on interfaces; `pins` keeps maps and links on a bpffs
+//! tables; [`sync`] reads and writes what the HA state sync carries; [`attach`] puts the programs on interfaces; `pins` keeps maps and links on a bpffs
 //! across agents.
 
 mod alg;
@@ -11,6 +11,7 @@ mod maps;
 mod pins;
 mod rules;
 pub mod sweep;
+pub mod sync;
 
 use std::path::PathBuf;
 

@@ -8,8 +8,11 @@
 //! the "attach on promotion" choice; [`RoleState::promoted`] records how long each
 //! promotion took (request to attached), which `gateway status` and the metrics show.
 //!
-//! State sync (sessions, mappings, expectations, FTP control sessions streamed to the peer)
-//! does not exist yet: a failover loses the established flows.
+//! With `[ha] key_file`, the master streams its fast path's state to the standby ([`sync`]):
+//! established flows go on through the standby after a failover. The FTP ALG's control
+//! sessions are not synced yet.
+
+pub mod sync;
 
 use std::{
     fmt,

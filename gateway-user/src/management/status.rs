@@ -36,7 +36,7 @@ pub struct Status {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HaStatus {
     pub node_id: u8,
-    /// The peer's state-sync address and port (`[ha]`; the sync itself is not built yet).
+    /// The peer's state-sync address and port (`[ha]`).
     pub peer: String,
     pub role: crate::ha::Role,
     /// When the role last changed (or the agent started), in seconds since the Unix epoch.
@@ -50,13 +50,16 @@ pub struct HaStatus {
     pub promotions: u64,
     /// How long the last promotion took, from the `master` request to programs attached.
     pub last_promotion_ms: Option<f64>,
+    /// The state sync (`[ha] key_file`); `None`: not configured.
+    #[serde(default)]
+    pub sync: Option<crate::ha::sync::SyncStatus>,
 }
 
 impl fmt::Display for HaStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "node {} {} for {}s ({} transitions), programs {}, peer {} (state sync not built yet)",
+            "node {} {} for {}s ({} transitions), programs {}, peer {}",
             self.node_id,
             self.role,
             self.for_seconds,
@@ -75,7 +78,26 @@ impl fmt::Display for HaStatus {
                 self.promotions
             )?;
         }
-        Ok(())
+        match &self.sync {
+            None => write!(f, ", no state sync (no key_file)"),
+            Some(sync) => {
+                let counters = &sync.counters;
+                write!(
+                    f,
+                    "\n            sync {}: lag {} frames, sent {} frames ({} records, {} snapshots), applied {} frames ({} records), dropped {}, resyncs {}, refused {}",
+                    sync.link,
+                    sync.lag_frames,
+                    counters.frames_sent,
+                    counters.records_sent,
+                    counters.snapshots_sent,
+                    counters.frames_applied,
+                    counters.records_applied,
+                    counters.frames_dropped,
+                    counters.resyncs,
+                    counters.refused
+                )
+            }
+        }
     }
 }
 
@@ -359,10 +381,11 @@ mod tests {
             attached: true,
             promotions: 1,
             last_promotion_ms: Some(2.54),
+            sync: None,
         });
         assert!(status.to_string().contains(
             "ftp policy  on_violation=reject tls=deny anonymous=true pipelining=false deny_commands=2 allow_users=0 deny_users=1\n\
-             ha          node 2 master for 4s (1 transitions), programs attached, peer 192.0.2.1:7946 (state sync not built yet), last promotion attached in 2.5 ms (1 in all)\n"
+             ha          node 2 master for 4s (1 transitions), programs attached, peer 192.0.2.1:7946, last promotion attached in 2.5 ms (1 in all), no state sync (no key_file)\n"
         ), "{status}");
         let json = serde_json::to_value(&status).unwrap();
         assert_eq!(json["ha"]["role"], "master");

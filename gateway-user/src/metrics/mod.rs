@@ -17,7 +17,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::ha::Role;
+use crate::ha::{Role, sync::SyncStatus};
 
 /// The `Content-Type` of what [`render`] writes.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -47,6 +47,8 @@ pub struct HaSnapshot {
     pub promotions: u64,
     /// Seconds the last promotion took, from the `master` request to programs attached.
     pub last_promotion_seconds: Option<f64>,
+    /// The state sync; `None` without `[ha] key_file`.
+    pub sync: Option<SyncStatus>,
 }
 
 impl HaSnapshot {
@@ -85,8 +87,79 @@ impl HaSnapshot {
             )?;
             ConstGauge::new(seconds).encode(metric)?;
         }
+        if let Some(sync) = &self.sync {
+            encode_sync(sync, encoder)?;
+        }
         Ok(())
     }
+}
+
+/// The state sync's counters and lag.
+fn encode_sync(sync: &SyncStatus, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let counters = &sync.counters;
+    for (name, help, value) in [
+        (
+            "gateway_ha_sync_connections",
+            "State-sync connections authenticated.",
+            counters.connections,
+        ),
+        (
+            "gateway_ha_sync_refused",
+            "State-sync connections refused: not from the peer, or without the key.",
+            counters.refused,
+        ),
+        (
+            "gateway_ha_sync_frames_sent",
+            "Frames sent to the standby (keepalives included).",
+            counters.frames_sent,
+        ),
+        (
+            "gateway_ha_sync_records_sent",
+            "Records (entries written or removed) sent to the standby.",
+            counters.records_sent,
+        ),
+        (
+            "gateway_ha_sync_frames_dropped",
+            "Frames dropped because the queue to the standby was full.",
+            counters.frames_dropped,
+        ),
+        (
+            "gateway_ha_sync_snapshots_sent",
+            "Bulk snapshots sent to the standby.",
+            counters.snapshots_sent,
+        ),
+        (
+            "gateway_ha_sync_resyncs",
+            "Snapshots forced by dropped frames.",
+            counters.resyncs,
+        ),
+        (
+            "gateway_ha_sync_frames_applied",
+            "Frames from the active node applied to the maps.",
+            counters.frames_applied,
+        ),
+        (
+            "gateway_ha_sync_records_applied",
+            "Records from the active node applied to the maps.",
+            counters.records_applied,
+        ),
+        (
+            "gateway_ha_sync_apply_errors",
+            "Records the maps refused.",
+            counters.apply_errors,
+        ),
+    ] {
+        let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        ConstCounter::new(value).encode(metric)?;
+    }
+    let metric = encoder.encode_descriptor(
+        "gateway_ha_sync_lag_frames",
+        "Frames sent to the standby and not yet acknowledged as applied.",
+        None,
+        MetricType::Gauge,
+    )?;
+    ConstGauge::new(sync.lag_frames as i64).encode(metric)?;
+    Ok(())
 }
 
 /// The ALG total that [`Snapshot::violations`] breaks down: exposed only by check, since an
@@ -225,6 +298,16 @@ mod tests {
                 transitions: 3,
                 promotions: 1,
                 last_promotion_seconds: Some(0.0025),
+                sync: Some(SyncStatus {
+                    link: "receiving".into(),
+                    lag_frames: 0,
+                    last_applied_ms_ago: Some(120),
+                    counters: crate::ha::sync::SyncCounters {
+                        frames_applied: 12,
+                        refused: 1,
+                        ..Default::default()
+                    },
+                }),
             }),
         });
         assert!(
@@ -245,5 +328,11 @@ mod tests {
             text.contains("gateway_ha_last_promotion_seconds 0.0025\n"),
             "{text}"
         );
+        assert!(
+            text.contains("gateway_ha_sync_frames_applied_total 12\n"),
+            "{text}"
+        );
+        assert!(text.contains("gateway_ha_sync_refused_total 1\n"), "{text}");
+        assert!(text.contains("gateway_ha_sync_lag_frames 0\n"), "{text}");
     }
 }
