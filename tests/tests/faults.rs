@@ -357,7 +357,14 @@ for port in range(40000, 40800):
             client = lab::CLIENT
         ))
         .expect("udp flows");
+    // The warning comes with a sweep (every second), which a loaded machine may delay: wait
+    // for it, for a bounded time.
+    let warned = |gateway: &GatewayProcess| gateway.output().contains("session table nearly full");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
     std::thread::sleep(Duration::from_millis(2500));
+    while !warned(&gateway) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+    }
     let frames = capture.finish().expect("capture");
     // Still answering, and still translating.
     gateway.ask(&["status"]).expect("status");
