@@ -429,22 +429,16 @@ impl Packet for TcContext {
         let old_inner: [u8; 2] = self.load(inner_ip_check_off).map_err(|_| RewriteFailed)?;
         let new_inner =
             checksum::replace_u32(u16::from_be_bytes(old_inner), old, new).to_be_bytes();
-        self.store(addr_off, &new, 0).map_err(|_| RewriteFailed)?;
-        self.store(inner_ip_check_off, &new_inner, 0)
-            .map_err(|_| RewriteFailed)?;
-        // ICMP has no pseudo-header: plain replacements in its checksum.
-        let (from, to) = (
-            u32::from_ne_bytes(old) as u64,
-            u32::from_ne_bytes(new) as u64,
-        );
-        self.l4_csum_replace(icmp_check_off, from, to, 4)
-            .map_err(|_| RewriteFailed)?;
-        let (from, to) = (
-            u16::from_ne_bytes(old_inner) as u64,
-            u16::from_ne_bytes(new_inner) as u64,
-        );
-        self.l4_csum_replace(icmp_check_off, from, to, 2)
-            .map_err(|_| RewriteFailed)
+        // ICMP has no pseudo-header: plain replacements in its checksum, for the quoted
+        // address and for the quoted header's checksum that changes with it.
+        tc_store_outside_pseudo_header(self, addr_off, icmp_check_off, old, new)?;
+        tc_store_outside_pseudo_header(
+            self,
+            inner_ip_check_off,
+            icmp_check_off,
+            old_inner,
+            new_inner,
+        )
     }
 
     #[inline(always)]

@@ -9,52 +9,20 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 mod common;
 
-use common::{Hook, TC_ACT_SHOT, XDP_DROP, pass, run};
+use common::{Hook, TC_ACT_SHOT, XDP_DROP, ftp_dataplane, pass, run};
 use etherparse::{PacketBuilder, TcpOptionElement};
 use gateway_common::{
     Counter, FlowKey, IPPROTO_TCP, Rewrite,
     control_ack::{ControlAck, SeqShift},
 };
-use gateway_tests::{check_environment, packet::checksum_error};
-use gateway_user::{
-    config::{Alg, Filtering, Forwarding, Ipv4Net, Masquerade, Protocol, Publish, Timeouts},
-    dataplane::Dataplane,
-};
+use gateway_tests::packet::checksum_error;
+use gateway_user::dataplane::Dataplane;
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const INSIDE_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
 const OUTSIDE_SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
-
-fn dataplane() -> Dataplane {
-    check_environment().expect("environment");
-    let mut dataplane = Dataplane::load(false, 4096).expect("load");
-    dataplane
-        .publish(&[Publish {
-            public: SocketAddrV4::new(PUBLIC, 21),
-            private: SocketAddrV4::new(SERVER, 21),
-            protocol: Protocol::Tcp,
-            alg: Some(Alg::Ftp),
-            policy: None,
-        }])
-        .expect("publish");
-    let masquerade = Masquerade {
-        networks: vec!["10.0.0.0/24".parse::<Ipv4Net>().unwrap()],
-        addresses: vec![PUBLIC],
-        ports: 1024..=65535,
-        filtering: Filtering::AddressDependent,
-    };
-    dataplane
-        .configure_nat(
-            Some(&masquerade),
-            &Timeouts::default(),
-            Forwarding::Kernel,
-            &[21],
-        )
-        .expect("configure");
-    dataplane
-}
 
 /// A TCP segment as a stack sends it: `options` and `payload` as given.
 struct Segment {
@@ -184,7 +152,7 @@ fn assert_punted(dataplane: &mut Dataplane, hook: Hook, input: &Segment, what: &
 
 #[test]
 fn a_published_servers_pure_acks_are_forwarded_through_the_edits() {
-    let mut dataplane = dataplane();
+    let mut dataplane = ftp_dataplane();
     let client = SocketAddrV4::new(CLIENT, 40000);
     let public = SocketAddrV4::new(PUBLIC, 21);
     let server = SocketAddrV4::new(SERVER, 21);
@@ -259,7 +227,7 @@ fn a_published_servers_pure_acks_are_forwarded_through_the_edits() {
 
 #[test]
 fn numbers_wrap_and_masqueraded_clients_acks_get_their_mapping() {
-    let mut dataplane = dataplane();
+    let mut dataplane = ftp_dataplane();
     let inside = SocketAddrV4::new(INSIDE_CLIENT, 41000);
     let mapped = SocketAddrV4::new(PUBLIC, 41000);
     let server = SocketAddrV4::new(OUTSIDE_SERVER, 21);
@@ -320,7 +288,7 @@ fn numbers_wrap_and_masqueraded_clients_acks_get_their_mapping() {
 
 #[test]
 fn what_is_not_a_plain_pure_ack_still_goes_to_the_agent() {
-    let mut dataplane = dataplane();
+    let mut dataplane = ftp_dataplane();
     let client = SocketAddrV4::new(CLIENT, 40000);
     let public = SocketAddrV4::new(PUBLIC, 21);
     let server = SocketAddrV4::new(SERVER, 21);

@@ -7,14 +7,10 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 mod common;
 
 use aya::programs::{TestRun, TestRunOptions};
-use common::{Hook, TC_ACT_SHOT, XDP_DROP, run};
+use common::{Hook, TC_ACT_SHOT, XDP_DROP, ftp_dataplane, run};
 use gateway_common::{Counter, PuntReason};
 use gateway_tests::{check_environment, frame::FrameSpec};
-use gateway_user::{
-    alg::shell::decode,
-    config::{Alg, Filtering, Forwarding, Ipv4Net, Masquerade, Protocol, Publish, Timeouts},
-    dataplane::Dataplane,
-};
+use gateway_user::{alg::shell::decode, dataplane::Dataplane};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
@@ -22,35 +18,6 @@ const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const INSIDE_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
 const OUTSIDE_SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 const ETH_LEN: usize = 14;
-
-fn dataplane() -> Dataplane {
-    check_environment().expect("environment");
-    let mut dataplane = Dataplane::load(false, 4096).expect("load");
-    dataplane
-        .publish(&[Publish {
-            public: SocketAddrV4::new(PUBLIC, 21),
-            private: SocketAddrV4::new(SERVER, 21),
-            protocol: Protocol::Tcp,
-            alg: Some(Alg::Ftp),
-            policy: None,
-        }])
-        .expect("publish");
-    let masquerade = Masquerade {
-        networks: vec!["10.0.0.0/24".parse::<Ipv4Net>().unwrap()],
-        addresses: vec![PUBLIC],
-        ports: 1024..=65535,
-        filtering: Filtering::AddressDependent,
-    };
-    dataplane
-        .configure_nat(
-            Some(&masquerade),
-            &Timeouts::default(),
-            Forwarding::Kernel,
-            &[21],
-        )
-        .expect("configure");
-    dataplane
-}
 
 fn dropped(hook: Hook) -> u32 {
     match hook {
@@ -70,7 +37,7 @@ fn counter(dataplane: &Dataplane, wanted: Counter) -> u64 {
 
 #[test]
 fn control_packets_go_to_the_ring_whole_and_no_further() {
-    let mut dataplane = dataplane();
+    let mut dataplane = ftp_dataplane();
     let mut ring = dataplane.take_punt_ring().expect("ring");
     let cases = [
         (
@@ -149,7 +116,7 @@ fn control_packets_go_to_the_ring_whole_and_no_further() {
 
 #[test]
 fn a_full_ring_drops_and_counts_instead_of_forwarding() {
-    let mut dataplane = dataplane();
+    let mut dataplane = ftp_dataplane();
     // Nobody reads the ring: it fills, and every packet after that is dropped and counted.
     let frame = FrameSpec::tcp(
         SocketAddrV4::new(CLIENT, 40000),
@@ -206,7 +173,7 @@ fn punts_go_to_the_tap_and_fall_back_to_the_ring_when_it_is_gone() {
     let remover = gateway_tests::netns::Netns::existing(netns.name()).expect("netns");
     netns
         .spawn(move || {
-            let mut dataplane = dataplane();
+            let mut dataplane = ftp_dataplane();
             let mut ring = dataplane.take_punt_ring().expect("ring");
             assert_eq!(dataplane.punt_tap().expect("read PUNT_TAP"), None);
             dataplane

@@ -3,7 +3,13 @@
 
 use aya::programs::{TestRun, TestRunOptions};
 use gateway_tests::{frame::FrameSpec, packet::checksum_error};
-use gateway_user::dataplane::Dataplane;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use gateway_tests::check_environment;
+use gateway_user::{
+    config::{Alg, Filtering, Forwarding, Ipv4Net, Masquerade, Protocol, Publish, Timeouts},
+    dataplane::Dataplane,
+};
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -108,4 +114,35 @@ fn leave_the_host_namespace() {
             std::io::Error::last_os_error()
         );
     }
+}
+
+/// The fast path as the FTP TestRun tests need it: 203.0.113.1:21 published with the ALG
+/// (10.0.0.2:21 behind it) and 10.0.0.0/24 masqueraded behind 203.0.113.1, control port 21.
+pub fn ftp_dataplane() -> Dataplane {
+    check_environment().expect("environment");
+    let mut dataplane = Dataplane::load(false, 4096).expect("load");
+    dataplane
+        .publish(&[Publish {
+            public: SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 1), 21),
+            private: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 21),
+            protocol: Protocol::Tcp,
+            alg: Some(Alg::Ftp),
+            policy: None,
+        }])
+        .expect("publish");
+    let masquerade = Masquerade {
+        networks: vec!["10.0.0.0/24".parse::<Ipv4Net>().unwrap()],
+        addresses: vec![Ipv4Addr::new(203, 0, 113, 1)],
+        ports: 1024..=65535,
+        filtering: Filtering::AddressDependent,
+    };
+    dataplane
+        .configure_nat(
+            Some(&masquerade),
+            &Timeouts::default(),
+            Forwarding::Kernel,
+            &[21],
+        )
+        .expect("configure");
+    dataplane
 }
