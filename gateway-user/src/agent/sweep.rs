@@ -52,8 +52,8 @@ impl Agent {
         }
         // An LRU table never refuses an entry: when full it evicts the least recently used
         // connection, whose next packet then needs a new session. Say so before it bites.
-        let (entries, capacity) = self.dataplane.session_occupancy();
-        if entries as u64 * 10 >= u64::from(capacity) * 9 {
+        if self.dataplane.session_table_nearly_full() {
+            let (entries, capacity) = self.dataplane.session_occupancy();
             self.sweeping.table_full_sweeps += 1;
             if self.sweeping.table_full_sweeps == 1
                 || self.sweeping.table_full_warned.elapsed() > Duration::from_secs(60)

@@ -33,10 +33,33 @@ pub struct Sweeper {
     unused_last_time: HashSet<Endpoint>,
 }
 
+/// Free entries the kernel's LRU hash keeps aside per possible CPU before it evicts
+/// (`LOCAL_FREE_TARGET` in kernel/bpf/bpf_lru_list.h): a full LRU table shows up to this
+/// many entries per CPU fewer than its capacity.
+const LRU_LOCAL_FREE_TARGET: u64 = 128;
+
+/// Whether a session table of `capacity` holding `entries` is full enough to warn: 90 %, or
+/// as full as the kernel's LRU lets it get on `cpus` possible CPUs, whichever comes first.
+/// A small table on a few CPUs already evicts at three quarters: 90 % alone would never warn.
+pub fn session_table_nearly_full(entries: usize, capacity: u32, cpus: usize) -> bool {
+    let capacity = u64::from(capacity);
+    let lru_full = capacity.saturating_sub(LRU_LOCAL_FREE_TARGET * cpus as u64);
+    let threshold = (capacity * 9 / 10).min(lru_full).max(1);
+    entries as u64 >= threshold
+}
+
 impl Dataplane {
     /// Session-table entries at the last sweep, and the table's capacity.
     pub fn session_occupancy(&self) -> (usize, u32) {
         (self.session_entries, self.max_sessions)
+    }
+
+    /// Whether the session table was nearly full at the last sweep
+    /// ([`session_table_nearly_full`] on this machine's possible CPUs).
+    pub fn session_table_nearly_full(&self) -> bool {
+        // Without the CPU count, assume one: the threshold is then the higher one.
+        let cpus = aya::util::nr_cpus().unwrap_or(1);
+        session_table_nearly_full(self.session_entries, self.max_sessions, cpus)
     }
 
     /// The session table itself, for benchmarks that fill it directly.
@@ -156,5 +179,25 @@ impl Dataplane {
         }
         sweeper.unused_last_time = unused_now;
         Ok(sweep)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::session_table_nearly_full;
+
+    #[test]
+    fn a_large_table_warns_at_ninety_percent() {
+        assert!(!session_table_nearly_full(58_981, 65_536, 2));
+        assert!(session_table_nearly_full(58_983, 65_536, 2));
+    }
+
+    #[test]
+    fn a_small_table_warns_where_the_lru_starts_evicting() {
+        // 1024 entries on 2 CPUs: the LRU may stop at 768.
+        assert!(!session_table_nearly_full(767, 1024, 2));
+        assert!(session_table_nearly_full(768, 1024, 2));
+        assert!(!session_table_nearly_full(0, 16, 64));
+        assert!(session_table_nearly_full(1, 16, 64));
     }
 }
