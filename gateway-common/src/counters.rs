@@ -154,6 +154,9 @@ counters! {
         /// A pure ACK of an FTP control connection forwarded by the program through the
         /// connection's `CONTROL_ACKS` entry instead of punted to the agent.
         AlgAckForwarded = 39, "alg_ack_forwarded", Translated;
+        /// A change event the HA sync's ring had no room for: the agent makes it good with a
+        /// full walk of the tables.
+        SyncEventLost = 40, "sync_event_lost", Besides;
     }
 }
 

@@ -19,6 +19,7 @@ pub mod outcome;
 pub mod published;
 pub mod punt;
 pub mod session;
+pub mod sync_event;
 pub mod tcp;
 
 // The map types by their old paths (`gateway_common::FlowKey`): both sides name them so.
@@ -56,9 +57,10 @@ pub mod names {
     pub const PUNT_TAP: &str = "PUNT_TAP";
     pub const PUNT_TAP_XDP: &str = "PUNT_TAP_XDP";
     pub const CONTROL_ACKS: &str = "CONTROL_ACKS";
+    pub const SYNC_EVENTS: &str = "SYNC_EVENTS";
     /// Every map of the object: what `[dataplane] pin_path` pins, and a restarted agent
     /// adopts.
-    pub const ALL_MAPS: [&str; 17] = [
+    pub const ALL_MAPS: [&str; 18] = [
         PUBLISH_DNAT,
         PUBLISH_SNAT,
         STATS,
@@ -76,13 +78,14 @@ pub mod names {
         PUNT_TAP,
         PUNT_TAP_XDP,
         CONTROL_ACKS,
+        SYNC_EVENTS,
     ];
 }
 
 /// The version of everything the maps hold: key and value layouts and their meaning. Bumped
 /// whenever any of them changes, so that an agent never adopts pinned maps of another layout
 /// (it refuses, and says how to start fresh). Stored in the `LAYOUT` map.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Interfaces in `REDIRECT_PORTS` (the gateway attaches to two; room for more).
 pub const MAX_REDIRECT_PORTS: u32 = 64;
@@ -101,12 +104,13 @@ mod tests {
         // Changing any of these sizes (or a field's meaning) needs a LAYOUT_VERSION bump.
         assert_eq!(core::mem::size_of::<NatConfig>(), 184);
         assert_eq!(core::mem::size_of::<PeerKey>(), 12);
-        assert_eq!(LAYOUT_VERSION, 4);
+        assert_eq!(LAYOUT_VERSION, 5);
+        // Version 5: `SYNC_EVENTS`, `NatConfig::sync_events` and its lost-event counter.
         // Version 4: `CONTROL_ACKS` and its counter. Version 3: the hairpin expectations'
         // source, and the counters of the route lookup
         // and the ICMP errors (STATS grew).
         assert_eq!(core::mem::offset_of!(ExpectationEntry, source), 12);
-        assert_eq!(Counter::COUNT, 40);
+        assert_eq!(Counter::COUNT, 41);
         assert_eq!(core::mem::size_of::<control_ack::ControlAck>(), 52);
         let mut names = names::ALL_MAPS.to_vec();
         names.sort_unstable();

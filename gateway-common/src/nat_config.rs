@@ -82,7 +82,9 @@ pub struct NatConfig {
     /// them, and their replies, go to the agent's ALG (first `ftp_control_port_count`).
     pub ftp_control_port_count: u32,
     pub ftp_control_ports: [[u8; 2]; MAX_FTP_CONTROL_PORTS],
-    pub _pad: u32,
+    /// Non-zero: the programs name the entries they create, change and remove in
+    /// `SYNC_EVENTS` (see [`crate::sync_event`]), for the HA state sync.
+    pub sync_events: u32,
     pub tcp_established_timeout_ns: u64,
     pub tcp_transitory_timeout_ns: u64,
     pub udp_timeout_ns: u64,

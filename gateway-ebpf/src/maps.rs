@@ -11,6 +11,7 @@ use gateway_common::{
     MAX_PUNT_ENDPOINTS, MAX_REDIRECT_PORTS, NatConfig, PUNT_RING_BYTES, PeerKey, Session,
     control_ack::{ControlAck, MAX_CONTROL_ACKS},
     icmp::{TokenBucket, Unresolved, neighbour, rate},
+    sync_event::SYNC_EVENTS_BYTES,
 };
 
 /// Published servers, keyed by public endpoint: where to send traffic addressed to it.
@@ -65,6 +66,11 @@ pub static PUNT_ENDPOINTS: HashMap<Endpoint, u8> = HashMap::with_max_entries(MAX
 #[map(name = "CONTROL_ACKS")]
 pub static CONTROL_ACKS: HashMap<FlowKey, ControlAck> =
     HashMap::with_max_entries(MAX_CONTROL_ACKS, 0);
+
+/// Entries created, changed and removed, named for the HA state sync (see
+/// `gateway_common::sync_event` and `nat/sync_events.rs`).
+#[map(name = "SYNC_EVENTS")]
+pub static SYNC_EVENTS: RingBuf = RingBuf::with_byte_size(SYNC_EVENTS_BYTES, 0);
 
 /// Packets of FTP control connections, for the agent (see `punt.rs`).
 #[map(name = "PUNT")]

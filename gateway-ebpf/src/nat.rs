@@ -21,6 +21,7 @@ mod icmp_errors;
 mod masquerade;
 mod published;
 mod sessions;
+mod sync_events;
 
 use gateway_common::{
     IPPROTO_TCP, PuntReason,

@@ -12,6 +12,7 @@ use super::{
     hairpin::use_hairpin_expectation,
     headers::{BPF_ANY, Headers, state_bits},
     sessions::apply_session,
+    sync_events,
 };
 use crate::{
     maps::{EXPECTATIONS, SESSIONS, count},
@@ -36,6 +37,7 @@ pub(super) fn use_expectation<P: Packet>(
     let expectation = *unsafe { EXPECTATIONS.get(expectation_key) }?;
     // One-shot: of two SYNs racing for it, only the one that removes it uses it.
     EXPECTATIONS.remove(expectation_key).ok()?;
+    sync_events::changed(&expectation_key);
     if now > expectation.expires_ns {
         count(Counter::ExpectationExpired);
         return None;
@@ -100,5 +102,7 @@ pub(super) fn use_expectation<P: Packet>(
     if inserted.is_err() {
         return Some(Err(Outcome::Drop(Dropped::SessionTableFull)));
     }
+    sync_events::changed(&key);
+    sync_events::changed(&reply);
     Some(apply_session(packet, headers, &forward).map(|()| Translated::ExpectationUsed))
 }

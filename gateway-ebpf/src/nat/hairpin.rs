@@ -12,6 +12,7 @@ use super::{
     headers::{BPF_ANY, Headers, state_bits},
     masquerade::mapping,
     sessions::{apply_session, now, session_hit},
+    sync_events,
 };
 use crate::{maps::SESSIONS, packet::Packet};
 
@@ -114,8 +115,10 @@ pub(super) fn install_hairpin<P: Packet>(
     SESSIONS
         .insert(key, forward, BPF_ANY)
         .map_err(|_| Outcome::Drop(Dropped::SessionTableFull))?;
+    sync_events::changed(&key);
     SESSIONS
         .insert(reply, backward, BPF_ANY)
         .map_err(|_| Outcome::Drop(Dropped::SessionTableFull))?;
+    sync_events::changed(&reply);
     apply_session(packet, headers, &forward)
 }

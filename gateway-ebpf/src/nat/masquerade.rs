@@ -8,11 +8,13 @@ use gateway_common::{
     PORT_ALLOCATION_TRIES, PeerKey, Rewrite, Session, endpoint_flags,
     masquerade::{PortCandidates, public_address_index},
     outcome::{Dropped, Passed, Translated},
+    sync_event::{PrivateEndpoint, PublicEndpoint},
 };
 
 use super::{
     Outcome,
     headers::{BPF_ANY, BPF_NOEXIST, Headers, rewrite, state_bits},
+    sync_events,
 };
 use crate::{
     maps::{MASQ_BY_PRIVATE, MASQ_BY_PUBLIC, MASQ_PEERS, SESSIONS},
@@ -76,9 +78,11 @@ pub(super) fn mapping(config: &NatConfig, private: Endpoint) -> Result<Endpoint,
         let port = candidates.candidate(attempt, || unsafe { bpf_get_prandom_u32() });
         let public = Endpoint::new(addr, port.to_be_bytes(), private.proto);
         if MASQ_BY_PUBLIC.insert(public, private, BPF_NOEXIST).is_ok() {
+            sync_events::changed(&PublicEndpoint(public));
             MASQ_BY_PRIVATE
                 .insert(private, public, BPF_ANY)
                 .map_err(|_| Outcome::Drop(Dropped::SessionTableFull))?;
+            sync_events::changed(&PrivateEndpoint(private));
             return Ok(public);
         }
     }
@@ -123,20 +127,21 @@ pub(super) fn install(
     SESSIONS
         .insert(outbound, forward, BPF_ANY)
         .map_err(|_| Outcome::Drop(Dropped::SessionTableFull))?;
+    sync_events::changed(&outbound);
     SESSIONS
         .insert(reply, backward, BPF_ANY)
         .map_err(|_| Outcome::Drop(Dropped::SessionTableFull))?;
+    sync_events::changed(&reply);
     // Address-dependent filtering admits this remote host to the public endpoint from now on.
+    let peer = PeerKey {
+        public,
+        remote: outbound.dst,
+    };
     MASQ_PEERS
-        .insert(
-            PeerKey {
-                public,
-                remote: outbound.dst,
-            },
-            now,
-            BPF_ANY,
-        )
-        .map_err(|_| Outcome::Drop(Dropped::SessionTableFull))
+        .insert(peer, now, BPF_ANY)
+        .map_err(|_| Outcome::Drop(Dropped::SessionTableFull))?;
+    sync_events::changed(&peer);
+    Ok(())
 }
 
 /// A new connection from an inside network to the outside.

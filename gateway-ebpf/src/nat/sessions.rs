@@ -4,11 +4,13 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use gateway_common::{
     Counter, Endpoint, NatConfig, PeerKey, Rewrite, Session, outcome::Translated,
+    sync_event::refresh_due,
 };
 
 use super::{
     Outcome,
     headers::{BPF_ANY, Headers, rewrite, state_bits},
+    sync_events,
 };
 use crate::{
     maps::{MASQ_PEERS, SESSIONS, count},
@@ -41,24 +43,29 @@ pub(super) fn session_hit<P: Packet>(
     let idle = now.saturating_sub(session.last_seen_ns);
     if idle > config.session_timeout_ns(key.proto, session.state) {
         let _ = SESSIONS.remove(key);
+        sync_events::changed(&key);
         count(Counter::SessionExpired);
         return None;
     }
+    // The standby learns a new TCP state at once, a later last-seen time coarsely.
+    let state = session.state | state_bits(headers);
+    let sync_due = state != session.state || refresh_due(session.last_seen_ns, now);
     if session.rewrite == Rewrite::Source as u8 && idle > PEER_REFRESH_NS {
         // Outbound traffic keeps the mapping open to this host (address-dependent
         // filtering); refreshed at most once a second per connection.
-        let public = Endpoint::new(session.addr, session.port, key.proto);
-        let _ = MASQ_PEERS.insert(
-            PeerKey {
-                public,
-                remote: key.dst,
-            },
-            now,
-            BPF_ANY,
-        );
+        let peer = PeerKey {
+            public: Endpoint::new(session.addr, session.port, key.proto),
+            remote: key.dst,
+        };
+        if MASQ_PEERS.insert(peer, now, BPF_ANY).is_ok() && sync_due {
+            sync_events::changed(&peer);
+        }
     }
     session.last_seen_ns = now;
-    session.state |= state_bits(headers);
+    session.state = state;
+    if sync_due {
+        sync_events::changed(&key);
+    }
     session.packets += 1;
     session.bytes += headers.ip_len as u64;
     let session = *session;

@@ -147,6 +147,10 @@ impl Agent {
         let sync = SyncState::start(ha, key).with_context(|| {
             format!("cannot listen for the state sync on port {}", ha.sync_port)
         })?;
+        // The fast path names what it changes from now on, for the sync to send.
+        self.dataplane
+            .set_sync_events(true)
+            .context("cannot turn on the fast path's change events")?;
         tracing::info!(peer = %ha.peer, port = ha.sync_port, "ha: state sync listening");
         self.sync = Some(sync);
         Ok(())
@@ -157,7 +161,7 @@ impl Agent {
             return;
         };
         match event {
-            SyncEvent::Walk => sync.walk(&self.dataplane),
+            SyncEvent::Walk => sync.walk(&mut self.dataplane),
             SyncEvent::Incoming(incoming) => sync.apply(&mut self.dataplane, incoming),
         }
     }

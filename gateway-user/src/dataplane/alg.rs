@@ -6,7 +6,7 @@ use gateway_common::{
     Endpoint, ExpectationEntry, ExpectationKey, FlowKey, control_ack::ControlAck, names,
 };
 
-use super::{Dataplane, DataplaneError, map_error};
+use super::{Dataplane, DataplaneError, map_error, sync::SyncedKey};
 
 impl Dataplane {
     /// Installs an expectation for a data connection (the FTP ALG does this before it lets
@@ -19,7 +19,9 @@ impl Dataplane {
         self.maps
             .expectations
             .insert(key, entry, 0)
-            .map_err(map_error(names::EXPECTATIONS))
+            .map_err(map_error(names::EXPECTATIONS))?;
+        self.sync_changes.touched(SyncedKey::Expectation(key));
+        Ok(())
     }
 
     /// Lets the programs forward the pure ACKs of one direction of an FTP control connection
@@ -73,6 +75,7 @@ impl Dataplane {
 
     /// Removes an expectation (its control connection ended); one already used is gone.
     pub fn unexpect(&mut self, key: ExpectationKey) -> Result<(), DataplaneError> {
+        self.sync_changes.touched(SyncedKey::Expectation(key));
         match self.maps.expectations.remove(&key) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(MapError::SyscallError(err))
@@ -105,7 +108,10 @@ impl Dataplane {
     ) -> Result<bool, DataplaneError> {
         const BPF_NOEXIST: u64 = 1;
         match self.maps.masq_by_public.insert(public, owner, BPF_NOEXIST) {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                self.sync_changes.touched(SyncedKey::ByPublic(public));
+                Ok(true)
+            }
             Err(MapError::SyscallError(err))
                 if err.io_error.raw_os_error() == Some(rustix::io::Errno::EXIST.raw_os_error()) =>
             {
@@ -124,7 +130,9 @@ impl Dataplane {
         self.maps
             .masq_by_private
             .insert(private, public, 0)
-            .map_err(map_error(names::MASQ_BY_PRIVATE))
+            .map_err(map_error(names::MASQ_BY_PRIVATE))?;
+        self.sync_changes.touched(SyncedKey::ByPrivate(private));
+        Ok(())
     }
 
     /// Takes the punt ring buffer, for the ALG's reader (once: it has one reader).

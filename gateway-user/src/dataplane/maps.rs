@@ -36,6 +36,8 @@ pub(super) struct Maps {
     pub punt_tap_xdp: DevMap<MapData>,
     /// Until the ALG's reader takes it.
     pub punt: Option<RingBuf<MapData>>,
+    /// The fast path's change events for the HA sync (`gateway_common::sync_event`).
+    pub sync_events: RingBuf<MapData>,
 }
 
 impl Maps {
@@ -57,6 +59,7 @@ impl Maps {
             punt_tap: take(ebpf, names::PUNT_TAP)?,
             punt_tap_xdp: take(ebpf, names::PUNT_TAP_XDP)?,
             punt: Some(take(ebpf, names::PUNT)?),
+            sync_events: take(ebpf, names::SYNC_EVENTS)?,
         })
     }
 }

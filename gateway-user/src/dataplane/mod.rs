@@ -134,6 +134,8 @@ pub struct Dataplane {
     max_sessions: u32,
     /// Entries in the session table at the last sweep.
     session_entries: usize,
+    /// What changed in the synced tables, for the HA sync (off without it).
+    sync_changes: sync::SyncChanges,
 }
 
 impl Dataplane {
@@ -196,6 +198,7 @@ impl Dataplane {
             pins,
             max_sessions,
             session_entries: 0,
+            sync_changes: sync::SyncChanges::default(),
         })
     }
 

@@ -81,6 +81,7 @@ impl Dataplane {
             udp_timeout_ns: seconds(timeouts.udp),
             icmp_timeout_ns: seconds(timeouts.icmp),
             bpf_forwarding: u32::from(forwarding == Forwarding::Bpf),
+            sync_events: u32::from(self.sync_changes.enabled()),
             ..NatConfig::default()
         };
         if let Some(masquerade) = masquerade {

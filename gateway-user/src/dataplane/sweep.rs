@@ -7,7 +7,7 @@ use gateway_common::{
     Endpoint, ExpectationEntry, ExpectationKey, FlowKey, PeerKey, Rewrite, Session, names,
 };
 
-use super::{Dataplane, DataplaneError, map_error};
+use super::{Dataplane, DataplaneError, map_error, sync::SyncedKey};
 
 /// What one [`Dataplane::sweep`] removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -85,10 +85,12 @@ impl Dataplane {
     pub fn flush_sessions(&mut self) -> Result<usize, DataplaneError> {
         let sessions = &mut self.maps.sessions;
         let keys: Vec<FlowKey> = sessions.keys().flatten().collect();
-        Ok(keys
+        let flushed = keys
             .iter()
             .filter(|key| sessions.remove(key).is_ok())
-            .count())
+            .count();
+        self.sync_changes.walk_due();
+        Ok(flushed)
     }
 
     /// Removes what has expired: sessions past their idle timeout (the fast path only notices
@@ -123,6 +125,7 @@ impl Dataplane {
             .iter()
             .filter(|key| maps.expectations.remove(key).is_ok())
             .count();
+        let mut removed: Vec<SyncedKey> = void.into_iter().map(SyncedKey::Expectation).collect();
 
         let mut in_use = held.clone();
         let mut expired = Vec::new();
@@ -142,6 +145,7 @@ impl Dataplane {
             .iter()
             .filter(|key| maps.sessions.remove(key).is_ok())
             .count();
+        removed.extend(expired.into_iter().map(SyncedKey::Session));
         self.session_entries = live.saturating_sub(sweep.sessions);
 
         let stale: Vec<PeerKey> = maps
@@ -157,6 +161,7 @@ impl Dataplane {
             .iter()
             .filter(|peer| maps.masq_peers.remove(peer).is_ok())
             .count();
+        removed.extend(stale.into_iter().map(SyncedKey::Peer));
 
         let unused: Vec<(Endpoint, Endpoint)> = maps
             .masq_by_public
@@ -173,11 +178,16 @@ impl Dataplane {
             if maps.masq_by_public.remove(&public).is_ok() {
                 sweep.mappings += 1;
             }
+            removed.push(SyncedKey::ByPublic(public));
             if maps.masq_by_private.get(&private, 0).ok() == Some(public) {
                 let _ = maps.masq_by_private.remove(&private);
+                removed.push(SyncedKey::ByPrivate(private));
             }
         }
         sweeper.unused_last_time = unused_now;
+        for key in removed {
+            self.sync_changes.touched(key);
+        }
         Ok(sweep)
     }
 }

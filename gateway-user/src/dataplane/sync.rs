@@ -5,13 +5,55 @@
 //!
 //! Timestamps stay in this node's CLOCK_MONOTONIC here; the wire carries them relative to
 //! the sender's "now" (two machines' monotonic clocks have nothing in common).
+//!
+//! What changed comes from two places: the fast path names the entries it creates, changes
+//! and removes in its `SYNC_EVENTS` ring (`gateway_common::sync_event`), and the agent's own
+//! writes here (the ALG's expectations and claims, the sweep's removals) note theirs in
+//! [`SyncChanges`]. [`Dataplane::take_changes`] hands both over.
 
 use aya::maps::MapError;
 use gateway_common::{
-    Endpoint, ExpectationEntry, ExpectationKey, FlowKey, PeerKey, Session, names,
+    Counter, Endpoint, ExpectationEntry, ExpectationKey, FlowKey, PeerKey, Session, names,
+    sync_event::{PrivateEndpoint, PublicEndpoint, SyncEvent, SyncTable},
 };
 
 use super::{Dataplane, DataplaneError, map_error};
+
+/// Changes the agent made itself, and whether the sync wants them at all.
+#[derive(Debug, Default)]
+pub struct SyncChanges {
+    enabled: bool,
+    touched: Vec<SyncedKey>,
+    /// Something changed that no key names (a flush): the next look must be a full walk.
+    walk_due: bool,
+    /// `sync_event_lost` when last looked at.
+    lost_seen: u64,
+}
+
+impl SyncChanges {
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    pub(super) fn touched(&mut self, key: SyncedKey) {
+        if self.enabled {
+            self.touched.push(key);
+        }
+    }
+
+    pub(super) fn walk_due(&mut self) {
+        self.walk_due = self.enabled;
+    }
+}
+
+/// What [`Dataplane::take_changes`] found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Changes {
+    /// Events the fast path wrote.
+    pub events: u64,
+    /// Whether the keys are not the whole story (events lost, a flush): walk everything.
+    pub walk_due: bool,
+}
 
 /// One entry of a synced table, with its value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +92,89 @@ impl SyncedEntry {
     }
 }
 
+/// The entry an event names, if its table is one this agent knows.
+fn event_key(event: &SyncEvent) -> Option<SyncedKey> {
+    Some(match SyncTable::try_from(event.table).ok()? {
+        SyncTable::Session => SyncedKey::Session(event.key_as::<FlowKey>()?),
+        SyncTable::ByPrivate => SyncedKey::ByPrivate(event.key_as::<PrivateEndpoint>()?.0),
+        SyncTable::ByPublic => SyncedKey::ByPublic(event.key_as::<PublicEndpoint>()?.0),
+        SyncTable::Peer => SyncedKey::Peer(event.key_as::<PeerKey>()?),
+        SyncTable::Expectation => SyncedKey::Expectation(event.key_as::<ExpectationKey>()?),
+    })
+}
+
 impl Dataplane {
+    /// Turns the change events on or off (the fast path's `NatConfig::sync_events` with
+    /// them).
+    pub fn set_sync_events(&mut self, on: bool) -> Result<(), DataplaneError> {
+        self.sync_changes.enabled = on;
+        let mut config = self
+            .maps
+            .nat_config
+            .get(&0, 0)
+            .map_err(map_error(names::NAT_CONFIG))?;
+        config.sync_events = u32::from(on);
+        self.maps
+            .nat_config
+            .set(0, config, 0)
+            .map_err(map_error(names::NAT_CONFIG))
+    }
+
+    /// Moves the keys of what changed since the last call into `keys` (in no order, maybe
+    /// repeated): the fast path's events, then the agent's own changes.
+    pub fn take_changes(&mut self, keys: &mut Vec<SyncedKey>) -> Changes {
+        let mut changes = Changes::default();
+        while let Some(record) = self.maps.sync_events.next() {
+            changes.events += 1;
+            if record.len() < size_of::<SyncEvent>() {
+                changes.walk_due = true;
+                continue;
+            }
+            // SAFETY: at least `SyncEvent`'s size, which is plain bytes.
+            let event = unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<SyncEvent>()) };
+            match event_key(&event) {
+                Some(key) => keys.push(key),
+                None => changes.walk_due = true,
+            }
+        }
+        keys.append(&mut self.sync_changes.touched);
+        let lost = self
+            .maps
+            .stats
+            .get(&(Counter::SyncEventLost as u32), 0)
+            .map(|values| values.iter().sum::<u64>())
+            .unwrap_or(self.sync_changes.lost_seen);
+        changes.walk_due |=
+            std::mem::take(&mut self.sync_changes.walk_due) || lost != self.sync_changes.lost_seen;
+        self.sync_changes.lost_seen = lost;
+        changes
+    }
+
+    /// The entry `key` names, as it is now; `None` when it is gone.
+    pub fn synced_entry(&self, key: SyncedKey) -> Option<SyncedEntry> {
+        let maps = &self.maps;
+        match key {
+            SyncedKey::Session(key) => {
+                Some(SyncedEntry::Session(key, maps.sessions.get(&key, 0).ok()?))
+            }
+            SyncedKey::ByPrivate(key) => Some(SyncedEntry::ByPrivate(
+                key,
+                maps.masq_by_private.get(&key, 0).ok()?,
+            )),
+            SyncedKey::ByPublic(key) => Some(SyncedEntry::ByPublic(
+                key,
+                maps.masq_by_public.get(&key, 0).ok()?,
+            )),
+            SyncedKey::Peer(key) => {
+                Some(SyncedEntry::Peer(key, maps.masq_peers.get(&key, 0).ok()?))
+            }
+            SyncedKey::Expectation(key) => Some(SyncedEntry::Expectation(
+                key,
+                maps.expectations.get(&key, 0).ok()?,
+            )),
+        }
+    }
+
     /// Every entry of the synced tables. Entries that vanish under the iteration (the fast
     /// path and the LRU evict) are skipped.
     pub fn synced_entries(&self) -> Vec<SyncedEntry> {

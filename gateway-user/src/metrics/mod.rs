@@ -134,6 +134,16 @@ fn encode_sync(sync: &SyncStatus, encoder: &mut DescriptorEncoder) -> Result<(),
             counters.resyncs,
         ),
         (
+            "gateway_ha_sync_events",
+            "Change events drained from the fast path on the active node.",
+            counters.events,
+        ),
+        (
+            "gateway_ha_sync_full_walks",
+            "Whole walks of the synced maps (snapshots, lost events, periodic reconciliation).",
+            counters.full_walks,
+        ),
+        (
             "gateway_ha_sync_frames_applied",
             "Frames from the active node applied to the maps.",
             counters.frames_applied,

@@ -7,7 +7,9 @@
 //! peer's and streams, the standby applies and acknowledges. Both ends prove the shared key
 //! at connect and MAC every frame ([`auth`]); a connection from another address than the
 //! peer's, or without the key, is refused and counted. On each (re)connection the active
-//! sends a bulk snapshot, then the changes its periodic walk of the maps finds ([`walk`]).
+//! sends a bulk snapshot, then, every [`WALK_INTERVAL`], the entries named as changed since
+//! (the fast path's events and the agent's own writes), with a whole walk of the maps when
+//! that is not enough ([`walk`]).
 //!
 //! Memory is bounded on both ends: the active queues at most [`QUEUE_FRAMES`] frames; when
 //! the queue is full (the standby or the link is slower than the changes) it drops the
@@ -41,12 +43,12 @@ use tokio::{
 use self::{
     apply::Applier,
     auth::{AuthError, Side},
-    walk::Walker,
+    walk::{RECONCILE_INTERVAL, Walker},
     wire::Record,
 };
 use crate::{
     config::{Ha, SyncKey},
-    dataplane::{Dataplane, monotonic_now_ns},
+    dataplane::{Dataplane, monotonic_now_ns, sync::SyncedKey},
 };
 
 /// How often the active node walks its maps for changes.
@@ -80,6 +82,12 @@ pub struct SyncCounters {
     pub frames_dropped: u64,
     /// Active side: bulk snapshots sent (one per connection, one per resync).
     pub snapshots_sent: u64,
+    /// Active side: change events drained from the fast path, and whole walks of the maps
+    /// (snapshots, lost events, the periodic reconciliation).
+    #[serde(default)]
+    pub events: u64,
+    #[serde(default)]
+    pub full_walks: u64,
     /// Active side: resyncs forced by dropped frames.
     pub resyncs: u64,
     /// Standby side: frames applied to the maps, and their records.
@@ -175,6 +183,10 @@ pub struct SyncState {
     queue: mpsc::Sender<Vec<u8>>,
     master: watch::Sender<bool>,
     walker: Walker,
+    /// Keys named as changed, reused from tick to tick.
+    changed: Vec<SyncedKey>,
+    /// When the maps were last walked whole.
+    walked: Instant,
     applier: Applier,
     events: Option<SyncEvents>,
     _tasks: [TaskGuard<()>; 2],
@@ -213,6 +225,8 @@ impl SyncState {
             queue,
             master,
             walker: Walker::default(),
+            changed: Vec::new(),
+            walked: Instant::now(),
             applier: Applier::default(),
             events: Some(SyncEvents { walks, incoming }),
             _tasks: [
@@ -237,18 +251,32 @@ impl SyncState {
         }
     }
 
-    /// On the master with its standby connected: the changes since the last walk (or a
-    /// snapshot), queued for the standby. Nothing otherwise.
-    pub fn walk(&mut self, dataplane: &Dataplane) {
+    /// On the master with its standby connected: the changes since the last tick (or a
+    /// snapshot), queued for the standby. Nothing otherwise (what changed meanwhile is
+    /// dropped: a connection starts with a snapshot).
+    pub fn walk(&mut self, dataplane: &mut Dataplane) {
+        self.changed.clear();
+        let changes = dataplane.take_changes(&mut self.changed);
         let snapshot = {
             let mut shared = lock(&self.shared);
+            shared.counters.events += changes.events;
             if !shared.sending || !*self.master.borrow() {
                 return;
             }
             std::mem::take(&mut shared.snapshot_due)
         };
-        let records = self.walker.walk(dataplane.synced_entries(), snapshot);
+        let whole = snapshot || changes.walk_due || self.walked.elapsed() >= RECONCILE_INTERVAL;
+        let records = if whole {
+            self.walked = Instant::now();
+            self.walker.walk(dataplane.synced_entries(), snapshot)
+        } else {
+            self.walker
+                .changed(self.changed.drain(..), |key| dataplane.synced_entry(key))
+        };
         let mut shared = lock(&self.shared);
+        if whole {
+            shared.counters.full_walks += 1;
+        }
         if snapshot {
             shared.counters.snapshots_sent += 1;
         }

@@ -1,12 +1,18 @@
-//! How the active node finds what changed in its maps: it walks them periodically and
-//! compares with what it sent last. (The fast path's own change events, through a ring
-//! buffer, are the next step: a walk costs in proportion to the table, not to the changes.)
+//! How the active node finds what changed in its maps, and what it sent last. On most
+//! ticks only the entries named as changed are read ([`Walker::changed`]: the fast path's
+//! events and the agent's own writes, see `dataplane::sync`), so a tick costs in proportion
+//! to the changes. The whole tables are walked and compared ([`Walker::walk`]) for a
+//! snapshot, when events were lost, and every [`RECONCILE_INTERVAL`] besides: what no event
+//! names (an entry the kernel's LRU evicted) is set right then.
 //!
 //! Timestamps are refreshed coarsely: an entry whose only change is its last-seen time (and
 //! its packet counters) is sent again once that time has moved [`REFRESH_NS`], not on every
 //! packet.
 
-use std::collections::HashMap;
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use crate::dataplane::sync::{SyncedEntry, SyncedKey};
 
@@ -16,6 +22,9 @@ use super::wire::Record;
 /// standby may so believe a flow idle up to this much longer than it is: far below every
 /// idle timeout.
 pub const REFRESH_NS: u64 = 2_000_000_000;
+
+/// How often the tables are walked whole even when the events tell everything.
+pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// What the active node sent last, entry by entry.
 #[derive(Debug, Default)]
@@ -59,9 +68,53 @@ impl Walker {
         records
     }
 
+    /// The records for the entries `keys` name (in any order, repeats allowed), each as
+    /// `lookup` finds it now (`None`: gone). Claims go before the mappings and sessions
+    /// that name them, as in a walk.
+    pub fn changed(
+        &mut self,
+        keys: impl IntoIterator<Item = SyncedKey>,
+        lookup: impl Fn(SyncedKey) -> Option<SyncedEntry>,
+    ) -> Vec<Record> {
+        let mut unique: Vec<SyncedKey> = keys
+            .into_iter()
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        unique.sort_by_key(table_rank);
+        let mut records = Vec::new();
+        for key in unique {
+            match (lookup(key), self.sent.get(&key)) {
+                (Some(now), Some(before)) if !worth_sending(before, &now) => {}
+                (Some(now), _) => {
+                    records.push(Record::Upsert(now));
+                    self.sent.insert(key, now);
+                }
+                (None, Some(_)) => {
+                    records.push(Record::Remove(key));
+                    self.sent.remove(&key);
+                }
+                (None, None) => {}
+            }
+        }
+        records
+    }
+
     /// Forgets what was sent: the next walk must be a snapshot.
     pub fn forget(&mut self) {
         self.sent.clear();
+    }
+}
+
+/// Claims first, then mappings, filtering entries, sessions and expectations (the order
+/// `Dataplane::synced_entries` walks in).
+fn table_rank(key: &SyncedKey) -> u8 {
+    match key {
+        SyncedKey::ByPublic(_) => 0,
+        SyncedKey::ByPrivate(_) => 1,
+        SyncedKey::Peer(_) => 2,
+        SyncedKey::Session(_) => 3,
+        SyncedKey::Expectation(_) => 4,
     }
 }
 
@@ -142,6 +195,41 @@ mod tests {
                 Record::Remove(claim(1024).key())
             ]
         );
+    }
+
+    #[test]
+    fn named_changes_are_read_as_they_are_now() {
+        let mut walker = Walker::default();
+        walker.walk(vec![session(1_000, 0), claim(1024)], true);
+        let live = [session(3_000, 1), claim(1025)];
+        let lookup = |key: SyncedKey| live.iter().copied().find(|entry| entry.key() == key);
+        // A state change, a new claim named twice, a claim gone, and a key never sent
+        // that is gone too.
+        let records = walker.changed(
+            [
+                session(0, 0).key(),
+                claim(1025).key(),
+                claim(1025).key(),
+                claim(1024).key(),
+                claim(1026).key(),
+            ],
+            lookup,
+        );
+        assert_eq!(records.len(), 3, "{records:?}");
+        assert!(records.contains(&Record::Upsert(session(3_000, 1))));
+        assert!(records.contains(&Record::Upsert(claim(1025))));
+        assert!(records.contains(&Record::Remove(claim(1024).key())));
+        // Claims before sessions.
+        assert!(matches!(
+            records[2],
+            Record::Upsert(SyncedEntry::Session(..))
+        ));
+        // Named again with only its time a little later: nothing to send.
+        let later = [session(4_000, 1)];
+        let lookup = |key: SyncedKey| later.iter().copied().find(|entry| entry.key() == key);
+        assert_eq!(walker.changed([session(0, 0).key()], lookup), []);
+        // A walk afterwards agrees with what the changes sent.
+        assert_eq!(walker.walk(vec![session(4_000, 1), claim(1025)], false), []);
     }
 
     #[test]
