@@ -145,9 +145,12 @@ impl Agent {
             return Ok(());
         };
         let sync = SyncState::start(ha, key).with_context(|| {
-            format!("cannot listen for the state sync on port {}", ha.sync_port)
+            format!(
+                "cannot listen for the state sync on {}:{} ([ha] listen and sync_port; the address must be one of this node's)",
+                ha.listen, ha.sync_port
+            )
         })?;
-        tracing::info!(peer = %ha.peer, port = ha.sync_port, "ha: state sync listening");
+        tracing::info!(peer = %ha.peer, listen = %ha.listen, port = ha.sync_port, "ha: state sync listening");
         self.sync = Some(sync);
         Ok(())
     }

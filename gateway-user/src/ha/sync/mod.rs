@@ -89,6 +89,13 @@ pub struct SyncCounters {
     pub apply_errors: u64,
     /// Standby side: frames received while this node was master (not applied).
     pub ignored_as_master: u64,
+    /// Standby side: bulk snapshots applied to the end.
+    #[serde(default)]
+    pub snapshots_applied: u64,
+    /// Promotions to master without a complete copy of the peer's state: none received
+    /// since the agent started, or a snapshot half applied.
+    #[serde(default)]
+    pub promotions_unsynced: u64,
 }
 
 /// The sync as `gateway status` shows it.
@@ -101,6 +108,11 @@ pub struct SyncStatus {
     pub lag_frames: u64,
     /// Standby side: milliseconds since the last frame was applied.
     pub last_applied_ms_ago: Option<u64>,
+    /// Standby side: this node holds a complete copy of the active node's state, as of the
+    /// last frame applied: a snapshot was applied to its end (and no later one is half
+    /// applied). What a node should show before it is made master on purpose (a failback).
+    #[serde(default)]
+    pub in_sync: bool,
     pub counters: SyncCounters,
 }
 
@@ -187,7 +199,7 @@ impl SyncState {
         let socket = TcpSocket::new_v4()?;
         // A restarted agent binds again while the old connection lingers in TIME_WAIT.
         socket.set_reuseaddr(true)?;
-        socket.bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, ha.sync_port)))?;
+        socket.bind(SocketAddr::from((ha.listen, ha.sync_port)))?;
         let listener = socket.listen(4)?;
         let shared = Arc::new(Mutex::new(Shared::default()));
         let (queue, queued) = mpsc::channel(QUEUE_FRAMES);
@@ -229,11 +241,34 @@ impl SyncState {
 
     /// The node's role changed: a master streams, a standby applies.
     pub fn set_master(&mut self, master: bool) {
-        self.master.send_replace(master);
+        let was_master = self.master.send_replace(master);
+        if master && !was_master {
+            self.check_promotion();
+        }
         if master {
             self.applier.reset();
         } else {
             self.walker.forget();
+        }
+    }
+
+    /// A standby made master: says (and counts) when it does not hold a complete copy of
+    /// the peer's state. keepalived's decision stands either way (a node that refused would
+    /// leave the pair with no master): what was received is kept, nothing is removed for a
+    /// snapshot left half done, and the peer, once it is back as standby, gets this node's
+    /// snapshot.
+    fn check_promotion(&mut self) {
+        let mut shared = lock(&self.shared);
+        if self.applier.in_snapshot() {
+            shared.counters.promotions_unsynced += 1;
+            tracing::warn!(
+                "ha sync: promoted in the middle of the peer's snapshot: flows it had not sent yet are not here and start afresh"
+            );
+        } else if shared.counters.snapshots_applied == 0 {
+            shared.counters.promotions_unsynced += 1;
+            tracing::info!(
+                "ha sync: promoted with no state from the peer (no snapshot received since this agent started): flows the peer carried, if any, start afresh"
+            );
         }
     }
 
@@ -275,6 +310,7 @@ impl SyncState {
                 shared.counters.frames_applied += 1;
                 shared.counters.records_applied += applied.records;
                 shared.counters.apply_errors += applied.errors;
+                shared.counters.snapshots_applied += applied.snapshots;
                 shared.applied_seq = Some(seq);
                 shared.last_applied = Some(Instant::now());
             }
@@ -296,6 +332,9 @@ impl SyncState {
             last_applied_ms_ago: shared
                 .last_applied
                 .map(|when| when.elapsed().as_millis() as u64),
+            in_sync: !*self.master.borrow()
+                && shared.counters.snapshots_applied > 0
+                && !self.applier.in_snapshot(),
             counters: shared.counters,
         }
     }
