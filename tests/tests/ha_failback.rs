@@ -269,6 +269,15 @@ fn a_standby_restarted_mid_stream_resyncs_and_agrees_with_the_master() {
         ))
         .expect("virtual addresses");
     one.ask(&["ha", "master"]).expect("gw1 master");
+    // The pair's first master had no state from its peer: said and counted, not refused.
+    let active = sync_status(&one);
+    assert_eq!(active["counters"]["promotions_unsynced"], 1, "{active}");
+    assert!(
+        one.output()
+            .contains("promoted with no state from the peer"),
+        "{}",
+        one.output()
+    );
 
     let mut servers = EchoServers::start(&lab.wan, TCP_PORT, UDP_PORT).expect("servers");
     let mut flows = LongFlows::start(&lab.lan, TCP_PORT, UDP_PORT);

@@ -137,8 +137,17 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     crate::setup::run_for_bench()?;
     let gateway = crate::build_gateway(true)?;
     if options.ha_only {
-        print!("{}", ha::run(&gateway, options)?);
-        println!("bench: --ha-only: BENCHMARKS.md left as it is");
+        let section = ha::run(&gateway, options)?;
+        print!("{section}");
+        // Its own section only: the other figures stay those of the last full run.
+        let path = crate::workspace_root().join("BENCHMARKS.md");
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        std::fs::write(&path, ha::splice_section(&text, &section))
+            .context("write BENCHMARKS.md")?;
+        println!(
+            "bench: --ha-only: its section of {} rewritten, the rest left as it is",
+            path.display()
+        );
         return Ok(());
     }
     if options.ftp_only {

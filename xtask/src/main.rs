@@ -49,7 +49,8 @@ enum Task {
         #[arg(long)]
         ftp_only: bool,
         /// Only the high-availability rows (failover gap, sync throughput and cost beside
-        /// keepalived + conntrackd), printed instead of written to BENCHMARKS.md.
+        /// keepalived + conntrackd): printed, and written over their own section of
+        /// BENCHMARKS.md (the other sections stay as the last full run wrote them).
         #[arg(long, conflicts_with = "ftp_only")]
         ha_only: bool,
     },

@@ -81,6 +81,9 @@ impl Pair {
 struct HaSamples {
     /// Longest pause of the transfer across the failover, seconds; `None`: it never resumed.
     gap: Vec<Option<f64>>,
+    /// Seconds from the kill until node 2 carried the state in its data path; `None`: not
+    /// within the bound.
+    takeover: Vec<Option<f64>>,
     /// Flows per second the standby took in; `None`: it did not hold them all in time.
     sync_rate: Vec<Option<f64>>,
     /// TCP Gbit/s through the active with the sync on, and without a standby.
@@ -107,7 +110,12 @@ pub(super) fn run(gateway: &Path, options: &Options) -> anyhow::Result<String> {
             );
             let without = measure_without_sync(pair, gateway, options.seconds)
                 .with_context(|| format!("{}: throughput without a standby", pair.name()))?;
-            let (with, rate, gap) = measure_pair(pair, gateway, options.seconds)
+            let PairFigures {
+                gbps: with,
+                rate,
+                gap,
+                takeover,
+            } = measure_pair(pair, gateway, options.seconds)
                 .with_context(|| format!("{}: the pair", pair.name()))?;
             println!(
                 "bench:   tcp {with:.2} Gbit/s with the sync, {without:.2} without; {}; failover gap {}",
@@ -120,6 +128,7 @@ pub(super) fn run(gateway: &Path, options: &Options) -> anyhow::Result<String> {
             samples[index].without_sync.push(without);
             samples[index].sync_rate.push(rate);
             samples[index].gap.push(gap);
+            samples[index].takeover.push(takeover);
         }
     }
     Ok(report(&samples, options))
@@ -294,6 +303,32 @@ impl PairLab {
         Ok(false)
     }
 
+    /// Whether node 2 has taken over: the gateway's agent master with its programs
+    /// attached; Linux's node holding the public virtual address and the transfer's
+    /// connection in its kernel's table (conntrackd's cache committed).
+    fn node2_active(&self, pair: Pair) -> bool {
+        match pair {
+            Pair::Gateway => self.gateways[1]
+                .ask(&["status", "--json"])
+                .ok()
+                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+                .is_some_and(|status| {
+                    status["ha"]["role"] == "master" && status["ha"]["attached"] == true
+                }),
+            Pair::Conntrackd => {
+                let netns = &self.lab.nodes[1].netns;
+                netns
+                    .sh("ip -4 -o addr show dev veth-out")
+                    .is_ok_and(|addresses| addresses.contains(" 203.0.113.1/"))
+                    && netns
+                        .sh(&format!(
+                            "conntrack -L -p tcp --dport {STREAM_PORT} 2>/dev/null | grep -c ESTABLISHED || true"
+                        ))
+                        .is_ok_and(|count| count.trim() != "0")
+            }
+        }
+    }
+
     /// Node 1 dies as a machine does: links cut, its daemons killed.
     fn kill_active(&mut self) -> anyhow::Result<()> {
         self.lab.cut_links(&self.lab.nodes[0])?;
@@ -452,11 +487,7 @@ fn measure_without_sync(pair: Pair, gateway: &Path, seconds: u32) -> anyhow::Res
 
 /// On a synced pair: (TCP Gbit/s through the active, new flows/s the standby took in,
 /// the failover gap in seconds).
-fn measure_pair(
-    pair: Pair,
-    gateway: &Path,
-    seconds: u32,
-) -> anyhow::Result<(f64, Option<f64>, Option<f64>)> {
+fn measure_pair(pair: Pair, gateway: &Path, seconds: u32) -> anyhow::Result<PairFigures> {
     let mut lab = PairLab::up(pair, gateway, true)?;
     let mut servers = EchoServers::start(&lab.lab.wan, ECHO_TCP, ECHO_UDP)?;
     // The cost: the same table as without the sync, the standby in step first.
@@ -480,11 +511,41 @@ fn measure_pair(
     lab.wait_synced(pair, 1, BOUND)?;
     let died = Instant::now();
     lab.kill_active()?;
+    let deadline = died + BOUND;
+    while !lab.node2_active(pair) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took_over = died.elapsed().as_secs_f64();
+    let takeover = lab.node2_active(pair).then_some(took_over);
     let resumed = stream.wait_after(died, Duration::from_secs(2), BOUND);
+    println!(
+        "bench:   node 2 active {took_over:.2} s after the kill; the transfer's first read after it at {}",
+        stream
+            .times()
+            .iter()
+            .find(|time| **time > died + Duration::from_secs_f64(took_over))
+            .map_or("-".into(), |time| format!(
+                "{:.2} s",
+                (*time - died).as_secs_f64()
+            ))
+    );
     let gap = resumed.then(|| stream.longest_gap_since(died).as_secs_f64());
     stream.stop();
     servers.stop()?;
-    Ok((gbps, rate, gap))
+    Ok(PairFigures {
+        gbps,
+        rate,
+        gap,
+        takeover,
+    })
+}
+
+/// What one synced pair measured.
+struct PairFigures {
+    gbps: f64,
+    rate: Option<f64>,
+    gap: Option<f64>,
+    takeover: Option<f64>,
 }
 
 fn short_udp_flows_to_echo(lab: &PairLab, count: usize) -> anyhow::Result<()> {
@@ -653,8 +714,10 @@ fn report(samples: &[HaSamples], options: &Options) -> String {
     let mut text = String::new();
     let _ = write!(
         text,
-        "\n## High availability\n\nThe HA lab of the tests (inside and outside segments as bridges, two router namespaces on both,\na sync link between them, keepalived in each with unicast VRRP, `advert_int 1`, as the packaged example), a\npair of its own per figure, {runs} runs alternating; median and range. Gateway pair: the agents with the\nstate sync. Linux: nftables SNAT of the inside network to the public virtual address, `nf_nat_ftp` loaded,\nconntrackd (FTFW over UDP on the sync link, external cache, TCP window tracking off) run by keepalived with\nthe actions of conntrackd's own `primary-backup.sh`.\n\n\
-- Failover gap: a TCP transfer from the inside host through the masquerade (8 KiB every 5 ms), the active\n  node's links cut and its daemons killed (`kill -9`); the longest pause between the receiver's reads. Most of\n  it is keepalived's master-down timer (about 3.6 s), then TCP's backed-off retransmission.\n\
+        "\n## High availability\n\nThe HA lab of the tests (inside and outside segments as bridges, two router namespaces on both,\na sync link between them, keepalived in each with unicast VRRP, `advert_int 1`, as the packaged example), a\npair of its own per figure, {runs} runs alternating; median and range. Gateway pair: the agents with the\nstate sync. Linux: nftables SNAT of the inside network to the public virtual address, `nf_nat_ftp` loaded,\nconntrackd (FTFW over UDP on the sync link, external cache, TCP window tracking off) run by keepalived with\nthe actions of conntrackd's own `primary-backup.sh`. Written by `cargo xtask bench`, or alone (this section\nonly) by `cargo xtask bench --ha-only`.\n\n\
+- Failover gap: a TCP transfer from the inside host through the masquerade (8 KiB every 5 ms), the active\n  node's links cut and its daemons killed (`kill -9`); the longest pause between the receiver's reads. Most of\n  it is keepalived's master-down timer (about 3.6 s), then TCP's backed-off retransmission. On the Linux\n  side this connection would also go on without conntrackd (the kernel picks an established TCP connection\n  up mid-stream, `nf_conntrack_tcp_loose`, and SNAT keeps its source port while that is free), so that\n  row times keepalived and the commit of conntrackd's cache; the throughput row is what conntrackd's\n  sync itself does. TCP retransmits about 3.0 s and 6.2 s after the loss began: a takeover just before the
+  first makes a gap of about 3.1 s, just after it one of about 6.5 s, and when in keepalived's 1 s advert
+  cycle the active dies decides which (a gap range spanning both is that, not the setup). The takeover\n  column is the time from the kill until node 2 carried the state in its data path (the gateway: master,\n  programs attached; Linux: the virtual address and the transfer's connection in its kernel's table, that\n  is conntrackd's cache committed), polled every 20 ms.\n\
 - Sync throughput: {burst} new UDP flows (a datagram each, echoed) created on the active as fast as one\n  sender does, with {table} flows in the table; flows per second from the first until the standby holds them\n  all (the gateway's `gateway status` session count, conntrackd's external cache). A figure bounded by the sender when\n  the standby keeps up.\n\
 - Sync cost: one iperf3 TCP stream ({seconds} s) through the active with {table} short flows in the table,\n  with the standby syncing, and on a lab where no standby runs (the gateway's sync idle, Linux without\n  conntrackd).\n\n",
         runs = options.runs,
@@ -662,7 +725,7 @@ fn report(samples: &[HaSamples], options: &Options) -> String {
         table = TABLE_FLOWS,
         seconds = options.seconds,
     );
-    text.push_str("| setup | failover gap s (range) | vs Linux | synced new flows/s (range) | vs Linux | TCP Gbit/s with sync / without (ranges) | sync's cost |\n| --- | --- | --- | --- | --- | --- | --- |\n");
+    text.push_str("| setup | failover gap s (range) | vs Linux | takeover s (range) | vs Linux | synced new flows/s (range) | vs Linux | TCP Gbit/s with sync / without (ranges) | sync's cost |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     let linux = samples.get(1);
     let figure = |values: &[Option<f64>]| -> Option<(f64, f64, f64, usize)> {
         let done: Vec<f64> = values.iter().flatten().copied().collect();
@@ -674,6 +737,8 @@ fn report(samples: &[HaSamples], options: &Options) -> String {
     };
     for (pair, sample) in Pair::ALL.iter().zip(samples) {
         let gap = figure(&sample.gap);
+        let takeover = figure(&sample.takeover);
+        let linux_takeover = linux.and_then(|linux| figure(&linux.takeover));
         let rate = figure(&sample.sync_rate);
         let linux_gap = linux.and_then(|linux| figure(&linux.gap));
         let linux_rate = linux.and_then(|linux| figure(&linux.sync_rate));
@@ -713,10 +778,12 @@ fn report(samples: &[HaSamples], options: &Options) -> String {
         let cost_overlap = with_low <= without_high && without_low <= with_high;
         let _ = writeln!(
             text,
-            "| {} | {} | {} | {} | {} | {with:.2} / {without:.2} ({with_low:.2}-{with_high:.2} / {without_low:.2}-{without_high:.2}) | {:.2}x{} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {with:.2} / {without:.2} ({with_low:.2}-{with_high:.2} / {without_low:.2}-{without_high:.2}) | {:.2}x{} |",
             pair.name(),
             cell(gap, 2, "never resumed"),
             ratio(gap, linux_gap),
+            cell(takeover, 2, "no takeover within 30 s"),
+            ratio(takeover, linux_takeover),
             cell(rate, 0, "standby did not catch up within 30 s"),
             ratio(rate, linux_rate),
             if without > 0.0 { with / without } else { 0.0 },
@@ -727,6 +794,69 @@ fn report(samples: &[HaSamples], options: &Options) -> String {
             },
         );
     }
-    text.push_str("\nA gap ratio below 1 and a throughput ratio above 1 favour the gateway. The sync's cost is the\nthroughput with the sync over the throughput without (1.00x: no cost this machine can see).\n");
+    text.push_str("\nA gap or takeover ratio below 1 and a throughput ratio above 1 favour the gateway. The sync's cost is the\nthroughput with the sync over the throughput without (1.00x: no cost this machine can see).\n");
     text
+}
+
+/// Puts `section` (which starts with its `## High availability` heading) into the report
+/// `text` in place of the previous one; without one, before the concurrency section (where
+/// the full bench writes it), else at the end.
+pub(super) fn splice_section(text: &str, section: &str) -> String {
+    const HEADING: &str = "\n## High availability\n";
+    let section = section.trim_end_matches('\n');
+    let (before, after) = match text.find(HEADING) {
+        Some(start) => {
+            let rest = &text[start + HEADING.len()..];
+            let end = rest
+                .find("\n## ")
+                .or_else(|| rest.find("\nThis run of `cargo xtask bench`"))
+                .map_or(text.len(), |end| start + HEADING.len() + end);
+            (&text[..start], &text[end..])
+        }
+        None => match text.find("\n## Concurrency\n") {
+            Some(start) => (&text[..start], &text[start..]),
+            None => (text.trim_end_matches('\n'), "\n"),
+        },
+    };
+    format!("{before}{section}\n{after}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::splice_section;
+
+    const SECTION: &str = "\n## High availability\n\nnew rows\n";
+
+    #[test]
+    fn the_section_replaces_the_previous_one_and_nothing_else() {
+        let text = "# Benchmarks\n\n## FTP\n\nftp rows\n\n## High availability\n\nold rows\n\n## Concurrency\n\nsoak\n";
+        assert_eq!(
+            splice_section(text, SECTION),
+            "# Benchmarks\n\n## FTP\n\nftp rows\n\n## High availability\n\nnew rows\n\n## Concurrency\n\nsoak\n"
+        );
+        // Again: the same file.
+        let once = splice_section(text, SECTION);
+        assert_eq!(splice_section(&once, SECTION), once);
+    }
+
+    #[test]
+    fn without_one_it_goes_before_the_concurrency_section_or_at_the_end() {
+        assert_eq!(
+            splice_section("# B\n\n## FTP\n\nrows\n\n## Concurrency\n\nsoak\n", SECTION),
+            "# B\n\n## FTP\n\nrows\n\n## High availability\n\nnew rows\n\n## Concurrency\n\nsoak\n"
+        );
+        assert_eq!(
+            splice_section("# B\n\nrows\n", SECTION),
+            "# B\n\nrows\n## High availability\n\nnew rows\n\n"
+        );
+    }
+
+    #[test]
+    fn the_closing_line_of_the_full_bench_stays() {
+        let text = "# B\n\n## High availability\n\nold\n\nThis run of `cargo xtask bench` took 11.0 minutes.\n";
+        assert_eq!(
+            splice_section(text, SECTION),
+            "# B\n\n## High availability\n\nnew rows\n\nThis run of `cargo xtask bench` took 11.0 minutes.\n"
+        );
+    }
 }
