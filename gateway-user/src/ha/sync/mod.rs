@@ -259,16 +259,20 @@ impl SyncState {
     /// snapshot.
     fn check_promotion(&mut self) {
         let mut shared = lock(&self.shared);
-        if self.applier.in_snapshot() {
-            shared.counters.promotions_unsynced += 1;
-            tracing::warn!(
+        let Some(unsynced) = UnsyncedPromotion::of(
+            self.applier.in_snapshot(),
+            shared.counters.snapshots_applied,
+        ) else {
+            return;
+        };
+        shared.counters.promotions_unsynced += 1;
+        match unsynced {
+            UnsyncedPromotion::MidSnapshot => tracing::warn!(
                 "ha sync: promoted in the middle of the peer's snapshot: flows it had not sent yet are not here and start afresh"
-            );
-        } else if shared.counters.snapshots_applied == 0 {
-            shared.counters.promotions_unsynced += 1;
-            tracing::info!(
+            ),
+            UnsyncedPromotion::NothingReceived => tracing::info!(
                 "ha sync: promoted with no state from the peer (no snapshot received since this agent started): flows the peer carried, if any, start afresh"
-            );
+            ),
         }
     }
 
@@ -336,6 +340,29 @@ impl SyncState {
                 && shared.counters.snapshots_applied > 0
                 && !self.applier.in_snapshot(),
             counters: shared.counters,
+        }
+    }
+}
+
+/// Why a standby made master holds no complete copy of its peer's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UnsyncedPromotion {
+    /// A snapshot was half applied: what it had not named yet is missing (and nothing is
+    /// removed for it: the applier forgets it).
+    MidSnapshot,
+    /// No snapshot was applied since the agent started (a pair's first master, or a node
+    /// promoted before its peer ever streamed to it).
+    NothingReceived,
+}
+
+impl UnsyncedPromotion {
+    fn of(in_snapshot: bool, snapshots_applied: u64) -> Option<UnsyncedPromotion> {
+        if in_snapshot {
+            Some(UnsyncedPromotion::MidSnapshot)
+        } else if snapshots_applied == 0 {
+            Some(UnsyncedPromotion::NothingReceived)
+        } else {
+            None
         }
     }
 }
@@ -592,6 +619,24 @@ mod tests {
 
     use super::*;
     use crate::dataplane::sync::SyncedKey;
+
+    #[test]
+    fn a_promotion_is_unsynced_mid_snapshot_or_before_any_snapshot() {
+        assert_eq!(
+            UnsyncedPromotion::of(false, 0),
+            Some(UnsyncedPromotion::NothingReceived)
+        );
+        // A resync's snapshot half applied: older entries are there, newer may not be.
+        assert_eq!(
+            UnsyncedPromotion::of(true, 3),
+            Some(UnsyncedPromotion::MidSnapshot)
+        );
+        assert_eq!(
+            UnsyncedPromotion::of(true, 0),
+            Some(UnsyncedPromotion::MidSnapshot)
+        );
+        assert_eq!(UnsyncedPromotion::of(false, 1), None);
+    }
 
     #[test]
     fn a_full_queue_drops_counts_and_asks_for_a_snapshot() {
