@@ -19,15 +19,8 @@
 //! and its daemons killed: the longest pause the receiver saw).
 
 use std::{
-    fmt::Write as _,
-    io::{Read as _, Write as _},
-    net::{SocketAddrV4, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Stdio},
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, Ordering},
-    },
     time::{Duration, Instant},
 };
 
@@ -36,11 +29,20 @@ use gateway_tests::{
     TempFile,
     gateway::GatewayProcess,
     ha_flows::{EchoServers, short_udp_flows},
-    ha_lab::{HaLab, Keepalived, Node, WAN_HOST, notify_script, sync_address},
+    ha_lab::{HaLab, Keepalived, WAN_HOST, notify_script},
     netns::unique_prefix,
 };
 
-use super::{Options, median, spread};
+use super::Options;
+
+mod linux;
+mod report;
+mod stream;
+
+use linux::{conntrackd_notify, linux_router, start_conntrackd};
+use report::report;
+pub(super) use report::splice_section;
+use stream::Stream;
 
 const ECHO_TCP: u16 = 7030;
 const ECHO_UDP: u16 = 7031;
@@ -48,9 +50,7 @@ const ECHO_UDP: u16 = 7031;
 /// table's flows comes round again.
 const BURST_TCP: u16 = 7040;
 const BURST_UDP: u16 = 7041;
-const STREAM_PORT: u16 = 7032;
 const IPERF_PORT: u16 = 7033;
-const CONNTRACKD_PORT: u16 = 3780;
 const KEY: &str = "the benchmark pair's shared sync key, long enough\n";
 /// Short UDP flows in the table while the sync's cost is measured.
 const TABLE_FLOWS: usize = 2000;
@@ -332,140 +332,6 @@ impl PairLab {
     }
 }
 
-/// A Linux router: forwarding on, the inside network SNATed to the public virtual address.
-fn linux_router(node: &Node) -> anyhow::Result<()> {
-    node.netns.sh("sysctl -qw net.ipv4.ip_forward=1
-         nft -f - <<'EOF'
-table ip nat {
-    chain postrouting {
-        type nat hook postrouting priority srcnat; policy accept;
-        oifname \"veth-out\" ip saddr 10.0.0.0/24 snat to 203.0.113.1
-    }
-}
-EOF")?;
-    Ok(())
-}
-
-fn start_conntrackd(lab: &HaLab, node: &Node, dir: &Path) -> anyhow::Result<Daemon> {
-    use std::os::unix::process::CommandExt as _;
-    std::fs::create_dir_all(dir)?;
-    let peer = lab
-        .nodes
-        .iter()
-        .find(|other| other.id != node.id)
-        .context("no peer")?;
-    let config = dir.join("conntrackd.conf");
-    let socket = dir.join("conntrackd.ctl");
-    std::fs::write(
-        &config,
-        format!(
-            "Sync {{
-    Mode FTFW {{
-        DisableExternalCache Off
-    }}
-    UDP {{
-        IPv4_address {own}
-        IPv4_Destination_Address {peer}
-        Port {CONNTRACKD_PORT}
-        Interface veth-sync
-        SndSocketBuffer 1249280
-        RcvSocketBuffer 1249280
-        Checksum on
-    }}
-    Options {{
-        TCPWindowTracking Off
-    }}
-}}
-General {{
-    HashSize 32768
-    HashLimit 131072
-    LogFile {log}
-    Syslog off
-    LockFile {lock}
-    UNIX {{
-        Path {socket}
-    }}
-    NetlinkBufferSize 2097152
-    NetlinkBufferSizeMaxGrowth 8388608
-    Filter From Userspace {{
-        Protocol Accept {{
-            TCP
-            UDP
-        }}
-        Address Ignore {{
-            IPv4_address 127.0.0.1
-            IPv4_address {own}
-            IPv4_address {inside}
-            IPv4_address {outside}
-        }}
-    }}
-}}
-",
-            own = sync_address(node),
-            peer = sync_address(peer),
-            inside = node.inside,
-            outside = node.outside,
-            log = dir.join("conntrackd.log").display(),
-            lock = dir.join("conntrackd.lock").display(),
-            socket = socket.display(),
-        ),
-    )?;
-    let child = node
-        .netns
-        .command("conntrackd")
-        .arg("-C")
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .context("start conntrackd (cargo xtask setup installs it for the bench)")?;
-    let daemon = Daemon(Some(child));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !socket.exists() {
-        if Instant::now() > deadline {
-            bail!(
-                "conntrackd did not open {}; its log:\n{}",
-                socket.display(),
-                std::fs::read_to_string(dir.join("conntrackd.log")).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(daemon)
-}
-
-/// keepalived's notify script for a Linux node: conntrackd's `primary-backup.sh` actions
-/// (none without conntrackd).
-fn conntrackd_notify(dir: &Path, conntrackd: bool) -> anyhow::Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::create_dir_all(dir)?;
-    let path = dir.join("notify");
-    let command = format!("conntrackd -C {}", dir.join("conntrackd.conf").display());
-    // When the commit is done: the bench's takeover time.
-    let mark = dir.join("committed").display().to_string();
-    let actions = if conntrackd {
-        format!(
-            "case \"$state\" in
-    MASTER) {command} -c; touch {mark}; {command} -f; {command} -R; {command} -B ;;
-    BACKUP) {command} -t; {command} -n ;;
-    *) {command} -t ;;
-esac"
-        )
-    } else {
-        ":".to_owned()
-    };
-    std::fs::write(
-        &path,
-        format!(
-            "#!/bin/sh\n# keepalived appends: GROUP NAME STATE PRIORITY\neval \"state=\\${{$(($# - 1))}}\"\n{actions}\n"
-        ),
-    )?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
-    Ok(path)
-}
-
 /// TCP Gbit/s through node 1 with no standby: the gateway's peer absent, Linux without
 /// conntrackd.
 fn measure_without_sync(pair: Pair, gateway: &Path, seconds: u32) -> anyhow::Result<f64> {
@@ -614,279 +480,4 @@ fn iperf_gbps(lab: &HaLab, seconds: u32) -> anyhow::Result<f64> {
         .as_f64()
         .map(|bits| bits / 1e9)
         .context("no end.sum_received.bits_per_second in iperf3's output")
-}
-
-/// A paced TCP transfer from the inside host to the outside host (8 KiB every 5 ms); the
-/// receiver records when each read returned.
-struct Stream {
-    stop: Arc<AtomicBool>,
-    reads: Arc<Mutex<Vec<Instant>>>,
-    threads: Vec<std::thread::JoinHandle<anyhow::Result<()>>>,
-}
-
-impl Stream {
-    fn start(lab: &HaLab) -> anyhow::Result<Stream> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let reads = Arc::new(Mutex::new(Vec::new()));
-        let (ready, listening) = std::sync::mpsc::channel();
-        let (stopped, times) = (stop.clone(), reads.clone());
-        let receiver = lab.wan.spawn(move || {
-            let listener = TcpListener::bind(SocketAddrV4::new(WAN_HOST, STREAM_PORT))?;
-            let _ = ready.send(());
-            let (mut stream, _) = listener.accept()?;
-            stream.set_read_timeout(Some(Duration::from_millis(200)))?;
-            let mut buffer = vec![0; 65536];
-            while !stopped.load(Ordering::Relaxed) {
-                match stream.read(&mut buffer) {
-                    Ok(0) => break,
-                    Ok(_) => times
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push(Instant::now()),
-                    Err(err)
-                        if matches!(
-                            err.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) => {}
-                    Err(err) => return Err(err.into()),
-                }
-            }
-            Ok(())
-        });
-        listening
-            .recv_timeout(Duration::from_secs(5))
-            .context("stream receiver not listening")?;
-        let stopped = stop.clone();
-        let sender = lab.lan.spawn(move || {
-            let mut stream = TcpStream::connect_timeout(
-                &SocketAddrV4::new(WAN_HOST, STREAM_PORT).into(),
-                Duration::from_secs(5),
-            )?;
-            stream.set_write_timeout(Some(Duration::from_millis(500)))?;
-            let chunk = vec![0x5a; 8192];
-            while !stopped.load(Ordering::Relaxed) {
-                match stream.write_all(&chunk) {
-                    Ok(()) => {}
-                    Err(err)
-                        if matches!(
-                            err.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) => {}
-                    Err(err) => return Err(err.into()),
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Ok(())
-        });
-        Ok(Stream {
-            stop,
-            reads,
-            threads: vec![receiver, sender],
-        })
-    }
-
-    fn times(&self) -> Vec<Instant> {
-        self.reads
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Waits until data has arrived for `flowing` after `since` (the transfer resumed).
-    fn wait_after(&self, since: Instant, flowing: Duration, bound: Duration) -> bool {
-        let deadline = Instant::now() + bound;
-        while Instant::now() < deadline {
-            let times = self.times();
-            if let (Some(first), Some(last)) = (
-                times
-                    .iter()
-                    .find(|time| **time > since + Duration::from_millis(1)),
-                times.last(),
-            ) && *last > since
-                && *last - *first >= flowing
-            {
-                // The first read after `since` may still be data sent before it: what
-                // counts is that reads go on.
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
-    }
-
-    /// The longest pause between two reads, from the last read before `since` on.
-    fn longest_gap_since(&self, since: Instant) -> Duration {
-        let times = self.times();
-        let first = times
-            .iter()
-            .rposition(|time| *time <= since)
-            .unwrap_or_default();
-        times[first..]
-            .windows(2)
-            .map(|pair| pair[1] - pair[0])
-            .max()
-            .unwrap_or_default()
-    }
-
-    fn stop(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // The receiver may wait in accept if the sender never connected: it is a detached
-        // thread of a namespace about to be removed; the sender ends at its next write.
-        for thread in self.threads.drain(..) {
-            if thread.is_finished() {
-                let _ = thread.join();
-            }
-        }
-    }
-}
-
-fn report(samples: &[HaSamples], options: &Options) -> String {
-    let mut text = String::new();
-    let _ = write!(
-        text,
-        "\n## High availability\n\nThe HA lab of the tests (inside and outside segments as bridges, two router namespaces on both,\na sync link between them, keepalived in each with unicast VRRP, `advert_int 1`, as the packaged example), a\npair of its own per figure, {runs} runs alternating; median and range. Gateway pair: the agents with the\nstate sync. Linux: nftables SNAT of the inside network to the public virtual address, `nf_nat_ftp` loaded,\nconntrackd (FTFW over UDP on the sync link, external cache, TCP window tracking off) run by keepalived with\nthe actions of conntrackd's own `primary-backup.sh`. Written by `cargo xtask bench`, or alone (this section\nonly) by `cargo xtask bench --ha-only`.\n\n\
-- Failover gap: a TCP transfer from the inside host through the masquerade (8 KiB every 5 ms), the active\n  node's links cut and its daemons killed (`kill -9`); the longest pause between the receiver's reads. Most of\n  it is keepalived's master-down timer (about 3.6 s), then TCP's backed-off retransmission. On the Linux\n  side this connection would also go on without conntrackd (the kernel picks an established TCP connection\n  up mid-stream, `nf_conntrack_tcp_loose`, and SNAT keeps its source port while that is free), so that\n  row times keepalived and the commit of conntrackd's cache; the throughput row is what conntrackd's\n  sync itself does. TCP retransmits about 3.0 s and 6.2 s after the loss began: a takeover just before the
-  first makes a gap of about 3.1 s, just after it one of about 6.5 s. Where in keepalived's 1 s advert
-  cycle the active dies decides which, so it is killed right after an advert reached the standby (its\n  master-down timer then runs 3.6 s in every run). The takeover column is the time from the kill until\n  node 2 carried the state in its data path (the gateway: the agent logged its promotion, programs\n  attached; Linux: the notify script's mark after `conntrackd -c` committed the cache to the kernel),\n  polled every 20 ms by what costs the nodes nothing.\n\
-- Sync throughput: {burst} new UDP flows (a datagram each, echoed) created on the active as fast as one\n  sender does, with {table} flows in the table; flows per second from the first until the standby holds them\n  all (the gateway's `gateway status` session count, conntrackd's external cache). A figure bounded by the sender when\n  the standby keeps up.\n\
-- Sync cost: one iperf3 TCP stream ({seconds} s) through the active with {table} short flows in the table,\n  with the standby syncing, and on a lab where no standby runs (the gateway's sync idle, Linux without\n  conntrackd). Both nodes share this machine's cores with iperf3, so the standby's work (applying) counts\n  here as much as the active's (the gateway's 200 ms walks of its maps; conntrackd's event handling).\n\n",
-        runs = options.runs,
-        burst = BURST_FLOWS,
-        table = TABLE_FLOWS,
-        seconds = options.seconds,
-    );
-    text.push_str("| setup | failover gap s (range) | vs Linux | takeover s (range) | vs Linux | synced new flows/s (range) | vs Linux | TCP Gbit/s with sync / without (ranges) | sync's cost |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
-    let linux = samples.get(1);
-    let figure = |values: &[Option<f64>]| -> Option<(f64, f64, f64, usize)> {
-        let done: Vec<f64> = values.iter().flatten().copied().collect();
-        if done.is_empty() {
-            return None;
-        }
-        let (low, high) = spread(&done);
-        Some((median(&done), low, high, values.len() - done.len()))
-    };
-    for (pair, sample) in Pair::ALL.iter().zip(samples) {
-        let gap = figure(&sample.gap);
-        let takeover = figure(&sample.takeover);
-        let linux_takeover = linux.and_then(|linux| figure(&linux.takeover));
-        let rate = figure(&sample.sync_rate);
-        let linux_gap = linux.and_then(|linux| figure(&linux.gap));
-        let linux_rate = linux.and_then(|linux| figure(&linux.sync_rate));
-        let cell = |value: Option<(f64, f64, f64, usize)>, digits: usize, failed: &str| {
-            value.map_or(
-                format!("none: {failed} in every run"),
-                |(m, lo, hi, missed)| {
-                    let mut cell = format!("{m:.digits$} ({lo:.digits$}-{hi:.digits$})");
-                    if missed > 0 {
-                        let _ = write!(cell, ", {missed} run(s) {failed}");
-                    }
-                    cell
-                },
-            )
-        };
-        let ratio = |ours: Option<(f64, f64, f64, usize)>,
-                     theirs: Option<(f64, f64, f64, usize)>| {
-            match (ours, theirs) {
-                (Some(ours), Some(theirs)) if theirs.0 > 0.0 => {
-                    let overlap = ours.1 <= theirs.2 && theirs.1 <= ours.2;
-                    format!(
-                        "{:.2}x{}",
-                        ours.0 / theirs.0,
-                        if overlap && *pair != Pair::Conntrackd {
-                            " (ranges overlap)"
-                        } else {
-                            ""
-                        }
-                    )
-                }
-                _ => "-".into(),
-            }
-        };
-        let (with, without) = (median(&sample.with_sync), median(&sample.without_sync));
-        let (with_low, with_high) = spread(&sample.with_sync);
-        let (without_low, without_high) = spread(&sample.without_sync);
-        let cost_overlap = with_low <= without_high && without_low <= with_high;
-        let _ = writeln!(
-            text,
-            "| {} | {} | {} | {} | {} | {} | {} | {with:.2} / {without:.2} ({with_low:.2}-{with_high:.2} / {without_low:.2}-{without_high:.2}) | {:.2}x{} |",
-            pair.name(),
-            cell(gap, 2, "never resumed"),
-            ratio(gap, linux_gap),
-            cell(takeover, 2, "no takeover within 30 s"),
-            ratio(takeover, linux_takeover),
-            cell(rate, 0, "standby did not catch up within 30 s"),
-            ratio(rate, linux_rate),
-            if without > 0.0 { with / without } else { 0.0 },
-            if cost_overlap {
-                " (within noise: the ranges overlap)"
-            } else {
-                ""
-            },
-        );
-    }
-    text.push_str("\nA gap or takeover ratio below 1 and a throughput ratio above 1 favour the gateway. The sync's cost is the\nthroughput with the sync over the throughput without (1.00x: no cost this machine can see).\n");
-    text
-}
-
-/// Puts `section` (which starts with its `## High availability` heading) into the report
-/// `text` in place of the previous one; without one, before the concurrency section (where
-/// the full bench writes it), else at the end.
-pub(super) fn splice_section(text: &str, section: &str) -> String {
-    const HEADING: &str = "\n## High availability\n";
-    let section = section.trim_end_matches('\n');
-    let (before, after) = match text.find(HEADING) {
-        Some(start) => {
-            let rest = &text[start + HEADING.len()..];
-            let end = rest
-                .find("\n## ")
-                .or_else(|| rest.find("\nThis run of `cargo xtask bench`"))
-                .map_or(text.len(), |end| start + HEADING.len() + end);
-            (&text[..start], &text[end..])
-        }
-        None => match text.find("\n## Concurrency\n") {
-            Some(start) => (&text[..start], &text[start..]),
-            None => (text.trim_end_matches('\n'), "\n"),
-        },
-    };
-    format!("{before}{section}\n{after}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::splice_section;
-
-    const SECTION: &str = "\n## High availability\n\nnew rows\n";
-
-    #[test]
-    fn the_section_replaces_the_previous_one_and_nothing_else() {
-        let text = "# Benchmarks\n\n## FTP\n\nftp rows\n\n## High availability\n\nold rows\n\n## Concurrency\n\nsoak\n";
-        assert_eq!(
-            splice_section(text, SECTION),
-            "# Benchmarks\n\n## FTP\n\nftp rows\n\n## High availability\n\nnew rows\n\n## Concurrency\n\nsoak\n"
-        );
-        // Again: the same file.
-        let once = splice_section(text, SECTION);
-        assert_eq!(splice_section(&once, SECTION), once);
-    }
-
-    #[test]
-    fn without_one_it_goes_before_the_concurrency_section_or_at_the_end() {
-        assert_eq!(
-            splice_section("# B\n\n## FTP\n\nrows\n\n## Concurrency\n\nsoak\n", SECTION),
-            "# B\n\n## FTP\n\nrows\n\n## High availability\n\nnew rows\n\n## Concurrency\n\nsoak\n"
-        );
-        assert_eq!(
-            splice_section("# B\n\nrows\n", SECTION),
-            "# B\n\nrows\n## High availability\n\nnew rows\n\n"
-        );
-    }
-
-    #[test]
-    fn the_closing_line_of_the_full_bench_stays() {
-        let text = "# B\n\n## High availability\n\nold\n\nThis run of `cargo xtask bench` took 11.0 minutes.\n";
-        assert_eq!(
-            splice_section(text, SECTION),
-            "# B\n\n## High availability\n\nnew rows\n\nThis run of `cargo xtask bench` took 11.0 minutes.\n"
-        );
-    }
 }
