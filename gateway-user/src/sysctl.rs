@@ -282,6 +282,9 @@ pub struct HostSettings {
     /// On a drop without `restore` or `leave` (a start-up that failed): leave the values,
     /// because a pinned fast path is attached and outlives the agent.
     keep_on_drop: bool,
+    /// A standby of a high-availability pair (managed only): its served interfaces are
+    /// kept from forwarding until it is promoted (see [`HostSettings::set_standby`]).
+    standby: bool,
     finished: bool,
 }
 
@@ -310,6 +313,7 @@ impl HostSettings {
             orphans: Vec::new(),
             notes: Vec::new(),
             keep_on_drop: false,
+            standby: false,
             finished: !manage,
         };
         if !manage {
@@ -372,7 +376,7 @@ impl HostSettings {
         for served in &self.served {
             for setting in Setting::ALL {
                 let (own, all) = self.host.values(&served.name, setting)?;
-                if !setting.allows(own, all) {
+                if !self.allows(setting, own, all) {
                     problems.push((served.name.clone(), setting, own, all));
                 }
             }
@@ -465,11 +469,14 @@ impl HostSettings {
         self.save_record()?;
         let mut changes = Vec::new();
         for (name, setting, own, _) in problems {
-            self.host.write(&name, setting, setting.fix())?;
+            let (target, why) = match self.standby_rule(setting) {
+                true => (0, "while this node is a standby"),
+                false => (setting.fix(), why),
+            };
+            self.host.write(&name, setting, target)?;
             changes.push(format!(
-                "{} {own} -> {} {why} (put back when it stops)",
+                "{} {own} -> {target} {why} (put back when it stops)",
                 sysctl_name(&name, setting),
-                setting.fix()
             ));
         }
         Ok(changes)
@@ -495,6 +502,44 @@ impl HostSettings {
         })
     }
 
+    /// A node of a high-availability pair changes role. A standby's served interfaces do
+    /// not forward: its programs are detached, and its kernel would otherwise route what
+    /// still reaches it (a host whose ARP entry for a virtual address is stale for a
+    /// moment after a failover) untranslated, private addresses and all. On promotion
+    /// `forwarding` is set again before the programs attach, so the first translated
+    /// packet finds it (`bpf_fib_lookup` honours it). Managed sysctls only: with
+    /// `manage_sysctls = false` the values are the operator's and nothing changes. Returns
+    /// what it changed (logged).
+    pub fn set_standby(&mut self, standby: bool) -> Result<Vec<String>, SysctlError> {
+        if !self.manage || self.standby == standby {
+            return Ok(Vec::new());
+        }
+        self.standby = standby;
+        let changes = self.fix("on promotion to master")?;
+        for change in &changes {
+            tracing::info!("{change}");
+        }
+        Ok(changes)
+    }
+
+    /// Marks a node that starts as a standby before [`HostSettings::apply`], so that its
+    /// interfaces never forward before a promotion (managed sysctls only).
+    pub fn start_as_standby(&mut self) {
+        self.standby = self.manage;
+    }
+
+    /// Whether `setting` follows the standby's rule (forwarding off) rather than its own.
+    fn standby_rule(&self, setting: Setting) -> bool {
+        self.standby && setting == Setting::Forwarding
+    }
+
+    fn allows(&self, setting: Setting, own: i64, all: i64) -> bool {
+        match self.standby_rule(setting) {
+            true => own == 0,
+            false => setting.allows(own, all),
+        }
+    }
+
     /// Whether the agent sets wrong values (`manage_sysctls`).
     pub fn managed(&self) -> bool {
         self.manage
@@ -518,8 +563,11 @@ impl HostSettings {
                     name: sysctl_name(&served.name, setting),
                     value: own,
                     all,
-                    required: setting.requirement().to_owned(),
-                    ok: own.is_some_and(|own| setting.allows(own, all.unwrap_or(0))),
+                    required: match self.standby_rule(setting) {
+                        true => "0 while a standby".to_owned(),
+                        false => setting.requirement().to_owned(),
+                    },
+                    ok: own.is_some_and(|own| self.allows(setting, own, all.unwrap_or(0))),
                     original: served.originals.get(setting),
                 });
             }

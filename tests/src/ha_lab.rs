@@ -266,6 +266,49 @@ impl HaLab {
     }
 }
 
+impl HaLab {
+    /// `node`'s links go down at once, as a machine's go silent when it dies: the
+    /// segments' and the sync link's.
+    pub fn cut_links(&self, node: &Node) -> anyhow::Result<()> {
+        node.netns
+            .sh(&format!(
+                "ip link set {INSIDE_IF} down\nip link set {OUTSIDE_IF} down\nip link set {SYNC_IF} down"
+            ))
+            .map(drop)
+    }
+
+    /// `node` comes back as after a reboot: the virtual addresses a killed keepalived left
+    /// on its interfaces are gone (a rebooted machine has only its own), and its links are
+    /// up again.
+    pub fn bring_back(&self, node: &Node) -> anyhow::Result<()> {
+        for (vip, interface) in [(INSIDE_VIP, INSIDE_IF), (PUBLIC_VIP, OUTSIDE_IF)] {
+            let held = node
+                .netns
+                .sh(&format!("ip -4 -o addr show dev {interface}"))?;
+            if held.contains(&format!(" {vip}/")) {
+                node.netns
+                    .sh(&format!("ip addr del {vip}/24 dev {interface}"))?;
+            }
+        }
+        node.netns
+            .sh(&format!(
+                "ip link set {INSIDE_IF} up\nip link set {OUTSIDE_IF} up\nip link set {SYNC_IF} up"
+            ))
+            .map(drop)
+    }
+
+    /// The `forwarding` sysctl of `node`'s two served interfaces, as its kernel has them.
+    pub fn forwarding(&self, node: &Node) -> anyhow::Result<[bool; 2]> {
+        let read = |interface: &str| -> anyhow::Result<bool> {
+            let value = node.netns.sh(&format!(
+                "cat /proc/sys/net/ipv4/conf/{interface}/forwarding"
+            ))?;
+            Ok(value.trim() == "1")
+        };
+        Ok([read(INSIDE_IF)?, read(OUTSIDE_IF)?])
+    }
+}
+
 /// The packaged notify script (packaging/gateway-ha-notify).
 pub fn notify_script() -> PathBuf {
     PathBuf::from(concat!(
@@ -337,6 +380,31 @@ impl Keepalived {
         }
         bail!(
             "keepalived did not log {line:?} within {timeout:?}; its log:\n{}",
+            self.log()
+        )
+    }
+
+    /// SIGTERM, as `systemctl stop keepalived` sends it: keepalived gives the addresses up,
+    /// tells the peer (a priority 0 advert, so it takes over at once) and runs the notify
+    /// script with `STOP`; waits for it to exit (SIGKILL to the group after 10 s).
+    pub fn stop_gracefully(&mut self) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            bail!("keepalived already stopped");
+        };
+        // SAFETY: signalling our own child (the parent, which stops its VRRP child).
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // SAFETY: as above, the whole group.
+        unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+        let _ = child.wait();
+        bail!(
+            "keepalived did not stop within 10 s of SIGTERM; its log:\n{}",
             self.log()
         )
     }

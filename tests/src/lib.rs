@@ -11,6 +11,7 @@ pub mod capture;
 pub mod frame;
 pub mod ftp;
 pub mod gateway;
+pub mod ha_flows;
 pub mod ha_lab;
 pub mod lab;
 pub mod netns;

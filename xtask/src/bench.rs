@@ -32,6 +32,7 @@ use gateway_tests::{
 };
 
 mod ftp;
+mod ha;
 
 const PORT: u16 = 5201;
 
@@ -120,6 +121,8 @@ pub struct Options {
     pub runs: usize,
     /// Only the FTP rows, printed rather than written (for work on the ALG).
     pub ftp_only: bool,
+    /// Only the high-availability rows, printed rather than written.
+    pub ha_only: bool,
 }
 
 pub fn run(options: &Options) -> anyhow::Result<()> {
@@ -133,6 +136,20 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     .context("cannot install the Ctrl-C handler")?;
     crate::setup::run_for_bench()?;
     let gateway = crate::build_gateway(true)?;
+    if options.ha_only {
+        let section = ha::run(&gateway, options)?;
+        print!("{section}");
+        // Its own section only: the other figures stay those of the last full run.
+        let path = crate::workspace_root().join("BENCHMARKS.md");
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        std::fs::write(&path, ha::splice_section(&text, &section))
+            .context("write BENCHMARKS.md")?;
+        println!(
+            "bench: --ha-only: its section of {} rewritten, the rest left as it is",
+            path.display()
+        );
+        return Ok(());
+    }
     if options.ftp_only {
         print!("{}", ftp::run(&gateway, options)?);
         println!("bench: --ftp-only: BENCHMARKS.md left as it is");
@@ -180,10 +197,12 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         }
     }
     let ftp_report = ftp::run(&gateway, options)?;
+    let ha_report = ha::run(&gateway, options)?;
     println!("bench: concurrency (the soak)");
     let soak = crate::soak::soak(&gateway, 10_000, 1_000, 60)?;
     let mut report = report(&testrun, &samples, options)?;
     report.push_str(&ftp_report);
+    report.push_str(&ha_report);
     report.push_str(&format!(
                 "\n## Concurrency\n\nFrom `cargo xtask soak` (run here with 60 s of downloads): {} of {} control sessions opened through the\nALG in {:.1} s and held open, {} passive downloads at a time through them: {} downloads, {} failed\n(sessions and downloads; the target is 0); the agent's memory grew by about {} bytes per control session; {}\nentries (control sessions, session-table entries, expectations) were left once the sessions ended.\n{}\n",
                 soak.opened,
@@ -630,6 +649,7 @@ mod tests {
             seconds: 1,
             runs: 3,
             ftp_only: false,
+            ha_only: false,
         };
         let report = report(&testrun, &samples, &options).expect("report");
         let xdp = row(&report, Setup::GatewayXdp);
@@ -663,6 +683,7 @@ mod tests {
             seconds: 1,
             runs: 3,
             ftp_only: false,
+            ha_only: false,
         };
         let report = report(&[], &samples, &options).expect("report");
         let xdp = row(&report, Setup::GatewayXdp);

@@ -48,6 +48,11 @@ enum Task {
         /// Only the FTP rows, printed instead of written to BENCHMARKS.md.
         #[arg(long)]
         ftp_only: bool,
+        /// Only the high-availability rows (failover gap, sync throughput and cost beside
+        /// keepalived + conntrackd): printed, and written over their own section of
+        /// BENCHMARKS.md (the other sections stay as the last full run wrote them).
+        #[arg(long, conflicts_with = "ftp_only")]
+        ha_only: bool,
     },
     /// Load and soak (needs root; bounded in time): thousands of FTP control sessions held
     /// open through the gateway and hundreds of downloads through them, then checks for
@@ -123,10 +128,12 @@ fn main() {
             seconds,
             runs,
             ftp_only,
+            ha_only,
         } => bench::run(&bench::Options {
             seconds,
             runs: runs.max(1),
             ftp_only,
+            ha_only,
         }),
         Task::Test { cargo_test_args } => test(&cargo_test_args),
     };

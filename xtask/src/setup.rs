@@ -6,7 +6,8 @@
 //! - bpf-linker itself, built against that LLVM;
 //! - the tools the lab and tests drive: iproute2, ethtool, ping, iperf3, nftables, and the FTP
 //!   servers and clients (vsftpd, lftp, curl from Debian; pyftpdlib from PyPI);
-//! - for `cargo xtask bench` only, `perf` (linux-perf), which profiles the agent.
+//! - for `cargo xtask bench` only, `perf` (linux-perf), which profiles the agent, and
+//!   conntrackd and conntrack, the Linux side of the high-availability rows.
 
 use std::{
     path::PathBuf,
@@ -35,8 +36,10 @@ const TOOL_PACKAGES: &[&str] = &[
     // the packaged example (packaging/keepalived.conf).
     "keepalived",
 ];
-/// Debian packages only the benchmarks use: `perf`, which profiles the agent.
-const BENCH_PACKAGES: &[&str] = &["linux-perf"];
+/// Debian packages only the benchmarks use: `perf`, which profiles the agent; conntrackd
+/// (and the `conntrack` tool, which counts the kernel's table), Linux's state sync, which
+/// the high-availability rows compare the gateway pair with.
+const BENCH_PACKAGES: &[&str] = &["linux-perf", "conntrackd", "conntrack"];
 /// Python packages from PyPI the tests use, pinned: (import name, pip requirement).
 const PYTHON_PACKAGES: &[(&str, &str)] = &[("pyftpdlib", "pyftpdlib==2.2.0")];
 

@@ -50,11 +50,20 @@ impl Agent {
                 tracing::info!(%from, to = %role, "ha: role changed; the fast path stays detached");
             }
             Transition::Detach => {
+                // Forwarding off first: meanwhile the programs still translate what they
+                // see, and a packet they hand to the stack goes no further. The other way
+                // round, the kernel would forward untranslated for a moment.
+                self.set_standby_sysctls(true);
                 self.detach_all();
                 tracing::info!(%from, to = %role, "ha: demoted: fast path detached, this node passes nothing");
             }
             Transition::Attach => {
+                // Attached first, then forwarding: until it is on, the programs' route
+                // lookups refuse (`bpf_fib_lookup` honours it) and the stack forwards
+                // nothing, for the microseconds between; the other way round, the kernel
+                // would forward untranslated meanwhile.
                 let failed = self.attach_all();
+                self.set_standby_sysctls(false);
                 let took = asked.elapsed();
                 if let Some(state) = &mut self.ha {
                     state.promoted(took);
@@ -74,6 +83,16 @@ impl Agent {
         }
         self.ha_status()
             .ok_or_else(|| anyhow::anyhow!("ha state vanished"))
+    }
+
+    /// A standby's interfaces do not forward; a master's do (see
+    /// `HostSettings::set_standby`). A failure is logged: the role change stands.
+    fn set_standby_sysctls(&mut self, standby: bool) {
+        if let Some(host_settings) = &mut self.host_settings
+            && let Err(err) = host_settings.set_standby(standby)
+        {
+            tracing::warn!("ha: cannot set the sysctls for the new role: {err}");
+        }
     }
 
     /// Attaches the programs to every configured interface that is there and not attached
@@ -145,13 +164,16 @@ impl Agent {
             return Ok(());
         };
         let sync = SyncState::start(ha, key).with_context(|| {
-            format!("cannot listen for the state sync on port {}", ha.sync_port)
+            format!(
+                "cannot listen for the state sync on {}:{} ([ha] listen and sync_port; the address must be one of this node's)",
+                ha.listen, ha.sync_port
+            )
         })?;
         // The fast path names what it changes from now on, for the sync to send.
         self.dataplane
             .set_sync_events(true)
             .context("cannot turn on the fast path's change events")?;
-        tracing::info!(peer = %ha.peer, port = ha.sync_port, "ha: state sync listening");
+        tracing::info!(peer = %ha.peer, listen = %ha.listen, port = ha.sync_port, "ha: state sync listening");
         self.sync = Some(sync);
         Ok(())
     }

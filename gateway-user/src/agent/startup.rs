@@ -154,6 +154,11 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
     };
 
     // Before the first translated packet: it would die in a stack that does not forward.
+    // A node of a pair starts as a standby, whose interfaces do not forward until it is
+    // promoted (`HostSettings::set_standby`).
+    if config.ha.is_some() {
+        host_settings.start_as_standby();
+    }
     host_settings.apply()?;
     let mut attachments = Vec::new();
     let ha = config.ha.as_ref().map(|ha| {

@@ -55,6 +55,9 @@ pub struct Ha {
     pub peer: Ipv4Addr,
     /// The TCP port both nodes' state sync uses.
     pub sync_port: u16,
+    /// The address this node's sync listener binds (`[ha] listen`); unspecified (the
+    /// default): every address of the node.
+    pub listen: Ipv4Addr,
     /// The state sync's shared key (`key_file`); `None`: no state sync (roles only, a
     /// failover loses the established flows).
     pub key: Option<SyncKey>,
@@ -69,6 +72,7 @@ pub(super) struct RawHa {
     peer: String,
     #[serde(default = "default_sync_port")]
     sync_port: i64,
+    listen: Option<String>,
     key_file: Option<String>,
 }
 
@@ -102,6 +106,10 @@ pub(super) fn parse_ha(raw: &RawHa) -> Result<Ha, String> {
         .ok()
         .filter(|port| *port != 0)
         .ok_or_else(|| format!("ha.sync_port = {}: expected 1 to 65535", raw.sync_port))?;
+    let listen = match raw.listen.as_deref() {
+        None => Ipv4Addr::UNSPECIFIED,
+        Some(text) => parse_listen(text)?,
+    };
     let (key, key_file) = match raw.key_file.as_deref() {
         None => (None, None),
         Some(path) => {
@@ -124,7 +132,24 @@ pub(super) fn parse_ha(raw: &RawHa) -> Result<Ha, String> {
         node_id,
         peer,
         sync_port,
+        listen,
         key,
         key_file,
     })
+}
+
+/// `[ha] listen`: an address of this node (its sync link's, best) or `0.0.0.0` for all.
+/// Loopback is refused: the peer, never a loopback address, could not reach it.
+fn parse_listen(text: &str) -> Result<Ipv4Addr, String> {
+    let listen: Ipv4Addr = text.parse().map_err(|_| {
+        format!(
+            "ha.listen = {text:?}: expected an IPv4 address of this node (no port: that is ha.sync_port), such as \"192.168.77.1\", or \"0.0.0.0\" for all"
+        )
+    })?;
+    if listen.is_loopback() || listen.is_multicast() || listen.is_broadcast() {
+        return Err(format!(
+            "ha.listen = \"{listen}\": expected a unicast address of this node the peer can reach (not loopback, multicast or broadcast), or \"0.0.0.0\" for all"
+        ));
+    }
+    Ok(listen)
 }

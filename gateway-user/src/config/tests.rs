@@ -296,6 +296,7 @@ fn ha_is_optional_and_its_values_are_checked() {
             node_id: 2,
             peer: "192.0.2.1".parse().unwrap(),
             sync_port: DEFAULT_SYNC_PORT,
+            listen: std::net::Ipv4Addr::UNSPECIFIED,
             key: None,
             key_file: None,
         }
@@ -305,6 +306,14 @@ fn ha_is_optional_and_its_values_are_checked() {
     ))
     .unwrap();
     assert_eq!(port.ha.unwrap().sync_port, 9000);
+    let listen = parse(&format!(
+        "{GOOD}\n[ha]\nnode_id = 1\npeer = \"192.0.2.2\"\nlisten = \"192.0.2.1\"\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        listen.ha.unwrap().listen,
+        "192.0.2.1".parse::<std::net::Ipv4Addr>().unwrap()
+    );
     for (table, expected) in [
         (
             "node_id = 0\npeer = \"192.0.2.2\"",
@@ -330,6 +339,22 @@ fn ha_is_optional_and_its_values_are_checked() {
         (
             "node_id = 1\npeer = \"192.0.2.2\"\nsync_port = 70000",
             "ha.sync_port = 70000",
+        ),
+        (
+            "node_id = 1\npeer = \"192.0.2.2\"\nlisten = \"192.0.2.1:7946\"",
+            "ha.listen = \"192.0.2.1:7946\": expected an IPv4 address of this node (no port",
+        ),
+        (
+            "node_id = 1\npeer = \"192.0.2.2\"\nlisten = \"sync.example\"",
+            "ha.listen = \"sync.example\": expected an IPv4 address",
+        ),
+        (
+            "node_id = 1\npeer = \"192.0.2.2\"\nlisten = \"127.0.0.1\"",
+            "ha.listen = \"127.0.0.1\": expected a unicast address of this node",
+        ),
+        (
+            "node_id = 1\npeer = \"192.0.2.2\"\nlisten = \"224.0.0.1\"",
+            "not loopback, multicast or broadcast",
         ),
         (
             "node_id = 1\npeer = \"192.0.2.2\"\nkey = \"x\"",

@@ -84,17 +84,20 @@ impl fmt::Display for HaStatus {
                 let counters = &sync.counters;
                 write!(
                     f,
-                    "\n            sync {}: lag {} frames, sent {} frames ({} records, {} snapshots), applied {} frames ({} records), dropped {}, resyncs {}, refused {}",
+                    "\n            sync {}{}: lag {} frames, sent {} frames ({} records, {} snapshots), applied {} frames ({} records, {} snapshots), dropped {}, resyncs {}, refused {}, promotions without the peer's state {}",
                     sync.link,
+                    if sync.in_sync { " (in sync)" } else { "" },
                     sync.lag_frames,
                     counters.frames_sent,
                     counters.records_sent,
                     counters.snapshots_sent,
                     counters.frames_applied,
                     counters.records_applied,
+                    counters.snapshots_applied,
                     counters.frames_dropped,
                     counters.resyncs,
-                    counters.refused
+                    counters.refused,
+                    counters.promotions_unsynced
                 )
             }
         }

@@ -158,6 +158,16 @@ fn encode_sync(sync: &SyncStatus, encoder: &mut DescriptorEncoder) -> Result<(),
             "Records the maps refused.",
             counters.apply_errors,
         ),
+        (
+            "gateway_ha_sync_snapshots_applied",
+            "Bulk snapshots from the active node applied to their end.",
+            counters.snapshots_applied,
+        ),
+        (
+            "gateway_ha_sync_promotions_unsynced",
+            "Promotions to master without a complete copy of the peer's state.",
+            counters.promotions_unsynced,
+        ),
     ] {
         let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
         ConstCounter::new(value).encode(metric)?;
@@ -169,6 +179,13 @@ fn encode_sync(sync: &SyncStatus, encoder: &mut DescriptorEncoder) -> Result<(),
         MetricType::Gauge,
     )?;
     ConstGauge::new(sync.lag_frames as i64).encode(metric)?;
+    let metric = encoder.encode_descriptor(
+        "gateway_ha_sync_in_sync",
+        "1 on a standby holding a complete copy of the active node's state (a snapshot applied to its end), else 0.",
+        None,
+        MetricType::Gauge,
+    )?;
+    ConstGauge::new(i64::from(sync.in_sync)).encode(metric)?;
     Ok(())
 }
 
@@ -312,9 +329,11 @@ mod tests {
                     link: "receiving".into(),
                     lag_frames: 0,
                     last_applied_ms_ago: Some(120),
+                    in_sync: true,
                     counters: crate::ha::sync::SyncCounters {
                         frames_applied: 12,
                         refused: 1,
+                        snapshots_applied: 1,
                         ..Default::default()
                     },
                 }),
@@ -333,6 +352,11 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("gateway_ha_transitions_total 3\n"), "{text}");
+        assert!(text.contains("gateway_ha_sync_in_sync 1\n"), "{text}");
+        assert!(
+            text.contains("gateway_ha_sync_snapshots_applied_total 1\n"),
+            "{text}"
+        );
         assert!(text.contains("gateway_ha_promotions_total 1\n"), "{text}");
         assert!(
             text.contains("gateway_ha_last_promotion_seconds 0.0025\n"),

@@ -518,3 +518,70 @@ fn a_stale_or_planted_temporary_file_is_replaced_not_followed() {
     );
     settings.restore();
 }
+
+#[test]
+fn a_standby_does_not_forward_until_promoted_and_everything_goes_back() {
+    let fake = FakeHost::new();
+    // A host that forwards everywhere already: the standby turns it off on what it serves.
+    for interface in ["veth-in", "veth-out", "eth9"] {
+        fake.set(interface, "forwarding", 1);
+    }
+    let mut settings = fake.prepare(true).unwrap();
+    settings.start_as_standby();
+    let changes = settings.apply().unwrap();
+    assert!(
+        changes.contains(
+            &"net.ipv4.conf.veth-in.forwarding 1 -> 0 while this node is a standby (put back when it stops)"
+                .to_owned()
+        ),
+        "{changes:?}"
+    );
+    for interface in ["veth-in", "veth-out"] {
+        assert_eq!(fake.triple(interface), (0, 1, 2), "{interface}");
+    }
+    assert_eq!(fake.get("eth9", "forwarding"), 1, "not served: untouched");
+    let status = settings.status();
+    assert_eq!(
+        (status[0].ok, status[0].required.as_str()),
+        (true, "0 while a standby")
+    );
+    // A reload's check keeps the standby's rule.
+    assert!(settings.recheck().unwrap().is_empty());
+
+    // Promoted: forwarding again, before anything attaches.
+    let changes = settings.set_standby(false).unwrap();
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert!(
+        changes[0].contains("0 -> 1 on promotion to master"),
+        "{changes:?}"
+    );
+    for interface in ["veth-in", "veth-out"] {
+        assert_eq!(fake.triple(interface), (1, 1, 2), "{interface}");
+    }
+    assert!(settings.set_standby(false).unwrap().is_empty(), "no change");
+    // Demoted again.
+    assert_eq!(settings.set_standby(true).unwrap().len(), 2);
+    assert_eq!(fake.get("veth-out", "forwarding"), 0);
+
+    // The originals are the host's, whatever the role at the end.
+    settings.restore();
+    for interface in ["veth-in", "veth-out"] {
+        assert_eq!(fake.triple(interface), (1, 0, 0), "{interface}");
+    }
+}
+
+#[test]
+fn an_unmanaged_standby_changes_nothing() {
+    let fake = FakeHost::new();
+    for interface in ["veth-in", "veth-out"] {
+        fake.set(interface, "forwarding", 1);
+        fake.set(interface, "accept_local", 1);
+        fake.set(interface, "rp_filter", 2);
+    }
+    let mut settings = fake.prepare(false).unwrap();
+    settings.start_as_standby();
+    assert!(settings.apply().unwrap().is_empty());
+    assert!(settings.set_standby(true).unwrap().is_empty());
+    assert_eq!(fake.triple("veth-in"), (1, 1, 2));
+    assert!(settings.recheck().unwrap().is_empty());
+}

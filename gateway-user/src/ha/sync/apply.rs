@@ -66,6 +66,12 @@ impl Applier {
         }
     }
 
+    /// Whether a snapshot is half applied: entries it has not named yet may be missing, and
+    /// entries the active removed meanwhile may still be here.
+    pub fn in_snapshot(&self) -> bool {
+        self.snapshot.is_some()
+    }
+
     /// The connection went: a snapshot it left half done is not one.
     pub fn reset(&mut self) {
         self.snapshot = None;

@@ -97,6 +97,13 @@ pub struct SyncCounters {
     pub apply_errors: u64,
     /// Standby side: frames received while this node was master (not applied).
     pub ignored_as_master: u64,
+    /// Standby side: bulk snapshots applied to the end.
+    #[serde(default)]
+    pub snapshots_applied: u64,
+    /// Promotions to master without a complete copy of the peer's state: none received
+    /// since the agent started, or a snapshot half applied.
+    #[serde(default)]
+    pub promotions_unsynced: u64,
 }
 
 /// The sync as `gateway status` shows it.
@@ -109,6 +116,11 @@ pub struct SyncStatus {
     pub lag_frames: u64,
     /// Standby side: milliseconds since the last frame was applied.
     pub last_applied_ms_ago: Option<u64>,
+    /// Standby side: this node holds a complete copy of the active node's state, as of the
+    /// last frame applied: a snapshot was applied to its end (and no later one is half
+    /// applied). What a node should show before it is made master on purpose (a failback).
+    #[serde(default)]
+    pub in_sync: bool,
     pub counters: SyncCounters,
 }
 
@@ -199,7 +211,7 @@ impl SyncState {
         let socket = TcpSocket::new_v4()?;
         // A restarted agent binds again while the old connection lingers in TIME_WAIT.
         socket.set_reuseaddr(true)?;
-        socket.bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, ha.sync_port)))?;
+        socket.bind(SocketAddr::from((ha.listen, ha.sync_port)))?;
         let listener = socket.listen(4)?;
         let shared = Arc::new(Mutex::new(Shared::default()));
         let (queue, queued) = mpsc::channel(QUEUE_FRAMES);
@@ -243,11 +255,38 @@ impl SyncState {
 
     /// The node's role changed: a master streams, a standby applies.
     pub fn set_master(&mut self, master: bool) {
-        self.master.send_replace(master);
+        let was_master = self.master.send_replace(master);
+        if master && !was_master {
+            self.check_promotion();
+        }
         if master {
             self.applier.reset();
         } else {
             self.walker.forget();
+        }
+    }
+
+    /// A standby made master: says (and counts) when it does not hold a complete copy of
+    /// the peer's state. keepalived's decision stands either way (a node that refused would
+    /// leave the pair with no master): what was received is kept, nothing is removed for a
+    /// snapshot left half done, and the peer, once it is back as standby, gets this node's
+    /// snapshot.
+    fn check_promotion(&mut self) {
+        let mut shared = lock(&self.shared);
+        let Some(unsynced) = UnsyncedPromotion::of(
+            self.applier.in_snapshot(),
+            shared.counters.snapshots_applied,
+        ) else {
+            return;
+        };
+        shared.counters.promotions_unsynced += 1;
+        match unsynced {
+            UnsyncedPromotion::MidSnapshot => tracing::warn!(
+                "ha sync: promoted in the middle of the peer's snapshot: flows it had not sent yet are not here and start afresh"
+            ),
+            UnsyncedPromotion::NothingReceived => tracing::info!(
+                "ha sync: promoted with no state from the peer (no snapshot received since this agent started): flows the peer carried, if any, start afresh"
+            ),
         }
     }
 
@@ -303,6 +342,7 @@ impl SyncState {
                 shared.counters.frames_applied += 1;
                 shared.counters.records_applied += applied.records;
                 shared.counters.apply_errors += applied.errors;
+                shared.counters.snapshots_applied += applied.snapshots;
                 shared.applied_seq = Some(seq);
                 shared.last_applied = Some(Instant::now());
             }
@@ -324,7 +364,33 @@ impl SyncState {
             last_applied_ms_ago: shared
                 .last_applied
                 .map(|when| when.elapsed().as_millis() as u64),
+            in_sync: !*self.master.borrow()
+                && shared.counters.snapshots_applied > 0
+                && !self.applier.in_snapshot(),
             counters: shared.counters,
+        }
+    }
+}
+
+/// Why a standby made master holds no complete copy of its peer's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UnsyncedPromotion {
+    /// A snapshot was half applied: what it had not named yet is missing (and nothing is
+    /// removed for it: the applier forgets it).
+    MidSnapshot,
+    /// No snapshot was applied since the agent started (a pair's first master, or a node
+    /// promoted before its peer ever streamed to it).
+    NothingReceived,
+}
+
+impl UnsyncedPromotion {
+    fn of(in_snapshot: bool, snapshots_applied: u64) -> Option<UnsyncedPromotion> {
+        if in_snapshot {
+            Some(UnsyncedPromotion::MidSnapshot)
+        } else if snapshots_applied == 0 {
+            Some(UnsyncedPromotion::NothingReceived)
+        } else {
+            None
         }
     }
 }
@@ -581,6 +647,24 @@ mod tests {
 
     use super::*;
     use crate::dataplane::sync::SyncedKey;
+
+    #[test]
+    fn a_promotion_is_unsynced_mid_snapshot_or_before_any_snapshot() {
+        assert_eq!(
+            UnsyncedPromotion::of(false, 0),
+            Some(UnsyncedPromotion::NothingReceived)
+        );
+        // A resync's snapshot half applied: older entries are there, newer may not be.
+        assert_eq!(
+            UnsyncedPromotion::of(true, 3),
+            Some(UnsyncedPromotion::MidSnapshot)
+        );
+        assert_eq!(
+            UnsyncedPromotion::of(true, 0),
+            Some(UnsyncedPromotion::MidSnapshot)
+        );
+        assert_eq!(UnsyncedPromotion::of(false, 1), None);
+    }
 
     #[test]
     fn a_full_queue_drops_counts_and_asks_for_a_snapshot() {
