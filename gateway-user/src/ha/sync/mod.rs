@@ -18,6 +18,7 @@
 //! The tasks here own only sockets and counters; the maps belong to the agent's loop, which
 //! walks ([`SyncState::walk`]) and applies ([`SyncState::apply`]) on its own thread.
 
+pub mod alg;
 pub mod apply;
 pub mod auth;
 pub mod walk;
@@ -25,6 +26,7 @@ pub mod wire;
 
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    collections::VecDeque,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
 };
@@ -39,12 +41,14 @@ use tokio::{
 };
 
 use self::{
+    alg::AlgOutbox,
     apply::Applier,
     auth::{AuthError, Side},
     walk::Walker,
     wire::Record,
 };
 use crate::{
+    alg::control::HeldTable,
     config::{Ha, SyncKey},
     dataplane::{Dataplane, monotonic_now_ns},
 };
@@ -89,6 +93,20 @@ pub struct SyncCounters {
     pub apply_errors: u64,
     /// Standby side: frames received while this node was master (not applied).
     pub ignored_as_master: u64,
+    /// Active side: the FTP ALG's records (control sessions changed or removed, snapshots
+    /// included) queued for the standby, and its snapshots; included in `records_sent`.
+    #[serde(default)]
+    pub alg_records_sent: u64,
+    #[serde(default)]
+    pub alg_snapshots_sent: u64,
+    /// Active side: batches of control packets that left while their sessions' record could
+    /// not be queued (the queue was full; a snapshot followed).
+    #[serde(default)]
+    pub alg_unsynced_batches: u64,
+    /// Standby side: the ALG's records applied to the sessions it holds (in
+    /// `records_applied`).
+    #[serde(default)]
+    pub alg_records_applied: u64,
 }
 
 /// The sync as `gateway status` shows it.
@@ -101,6 +119,13 @@ pub struct SyncStatus {
     pub lag_frames: u64,
     /// Standby side: milliseconds since the last frame was applied.
     pub last_applied_ms_ago: Option<u64>,
+    /// Active side: the ALG's records queued or sent and not yet acknowledged as applied:
+    /// the control-session changes a death of this node now would lose (see `alg`).
+    #[serde(default)]
+    pub alg_unacked_records: u64,
+    /// Standby side: the FTP control sessions it holds for the active node.
+    #[serde(default)]
+    pub alg_sessions_held: u64,
     pub counters: SyncCounters,
 }
 
@@ -115,6 +140,12 @@ struct Shared {
     /// Active side, this connection: frames sent and frames the standby says it applied.
     sent_frames: u64,
     acked_frames: u64,
+    /// Active side: the ALG's next records are a snapshot of its table.
+    alg_snapshot_due: bool,
+    /// Active side: the ALG's records not yet acknowledged, and, per frame written (by its
+    /// sequence number), how many it carried.
+    alg_unacked: u64,
+    alg_in_flight: VecDeque<(u64, u64)>,
     /// Standby side: an active node is connected.
     receiving: bool,
     /// Standby side: the sequence number of the last frame applied, this connection.
@@ -160,6 +191,13 @@ impl SyncEvents {
     }
 }
 
+/// A frame's payload in the queue to the standby, with the ALG records it carries.
+#[derive(Debug)]
+pub(super) struct Queued {
+    payload: Vec<u8>,
+    alg_records: u64,
+}
+
 /// Aborts a task when dropped: a connection's tasks end with it.
 struct TaskGuard<T>(JoinHandle<T>);
 
@@ -172,7 +210,7 @@ impl<T> Drop for TaskGuard<T> {
 /// The sync, as the agent holds it.
 pub struct SyncState {
     shared: Arc<Mutex<Shared>>,
-    queue: mpsc::Sender<Vec<u8>>,
+    queue: mpsc::Sender<Queued>,
     master: watch::Sender<bool>,
     walker: Walker,
     applier: Applier,
@@ -220,6 +258,26 @@ impl SyncState {
                 TaskGuard(tokio::spawn(active.run(queued, is_master))),
             ],
         })
+    }
+
+    /// The ALG's way into the queue (see [`alg`]).
+    pub fn alg_outbox(&self) -> AlgOutbox {
+        AlgOutbox {
+            queue: self.queue.clone(),
+            shared: self.shared.clone(),
+            master: self.master.subscribe(),
+        }
+    }
+
+    /// Promotion: the control sessions held for the active node, for the ALG to take over.
+    pub fn take_held_alg(&mut self) -> HeldTable {
+        self.applier.alg.take()
+    }
+
+    /// Demotion: this node's own control sessions, held until the new active node's
+    /// snapshot replaces them.
+    pub fn hold_alg(&mut self, table: HeldTable) {
+        self.applier.alg.hold(table);
     }
 
     /// The channels the agent's loop waits on (once).
@@ -274,6 +332,7 @@ impl SyncState {
                 let mut shared = lock(&self.shared);
                 shared.counters.frames_applied += 1;
                 shared.counters.records_applied += applied.records;
+                shared.counters.alg_records_applied += applied.alg_records;
                 shared.counters.apply_errors += applied.errors;
                 shared.applied_seq = Some(seq);
                 shared.last_applied = Some(Instant::now());
@@ -296,6 +355,8 @@ impl SyncState {
             last_applied_ms_ago: shared
                 .last_applied
                 .map(|when| when.elapsed().as_millis() as u64),
+            alg_unacked_records: shared.alg_unacked,
+            alg_sessions_held: self.applier.alg.held() as u64,
             counters: shared.counters,
         }
     }
@@ -305,7 +366,7 @@ impl SyncState {
 /// was full: the frames from there on are dropped and counted, and a snapshot is due (the
 /// caller forgets what it sent).
 fn queue_frames(
-    queue: &mpsc::Sender<Vec<u8>>,
+    queue: &mpsc::Sender<Queued>,
     records: &[Record],
     now_ns: u64,
     shared: &mut Shared,
@@ -314,7 +375,11 @@ fn queue_frames(
     for (index, chunk) in records.chunks(RECORDS_PER_FRAME).enumerate() {
         let mut payload = Vec::new();
         wire::encode(chunk, now_ns, &mut payload);
-        if queue.try_send(payload).is_err() {
+        let queued = Queued {
+            payload,
+            alg_records: 0,
+        };
+        if queue.try_send(queued).is_err() {
             // Behind: what the standby misses now comes with a full snapshot.
             shared.counters.frames_dropped += frames - index as u64;
             shared.counters.resyncs += 1;
@@ -442,7 +507,7 @@ struct Active {
 }
 
 impl Active {
-    async fn run(self, mut queued: mpsc::Receiver<Vec<u8>>, mut master: watch::Receiver<bool>) {
+    async fn run(self, mut queued: mpsc::Receiver<Queued>, mut master: watch::Receiver<bool>) {
         loop {
             if master.wait_for(|master| *master).await.is_err() {
                 return;
@@ -462,7 +527,7 @@ impl Active {
 
     async fn stream(
         &self,
-        queued: &mut mpsc::Receiver<Vec<u8>>,
+        queued: &mut mpsc::Receiver<Queued>,
         master: &mut watch::Receiver<bool>,
     ) -> Result<(), AuthError> {
         let mut stream = timeout(CONNECT_TIMEOUT, TcpStream::connect(self.peer))
@@ -482,6 +547,9 @@ impl Active {
             let mut shared = lock(&self.shared);
             shared.sending = true;
             shared.snapshot_due = true;
+            shared.alg_snapshot_due = true;
+            shared.alg_unacked = 0;
+            shared.alg_in_flight.clear();
             shared.sent_frames = 0;
             shared.acked_frames = 0;
             shared.counters.connections += 1;
@@ -497,7 +565,7 @@ impl Active {
                     Some(payload) => payload,
                     None => return Ok(()),
                 },
-                _ = keepalive.tick() => Vec::new(),
+                _ = keepalive.tick() => Queued { payload: Vec::new(), alg_records: 0 },
                 ended = &mut acks.0 => return task_ended(ended),
                 changed = master.changed() => {
                     if changed.is_err() || !*master.borrow() {
@@ -506,7 +574,12 @@ impl Active {
                     continue;
                 }
             };
-            let (_, frame) = sealer.seal(&payload);
+            let (seq, frame) = sealer.seal(&payload.payload);
+            if payload.alg_records > 0 {
+                lock(&self.shared)
+                    .alg_in_flight
+                    .push_back((seq, payload.alg_records));
+            }
             timeout(SILENCE, writer.write_all(&frame))
                 .await
                 .map_err(timed_out)??;
@@ -532,7 +605,16 @@ async fn read_acks(
             .map_err(|_| {
                 std::io::Error::new(std::io::ErrorKind::InvalidData, "bad acknowledgement")
             })?;
-        lock(&shared).acked_frames = count;
+        let mut shared = lock(&shared);
+        shared.acked_frames = count;
+        // Frames below `count` are applied: their ALG records are out of the window.
+        while let Some(&(seq, records)) = shared.alg_in_flight.front() {
+            if seq >= count {
+                break;
+            }
+            shared.alg_in_flight.pop_front();
+            shared.alg_unacked = shared.alg_unacked.saturating_sub(records);
+        }
     }
 }
 
@@ -574,7 +656,7 @@ mod tests {
         assert!(shared.snapshot_due);
         let first = queued.try_recv().expect("the first frame queued");
         assert_eq!(
-            wire::decode(&first, 0).unwrap(),
+            wire::decode(&first.payload, 0).unwrap(),
             records[..RECORDS_PER_FRAME]
         );
         // Room again: queued whole.
