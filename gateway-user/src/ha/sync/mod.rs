@@ -25,8 +25,8 @@ pub mod walk;
 pub mod wire;
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     collections::VecDeque,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
 };

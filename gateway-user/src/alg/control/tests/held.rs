@@ -35,15 +35,25 @@ fn the_store_and_the_sync_each_take_every_change() {
     table.save(2);
     assert!(table.take_changes(ChangeLog::Store, 2).is_none());
     let sync = table.take_changes(ChangeLog::Sync, 0).unwrap();
-    assert_eq!(sync.records(), 2, "both connections, one of them reset since");
+    assert_eq!(
+        sync.records(),
+        2,
+        "both connections, one of them reset since"
+    );
     table.expire(CLOSED_LINGER_NS + 1, &mut maps);
-    assert_eq!(table.take_changes(ChangeLog::Store, 2).unwrap().records(), 1);
+    assert_eq!(
+        table.take_changes(ChangeLog::Store, 2).unwrap().records(),
+        1
+    );
     assert_eq!(table.take_changes(ChangeLog::Sync, 0).unwrap().records(), 1);
     // Untracked (no standby): nothing is kept for it.
     table.untrack_changes(ChangeLog::Sync);
     assert!(syn_from(&mut table, &mut maps, 40003));
     assert!(table.changes.log(ChangeLog::Sync).is_none());
-    assert_eq!(table.take_changes(ChangeLog::Store, 2).unwrap().records(), 1);
+    assert_eq!(
+        table.take_changes(ChangeLog::Store, 2).unwrap().records(),
+        1
+    );
 }
 
 #[test]

@@ -124,7 +124,10 @@ fn without_a_store_no_changes_are_kept() {
     // Once tracked, they are.
     table.track_changes(ChangeLog::Store);
     assert!(syn_from(&mut table, &mut maps, 42050));
-    assert_eq!(table.changes.log(ChangeLog::Store).unwrap().changed.len(), 1);
+    assert_eq!(
+        table.changes.log(ChangeLog::Store).unwrap().changed.len(),
+        1
+    );
     assert!(table.changes.log(ChangeLog::Sync).is_none());
 }
 
