@@ -242,7 +242,7 @@ mod tests {
                 expectation_timeout_ns: 60_000_000_000,
                 policy: Arc::default(),
                 published_policies: HashMap::new(),
-                established_timeout_ns: 7440_000_000_000,
+                established_timeout_ns: 7_440_000_000_000,
                 transitory_timeout_ns: 240_000_000_000,
                 forward_pure_acks: true,
             },
