@@ -98,11 +98,11 @@ impl fmt::Display for HaStatus {
                 )?;
                 write!(
                     f,
-                    "\n            ftp sessions: sent {} records ({} snapshots, {} unacked, {} batches unsynced), applied {} records, {} held",
+                    "\n            ftp sessions: sent {} records ({} snapshots, {} unacked, {} dropped), applied {} records, {} held",
                     counters.alg_records_sent,
                     counters.alg_snapshots_sent,
                     sync.alg_unacked_records,
-                    counters.alg_unsynced_batches,
+                    counters.alg_records_dropped,
                     counters.alg_records_applied,
                     sync.alg_sessions_held
                 )

@@ -159,9 +159,9 @@ fn encode_sync(sync: &SyncStatus, encoder: &mut DescriptorEncoder) -> Result<(),
             counters.alg_snapshots_sent,
         ),
         (
-            "gateway_ha_sync_alg_unsynced_batches",
-            "Batches of FTP control packets that left while their record could not be queued (queue full).",
-            counters.alg_unsynced_batches,
+            "gateway_ha_sync_alg_records_dropped",
+            "FTP control-session records dropped because the queue to the standby was full (their packets left without them).",
+            counters.alg_records_dropped,
         ),
         (
             "gateway_ha_sync_alg_records_applied",

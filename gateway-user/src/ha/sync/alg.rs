@@ -17,7 +17,7 @@
 //! records in that window now (queued or sent, not yet acknowledged as applied). When the
 //! queue is full the record is dropped (bounded memory), the batch's packets leave anyway
 //! (a standby must not be able to stall the active node's FTP) and a snapshot follows:
-//! counted in `alg_unsynced_batches`.
+//! counted in `alg_records_dropped`.
 //!
 //! Standby side ([`StandbyAlg`]): the records update a [`HeldTable`], which nothing acts on
 //! until a promotion hands it to the ALG.
@@ -86,6 +86,8 @@ impl AlgOutbox {
         }
         let mut shared = lock(&self.shared);
         let frames = payloads.len() as u64;
+        let total: u64 = payloads.iter().map(|(_, records)| records).sum();
+        let mut queued_records = 0;
         for (index, (payload, records)) in payloads.into_iter().enumerate() {
             let queued = Queued {
                 payload,
@@ -95,7 +97,7 @@ impl AlgOutbox {
                 // Behind: a snapshot brings the standby back, once there is room.
                 shared.counters.frames_dropped += frames - index as u64;
                 shared.counters.resyncs += 1;
-                shared.counters.alg_unsynced_batches += 1;
+                shared.counters.alg_records_dropped += total - queued_records;
                 shared.alg_snapshot_due = true;
                 drop(shared);
                 table.untrack_changes(ChangeLog::Sync);
@@ -104,6 +106,7 @@ impl AlgOutbox {
                 );
                 return;
             }
+            queued_records += records;
             shared.counters.records_sent += records;
             shared.counters.alg_records_sent += records;
             shared.alg_unacked += records;
@@ -233,21 +236,22 @@ mod tests {
     use crate::alg::control::AlgSettings;
 
     fn table() -> ControlTable {
-        ControlTable::new(
-            AlgSettings {
-                published: HashMap::new(),
-                reserved: HashSet::new(),
-                masquerade: None,
-                data_ports: 1024..=65535,
-                expectation_timeout_ns: 60_000_000_000,
-                policy: Arc::default(),
-                published_policies: HashMap::new(),
-                established_timeout_ns: 7_440_000_000_000,
-                transitory_timeout_ns: 240_000_000_000,
-                forward_pure_acks: true,
-            },
-            7,
-        )
+        ControlTable::new(settings(), 7)
+    }
+
+    fn settings() -> AlgSettings {
+        AlgSettings {
+            published: HashMap::new(),
+            reserved: HashSet::new(),
+            masquerade: None,
+            data_ports: 1024..=65535,
+            expectation_timeout_ns: 60_000_000_000,
+            policy: Arc::default(),
+            published_policies: HashMap::new(),
+            established_timeout_ns: 7_440_000_000_000,
+            transitory_timeout_ns: 240_000_000_000,
+            forward_pure_acks: true,
+        }
     }
 
     fn outbox(
@@ -295,16 +299,39 @@ mod tests {
         assert!(queued.try_recv().is_err());
     }
 
+    /// A table holding one session (a save of an earlier version, restored).
+    fn table_with_a_session() -> ControlTable {
+        let saved = serde_json::from_str(include_str!("../../alg/control/tests/v2-state.json"))
+            .expect("saved table");
+        ControlTable::restore(settings(), saved).expect("restored")
+    }
+
     #[test]
-    fn a_full_queue_counts_the_batch_and_asks_for_a_snapshot() {
-        let (mut outbox, _queued, _master) = outbox(1, true);
-        let mut table = table();
+    fn a_full_queue_counts_the_records_and_asks_for_a_snapshot() {
+        let (mut outbox, mut queued, _master) = outbox(1, true);
+        let mut table = table_with_a_session();
         outbox.send(&mut table);
-        lock(&outbox.shared).alg_snapshot_due = true;
-        outbox.send(&mut table);
+        let frame = queued.try_recv().expect("the snapshot");
+        let mut standby = StandbyAlg::default();
+        for record in wire::decode(&frame.payload, 0).unwrap() {
+            standby.apply(record).unwrap();
+        }
+        assert_eq!(standby.held(), 1);
+        {
+            let shared = lock(&outbox.shared);
+            assert_eq!(shared.counters.alg_records_sent, 1);
+            assert_eq!(shared.alg_unacked, 1);
+        }
+        // Another snapshot fills the queue of one; the one after that is dropped, counted,
+        // and a snapshot is due again.
+        for _ in 0..2 {
+            lock(&outbox.shared).alg_snapshot_due = true;
+            outbox.send(&mut table);
+        }
         let shared = lock(&outbox.shared);
-        assert_eq!(shared.counters.alg_unsynced_batches, 1);
+        assert_eq!(shared.counters.alg_records_dropped, 1);
         assert_eq!(shared.counters.frames_dropped, 1);
+        assert_eq!(shared.counters.resyncs, 1);
         assert!(shared.alg_snapshot_due);
     }
 

@@ -99,10 +99,10 @@ pub struct SyncCounters {
     pub alg_records_sent: u64,
     #[serde(default)]
     pub alg_snapshots_sent: u64,
-    /// Active side: batches of control packets that left while their sessions' record could
-    /// not be queued (the queue was full; a snapshot followed).
+    /// Active side: the ALG's records dropped because the queue was full: their batch's
+    /// packets left without them (a snapshot followed).
     #[serde(default)]
-    pub alg_unsynced_batches: u64,
+    pub alg_records_dropped: u64,
     /// Standby side: the ALG's records applied to the sessions it holds (in
     /// `records_applied`).
     #[serde(default)]
