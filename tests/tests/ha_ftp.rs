@@ -1,7 +1,7 @@
 //! High availability with FTP: the ALG's control sessions are synced to the standby, which
 //! takes them over on promotion. In the HA lab (`gateway_tests::ha_lab`), the nodes syncing
 //! over their own link, the master killed (its links down, then `kill -9` of its agent and
-//! keepalived) in the middle of a 200 MiB download:
+//! keepalived) in the middle of a 200 MiB download (30 MiB in, at 50 MB/s):
 //!
 //! - passive mode, an outside client of the inside server published at the public virtual
 //!   address: the download completes with the right sha256 (its `226` comes through the new
@@ -33,8 +33,10 @@ const KEY: &str = "the pair's shared sync key, for the ftp failover tests\n";
 const SIZE: usize = 200 << 20;
 /// curl's rate: about 4 s for the 200 MiB, so that the master dies in the middle.
 const RATE: &str = "50M";
-/// How long after the download starts the master dies.
-const KILL_AFTER: Duration = Duration::from_millis(1500);
+/// The master dies once this much has arrived (about 0.6 s of data at [`RATE`]) and a few
+/// sync walks have passed since: the data connection's sessions are on the standby.
+const KILL_AT_BYTES: u64 = 30 << 20;
+const KILL_SETTLE: Duration = Duration::from_millis(600);
 
 /// A pair with the ftp-aware config, node 1 master, node 2 its synced backup.
 struct Pair {
@@ -191,6 +193,15 @@ impl Download {
         self.0.try_wait().expect("curl").is_none()
     }
 
+    /// Waits until `local` holds `bytes` (the data connection is open and moving).
+    fn wait_for_bytes(&mut self, local: &Path, bytes: u64) {
+        wait_until(
+            &format!("{bytes} bytes downloaded"),
+            Duration::from_secs(30),
+            || std::fs::metadata(local).is_ok_and(|meta| meta.len() >= bytes),
+        );
+    }
+
     /// Waits for it to end: its stderr, or an error with it.
     fn finish(&mut self) -> Result<(), String> {
         let status = self.0.wait().expect("curl");
@@ -276,7 +287,8 @@ fn a_passive_download_and_a_control_session_survive_a_failover() {
     );
     // Both control sessions (the waiting one, curl's with its 227 rewritten) on the standby.
     pair.standby_holds(2);
-    std::thread::sleep(KILL_AFTER.saturating_sub(Duration::from_millis(300)));
+    curl.wait_for_bytes(&local, KILL_AT_BYTES);
+    std::thread::sleep(KILL_SETTLE);
     assert!(curl.running(), "the download ended before the failover");
     pair.kill_master();
     let two = &pair.gateways[1];
@@ -347,7 +359,8 @@ fn an_active_mode_download_of_a_masqueraded_client_survives_a_failover() {
         &["--ftp-port", &LAN_HOST.to_string(), "--disable-eprt"],
     );
     pair.standby_holds(1);
-    std::thread::sleep(KILL_AFTER.saturating_sub(Duration::from_millis(300)));
+    curl.wait_for_bytes(&local, KILL_AT_BYTES);
+    std::thread::sleep(KILL_SETTLE);
     assert!(curl.running(), "the download ended before the failover");
     pair.kill_master();
     let two = &pair.gateways[1];
