@@ -11,7 +11,10 @@ use std::{
 use gateway_common::PuntReason;
 use gateway_ftp::session::flags;
 use gateway_user::alg::{
-    control::{AlgSettings, ControlTable, MasqueradeSettings, MemoryMaps, Outgoing, SavedTable},
+    control::{
+        AlgSettings, ChangeLog, ControlTable, HeldTable, MasqueradeSettings, MemoryMaps, Outgoing,
+        SavedTable,
+    },
     packet::TcpPacket,
 };
 
@@ -190,6 +193,18 @@ struct Lab {
     /// The table as the state store has it: a snapshot with every journal record since
     /// applied, each through JSON as on disk.
     saved: Option<SavedTable>,
+    /// The table as an HA standby holds it: a snapshot, then the sync's own log of the
+    /// changes, each through JSON as on the wire.
+    held: HeldTable,
+}
+
+/// A standby's copy of `table`: its sync snapshot, through JSON.
+fn hold(table: &mut ControlTable) -> HeldTable {
+    let mut held = HeldTable::default();
+    for part in table.sync_snapshot(3) {
+        held.apply(round_trip(&part), 0);
+    }
+    held
 }
 
 /// The first byte picks the policy; then each record is one event, picked by its first byte:
@@ -207,8 +222,9 @@ pub fn control_table(data: &[u8]) {
     let mut input = Input(data);
     let choice = input.byte();
     let mut table = ControlTable::new(settings(choice), 7);
-    table.track_changes();
+    table.track_changes(ChangeLog::Store);
     let saved = Some(round_trip(&table.save(0)));
+    let held = hold(&mut table);
     let mut lab = Lab {
         choice,
         table,
@@ -216,6 +232,7 @@ pub fn control_table(data: &[u8]) {
         slots: (0..4).map(Slot::new).collect(),
         now_ns: SECOND,
         saved,
+        held,
     };
     while !input.0.is_empty() {
         let op = input.byte();
@@ -387,10 +404,19 @@ impl Lab {
         }
     }
 
-    /// Appends what changed to the saved table, as the store's journal does after a batch.
+    /// Appends what changed to the saved table, as the store's journal does after a batch,
+    /// and hands the sync's own log of it to the standby, as the HA sync does.
     fn journal(&mut self) {
-        if let (Some(saved), Some(changes)) = (self.saved.as_mut(), self.table.take_changes(0)) {
+        if let (Some(saved), Some(changes)) = (
+            self.saved.as_mut(),
+            self.table.take_changes(ChangeLog::Store, 0),
+        ) {
             saved.apply(round_trip(&changes));
+        }
+        if let Some(changes) = self.table.take_changes(ChangeLog::Sync, 0) {
+            for part in changes.split(2) {
+                self.held.apply(round_trip(&part), 0);
+            }
         }
     }
 
@@ -421,8 +447,23 @@ impl Lab {
             live,
             "the saved table is the live one"
         );
-        restored.track_changes();
+        // A standby promoted now (the HA sync's log of the same changes) holds the same
+        // connections, and resends the same (the owed flag lags there as in the save).
+        let mut standby = ControlTable::new(settings(self.choice), 9);
+        standby
+            .take_over(std::mem::take(&mut self.held))
+            .expect("the standby got a snapshot");
+        let mut again = standby.resend_owed();
+        again.sort_by(|a, b| a.bytes.cmp(&b.bytes));
+        assert_eq!(again, resent, "the standby resends what the live one does");
+        assert_eq!(
+            connections(&mut standby),
+            live,
+            "the standby's table is the live one"
+        );
+        restored.track_changes(ChangeLog::Store);
         self.saved = Some(round_trip(&restored.save(0)));
+        self.held = hold(&mut restored);
         self.table = restored;
     }
 }

@@ -14,6 +14,7 @@ use crate::{
     },
     capture,
     dataplane::{Dataplane, monotonic_now_ns},
+    ha::sync::alg::AlgOutbox,
 };
 
 /// The FTP ALG's moving parts in the agent.
@@ -28,6 +29,9 @@ pub(super) struct Alg {
     /// With a pinned fast path: where the control sessions are saved, before any packet they
     /// produce leaves (so a restart never finds state older than what the peers saw).
     pub(super) store: Option<StateStore>,
+    /// With the HA state sync: where the control sessions' changes are queued for the
+    /// standby, also before any packet they produce leaves (see `ha::sync::alg`).
+    pub(super) sync: Option<AlgOutbox>,
     /// Punted packets handled, and the time spent on them (translation, state, sending):
     /// where an ALG packet's time goes, for the benchmarks.
     pub(super) handled: u64,
@@ -74,7 +78,10 @@ impl Alg {
         }
     }
 
-    /// Handles a batch of punted packets: translates them all, saves the state, then sends.
+    /// Handles a batch of punted packets: translates them all, saves the state (the journal,
+    /// and the HA sync's queue), then sends: a segment whose rewrite moved its connection's
+    /// sequence edits never leaves before the record of those edits is saved and queued for
+    /// the standby.
     pub(super) fn handle_batch(
         &mut self,
         dataplane: &mut Dataplane,
@@ -115,13 +122,22 @@ impl Alg {
         self.io.sent += report.sent;
     }
 
-    /// Saves what changed in the control sessions (the journal; now and then a snapshot).
+    /// Saves what changed in the control sessions (the journal; now and then a snapshot)
+    /// and queues it for the HA standby. Each takes its own log of the changes.
     pub(super) fn save_state(&mut self) {
-        let Some(store) = &mut self.store else {
-            return;
-        };
-        if let Err(err) = store.save_changes(&mut self.table) {
+        if let Some(store) = &mut self.store
+            && let Err(err) = store.save_changes(&mut self.table)
+        {
             tracing::warn!("cannot save the ftp sessions: {err}");
+        }
+        self.sync_state();
+    }
+
+    /// Queues what changed in the control sessions for the HA standby (a snapshot of them
+    /// when a standby has just connected, or after frames were dropped).
+    pub(super) fn sync_state(&mut self) {
+        if let Some(outbox) = &mut self.sync {
+            outbox.send(&mut self.table);
         }
     }
 

@@ -4,7 +4,11 @@
 //! check re-attaches nothing while it is a standby.
 //!
 //! With `[ha] key_file`, the state sync ([`crate::ha::sync`]) follows the role too: a master
-//! streams its maps to the peer, a standby writes what it receives into its own.
+//! streams its maps and its ALG's control sessions to the peer, a standby writes what it
+//! receives into its own maps and holds the control sessions aside. On promotion the ALG
+//! takes those over (before the programs attach, so that the first punted segment finds
+//! them), and the fast path's pure-ACK entries (`CONTROL_ACKS`) are rebuilt from them; on
+//! demotion the ALG's own sessions are held aside until the new master's snapshot.
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -55,6 +59,7 @@ impl Agent {
                 // round, the kernel would forward untranslated for a moment.
                 self.set_standby_sysctls(true);
                 self.detach_all();
+                self.hold_alg_aside();
                 tracing::info!(%from, to = %role, "ha: demoted: fast path detached, this node passes nothing");
             }
             Transition::Attach => {
@@ -62,6 +67,7 @@ impl Agent {
                 // lookups refuse (`bpf_fib_lookup` honours it) and the stack forwards
                 // nothing, for the microseconds between; the other way round, the kernel
                 // would forward untranslated meanwhile.
+                self.take_over_alg();
                 let failed = self.attach_all();
                 self.set_standby_sysctls(false);
                 let took = asked.elapsed();
@@ -152,6 +158,39 @@ impl Agent {
         self.refresh_redirect_ports();
     }
 
+    /// Promotion: the ALG takes over the control sessions the sync brought (if it brought
+    /// any), and the fast path's pure-ACK entries are rebuilt from them. They are rebuilt,
+    /// not synced: an entry follows from its session (`sync_control_acks`) but for the last
+    /// timestamp the fast path forwarded, which changes with every ACK and which the next
+    /// forwarded ACK writes again; syncing them would stream a record per ACK.
+    fn take_over_alg(&mut self) {
+        let Some(sync) = &mut self.sync else {
+            return;
+        };
+        let held = sync.take_held_alg();
+        let Some(taken) = self.alg.table.take_over(held) else {
+            return;
+        };
+        self.alg.table.adopt_control_acks(&mut self.dataplane);
+        self.alg.save_state();
+        tracing::info!(
+            sessions = taken,
+            "ha: took over the ftp control sessions of the previous master"
+        );
+    }
+
+    /// Demotion: the ALG's own sessions are held aside (nothing acts on them: no timer, no
+    /// expiry touching the maps the new master's sync now writes) until the new master's
+    /// snapshot replaces them.
+    fn hold_alg_aside(&mut self) {
+        let Some(sync) = &mut self.sync else {
+            return;
+        };
+        let held = self.alg.table.hold_aside();
+        self.alg.save_state();
+        sync.hold_alg(held);
+    }
+
     /// Starts the state sync if `[ha]` has a key (inside the runtime).
     pub(super) fn start_sync(&mut self) -> anyhow::Result<()> {
         let Some(ha) = &self.config.ha else {
@@ -174,6 +213,7 @@ impl Agent {
             .set_sync_events(true)
             .context("cannot turn on the fast path's change events")?;
         tracing::info!(peer = %ha.peer, listen = %ha.listen, port = ha.sync_port, "ha: state sync listening");
+        self.alg.sync = Some(sync.alg_outbox());
         self.sync = Some(sync);
         Ok(())
     }
@@ -183,7 +223,12 @@ impl Agent {
             return;
         };
         match event {
-            SyncEvent::Walk => sync.walk(&mut self.dataplane),
+            SyncEvent::Walk => {
+                sync.walk(&mut self.dataplane);
+                // A snapshot of the control sessions due (a standby just connected) goes
+                // now, not at the next punted packet.
+                self.alg.sync_state();
+            }
             SyncEvent::Incoming(incoming) => sync.apply(&mut self.dataplane, incoming),
         }
     }

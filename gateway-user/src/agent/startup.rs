@@ -207,6 +207,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
             undecodable: 0,
             captures: Vec::new(),
             store,
+            sync: None,
             handled: 0,
             busy_ns: 0,
             waited_ns: 0,

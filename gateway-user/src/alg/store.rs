@@ -17,7 +17,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::control::{ControlTable, SavedChanges, SavedTable};
+use super::control::{ChangeLog, ControlTable, SavedChanges, SavedTable};
 
 /// The journal is compacted into a new snapshot once it is larger than this and than twice
 /// the last snapshot.
@@ -36,7 +36,7 @@ impl StateStore {
     /// Starts a store at `snapshot` holding `table` as it is now (a fresh snapshot, an empty
     /// journal).
     pub fn create(snapshot: &Path, table: &mut ControlTable) -> io::Result<StateStore> {
-        table.track_changes();
+        table.track_changes(ChangeLog::Store);
         let journal_path = journal_path(snapshot);
         let journal = OpenOptions::new()
             .create(true)
@@ -57,7 +57,7 @@ impl StateStore {
     /// Appends what changed in `table` since the last save, compacting when the journal has
     /// grown past the snapshot. Returns the bytes written.
     pub fn save_changes(&mut self, table: &mut ControlTable) -> io::Result<u64> {
-        let Some(changes) = table.take_changes(self.generation) else {
+        let Some(changes) = table.take_changes(ChangeLog::Store, self.generation) else {
             return Ok(0);
         };
         let mut line = serde_json::to_vec(&changes).map_err(io::Error::other)?;

@@ -98,6 +98,16 @@ impl fmt::Display for HaStatus {
                     counters.resyncs,
                     counters.refused,
                     counters.promotions_unsynced
+                )?;
+                write!(
+                    f,
+                    "\n            ftp sessions: sent {} records ({} snapshots, {} unacked, {} dropped), applied {} records, {} held",
+                    counters.alg_records_sent,
+                    counters.alg_snapshots_sent,
+                    sync.alg_unacked_records,
+                    counters.alg_records_dropped,
+                    counters.alg_records_applied,
+                    sync.alg_sessions_held
                 )
             }
         }

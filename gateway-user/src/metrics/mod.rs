@@ -168,6 +168,26 @@ fn encode_sync(sync: &SyncStatus, encoder: &mut DescriptorEncoder) -> Result<(),
             "Promotions to master without a complete copy of the peer's state.",
             counters.promotions_unsynced,
         ),
+        (
+            "gateway_ha_sync_alg_records_sent",
+            "FTP control-session records (changed or removed, snapshots included) queued for the standby.",
+            counters.alg_records_sent,
+        ),
+        (
+            "gateway_ha_sync_alg_snapshots_sent",
+            "Snapshots of the FTP control sessions sent to the standby.",
+            counters.alg_snapshots_sent,
+        ),
+        (
+            "gateway_ha_sync_alg_records_dropped",
+            "FTP control-session records dropped because the queue to the standby was full (their packets left without them).",
+            counters.alg_records_dropped,
+        ),
+        (
+            "gateway_ha_sync_alg_records_applied",
+            "FTP control-session records from the active node applied to the sessions held.",
+            counters.alg_records_applied,
+        ),
     ] {
         let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
         ConstCounter::new(value).encode(metric)?;
@@ -186,6 +206,21 @@ fn encode_sync(sync: &SyncStatus, encoder: &mut DescriptorEncoder) -> Result<(),
         MetricType::Gauge,
     )?;
     ConstGauge::new(i64::from(sync.in_sync)).encode(metric)?;
+    for (name, help, value) in [
+        (
+            "gateway_ha_sync_alg_unacked_records",
+            "FTP control-session records sent to the standby and not yet acknowledged as applied.",
+            sync.alg_unacked_records,
+        ),
+        (
+            "gateway_ha_sync_alg_sessions_held",
+            "FTP control sessions this standby holds for the active node.",
+            sync.alg_sessions_held,
+        ),
+    ] {
+        let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        ConstGauge::new(value as i64).encode(metric)?;
+    }
     Ok(())
 }
 
@@ -330,10 +365,13 @@ mod tests {
                     lag_frames: 0,
                     last_applied_ms_ago: Some(120),
                     in_sync: true,
+                    alg_unacked_records: 0,
+                    alg_sessions_held: 3,
                     counters: crate::ha::sync::SyncCounters {
                         frames_applied: 12,
                         refused: 1,
                         snapshots_applied: 1,
+                        alg_records_applied: 5,
                         ..Default::default()
                     },
                 }),
@@ -368,5 +406,13 @@ mod tests {
         );
         assert!(text.contains("gateway_ha_sync_refused_total 1\n"), "{text}");
         assert!(text.contains("gateway_ha_sync_lag_frames 0\n"), "{text}");
+        assert!(
+            text.contains("gateway_ha_sync_alg_records_applied_total 5\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gateway_ha_sync_alg_sessions_held 3\n"),
+            "{text}"
+        );
     }
 }

@@ -20,7 +20,9 @@
 //! - `expect`: the fast path's expectation for an announced data connection;
 //! - `memory`: the maps held in memory, for tests and fuzzing;
 //! - `settings`, `stats`: the configuration as the ALG sees it, and its counters;
-//! - `state`: the table as saved for the next agent (see `alg::store`).
+//! - `state`: the table as saved for the next agent (see `alg::store`), and its changes for
+//!   each of their takers (the store, the HA sync);
+//! - `held`: the sessions a standby holds for its active node, taken over on promotion.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -38,9 +40,10 @@ use gateway_ftp::{
 
 pub use self::{
     connection::ControlInfo,
+    held::HeldTable,
     memory::MemoryMaps,
     settings::{AlgSettings, MasqueradeSettings},
-    state::{SavedChanges, SavedTable},
+    state::{ChangeLog, SavedChanges, SavedTable},
     stats::AlgStats,
 };
 use self::{
@@ -503,6 +506,7 @@ fn flow_key(packet: &TcpPacket) -> FlowKey {
 mod acks;
 mod connection;
 mod expect;
+mod held;
 mod memory;
 mod ports;
 mod segment;

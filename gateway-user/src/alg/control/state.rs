@@ -15,7 +15,7 @@ use serde::{Deserialize as _, Deserializer, Serializer};
 use super::{AlgSettings, AlgStats, ControlTable, connection::Connection, key};
 
 /// Version of [`SavedTable`]'s format. 3: the sessions are saved without their policy.
-const SAVED_TABLE_VERSION: u32 = 3;
+pub(super) const SAVED_TABLE_VERSION: u32 = 3;
 /// The oldest version still restored: 2 (each session with a copy of its policy, which is
 /// ignored) is read as 3 is, so that an upgrade across a pinned restart keeps the sessions.
 const OLDEST_RESTORED_VERSION: u32 = 2;
@@ -24,17 +24,17 @@ const OLDEST_RESTORED_VERSION: u32 = 2;
 /// path) carries on with them: their translation, FTP state and sequence edits.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct SavedTable {
-    version: u32,
+    pub(super) version: u32,
     /// Which journal continues this snapshot (see `alg::state`): changes saved under another
     /// generation are older than the snapshot.
     pub generation: u64,
-    meta: SavedMeta,
-    connections: Connections,
+    pub(super) meta: SavedMeta,
+    pub(super) connections: Connections,
 }
 
 /// The table-wide part of a save.
 #[derive(Clone, Copy, serde::Serialize, serde::Deserialize)]
-struct SavedMeta {
+pub(super) struct SavedMeta {
     next_id: u64,
     rng: u64,
     stats: AlgStats,
@@ -45,9 +45,51 @@ struct SavedMeta {
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct SavedChanges {
     pub generation: u64,
-    meta: SavedMeta,
-    changed: Connections,
-    removed: Vec<u64>,
+    pub(super) meta: SavedMeta,
+    pub(super) changed: Connections,
+    pub(super) removed: Vec<u64>,
+}
+
+impl SavedChanges {
+    /// The records this carries for the HA sync's counters: connections changed (or
+    /// unreadable) and removed.
+    pub fn records(&self) -> u64 {
+        (self.changed.read.len() + self.changed.unreadable.len() + self.removed.len()) as u64
+    }
+
+    /// Connections changed (read).
+    pub fn connections(&self) -> usize {
+        self.changed.read.len()
+    }
+
+    /// Cut into parts of at most `per_part` connections each (the removals go with the
+    /// first), so that a large change fits the sync's frames.
+    pub fn split(self, per_part: usize) -> Vec<SavedChanges> {
+        let per_part = per_part.max(1);
+        if self.changed.read.len() <= per_part {
+            return vec![self];
+        }
+        let SavedChanges {
+            generation,
+            meta,
+            changed,
+            mut removed,
+        } = self;
+        let mut removed_unreadable = changed.unreadable;
+        changed
+            .read
+            .chunks(per_part)
+            .map(|chunk| SavedChanges {
+                generation,
+                meta,
+                changed: Connections {
+                    read: chunk.to_vec(),
+                    unreadable: std::mem::take(&mut removed_unreadable),
+                },
+                removed: std::mem::take(&mut removed),
+            })
+            .collect()
+    }
 }
 
 impl SavedTable {
@@ -70,36 +112,60 @@ impl SavedTable {
     }
 }
 
-/// Connections changed, and removed, since the last [`ControlTable::take_changes`]. Nothing
-/// is kept until [`ControlTable::track_changes`]: without a store nobody takes them.
+/// Who takes the table's changes: the on-disk store (journal) and the HA state sync. Each
+/// has its own log, so that neither takes what the other has not seen yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeLog {
+    Store = 0,
+    Sync = 1,
+}
+
+/// Connections changed, and removed, since the last [`ControlTable::take_changes`] of each
+/// log. Nothing is kept for a log until [`ControlTable::track_changes`]: without a store (or a
+/// standby to stream to) nobody takes them.
 #[derive(Default)]
 pub(super) struct Changes {
-    tracking: bool,
+    logs: [Option<Pending>; 2],
+}
+
+#[derive(Default)]
+pub(super) struct Pending {
     pub changed: HashSet<u64>,
     pub removed: Vec<u64>,
 }
 
 impl Changes {
     pub fn changed(&mut self, id: u64) {
-        if self.tracking {
-            self.changed.insert(id);
+        for log in self.logs.iter_mut().flatten() {
+            log.changed.insert(id);
         }
     }
 
     pub fn removed(&mut self, id: u64) {
-        if self.tracking {
-            self.changed.remove(&id);
-            self.removed.push(id);
+        for log in self.logs.iter_mut().flatten() {
+            log.changed.remove(&id);
+            log.removed.push(id);
         }
+    }
+
+    /// What `log` has pending (`None`: not tracked).
+    #[cfg(test)]
+    pub fn log(&self, log: ChangeLog) -> Option<&Pending> {
+        self.logs[log as usize].as_ref()
+    }
+
+    fn log_mut(&mut self, log: ChangeLog) -> Option<&mut Pending> {
+        self.logs[log as usize].as_mut()
     }
 }
 
 impl ControlTable {
     /// Everything needed to carry on after a restart, as the snapshot of journal
-    /// `generation`. Pending changes are part of it: they are cleared.
+    /// `generation`. The store's pending changes are part of it: they are cleared.
     pub fn save(&mut self, generation: u64) -> SavedTable {
-        self.changes.changed.clear();
-        self.changes.removed.clear();
+        if let Some(pending) = self.changes.log_mut(ChangeLog::Store) {
+            *pending = Pending::default();
+        }
         SavedTable {
             version: SAVED_TABLE_VERSION,
             generation,
@@ -108,14 +174,16 @@ impl ControlTable {
         }
     }
 
-    /// What changed since the last call (or `save`), if anything, as a record of journal
-    /// `generation`.
-    pub fn take_changes(&mut self, generation: u64) -> Option<SavedChanges> {
-        if self.changes.changed.is_empty() && self.changes.removed.is_empty() {
+    /// What changed since `log`'s last call (or its snapshot), if anything, as a record of
+    /// journal `generation` (0 for the sync).
+    pub fn take_changes(&mut self, log: ChangeLog, generation: u64) -> Option<SavedChanges> {
+        let meta = self.meta();
+        let pending = self.changes.log_mut(log)?;
+        if pending.changed.is_empty() && pending.removed.is_empty() {
             return None;
         }
         let changed = Connections::of(
-            self.changes
+            pending
                 .changed
                 .drain()
                 .filter_map(|id| self.connections.get(&id).cloned())
@@ -123,18 +191,53 @@ impl ControlTable {
         );
         Some(SavedChanges {
             generation,
-            meta: self.meta(),
+            meta,
             changed,
-            removed: std::mem::take(&mut self.changes.removed),
+            removed: std::mem::take(&mut pending.removed),
         })
     }
 
-    /// From now on, keep what changes for [`ControlTable::take_changes`].
-    pub fn track_changes(&mut self) {
-        self.changes.tracking = true;
+    /// From now on, keep what changes for `log`'s [`ControlTable::take_changes`].
+    pub fn track_changes(&mut self, log: ChangeLog) {
+        let pending = &mut self.changes.logs[log as usize];
+        if pending.is_none() {
+            *pending = Some(Pending::default());
+        }
     }
 
-    fn meta(&self) -> SavedMeta {
+    /// Keep nothing more for `log`, and forget what it had pending (a snapshot will cover it).
+    pub fn untrack_changes(&mut self, log: ChangeLog) {
+        self.changes.logs[log as usize] = None;
+    }
+
+    /// The whole table for the HA sync, in parts of at most `per_part` connections (the first
+    /// part carries the removals of nothing; every part the table-wide counters), after which
+    /// the sync's log starts afresh: what changes from now on comes as changes.
+    pub fn sync_snapshot(&mut self, per_part: usize) -> Vec<SavedChanges> {
+        self.changes.logs[ChangeLog::Sync as usize] = Some(Pending::default());
+        let meta = self.meta();
+        let all: Vec<Connection> = self.connections.values().cloned().collect();
+        let mut parts: Vec<SavedChanges> = all
+            .chunks(per_part.max(1))
+            .map(|chunk| SavedChanges {
+                generation: 0,
+                meta,
+                changed: Connections::of(chunk.to_vec()),
+                removed: Vec::new(),
+            })
+            .collect();
+        if parts.is_empty() {
+            parts.push(SavedChanges {
+                generation: 0,
+                meta,
+                changed: Connections::of(Vec::new()),
+                removed: Vec::new(),
+            });
+        }
+        parts
+    }
+
+    pub(super) fn meta(&self) -> SavedMeta {
         SavedMeta {
             next_id: self.next_id,
             rng: self.rng,
@@ -179,13 +282,13 @@ impl ControlTable {
 /// Saved connections. Read back one by one: one this version cannot read (a bad file, or a
 /// format it does not know) gets a log line and costs only itself.
 pub(super) struct Connections {
-    read: Vec<Connection>,
+    pub(super) read: Vec<Connection>,
     /// The ids of those that could not be read (where the id could).
-    unreadable: Vec<u64>,
+    pub(super) unreadable: Vec<u64>,
 }
 
 impl Connections {
-    fn of(read: Vec<Connection>) -> Connections {
+    pub(super) fn of(read: Vec<Connection>) -> Connections {
         Connections {
             read,
             unreadable: Vec::new(),

@@ -560,5 +560,6 @@ fn a_refusal_the_gateway_sent_is_resent_until_the_client_acknowledges_it() {
 
 mod acks;
 mod hairpin;
+mod held;
 mod limits;
 mod state;

@@ -1,17 +1,20 @@
 //! The standby's side: the records it receives written into its own maps. A bulk snapshot
 //! replaces what the standby held: entries it does not name are removed at its end (an
-//! entry the active removed while the standby was away).
+//! entry the active removed while the standby was away). The ALG's records go to the
+//! control sessions the standby holds (`alg::StandbyAlg`), not to the maps.
 
 use std::collections::HashSet;
 
 use crate::dataplane::{Dataplane, sync::SyncedKey};
 
-use super::wire::Record;
+use super::{alg::StandbyAlg, wire::Record};
 
 /// What applying one batch did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {
     pub records: u64,
+    /// Of those, the ALG's (control sessions written or removed).
+    pub alg_records: u64,
     /// Records the maps refused (a table full, most likely).
     pub errors: u64,
     pub snapshots: u64,
@@ -21,6 +24,8 @@ pub struct Applied {
 #[derive(Debug, Default)]
 pub struct Applier {
     snapshot: Option<HashSet<SyncedKey>>,
+    /// The ALG's control sessions, held for a promotion.
+    pub(super) alg: StandbyAlg,
 }
 
 impl Applier {
@@ -44,6 +49,19 @@ impl Applier {
                     dataplane.write_synced(entry)
                 }
                 Record::Remove(key) => dataplane.remove_synced(key),
+                alg @ (Record::AlgSnapshotBegin | Record::AlgSnapshotEnd | Record::Alg(_)) => {
+                    match self.alg.apply(alg) {
+                        Ok(records) => {
+                            applied.alg_records += records;
+                            applied.records += records;
+                        }
+                        Err(err) => {
+                            applied.errors += 1;
+                            tracing::warn!("ha sync: cannot read ftp sessions: {err}");
+                        }
+                    }
+                    continue;
+                }
             };
             applied.records += 1;
             if let Err(err) = written {
@@ -75,5 +93,6 @@ impl Applier {
     /// The connection went: a snapshot it left half done is not one.
     pub fn reset(&mut self) {
         self.snapshot = None;
+        self.alg.reset();
     }
 }

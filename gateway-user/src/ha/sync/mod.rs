@@ -20,12 +20,14 @@
 //! The tasks here own only sockets and counters; the maps belong to the agent's loop, which
 //! walks ([`SyncState::walk`]) and applies ([`SyncState::apply`]) on its own thread.
 
+pub mod alg;
 pub mod apply;
 pub mod auth;
 pub mod walk;
 pub mod wire;
 
 use std::{
+    collections::VecDeque,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
@@ -41,12 +43,14 @@ use tokio::{
 };
 
 use self::{
+    alg::AlgOutbox,
     apply::Applier,
     auth::{AuthError, Side},
     walk::{RECONCILE_INTERVAL, Walker},
     wire::Record,
 };
 use crate::{
+    alg::control::HeldTable,
     config::{Ha, SyncKey},
     dataplane::{Dataplane, monotonic_now_ns, sync::SyncedKey},
 };
@@ -104,6 +108,20 @@ pub struct SyncCounters {
     /// since the agent started, or a snapshot half applied.
     #[serde(default)]
     pub promotions_unsynced: u64,
+    /// Active side: the FTP ALG's records (control sessions changed or removed, snapshots
+    /// included) queued for the standby, and its snapshots; included in `records_sent`.
+    #[serde(default)]
+    pub alg_records_sent: u64,
+    #[serde(default)]
+    pub alg_snapshots_sent: u64,
+    /// Active side: the ALG's records dropped because the queue was full: their batch's
+    /// packets left without them (a snapshot followed).
+    #[serde(default)]
+    pub alg_records_dropped: u64,
+    /// Standby side: the ALG's records applied to the sessions it holds (in
+    /// `records_applied`).
+    #[serde(default)]
+    pub alg_records_applied: u64,
 }
 
 /// The sync as `gateway status` shows it.
@@ -121,6 +139,13 @@ pub struct SyncStatus {
     /// applied). What a node should show before it is made master on purpose (a failback).
     #[serde(default)]
     pub in_sync: bool,
+    /// Active side: the ALG's records queued or sent and not yet acknowledged as applied:
+    /// the control-session changes a death of this node now would lose (see `alg`).
+    #[serde(default)]
+    pub alg_unacked_records: u64,
+    /// Standby side: the FTP control sessions it holds for the active node.
+    #[serde(default)]
+    pub alg_sessions_held: u64,
     pub counters: SyncCounters,
 }
 
@@ -135,6 +160,12 @@ struct Shared {
     /// Active side, this connection: frames sent and frames the standby says it applied.
     sent_frames: u64,
     acked_frames: u64,
+    /// Active side: the ALG's next records are a snapshot of its table.
+    alg_snapshot_due: bool,
+    /// Active side: the ALG's records not yet acknowledged, and, per frame written (by its
+    /// sequence number), how many it carried.
+    alg_unacked: u64,
+    alg_in_flight: VecDeque<(u64, u64)>,
     /// Standby side: an active node is connected.
     receiving: bool,
     /// Standby side: the sequence number of the last frame applied, this connection.
@@ -180,6 +211,13 @@ impl SyncEvents {
     }
 }
 
+/// A frame's payload in the queue to the standby, with the ALG records it carries.
+#[derive(Debug)]
+pub(super) struct Queued {
+    payload: Vec<u8>,
+    alg_records: u64,
+}
+
 /// Aborts a task when dropped: a connection's tasks end with it.
 struct TaskGuard<T>(JoinHandle<T>);
 
@@ -192,7 +230,7 @@ impl<T> Drop for TaskGuard<T> {
 /// The sync, as the agent holds it.
 pub struct SyncState {
     shared: Arc<Mutex<Shared>>,
-    queue: mpsc::Sender<Vec<u8>>,
+    queue: mpsc::Sender<Queued>,
     master: watch::Sender<bool>,
     walker: Walker,
     /// Keys named as changed, reused from tick to tick.
@@ -246,6 +284,26 @@ impl SyncState {
                 TaskGuard(tokio::spawn(active.run(queued, is_master))),
             ],
         })
+    }
+
+    /// The ALG's way into the queue (see [`alg`]).
+    pub fn alg_outbox(&self) -> AlgOutbox {
+        AlgOutbox {
+            queue: self.queue.clone(),
+            shared: self.shared.clone(),
+            master: self.master.subscribe(),
+        }
+    }
+
+    /// Promotion: the control sessions held for the active node, for the ALG to take over.
+    pub fn take_held_alg(&mut self) -> HeldTable {
+        self.applier.alg.take()
+    }
+
+    /// Demotion: this node's own control sessions, held until the new active node's
+    /// snapshot replaces them.
+    pub fn hold_alg(&mut self, table: HeldTable) {
+        self.applier.alg.hold(table);
     }
 
     /// The channels the agent's loop waits on (once).
@@ -341,6 +399,7 @@ impl SyncState {
                 let mut shared = lock(&self.shared);
                 shared.counters.frames_applied += 1;
                 shared.counters.records_applied += applied.records;
+                shared.counters.alg_records_applied += applied.alg_records;
                 shared.counters.apply_errors += applied.errors;
                 shared.counters.snapshots_applied += applied.snapshots;
                 shared.applied_seq = Some(seq);
@@ -367,6 +426,8 @@ impl SyncState {
             in_sync: !*self.master.borrow()
                 && shared.counters.snapshots_applied > 0
                 && !self.applier.in_snapshot(),
+            alg_unacked_records: shared.alg_unacked,
+            alg_sessions_held: self.applier.alg.held() as u64,
             counters: shared.counters,
         }
     }
@@ -399,7 +460,7 @@ impl UnsyncedPromotion {
 /// was full: the frames from there on are dropped and counted, and a snapshot is due (the
 /// caller forgets what it sent).
 fn queue_frames(
-    queue: &mpsc::Sender<Vec<u8>>,
+    queue: &mpsc::Sender<Queued>,
     records: &[Record],
     now_ns: u64,
     shared: &mut Shared,
@@ -408,7 +469,11 @@ fn queue_frames(
     for (index, chunk) in records.chunks(RECORDS_PER_FRAME).enumerate() {
         let mut payload = Vec::new();
         wire::encode(chunk, now_ns, &mut payload);
-        if queue.try_send(payload).is_err() {
+        let queued = Queued {
+            payload,
+            alg_records: 0,
+        };
+        if queue.try_send(queued).is_err() {
             // Behind: what the standby misses now comes with a full snapshot.
             shared.counters.frames_dropped += frames - index as u64;
             shared.counters.resyncs += 1;
@@ -536,7 +601,7 @@ struct Active {
 }
 
 impl Active {
-    async fn run(self, mut queued: mpsc::Receiver<Vec<u8>>, mut master: watch::Receiver<bool>) {
+    async fn run(self, mut queued: mpsc::Receiver<Queued>, mut master: watch::Receiver<bool>) {
         loop {
             if master.wait_for(|master| *master).await.is_err() {
                 return;
@@ -556,7 +621,7 @@ impl Active {
 
     async fn stream(
         &self,
-        queued: &mut mpsc::Receiver<Vec<u8>>,
+        queued: &mut mpsc::Receiver<Queued>,
         master: &mut watch::Receiver<bool>,
     ) -> Result<(), AuthError> {
         let mut stream = timeout(CONNECT_TIMEOUT, TcpStream::connect(self.peer))
@@ -576,6 +641,9 @@ impl Active {
             let mut shared = lock(&self.shared);
             shared.sending = true;
             shared.snapshot_due = true;
+            shared.alg_snapshot_due = true;
+            shared.alg_unacked = 0;
+            shared.alg_in_flight.clear();
             shared.sent_frames = 0;
             shared.acked_frames = 0;
             shared.counters.connections += 1;
@@ -591,7 +659,7 @@ impl Active {
                     Some(payload) => payload,
                     None => return Ok(()),
                 },
-                _ = keepalive.tick() => Vec::new(),
+                _ = keepalive.tick() => Queued { payload: Vec::new(), alg_records: 0 },
                 ended = &mut acks.0 => return task_ended(ended),
                 changed = master.changed() => {
                     if changed.is_err() || !*master.borrow() {
@@ -600,7 +668,12 @@ impl Active {
                     continue;
                 }
             };
-            let (_, frame) = sealer.seal(&payload);
+            let (seq, frame) = sealer.seal(&payload.payload);
+            if payload.alg_records > 0 {
+                lock(&self.shared)
+                    .alg_in_flight
+                    .push_back((seq, payload.alg_records));
+            }
             timeout(SILENCE, writer.write_all(&frame))
                 .await
                 .map_err(timed_out)??;
@@ -626,7 +699,16 @@ async fn read_acks(
             .map_err(|_| {
                 std::io::Error::new(std::io::ErrorKind::InvalidData, "bad acknowledgement")
             })?;
-        lock(&shared).acked_frames = count;
+        let mut shared = lock(&shared);
+        shared.acked_frames = count;
+        // Frames below `count` are applied: their ALG records are out of the window.
+        while let Some(&(seq, records)) = shared.alg_in_flight.front() {
+            if seq >= count {
+                break;
+            }
+            shared.alg_in_flight.pop_front();
+            shared.alg_unacked = shared.alg_unacked.saturating_sub(records);
+        }
     }
 }
 
@@ -686,7 +768,7 @@ mod tests {
         assert!(shared.snapshot_due);
         let first = queued.try_recv().expect("the first frame queued");
         assert_eq!(
-            wire::decode(&first, 0).unwrap(),
+            wire::decode(&first.payload, 0).unwrap(),
             records[..RECORDS_PER_FRAME]
         );
         // Room again: queued whole.

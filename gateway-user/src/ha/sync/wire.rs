@@ -2,13 +2,17 @@
 //! order (addresses and ports in network order as the maps hold them, integers
 //! big-endian). Times travel relative to the sender's clock: a session's or peer's age, an
 //! expectation's time left; the receiver puts them back on its own CLOCK_MONOTONIC.
+//!
+//! The ALG's control sessions travel as the records of its journal (`SavedChanges`, JSON,
+//! the format the restart file uses), with the sender's clock beside them: the receiver
+//! moves their times by the difference of the two clocks.
 
 use gateway_common::{Endpoint, ExpectationEntry, ExpectationKey, FlowKey, PeerKey, Session};
 
 use crate::dataplane::sync::{SyncedEntry, SyncedKey};
 
 /// What the active node tells the standby.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
     /// A bulk snapshot starts: what the standby holds and the snapshot does not name goes
     /// at its end.
@@ -16,6 +20,22 @@ pub enum Record {
     SnapshotEnd,
     Upsert(SyncedEntry),
     Remove(SyncedKey),
+    /// A snapshot of the ALG's control sessions starts: the `Alg` records up to its end
+    /// replace the sessions the standby holds.
+    AlgSnapshotBegin,
+    AlgSnapshotEnd,
+    /// Control sessions changed and removed (a journal record, `SavedChanges` as JSON).
+    Alg(AlgPart),
+}
+
+/// One journal record of the ALG for the standby.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlgPart {
+    /// `SavedChanges` as JSON.
+    pub json: Vec<u8>,
+    /// Receiver's clock minus the sender's, nanoseconds (0 as sent): added to the sessions'
+    /// times.
+    pub clock_shift_ns: i64,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -33,6 +53,9 @@ const BY_PRIVATE: u8 = 11;
 const BY_PUBLIC: u8 = 12;
 const PEER: u8 = 13;
 const EXPECTATION: u8 = 14;
+const ALG_BEGIN: u8 = 20;
+const ALG_END: u8 = 21;
+const ALG_CHANGES: u8 = 22;
 /// Added to an entry's tag: its removal.
 const GONE: u8 = 100;
 
@@ -42,6 +65,14 @@ pub fn encode(records: &[Record], now_ns: u64, out: &mut Vec<u8>) {
         match record {
             Record::SnapshotBegin => out.push(BEGIN),
             Record::SnapshotEnd => out.push(END),
+            Record::AlgSnapshotBegin => out.push(ALG_BEGIN),
+            Record::AlgSnapshotEnd => out.push(ALG_END),
+            Record::Alg(part) => {
+                out.push(ALG_CHANGES);
+                out.extend_from_slice(&now_ns.to_be_bytes());
+                out.extend_from_slice(&(part.json.len() as u32).to_be_bytes());
+                out.extend_from_slice(&part.json);
+            }
             Record::Upsert(entry) => encode_entry(entry, now_ns, out),
             Record::Remove(key) => {
                 out.push(tag_of(key) + GONE);
@@ -133,6 +164,24 @@ pub fn decode(bytes: &[u8], now_ns: u64) -> Result<Vec<Record>, WireError> {
         let record = match tag {
             BEGIN => Record::SnapshotBegin,
             END => Record::SnapshotEnd,
+            ALG_BEGIN => Record::AlgSnapshotBegin,
+            ALG_END => Record::AlgSnapshotEnd,
+            ALG_CHANGES => {
+                let sent_ns = reader.u64()?;
+                let length = u32::from_be_bytes(reader.take()?) as usize;
+                let json = reader
+                    .bytes
+                    .get(reader.at..reader.at + length)
+                    .ok_or(WireError::Short(reader.at))?
+                    .to_vec();
+                reader.at += length;
+                let shift = (i128::from(now_ns) - i128::from(sent_ns))
+                    .clamp(i128::from(i64::MIN), i128::from(i64::MAX));
+                Record::Alg(AlgPart {
+                    json,
+                    clock_shift_ns: shift as i64,
+                })
+            }
             tag if tag > GONE => Record::Remove(reader.key(tag - GONE)?),
             tag => Record::Upsert(reader.entry(tag, now_ns)?),
         };
@@ -292,6 +341,12 @@ mod tests {
             Record::Remove(SyncedKey::ByPrivate(endpoint(2, 40001))),
             Record::Remove(SyncedKey::Peer(peer)),
             Record::Remove(SyncedKey::Expectation(expectation)),
+            Record::AlgSnapshotBegin,
+            Record::Alg(AlgPart {
+                json: br#"{"generation":0}"#.to_vec(),
+                clock_shift_ns: 0,
+            }),
+            Record::AlgSnapshotEnd,
         ]
     }
 
@@ -303,7 +358,13 @@ mod tests {
         // The receiver's clock is elsewhere: ages and time left are kept.
         let receiver_now = 77_000_000;
         let decoded = decode(&bytes, receiver_now).unwrap();
-        assert_eq!(decoded, samples(receiver_now));
+        let mut expected = samples(receiver_now);
+        for record in &mut expected {
+            if let Record::Alg(part) = record {
+                part.clock_shift_ns = (receiver_now - sender_now) as i64;
+            }
+        }
+        assert_eq!(decoded, expected);
     }
 
     #[test]

@@ -119,11 +119,16 @@ fn without_a_store_no_changes_are_kept() {
     }
     table.expire(241 * SECOND, &mut maps);
     assert!(table.connections.is_empty());
-    assert!(table.changes.changed.is_empty() && table.changes.removed.is_empty());
+    assert!(table.changes.log(ChangeLog::Store).is_none());
+    assert!(table.changes.log(ChangeLog::Sync).is_none());
     // Once tracked, they are.
-    table.track_changes();
+    table.track_changes(ChangeLog::Store);
     assert!(syn_from(&mut table, &mut maps, 42050));
-    assert_eq!(table.changes.changed.len(), 1);
+    assert_eq!(
+        table.changes.log(ChangeLog::Store).unwrap().changed.len(),
+        1
+    );
+    assert!(table.changes.log(ChangeLog::Sync).is_none());
 }
 
 /// A save written by version 2 of the format (as the agent before `Connection` was saved as it
@@ -248,9 +253,10 @@ fn an_unreadable_session_costs_only_itself() {
     assert_eq!(restored.connections.keys().collect::<Vec<_>>(), [&2]);
 
     // In the journal: the older copy of the session does not stand in for it.
-    table.track_changes();
+    table.track_changes(ChangeLog::Store);
     rst_from(&mut table, &mut maps, 40002);
-    let mut changes = serde_json::to_value(table.take_changes(0).unwrap()).unwrap();
+    let mut changes =
+        serde_json::to_value(table.take_changes(ChangeLog::Store, 0).unwrap()).unwrap();
     changes["changed"][0]["reset"] = 3.into();
     saved = serde_json::from_value(saved_json(&mut table)).unwrap();
     saved.apply(serde_json::from_value(changes).unwrap());
