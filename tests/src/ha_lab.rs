@@ -267,12 +267,18 @@ impl HaLab {
 }
 
 impl HaLab {
-    /// `node`'s links go down at once, as a machine's go silent when it dies: the
-    /// segments' and the sync link's.
+    /// A machine's death for `node`: its links go down at once (silent, as a dead machine's
+    /// are; the caller then kills its agent and keepalived). The outside link first: while
+    /// the outside is still up and the inside already down, a packet from outside to the
+    /// public address is translated, finds no route inside and goes to the node's stack
+    /// untranslated, whose answer to a public address without a socket is a reset that kills
+    /// the flow (a stream sees that window every time). In this order the inside's packets
+    /// meanwhile find no route out and get an ICMP unreachable, which TCP takes as a soft
+    /// error.
     pub fn cut_links(&self, node: &Node) -> anyhow::Result<()> {
         node.netns
             .sh(&format!(
-                "ip link set {INSIDE_IF} down\nip link set {OUTSIDE_IF} down\nip link set {SYNC_IF} down"
+                "ip link set {OUTSIDE_IF} down\nip link set {INSIDE_IF} down\nip link set {SYNC_IF} down"
             ))
             .map(drop)
     }
@@ -434,19 +440,5 @@ impl HaLab {
             "{}\n[[publish]]\npublic = \"{PUBLIC_VIP}:21\"\nprivate = \"{LAN_HOST}:21\"\nprotocol = \"tcp\"\nalg = \"ftp\"\n",
             self.synced_gateway_config(node, key_file)
         )
-    }
-
-    /// A machine's death for `node`: its links go down (silent, as a dead machine's are;
-    /// the caller then kills its agent and keepalived). The outside link first: while the
-    /// outside is still up and the inside already down, a packet from outside to the public
-    /// address is translated, finds no route inside and goes to the node's stack untranslated,
-    /// whose answer to a public address without a socket is a reset that kills the flow (a
-    /// stream sees that window every time). In this order the inside's packets meanwhile find
-    /// no route out and get an ICMP unreachable, which TCP takes as a soft error.
-    pub fn cut_links(node: &Node) -> anyhow::Result<()> {
-        node.netns.sh(&format!(
-            "ip link set {OUTSIDE_IF} down\nip link set {INSIDE_IF} down\nip link set {SYNC_IF} down"
-        ))?;
-        Ok(())
     }
 }

@@ -125,7 +125,7 @@ impl Pair {
     /// keepalived killed. Returns when node 2 is master.
     fn kill_master(&mut self) -> Instant {
         let died = Instant::now();
-        HaLab::cut_links(&self.lab.nodes[0]).expect("links down");
+        self.lab.cut_links(&self.lab.nodes[0]).expect("links down");
         self.gateways[0].kill_hard().expect("kill -9 the agent");
         self.keepalived[0].kill_hard();
         let two = &self.gateways[1];

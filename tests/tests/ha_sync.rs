@@ -373,10 +373,7 @@ fn established_flows_survive_a_failover_with_their_public_ports() {
     // The master dies: links first, as a machine's go silent at once (killed first, its
     // kernel would answer the flows' packets for a moment, untranslated, with resets).
     let died = Instant::now();
-    first
-        .netns
-        .sh("ip link set veth-in down\nip link set veth-out down\nip link set veth-sync down")
-        .expect("links down");
+    lab.cut_links(first).expect("links down");
     one.kill_hard().expect("kill -9 the agent");
     one_keepalived.kill_hard();
     let tcp_on = flows.tcp.wait_for(20, died, FAILOVER_BOUND);
