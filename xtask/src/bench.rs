@@ -31,7 +31,9 @@ use gateway_tests::{
     netns::unique_prefix,
 };
 
+mod cpu;
 mod ftp;
+mod router_cpu;
 
 const PORT: u16 = 5201;
 
@@ -113,6 +115,8 @@ impl Setup {
 struct Samples {
     tcp_gbps: Vec<f64>,
     udp_pps: Vec<f64>,
+    /// The machine's softirq time per UDP packet sent, ns (see `cpu`).
+    softirq_ns: Vec<f64>,
 }
 
 pub struct Options {
@@ -120,6 +124,11 @@ pub struct Options {
     pub runs: usize,
     /// Only the FTP rows, printed rather than written (for work on the ALG).
     pub ftp_only: bool,
+    /// Only the lab's fast-path rows (throughput and router CPU per packet), printed rather
+    /// than written.
+    pub fastpath_only: bool,
+    /// `[ftp] busy_poll_us` for the gateway's FTP runs; the default configuration's without.
+    pub busy_poll_us: Option<u64>,
 }
 
 pub fn run(options: &Options) -> anyhow::Result<()> {
@@ -136,6 +145,12 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     if options.ftp_only {
         print!("{}", ftp::run(&gateway, options)?);
         println!("bench: --ftp-only: BENCHMARKS.md left as it is");
+        return Ok(());
+    }
+    if options.fastpath_only {
+        let samples = lab_samples(&gateway, options)?;
+        print!("{}", router_cpu::report(&samples, options)?);
+        println!("bench: --fastpath-only: BENCHMARKS.md left as it is");
         return Ok(());
     }
 
@@ -168,21 +183,12 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         })
         .collect();
 
-    let mut samples = vec![Samples::default(); Setup::ALL.len()];
-    for run in 0..options.runs {
-        for (index, setup) in Setup::ALL.into_iter().enumerate() {
-            println!("bench: run {}/{}: {}", run + 1, options.runs, setup.name());
-            let (gbps, pps) = measure(setup, &gateway, options.seconds)
-                .with_context(|| format!("measuring {}", setup.name()))?;
-            println!("bench:   tcp {gbps:.2} Gbit/s, udp {pps:.0} packets/s");
-            samples[index].tcp_gbps.push(gbps);
-            samples[index].udp_pps.push(pps);
-        }
-    }
+    let samples = lab_samples(&gateway, options)?;
     let ftp_report = ftp::run(&gateway, options)?;
     println!("bench: concurrency (the soak)");
     let soak = crate::soak::soak(&gateway, 10_000, 1_000, 60)?;
     let mut report = report(&testrun, &samples, options)?;
+    report.push_str(&router_cpu::report(&samples, options)?);
     report.push_str(&ftp_report);
     report.push_str(&format!(
                 "\n## Concurrency\n\nFrom `cargo xtask soak` (run here with 60 s of downloads): {} of {} control sessions opened through the\nALG in {:.1} s and held open, {} passive downloads at a time through them: {} downloads, {} failed\n(sessions and downloads; the target is 0); the agent's memory grew by about {} bytes per control session; {}\nentries (control sessions, session-table entries, expectations) were left once the sessions ended.\n{}\n",
@@ -210,12 +216,41 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One configuration, on a lab of its own: (TCP Gbit/s, UDP packets/s).
+/// Every lab configuration, `options.runs` times, alternating.
+fn lab_samples(gateway: &std::path::Path, options: &Options) -> anyhow::Result<Vec<Samples>> {
+    let mut samples = vec![Samples::default(); Setup::ALL.len()];
+    for run in 0..options.runs {
+        for (index, setup) in Setup::ALL.into_iter().enumerate() {
+            println!("bench: run {}/{}: {}", run + 1, options.runs, setup.name());
+            let measured = measure(setup, gateway, options.seconds)
+                .with_context(|| format!("measuring {}", setup.name()))?;
+            println!(
+                "bench:   tcp {:.2} Gbit/s, udp {:.0} packets/s, {:.0} ns softirq per packet",
+                measured.gbps, measured.pps, measured.softirq_ns
+            );
+            samples[index].tcp_gbps.push(measured.gbps);
+            samples[index].udp_pps.push(measured.pps);
+            samples[index].softirq_ns.push(measured.softirq_ns);
+        }
+    }
+    Ok(samples)
+}
+
+/// What one lab configuration measured.
+struct Measured {
+    gbps: f64,
+    /// UDP packets received per second.
+    pps: f64,
+    /// The machine's softirq time during the UDP run per packet sent, ns.
+    softirq_ns: f64,
+}
+
+/// One configuration, on a lab of its own.
 fn measure(
     setup: Setup,
     gateway_binary: &std::path::Path,
     seconds: u32,
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<Measured> {
     // Native XDP cannot handle the partial checksums of locally generated veth packets, so
     // its run uses wire-like end hosts (checksums computed in software, no TSO).
     let options = LabOptions {
@@ -281,16 +316,26 @@ EOF",
         .as_f64()
         .context("iperf3 tcp: no bits_per_second")?
         / 1e9;
+    let meter = cpu::CpuMeter::start(None)?;
     let udp = iperf(&lab, target, seconds, &["-u", "-b", "0", "-l", "64"])?;
+    let used = meter.stop()?;
     let sum = &udp["end"]["sum"];
     let packets = sum["packets"].as_f64().context("iperf3 udp: no packets")?;
+    if packets <= 0.0 {
+        bail!("iperf3 udp: no packets sent");
+    }
     let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
     let elapsed = sum["seconds"]
         .as_f64()
         .filter(|s| *s > 0.0)
         .unwrap_or(seconds as f64);
     server.stop();
-    Ok((gbps, (packets - lost) / elapsed))
+    // Every packet sent crossed the router (what the receiving socket then lost too).
+    Ok(Measured {
+        gbps,
+        pps: (packets - lost) / elapsed,
+        softirq_ns: used.softirq * 1e9 / packets,
+    })
 }
 
 /// The gateway on the lab's router with config `text` (kept in a file as long as it runs).
@@ -598,6 +643,7 @@ mod tests {
                 Samples {
                     tcp_gbps: vec![tcp; 3],
                     udp_pps: vec![pps; 3],
+                    softirq_ns: vec![1e9 / pps; 3],
                 }
             })
             .collect()
@@ -630,6 +676,8 @@ mod tests {
             seconds: 1,
             runs: 3,
             ftp_only: false,
+            fastpath_only: false,
+            busy_poll_us: None,
         };
         let report = report(&testrun, &samples, &options).expect("report");
         let xdp = row(&report, Setup::GatewayXdp);
@@ -663,6 +711,8 @@ mod tests {
             seconds: 1,
             runs: 3,
             ftp_only: false,
+            fastpath_only: false,
+            busy_poll_us: None,
         };
         let report = report(&[], &samples, &options).expect("report");
         let xdp = row(&report, Setup::GatewayXdp);

@@ -48,6 +48,14 @@ enum Task {
         /// Only the FTP rows, printed instead of written to BENCHMARKS.md.
         #[arg(long)]
         ftp_only: bool,
+        /// Only the lab's fast-path rows (throughput, router CPU per packet), printed instead
+        /// of written to BENCHMARKS.md.
+        #[arg(long)]
+        fastpath_only: bool,
+        /// `[ftp] busy_poll_us` for the gateway's FTP runs (the default configuration's
+        /// otherwise), to measure the setting.
+        #[arg(long)]
+        busy_poll_us: Option<u64>,
     },
     /// Load and soak (needs root; bounded in time): thousands of FTP control sessions held
     /// open through the gateway and hundreds of downloads through them, then checks for
@@ -123,10 +131,14 @@ fn main() {
             seconds,
             runs,
             ftp_only,
+            fastpath_only,
+            busy_poll_us,
         } => bench::run(&bench::Options {
             seconds,
             runs: runs.max(1),
             ftp_only,
+            fastpath_only,
+            busy_poll_us,
         }),
         Task::Test { cargo_test_args } => test(&cargo_test_args),
     };

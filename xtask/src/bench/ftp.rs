@@ -25,9 +25,10 @@ use gateway_tests::{
     netns::unique_prefix,
 };
 
-use super::{Options, median, spread};
+use super::{Options, cpu::CpuMeter, median, spread};
 
 mod capture;
+mod cpu;
 mod profile;
 
 use capture::ReplyCapture;
@@ -62,6 +63,8 @@ pub(super) struct FtpSamples {
     /// The same under the saturating load.
     loaded: Vec<(f64, f64)>,
     agent: Vec<AgentTimes>,
+    /// CPU of each loaded run, per 1,000 sessions completed in it.
+    cpu: Vec<cpu::CpuPerSessions>,
 }
 
 /// The agent's own accounting of a run, per punted packet.
@@ -88,6 +91,7 @@ pub(super) struct FtpSample {
     quiet: (f64, f64),
     loaded: (f64, f64),
     agent: Option<AgentTimes>,
+    cpu: cpu::CpuPerSessions,
 }
 
 impl FtpSamples {
@@ -96,6 +100,7 @@ impl FtpSamples {
         self.quiet.push(sample.quiet);
         self.loaded.push(sample.loaded);
         self.agent.extend(sample.agent);
+        self.cpu.push(sample.cpu);
     }
 }
 
@@ -103,8 +108,8 @@ impl std::fmt::Display for FtpSample {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:.0} sessions/s, 227 transit p50/p99 {:.0}/{:.0} us alone, {:.0}/{:.0} us loaded",
-            self.rate, self.quiet.0, self.quiet.1, self.loaded.0, self.loaded.1
+            "{:.0} sessions/s, 227 transit p50/p99 {:.0}/{:.0} us alone, {:.0}/{:.0} us loaded, {}",
+            self.rate, self.quiet.0, self.quiet.1, self.loaded.0, self.loaded.1, self.cpu
         )
     }
 }
@@ -134,7 +139,7 @@ pub(super) fn run(gateway: &Path, options: &Options) -> anyhow::Result<String> {
                 setup.name()
             );
             let profile = (perf && run + 1 == options.runs).then_some(profile_path.as_path());
-            let sample = measure(setup, gateway, options.seconds, profile)
+            let sample = measure(setup, gateway, options, profile)
                 .with_context(|| format!("measuring ftp, {}", setup.name()))?;
             println!("bench:   {sample}");
             ftp_samples[index].push(sample);
@@ -162,7 +167,7 @@ pub(super) fn run(gateway: &Path, options: &Options) -> anyhow::Result<String> {
 pub(super) fn measure(
     setup: FtpSetup,
     gateway_binary: &Path,
-    seconds: u32,
+    options: &Options,
     profile: Option<&Path>,
 ) -> anyhow::Result<FtpSample> {
     let prefix = format!("{}f", unique_prefix());
@@ -178,7 +183,7 @@ pub(super) fn measure(
         &root,
         setup,
         gateway_binary,
-        seconds,
+        options,
         profile,
     );
     let _ = std::fs::remove_dir_all(&root);
@@ -191,9 +196,10 @@ fn measure_on(
     root: &Path,
     setup: FtpSetup,
     gateway_binary: &Path,
-    seconds: u32,
+    options: &Options,
     profile: Option<&Path>,
 ) -> anyhow::Result<FtpSample> {
+    let seconds = options.seconds;
     let _server = gateway_tests::ftp::Script::spawn(
         &lab.inside,
         "load_server.py",
@@ -236,8 +242,12 @@ EOF",
         FtpSetup::Gateway => {
             // As packaged (packaging/gateway.toml): the agent, on the packet path of every
             // control connection, runs at a real-time priority.
+            let busy_poll = options
+                .busy_poll_us
+                .map(|us| format!("busy_poll_us = {us}\n"))
+                .unwrap_or_default();
             let text = format!(
-                "{}alg = \"ftp\"\n\n[ftp]\nrealtime_priority = 10\n",
+                "{}alg = \"ftp\"\n\n[ftp]\nrealtime_priority = 10\n{busy_poll}",
                 lab::gateway_config(
                     "tc",
                     &[(
@@ -263,7 +273,9 @@ EOF",
         (Some(path), Some(gateway)) => Some(Perf::record(gateway.pid(), path)?),
         _ => None,
     };
+    let meter = CpuMeter::start(gateway.as_ref().map(GatewayProcess::pid))?;
     let loaded_run = rate_run(lab, target, seconds, FTP_PARALLEL)?;
+    let used = meter.stop()?;
     if let Some(perf) = perf {
         perf.stop()?;
     }
@@ -281,6 +293,7 @@ EOF",
         quiet,
         loaded,
         agent,
+        cpu: cpu::CpuPerSessions::new(used, loaded_run.sessions),
     })
 }
 
@@ -416,8 +429,13 @@ pub(super) fn report(
     writeln!(out, "\n## FTP through the ALG\n")?;
     writeln!(
         out,
-        "A published pyftpdlib (async) at 203.0.113.1:21. Sessions: {FTP_PARALLEL} client workers run complete sessions back to back\n(connect, anonymous login, PASV, LIST over the data connection, QUIT) for {} s, which saturates both CPUs with\nthe client, the server and the gateway together; {} runs per setup, alternating; median and range.\n\nThe 227's transit is measured from captures on both sides: tcpdump (a kernel filter that keeps only 227 replies)\non the server's interface, where the reply leaves, and on the client's, where it arrives; kernel timestamps of\none clock, matched by the client's port. Once with one session at a time ({QUIET_SECONDS} s, alone) and once during the\nsaturating sessions run (loaded). What a gateway adds is its transit minus plain forwarding's.\nLinux: nftables DNAT with the `ftp` conntrack helper assigned explicitly (nf_conntrack_ftp and nf_nat_ftp\nrewrite the 227 in the kernel). The gateway runs as packaged: the agent at real-time priority\n(`[ftp] realtime_priority = 10`). A failed session in any run, on any setup, stops the bench: every session\nbelow completed.\n",
-        options.seconds, options.runs
+        "A published pyftpdlib (async) at 203.0.113.1:21. Sessions: {FTP_PARALLEL} client workers run complete sessions back to back\n(connect, anonymous login, PASV, LIST over the data connection, QUIT) for {} s, which saturates both CPUs with\nthe client, the server and the gateway together; {} runs per setup, alternating; median and range.\n\nThe 227's transit is measured from captures on both sides: tcpdump (a kernel filter that keeps only 227 replies)\non the server's interface, where the reply leaves, and on the client's, where it arrives; kernel timestamps of\none clock, matched by the client's port. Once with one session at a time ({QUIET_SECONDS} s, alone) and once during the\nsaturating sessions run (loaded). What a gateway adds is its transit minus plain forwarding's.\nLinux: nftables DNAT with the `ftp` conntrack helper assigned explicitly (nf_conntrack_ftp and nf_nat_ftp\nrewrite the 227 in the kernel). The gateway runs as packaged: the agent at real-time priority\n(`[ftp] realtime_priority = 10`){}. A failed session in any run, on any setup, stops the bench: every session\nbelow completed.\n",
+        options.seconds,
+        options.runs,
+        options
+            .busy_poll_us
+            .map(|us| format!(", here with `busy_poll_us = {us}`"))
+            .unwrap_or_default(),
     )?;
     writeln!(
         out,
@@ -464,6 +482,7 @@ pub(super) fn report(
         .iter()
         .position(|setup| *setup == FtpSetup::Gateway)
         .context("no gateway setup")?;
+    out.push_str(&cpu::report(samples, options)?);
     if !samples[gateway].agent.is_empty() {
         let wait: Vec<f64> = samples[gateway].agent.iter().map(|a| a.wait_ns).collect();
         let busy: Vec<f64> = samples[gateway].agent.iter().map(|a| a.busy_ns).collect();
