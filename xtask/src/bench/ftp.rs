@@ -29,6 +29,7 @@ use super::{Options, cpu::CpuMeter, median, spread};
 
 mod capture;
 mod cpu;
+mod handshake;
 mod profile;
 
 use capture::ReplyCapture;
@@ -65,6 +66,8 @@ pub(super) struct FtpSamples {
     agent: Vec<AgentTimes>,
     /// CPU of each loaded run, per 1,000 sessions completed in it.
     cpu: Vec<cpu::CpuPerSessions>,
+    /// The control connections' connect times one session at a time: p50, p99 in us.
+    connect: Vec<(f64, f64)>,
 }
 
 /// The agent's own accounting of a run, per punted packet.
@@ -92,6 +95,7 @@ pub(super) struct FtpSample {
     loaded: (f64, f64),
     agent: Option<AgentTimes>,
     cpu: cpu::CpuPerSessions,
+    connect: (f64, f64),
 }
 
 impl FtpSamples {
@@ -101,6 +105,7 @@ impl FtpSamples {
         self.loaded.push(sample.loaded);
         self.agent.extend(sample.agent);
         self.cpu.push(sample.cpu);
+        self.connect.push(sample.connect);
     }
 }
 
@@ -267,6 +272,7 @@ EOF",
     let capture = ReplyCapture::start(lab, prefix, "quiet")?;
     let quiet_run = rate_run(lab, target, QUIET_SECONDS, "1")?;
     let quiet = percentiles(capture.finish()?).context("one session at a time")?;
+    let connect = percentiles(quiet_run.connect_us.clone()).context("connect times")?;
 
     let capture = ReplyCapture::start(lab, prefix, "loaded")?;
     let perf = match (profile, &gateway) {
@@ -294,6 +300,7 @@ EOF",
         loaded,
         agent,
         cpu: cpu::CpuPerSessions::new(used, loaded_run.sessions),
+        connect,
     })
 }
 
@@ -365,6 +372,8 @@ type Column = fn(&AgentTimes) -> f64;
 struct RateRun {
     sessions: u64,
     seconds: f64,
+    /// Each control connection's connect (the handshake's round trip), us.
+    connect_us: Vec<f64>,
 }
 
 /// `ftp_rate.py` from the outside host. A failed session, on any setup, is an error: a rate
@@ -399,9 +408,16 @@ fn rate_run(
             value["errors"]
         );
     }
+    let connect_us = value["connect_us"]
+        .as_array()
+        .with_context(|| format!("no connect times in {value}"))?
+        .iter()
+        .filter_map(serde_json::Value::as_f64)
+        .collect();
     Ok(RateRun {
         sessions,
         seconds: elapsed,
+        connect_us,
     })
 }
 
@@ -483,6 +499,7 @@ pub(super) fn report(
         .position(|setup| *setup == FtpSetup::Gateway)
         .context("no gateway setup")?;
     out.push_str(&cpu::report(samples, options)?);
+    out.push_str(&handshake::report(samples)?);
     if !samples[gateway].agent.is_empty() {
         let wait: Vec<f64> = samples[gateway].agent.iter().map(|a| a.wait_ns).collect();
         let busy: Vec<f64> = samples[gateway].agent.iter().map(|a| a.busy_ns).collect();

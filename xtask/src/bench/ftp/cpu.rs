@@ -14,7 +14,7 @@ pub(super) struct CpuPerSessions {
     /// The machine's softirq time.
     softirq: f64,
     /// The agent's user + system time (0 for setups without one).
-    agent: f64,
+    pub(super) agent: f64,
 }
 
 impl CpuPerSessions {
@@ -23,6 +23,16 @@ impl CpuPerSessions {
         CpuPerSessions {
             softirq: used.softirq / thousands,
             agent: used.process / thousands,
+        }
+    }
+}
+
+#[cfg(test)]
+impl CpuPerSessions {
+    pub(super) fn with_agent(agent: f64) -> CpuPerSessions {
+        CpuPerSessions {
+            softirq: 0.0,
+            agent,
         }
     }
 }
