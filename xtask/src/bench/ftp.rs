@@ -94,7 +94,8 @@ pub(super) struct FtpSample {
     quiet: (f64, f64),
     loaded: (f64, f64),
     agent: Option<AgentTimes>,
-    cpu: cpu::CpuPerSessions,
+    /// `None` for a profiled run: perf's sampling would count as the agent's time.
+    cpu: Option<cpu::CpuPerSessions>,
     connect: (f64, f64),
 }
 
@@ -104,7 +105,7 @@ impl FtpSamples {
         self.quiet.push(sample.quiet);
         self.loaded.push(sample.loaded);
         self.agent.extend(sample.agent);
-        self.cpu.push(sample.cpu);
+        self.cpu.extend(sample.cpu);
         self.connect.push(sample.connect);
     }
 }
@@ -114,7 +115,14 @@ impl std::fmt::Display for FtpSample {
         write!(
             f,
             "{:.0} sessions/s, 227 transit p50/p99 {:.0}/{:.0} us alone, {:.0}/{:.0} us loaded, {}",
-            self.rate, self.quiet.0, self.quiet.1, self.loaded.0, self.loaded.1, self.cpu
+            self.rate,
+            self.quiet.0,
+            self.quiet.1,
+            self.loaded.0,
+            self.loaded.1,
+            self.cpu
+                .map_or("CPU not counted (profiled run)".to_owned(), |cpu| cpu
+                    .to_string())
         )
     }
 }
@@ -143,14 +151,20 @@ pub(super) fn run(gateway: &Path, options: &Options) -> anyhow::Result<String> {
                 options.runs,
                 setup.name()
             );
-            let profile = (perf && run + 1 == options.runs).then_some(profile_path.as_path());
+            // Not the only run: perf's sampling counts as the agent's CPU time, so the
+            // profiled run's CPU figure is left out.
+            let profile = (perf && options.runs >= 2 && run + 1 == options.runs)
+                .then_some(profile_path.as_path());
             let sample = measure(setup, gateway, options, profile)
                 .with_context(|| format!("measuring ftp, {}", setup.name()))?;
             println!("bench:   {sample}");
             ftp_samples[index].push(sample);
         }
     }
-    let profile = if perf {
+    let profile = if perf && options.runs < 2 {
+        println!("bench: one run only: no agent profile (it would take the run's CPU figure)");
+        None
+    } else if perf {
         let summary = profile_summary(&profile_path);
         let _ = std::fs::remove_file(&profile_path);
         match summary {
@@ -279,6 +293,7 @@ EOF",
         (Some(path), Some(gateway)) => Some(Perf::record(gateway.pid(), path)?),
         _ => None,
     };
+    let profiled = perf.is_some();
     let meter = CpuMeter::start(gateway.as_ref().map(GatewayProcess::pid))?;
     let loaded_run = rate_run(lab, target, seconds, FTP_PARALLEL)?;
     let used = meter.stop()?;
@@ -299,7 +314,7 @@ EOF",
         quiet,
         loaded,
         agent,
-        cpu: cpu::CpuPerSessions::new(used, loaded_run.sessions),
+        cpu: (!profiled).then(|| cpu::CpuPerSessions::new(used, loaded_run.sessions)),
         connect,
     })
 }

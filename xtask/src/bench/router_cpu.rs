@@ -115,8 +115,13 @@ pub(super) fn report(samples: &[Samples], options: &Options) -> anyhow::Result<S
     }
     writeln!(
         out,
-        "\nTarget (issue 15): the fast path's added router CPU per packet <= {TARGET_RATIO:.1}x nftables', with BPF forwarding (the\ndefault): {}.",
-        verdicts.join("; ")
+        "\nTarget (issue 15): the fast path's added router CPU per packet <= {TARGET_RATIO:.1}x nftables', with BPF forwarding (the\ndefault): {}.{}",
+        verdicts.join("; "),
+        if options.runs < 2 {
+            " One run per setup: no spread, so no estimate of the noise."
+        } else {
+            ""
+        }
     )?;
     Ok(out)
 }

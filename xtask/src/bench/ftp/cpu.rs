@@ -71,7 +71,7 @@ pub(super) fn report(samples: &[FtpSamples], options: &Options) -> anyhow::Resul
     let mut out = String::new();
     writeln!(
         out,
-        "\nWhat the sessions cost the router's CPUs, per 1,000 sessions of the loaded runs ({} runs per setup, median\nand range), accounted the same way for every setup: the machine's softirq time (`/proc/stat`, both CPUs), where\nthe kernel forwards every packet (conntrack, NAT and nf_nat_ftp for Linux; our TC programs, the tap punts and\nthe forwarded ACKs for the gateway; the end hosts' TCP stacks for all), beyond plain forwarding's; and for\nthe gateway its agent's own user and system time (`/proc/<pid>/stat`, all threads, busy-polling included). The\nkernel samples both at its tick (no IRQ time accounting here), a tick counts once, as softirq or as the\nagent's; other processes on this shared machine add softirq time of their own, so an added figure within plain\nforwarding's spread ({noise:.2} s) is noise.\n",
+        "\nWhat the sessions cost the router's CPUs, per 1,000 sessions of the loaded runs ({} runs per setup, median\nand range), accounted the same way for every setup: the machine's softirq time (`/proc/stat`, both CPUs), where\nthe kernel forwards every packet (conntrack, NAT and nf_nat_ftp for Linux; our TC programs, the tap punts and\nthe forwarded ACKs for the gateway; the end hosts' TCP stacks for all), beyond plain forwarding's; and for\nthe gateway its agent's own user and system time (`/proc/<pid>/stat`, all threads, busy-polling included). The\nkernel samples both at its tick (no IRQ time accounting here), a tick counts once, as softirq or as the\nagent's; other processes on this shared machine add softirq time of their own, so an added figure within plain\nforwarding's spread ({noise:.2} s) is noise. The profiled gateway run is left out (perf's sampling would count as the\nagent's time).\n",
         options.runs
     )?;
     writeln!(
@@ -144,7 +144,12 @@ pub(super) fn report(samples: &[FtpSamples], options: &Options) -> anyhow::Resul
             "no difference this run can measure: the gateway {gateway_total:.2} s, Linux {linux_total:.2} s per 1,000 sessions, within plain forwarding's spread of {noise:.2} s"
         )
     };
-    writeln!(out, "\nCPU per session: {verdict}.")?;
+    let single = if samples[plain].cpu.len() < 2 {
+        " One run per setup: no spread, so no estimate of the noise."
+    } else {
+        ""
+    };
+    writeln!(out, "\nCPU per session: {verdict}.{single}")?;
     Ok(out)
 }
 
