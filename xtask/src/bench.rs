@@ -316,8 +316,18 @@ EOF",
         .as_f64()
         .context("iperf3 tcp: no bits_per_second")?
         / 1e9;
-    let meter = cpu::CpuMeter::start(None)?;
-    let udp = iperf(&lab, target, seconds, &["-u", "-b", "0", "-l", "64"])?;
+    // The sender pinned to the last CPU: the kernel forwards each packet (router and receiving
+    // host, in softirq) on the CPU that sent it, so that CPU's softirq time is the traffic's,
+    // and the other CPU's share of this shared machine's other work stays out of it.
+    let traffic_cpu =
+        std::thread::available_parallelism().map_or(0, |cpus| cpus.get().saturating_sub(1));
+    let meter = cpu::CpuMeter::start(None, Some(traffic_cpu))?;
+    let udp = iperf(
+        &lab,
+        target,
+        seconds,
+        &["-u", "-b", "0", "-l", "64", "-A", &traffic_cpu.to_string()],
+    )?;
     let used = meter.stop()?;
     let sum = &udp["end"]["sum"];
     let packets = sum["packets"].as_f64().context("iperf3 udp: no packets")?;

@@ -19,18 +19,20 @@ fn clock_ticks_per_second() -> f64 {
     if ticks > 0 { ticks as f64 } else { 100.0 }
 }
 
-/// Softirq time of all CPUs since boot, in seconds.
-pub(super) fn softirq_seconds() -> anyhow::Result<f64> {
+/// Softirq time since boot of CPU `cpu`, or of all CPUs, in seconds.
+pub(super) fn softirq_seconds(cpu: Option<usize>) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string("/proc/stat").context("read /proc/stat")?;
-    softirq_from_stat(&stat).map(|ticks| ticks / clock_ticks_per_second())
+    softirq_from_stat(&stat, cpu).map(|ticks| ticks / clock_ticks_per_second())
 }
 
-/// The `softirq` field (the 7th value) of the `cpu` line of `/proc/stat`, in ticks.
-fn softirq_from_stat(stat: &str) -> anyhow::Result<f64> {
+/// The `softirq` field (the 7th value) of the `cpu` (all CPUs) or `cpuN` line of
+/// `/proc/stat`, in ticks.
+fn softirq_from_stat(stat: &str, cpu: Option<usize>) -> anyhow::Result<f64> {
+    let label = cpu.map_or_else(|| "cpu".to_owned(), |cpu| format!("cpu{cpu}"));
     let line = stat
         .lines()
-        .find(|line| line.starts_with("cpu "))
-        .context("no cpu line in /proc/stat")?;
+        .find(|line| line.split_whitespace().next() == Some(label.as_str()))
+        .with_context(|| format!("no {label} line in /proc/stat"))?;
     let value = line
         .split_whitespace()
         .nth(7)
@@ -70,9 +72,10 @@ fn process_ticks(stat: &str) -> anyhow::Result<f64> {
     Ok(user + system)
 }
 
-/// CPU used between [`CpuMeter::start`] and [`CpuMeter::stop`]: the machine's softirq time
-/// and, with a process to follow, that process's own time.
+/// CPU used between [`CpuMeter::start`] and [`CpuMeter::stop`]: the softirq time of one CPU
+/// or of all, and, with a process to follow, that process's own time.
 pub(super) struct CpuMeter {
+    cpu: Option<usize>,
     softirq: f64,
     process: Option<(u32, f64)>,
 }
@@ -86,13 +89,16 @@ pub(super) struct CpuUsed {
 }
 
 impl CpuMeter {
-    pub(super) fn start(process: Option<u32>) -> anyhow::Result<CpuMeter> {
+    /// `cpu`: the one CPU whose softirq time counts (the traffic's, when its sender is pinned
+    /// there), or `None` for all.
+    pub(super) fn start(process: Option<u32>, cpu: Option<usize>) -> anyhow::Result<CpuMeter> {
         let process = match process {
             Some(pid) => Some((pid, process_seconds(pid)?)),
             None => None,
         };
         Ok(CpuMeter {
-            softirq: softirq_seconds()?,
+            cpu,
+            softirq: softirq_seconds(cpu)?,
             process,
         })
     }
@@ -103,7 +109,7 @@ impl CpuMeter {
             None => 0.0,
         };
         Ok(CpuUsed {
-            softirq: softirq_seconds()? - self.softirq,
+            softirq: softirq_seconds(self.cpu)? - self.softirq,
             process,
         })
     }
@@ -115,9 +121,12 @@ mod tests {
 
     #[test]
     fn softirq_is_the_seventh_value_of_the_cpu_line() {
-        let stat = "cpu  100 2 300 4000 50 6 789 0 0 0\ncpu0 1 2 3 4 5 6 7 0 0 0\n";
-        assert_eq!(softirq_from_stat(stat).expect("softirq"), 789.0);
-        assert!(softirq_from_stat("intr 1 2 3\n").is_err());
+        let stat = "cpu  100 2 300 4000 50 6 789 0 0 0\ncpu0 1 2 3 4 5 6 7 0 0 0\n\
+                    cpu1 1 2 3 4 5 6 17 0 0 0\n";
+        assert_eq!(softirq_from_stat(stat, None).expect("softirq"), 789.0);
+        assert_eq!(softirq_from_stat(stat, Some(1)).expect("cpu1"), 17.0);
+        assert!(softirq_from_stat(stat, Some(2)).is_err());
+        assert!(softirq_from_stat("intr 1 2 3\n", None).is_err());
     }
 
     #[test]

@@ -294,7 +294,7 @@ EOF",
         _ => None,
     };
     let profiled = perf.is_some();
-    let meter = CpuMeter::start(gateway.as_ref().map(GatewayProcess::pid))?;
+    let meter = CpuMeter::start(gateway.as_ref().map(GatewayProcess::pid), None)?;
     let loaded_run = rate_run(lab, target, seconds, FTP_PARALLEL)?;
     let used = meter.stop()?;
     if let Some(perf) = perf {
