@@ -99,10 +99,20 @@ pub(super) fn report(samples: &[Samples], options: &Options) -> anyhow::Result<S
         if of(samples, setup).is_empty() {
             continue;
         }
+        // A ratio whose numerator is itself within the noise is a measurement of little worth:
+        // said beside the verdict, which the numbers still decide.
+        let own_noise = if added(samples, setup).abs() <= noise(samples, setup) {
+            format!(
+                ", though its own added cost is within the baseline's spread of {:.0} ns",
+                noise(samples, setup)
+            )
+        } else {
+            String::new()
+        };
         verdicts.push(match verdict(samples, setup) {
-            Verdict::Met(ratio) => format!("{hook} met ({ratio:.2}x)"),
+            Verdict::Met(ratio) => format!("{hook} met ({ratio:.2}x{own_noise})"),
             Verdict::Missed(ratio) => format!(
-                "{hook} missed ({ratio:.2}x: {:.0} ns added against nftables' {:.0})",
+                "{hook} missed ({ratio:.2}x: {:.0} ns added against nftables' {:.0}{own_noise})",
                 added(samples, setup),
                 added_of_nftables(samples, setup)
             ),
@@ -182,6 +192,20 @@ mod tests {
         );
         assert!(
             report.contains("| 1160 (1150-1170) | 150 | 0.38x |"),
+            "{report}"
+        );
+    }
+
+    #[test]
+    fn a_verdict_says_when_the_fast_paths_own_cost_is_within_the_noise() {
+        let samples = samples(&[
+            (Setup::PlainWireLike, &[1800.0, 2100.0, 2400.0]),
+            (Setup::NftablesWireLike, &[3000.0, 3000.0, 3100.0]),
+            (Setup::GatewayXdp, &[2560.0, 2570.0, 2600.0]),
+        ]);
+        let report = report(&samples, &options()).expect("report");
+        assert!(
+            report.contains("native XDP missed (0.52x: 470 ns added against nftables' 900, though its own added cost is within the baseline's spread of 600 ns)"),
             "{report}"
         );
     }
