@@ -1,9 +1,10 @@
 """FTP sessions per second: ftp_rate.py SERVER SECONDS PARALLEL
 
 PARALLEL workers run complete sessions back to back for SECONDS: connect, anonymous login,
-PASV, LIST (over the data connection), QUIT. Each PASV's round trip (command sent to 227
-received) is timed. Prints one JSON object: sessions completed, failures, elapsed seconds,
-and the PASV round trips in microseconds.
+PASV, LIST (over the data connection), QUIT. Each control connection's connect (SYN sent to
+SYN-ACK received, the handshake) and each PASV's round trip (command sent to 227 received) are
+timed. Prints one JSON object: sessions completed, failures, elapsed seconds, and the connect
+times and PASV round trips in microseconds.
 """
 import json
 import socket
@@ -13,7 +14,7 @@ import time
 
 server, seconds, parallel = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 lock = threading.Lock()
-result = {"sessions": 0, "failures": 0, "pasv_us": [], "errors": []}
+result = {"sessions": 0, "failures": 0, "connect_us": [], "pasv_us": [], "errors": []}
 
 
 def reply(reader):
@@ -28,7 +29,9 @@ def reply(reader):
 
 
 def session():
+    started = time.perf_counter()
     conn = socket.create_connection((server, 21), timeout=10)
+    connect_us = (time.perf_counter() - started) * 1e6
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     reader = conn.makefile("rb")
 
@@ -56,15 +59,16 @@ def session():
         raise ConnectionError("LIST failed")
     command("QUIT")
     conn.close()
-    return pasv_us
+    return connect_us, pasv_us
 
 
 def worker(deadline):
     while time.monotonic() < deadline:
         try:
-            pasv_us = session()
+            connect_us, pasv_us = session()
             with lock:
                 result["sessions"] += 1
+                result["connect_us"].append(round(connect_us, 1))
                 result["pasv_us"].append(round(pasv_us, 1))
         except Exception as err:
             with lock:

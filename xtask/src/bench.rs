@@ -24,15 +24,13 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use gateway_tests::{
-    TempFile,
-    gateway::GatewayProcess,
-    lab::{self, Lab, LabOptions},
-    netns::unique_prefix,
-};
+use gateway_tests::{TempFile, gateway::GatewayProcess, lab::Lab};
 
+mod cpu;
 mod ftp;
 mod ha;
+mod lab_runs;
+mod router_cpu;
 
 const PORT: u16 = 5201;
 
@@ -114,6 +112,8 @@ impl Setup {
 struct Samples {
     tcp_gbps: Vec<f64>,
     udp_pps: Vec<f64>,
+    /// The machine's softirq time per UDP packet sent, ns (see `cpu`).
+    softirq_ns: Vec<f64>,
 }
 
 pub struct Options {
@@ -123,6 +123,11 @@ pub struct Options {
     pub ftp_only: bool,
     /// Only the high-availability rows, printed rather than written.
     pub ha_only: bool,
+    /// Only the lab's fast-path rows (throughput and router CPU per packet), printed rather
+    /// than written.
+    pub fastpath_only: bool,
+    /// `[ftp] busy_poll_us` for the gateway's FTP runs; the default configuration's without.
+    pub busy_poll_us: Option<u64>,
 }
 
 pub fn run(options: &Options) -> anyhow::Result<()> {
@@ -155,6 +160,12 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         println!("bench: --ftp-only: BENCHMARKS.md left as it is");
         return Ok(());
     }
+    if options.fastpath_only {
+        let samples = lab_runs::lab_samples(&gateway, options)?;
+        print!("{}", router_cpu::report(&samples, options)?);
+        println!("bench: --fastpath-only: BENCHMARKS.md left as it is");
+        return Ok(());
+    }
 
     println!("bench: BPF_PROG_TEST_RUN per-packet cost");
     let output = crate::cargo()
@@ -185,22 +196,13 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         })
         .collect();
 
-    let mut samples = vec![Samples::default(); Setup::ALL.len()];
-    for run in 0..options.runs {
-        for (index, setup) in Setup::ALL.into_iter().enumerate() {
-            println!("bench: run {}/{}: {}", run + 1, options.runs, setup.name());
-            let (gbps, pps) = measure(setup, &gateway, options.seconds)
-                .with_context(|| format!("measuring {}", setup.name()))?;
-            println!("bench:   tcp {gbps:.2} Gbit/s, udp {pps:.0} packets/s");
-            samples[index].tcp_gbps.push(gbps);
-            samples[index].udp_pps.push(pps);
-        }
-    }
+    let samples = lab_runs::lab_samples(&gateway, options)?;
     let ftp_report = ftp::run(&gateway, options)?;
     let ha_report = ha::run(&gateway, options)?;
     println!("bench: concurrency (the soak)");
     let soak = crate::soak::soak(&gateway, 10_000, 1_000, 60)?;
     let mut report = report(&testrun, &samples, options)?;
+    report.push_str(&router_cpu::report(&samples, options)?);
     report.push_str(&ftp_report);
     report.push_str(&ha_report);
     report.push_str(&format!(
@@ -227,89 +229,6 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     std::fs::write(&path, report).context("write BENCHMARKS.md")?;
     println!("bench: wrote {}", path.display());
     Ok(())
-}
-
-/// One configuration, on a lab of its own: (TCP Gbit/s, UDP packets/s).
-fn measure(
-    setup: Setup,
-    gateway_binary: &std::path::Path,
-    seconds: u32,
-) -> anyhow::Result<(f64, f64)> {
-    // Native XDP cannot handle the partial checksums of locally generated veth packets, so
-    // its run uses wire-like end hosts (checksums computed in software, no TSO).
-    let options = LabOptions {
-        endpoint_tx_offload: !setup.wire_like(),
-        router_tx_offload: true,
-    };
-    let prefix = format!("{}b", unique_prefix());
-    let lab = Lab::up(&prefix, options)?;
-    let _xdp_receivers = if setup.wire_like() {
-        lab.accept_xdp_redirects()?
-    } else {
-        Vec::new()
-    };
-    let public = SocketAddrV4::new(lab::PUBLIC, PORT);
-    let private = SocketAddrV4::new(lab::SERVER, PORT);
-    let mut _gateway = None;
-    let mut _config = None;
-    let target = match setup {
-        Setup::Plain | Setup::PlainWireLike => {
-            lab.outside
-                .sh(&format!("ip route add 10.0.0.0/24 via {}", lab::PUBLIC))?;
-            private
-        }
-        Setup::Nftables | Setup::NftablesWireLike => {
-            lab.router.sh(&format!(
-                "nft -f - <<'EOF'
-table ip bench_nat {{
-    chain prerouting {{
-        type nat hook prerouting priority dstnat;
-        ip daddr {public_ip} tcp dport {PORT} dnat to {private}
-        ip daddr {public_ip} udp dport {PORT} dnat to {private}
-    }}
-}}
-EOF",
-                public_ip = lab::PUBLIC,
-            ))?;
-            public
-        }
-        Setup::GatewayTc | Setup::GatewayXdp | Setup::GatewayTcKernel | Setup::GatewayXdpKernel => {
-            let hook = if matches!(setup, Setup::GatewayTc | Setup::GatewayTcKernel) {
-                "tc"
-            } else {
-                "xdp"
-            };
-            let mut text =
-                lab::gateway_config(hook, &[(public, private, "tcp"), (public, private, "udp")]);
-            if matches!(setup, Setup::GatewayTcKernel | Setup::GatewayXdpKernel) {
-                text = text.replacen(
-                    &format!("hook = \"{hook}\"\n"),
-                    &format!("hook = \"{hook}\"\nforwarding = \"kernel\"\n"),
-                    1,
-                );
-            }
-            let (gateway, config) = start_gateway(gateway_binary, &lab, &prefix, &text)?;
-            _gateway = Some(gateway);
-            _config = Some(config);
-            public
-        }
-    };
-    let mut server = IperfServer::start(&lab)?;
-    let tcp = iperf(&lab, target, seconds, &[])?;
-    let gbps = tcp["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .context("iperf3 tcp: no bits_per_second")?
-        / 1e9;
-    let udp = iperf(&lab, target, seconds, &["-u", "-b", "0", "-l", "64"])?;
-    let sum = &udp["end"]["sum"];
-    let packets = sum["packets"].as_f64().context("iperf3 udp: no packets")?;
-    let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
-    let elapsed = sum["seconds"]
-        .as_f64()
-        .filter(|s| *s > 0.0)
-        .unwrap_or(seconds as f64);
-    server.stop();
-    Ok((gbps, (packets - lost) / elapsed))
 }
 
 /// The gateway on the lab's router with config `text` (kept in a file as long as it runs).
@@ -617,6 +536,7 @@ mod tests {
                 Samples {
                     tcp_gbps: vec![tcp; 3],
                     udp_pps: vec![pps; 3],
+                    softirq_ns: vec![1e9 / pps; 3],
                 }
             })
             .collect()
@@ -650,6 +570,8 @@ mod tests {
             runs: 3,
             ftp_only: false,
             ha_only: false,
+            fastpath_only: false,
+            busy_poll_us: None,
         };
         let report = report(&testrun, &samples, &options).expect("report");
         let xdp = row(&report, Setup::GatewayXdp);
@@ -684,6 +606,8 @@ mod tests {
             runs: 3,
             ftp_only: false,
             ha_only: false,
+            fastpath_only: false,
+            busy_poll_us: None,
         };
         let report = report(&[], &samples, &options).expect("report");
         let xdp = row(&report, Setup::GatewayXdp);

@@ -51,8 +51,16 @@ enum Task {
         /// Only the high-availability rows (failover gap, sync throughput and cost beside
         /// keepalived + conntrackd): printed, and written over their own section of
         /// BENCHMARKS.md (the other sections stay as the last full run wrote them).
-        #[arg(long, conflicts_with = "ftp_only")]
+        #[arg(long, conflicts_with_all = ["ftp_only", "fastpath_only"])]
         ha_only: bool,
+        /// Only the lab's fast-path rows (throughput, router CPU per packet), printed instead
+        /// of written to BENCHMARKS.md.
+        #[arg(long)]
+        fastpath_only: bool,
+        /// `[ftp] busy_poll_us` for the gateway's FTP runs (the default configuration's
+        /// otherwise), to measure the setting.
+        #[arg(long)]
+        busy_poll_us: Option<u64>,
     },
     /// Load and soak (needs root; bounded in time): thousands of FTP control sessions held
     /// open through the gateway and hundreds of downloads through them, then checks for
@@ -129,11 +137,15 @@ fn main() {
             runs,
             ftp_only,
             ha_only,
+            fastpath_only,
+            busy_poll_us,
         } => bench::run(&bench::Options {
             seconds,
             runs: runs.max(1),
             ftp_only,
             ha_only,
+            fastpath_only,
+            busy_poll_us,
         }),
         Task::Test { cargo_test_args } => test(&cargo_test_args),
     };

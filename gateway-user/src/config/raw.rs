@@ -79,10 +79,13 @@ pub(super) fn default_state_file() -> PathBuf {
     PathBuf::from("/run/gateway/ftp-state.json")
 }
 
-/// Long enough to catch the next punt of a busy gateway (a few tens of microseconds apart),
-/// short enough that a lone packet's wait costs little CPU.
+/// Off: measured on the reference machine (2 cores, `cargo xtask bench --ftp-only
+/// --busy-poll-us N`, alternating), a 50 us window cost the agent about half as much CPU again
+/// per FTP session and won neither sessions per second nor a 227's transit beyond the runs'
+/// noise: on few cores the spin takes the CPU the peers and the kernel need. Hosts with cores
+/// to spare can turn it on.
 pub(super) fn default_busy_poll_us() -> i64 {
-    50
+    0
 }
 
 pub(super) fn default_expectation_timeout() -> u64 {

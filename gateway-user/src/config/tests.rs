@@ -127,11 +127,11 @@ fn ftp_alg_settings() {
         assert!(error(&text).contains("ftp.realtime_priority"), "{wrong}");
     }
 
-    assert_eq!(parse(GOOD).unwrap().ftp.busy_poll_us, 50);
-    let polling = format!("{GOOD}\n[ftp]\nbusy_poll_us = 0\n");
-    assert_eq!(parse(&polling).unwrap().ftp.busy_poll_us, 0);
+    assert_eq!(parse(GOOD).unwrap().ftp.busy_poll_us, 0);
+    let polling = format!("{GOOD}\n[ftp]\nbusy_poll_us = 50\n");
+    assert_eq!(parse(&polling).unwrap().ftp.busy_poll_us, 50);
     for wrong in ["1001", "-1"] {
-        let text = polling.replace("= 0", &format!("= {wrong}"));
+        let text = polling.replace("= 50", &format!("= {wrong}"));
         assert!(error(&text).contains("ftp.busy_poll_us"), "{wrong}");
     }
 

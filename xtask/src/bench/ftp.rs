@@ -25,9 +25,11 @@ use gateway_tests::{
     netns::unique_prefix,
 };
 
-use super::{Options, median, spread};
+use super::{Options, cpu::CpuMeter, median, spread};
 
 mod capture;
+mod cpu;
+mod handshake;
 mod profile;
 
 use capture::ReplyCapture;
@@ -62,6 +64,10 @@ pub(super) struct FtpSamples {
     /// The same under the saturating load.
     loaded: Vec<(f64, f64)>,
     agent: Vec<AgentTimes>,
+    /// CPU of each loaded run, per 1,000 sessions completed in it.
+    cpu: Vec<cpu::CpuPerSessions>,
+    /// The control connections' connect times one session at a time: p50, p99 in us.
+    connect: Vec<(f64, f64)>,
 }
 
 /// The agent's own accounting of a run, per punted packet.
@@ -88,6 +94,9 @@ pub(super) struct FtpSample {
     quiet: (f64, f64),
     loaded: (f64, f64),
     agent: Option<AgentTimes>,
+    /// `None` for a profiled run: perf's sampling would count as the agent's time.
+    cpu: Option<cpu::CpuPerSessions>,
+    connect: (f64, f64),
 }
 
 impl FtpSamples {
@@ -96,6 +105,8 @@ impl FtpSamples {
         self.quiet.push(sample.quiet);
         self.loaded.push(sample.loaded);
         self.agent.extend(sample.agent);
+        self.cpu.extend(sample.cpu);
+        self.connect.push(sample.connect);
     }
 }
 
@@ -103,8 +114,15 @@ impl std::fmt::Display for FtpSample {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:.0} sessions/s, 227 transit p50/p99 {:.0}/{:.0} us alone, {:.0}/{:.0} us loaded",
-            self.rate, self.quiet.0, self.quiet.1, self.loaded.0, self.loaded.1
+            "{:.0} sessions/s, 227 transit p50/p99 {:.0}/{:.0} us alone, {:.0}/{:.0} us loaded, {}",
+            self.rate,
+            self.quiet.0,
+            self.quiet.1,
+            self.loaded.0,
+            self.loaded.1,
+            self.cpu
+                .map_or("CPU not counted (profiled run)".to_owned(), |cpu| cpu
+                    .to_string())
         )
     }
 }
@@ -133,14 +151,20 @@ pub(super) fn run(gateway: &Path, options: &Options) -> anyhow::Result<String> {
                 options.runs,
                 setup.name()
             );
-            let profile = (perf && run + 1 == options.runs).then_some(profile_path.as_path());
-            let sample = measure(setup, gateway, options.seconds, profile)
+            // Not the only run: perf's sampling counts as the agent's CPU time, so the
+            // profiled run's CPU figure is left out.
+            let profile = (perf && options.runs >= 2 && run + 1 == options.runs)
+                .then_some(profile_path.as_path());
+            let sample = measure(setup, gateway, options, profile)
                 .with_context(|| format!("measuring ftp, {}", setup.name()))?;
             println!("bench:   {sample}");
             ftp_samples[index].push(sample);
         }
     }
-    let profile = if perf {
+    let profile = if perf && options.runs < 2 {
+        println!("bench: one run only: no agent profile (it would take the run's CPU figure)");
+        None
+    } else if perf {
         let summary = profile_summary(&profile_path);
         let _ = std::fs::remove_file(&profile_path);
         match summary {
@@ -162,7 +186,7 @@ pub(super) fn run(gateway: &Path, options: &Options) -> anyhow::Result<String> {
 pub(super) fn measure(
     setup: FtpSetup,
     gateway_binary: &Path,
-    seconds: u32,
+    options: &Options,
     profile: Option<&Path>,
 ) -> anyhow::Result<FtpSample> {
     let prefix = format!("{}f", unique_prefix());
@@ -178,7 +202,7 @@ pub(super) fn measure(
         &root,
         setup,
         gateway_binary,
-        seconds,
+        options,
         profile,
     );
     let _ = std::fs::remove_dir_all(&root);
@@ -191,9 +215,10 @@ fn measure_on(
     root: &Path,
     setup: FtpSetup,
     gateway_binary: &Path,
-    seconds: u32,
+    options: &Options,
     profile: Option<&Path>,
 ) -> anyhow::Result<FtpSample> {
+    let seconds = options.seconds;
     let _server = gateway_tests::ftp::Script::spawn(
         &lab.inside,
         "load_server.py",
@@ -236,8 +261,12 @@ EOF",
         FtpSetup::Gateway => {
             // As packaged (packaging/gateway.toml): the agent, on the packet path of every
             // control connection, runs at a real-time priority.
+            let busy_poll = options
+                .busy_poll_us
+                .map(|us| format!("busy_poll_us = {us}\n"))
+                .unwrap_or_default();
             let text = format!(
-                "{}alg = \"ftp\"\n\n[ftp]\nrealtime_priority = 10\n",
+                "{}alg = \"ftp\"\n\n[ftp]\nrealtime_priority = 10\n{busy_poll}",
                 lab::gateway_config(
                     "tc",
                     &[(
@@ -257,13 +286,17 @@ EOF",
     let capture = ReplyCapture::start(lab, prefix, "quiet")?;
     let quiet_run = rate_run(lab, target, QUIET_SECONDS, "1")?;
     let quiet = percentiles(capture.finish()?).context("one session at a time")?;
+    let connect = percentiles(quiet_run.connect_us.clone()).context("connect times")?;
 
     let capture = ReplyCapture::start(lab, prefix, "loaded")?;
     let perf = match (profile, &gateway) {
         (Some(path), Some(gateway)) => Some(Perf::record(gateway.pid(), path)?),
         _ => None,
     };
+    let profiled = perf.is_some();
+    let meter = CpuMeter::start(gateway.as_ref().map(GatewayProcess::pid), None)?;
     let loaded_run = rate_run(lab, target, seconds, FTP_PARALLEL)?;
+    let used = meter.stop()?;
     if let Some(perf) = perf {
         perf.stop()?;
     }
@@ -281,6 +314,8 @@ EOF",
         quiet,
         loaded,
         agent,
+        cpu: (!profiled).then(|| cpu::CpuPerSessions::new(used, loaded_run.sessions)),
+        connect,
     })
 }
 
@@ -352,6 +387,8 @@ type Column = fn(&AgentTimes) -> f64;
 struct RateRun {
     sessions: u64,
     seconds: f64,
+    /// Each control connection's connect (the handshake's round trip), us.
+    connect_us: Vec<f64>,
 }
 
 /// `ftp_rate.py` from the outside host. A failed session, on any setup, is an error: a rate
@@ -386,9 +423,16 @@ fn rate_run(
             value["errors"]
         );
     }
+    let connect_us = value["connect_us"]
+        .as_array()
+        .with_context(|| format!("no connect times in {value}"))?
+        .iter()
+        .filter_map(serde_json::Value::as_f64)
+        .collect();
     Ok(RateRun {
         sessions,
         seconds: elapsed,
+        connect_us,
     })
 }
 
@@ -416,8 +460,13 @@ pub(super) fn report(
     writeln!(out, "\n## FTP through the ALG\n")?;
     writeln!(
         out,
-        "A published pyftpdlib (async) at 203.0.113.1:21. Sessions: {FTP_PARALLEL} client workers run complete sessions back to back\n(connect, anonymous login, PASV, LIST over the data connection, QUIT) for {} s, which saturates both CPUs with\nthe client, the server and the gateway together; {} runs per setup, alternating; median and range.\n\nThe 227's transit is measured from captures on both sides: tcpdump (a kernel filter that keeps only 227 replies)\non the server's interface, where the reply leaves, and on the client's, where it arrives; kernel timestamps of\none clock, matched by the client's port. Once with one session at a time ({QUIET_SECONDS} s, alone) and once during the\nsaturating sessions run (loaded). What a gateway adds is its transit minus plain forwarding's.\nLinux: nftables DNAT with the `ftp` conntrack helper assigned explicitly (nf_conntrack_ftp and nf_nat_ftp\nrewrite the 227 in the kernel). The gateway runs as packaged: the agent at real-time priority\n(`[ftp] realtime_priority = 10`). A failed session in any run, on any setup, stops the bench: every session\nbelow completed.\n",
-        options.seconds, options.runs
+        "A published pyftpdlib (async) at 203.0.113.1:21. Sessions: {FTP_PARALLEL} client workers run complete sessions back to back\n(connect, anonymous login, PASV, LIST over the data connection, QUIT) for {} s, which saturates both CPUs with\nthe client, the server and the gateway together; {} runs per setup, alternating; median and range.\n\nThe 227's transit is measured from captures on both sides: tcpdump (a kernel filter that keeps only 227 replies)\non the server's interface, where the reply leaves, and on the client's, where it arrives; kernel timestamps of\none clock, matched by the client's port. Once with one session at a time ({QUIET_SECONDS} s, alone) and once during the\nsaturating sessions run (loaded). What a gateway adds is its transit minus plain forwarding's.\nLinux: nftables DNAT with the `ftp` conntrack helper assigned explicitly (nf_conntrack_ftp and nf_nat_ftp\nrewrite the 227 in the kernel). The gateway runs as packaged: the agent at real-time priority\n(`[ftp] realtime_priority = 10`){}. A failed session in any run, on any setup, stops the bench: every session\nbelow completed.\n",
+        options.seconds,
+        options.runs,
+        options
+            .busy_poll_us
+            .map(|us| format!(", here with `busy_poll_us = {us}`"))
+            .unwrap_or_default(),
     )?;
     writeln!(
         out,
@@ -464,6 +513,8 @@ pub(super) fn report(
         .iter()
         .position(|setup| *setup == FtpSetup::Gateway)
         .context("no gateway setup")?;
+    out.push_str(&cpu::report(samples, options)?);
+    out.push_str(&handshake::report(samples)?);
     if !samples[gateway].agent.is_empty() {
         let wait: Vec<f64> = samples[gateway].agent.iter().map(|a| a.wait_ns).collect();
         let busy: Vec<f64> = samples[gateway].agent.iter().map(|a| a.busy_ns).collect();
