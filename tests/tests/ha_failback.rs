@@ -9,8 +9,8 @@
 //!   node 2 is stopped gracefully (it hands over at once and tells its agent `fault`), then
 //!   started again, and node 2 is the standby again, in sync with node 1. The flows go on
 //!   from the same public ports throughout, and neither promotion happened without the
-//!   peer's state. Each standby keeps `forwarding` on its interfaces, so a promotion needs
-//!   no sysctl to forward (`bpf_fib_lookup` refuses on an interface that does not forward);
+//!   peer's state. A standby's served interfaces do not forward (its kernel would route
+//!   what still reaches it untranslated); a master's do;
 //! - a standby whose agent is restarted while flows run (and new flows are opened while it
 //!   is away) resyncs: a snapshot, then the stream; the two nodes' `gateway sessions
 //!   --json` then agree (apart from times and counts), also on flows opened after the

@@ -9,26 +9,21 @@
 //! - a standby with another key refuses the master (both count the refusal) and gets no
 //!   state.
 //!
-//! The ALG's FTP control sessions are not synced yet (not tested here).
+//! The ALG's FTP control sessions are tested in `ha_ftp.rs`, failback and resync in
+//! `ha_failback.rs`.
 
 use std::{
     collections::BTreeSet,
-    io::{Read as _, Write as _},
-    net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
     path::PathBuf,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 use gateway_tests::{
     TempFile, check_environment,
     gateway::GatewayProcess,
-    ha_lab::{HaLab, INSIDE_VIP, LAN_HOST, Node, PUBLIC_VIP, WAN_HOST},
-    netns::{Netns, unique_prefix},
+    ha_flows::{EchoServers, LongFlows},
+    ha_lab::{HaLab, INSIDE_VIP, LAN_HOST, Node, PUBLIC_VIP},
+    netns::unique_prefix,
 };
 
 const TCP_PORT: u16 = 7010;
@@ -39,229 +34,6 @@ const UDP_PORT: u16 = 7011;
 const FAILOVER_BOUND: Duration = Duration::from_secs(30);
 const KEY: &str = "the pair's shared sync key, 48 bytes of it here\n";
 const OTHER_KEY: &str = "not the pair's key: another one, long enough too\n";
-
-/// Times of a flow's successful round trips, and why it stopped.
-#[derive(Clone, Default)]
-struct Progress(Arc<Mutex<Vec<Instant>>>);
-
-impl Progress {
-    fn record(&self) {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(Instant::now());
-    }
-
-    fn times(&self) -> Vec<Instant> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    fn count_after(&self, since: Instant) -> usize {
-        self.times().iter().filter(|time| **time > since).count()
-    }
-
-    /// The longest pause between two round trips.
-    fn longest_gap(&self) -> Duration {
-        self.times()
-            .windows(2)
-            .map(|pair| pair[1] - pair[0])
-            .max()
-            .unwrap_or_default()
-    }
-
-    fn wait_for(&self, count: usize, since: Instant, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.count_after(since) >= count {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
-    }
-}
-
-/// The outside host's echo servers: TCP (one connection, echoed until it ends) and UDP;
-/// both record who they saw (after translation).
-struct Servers {
-    stop: Arc<AtomicBool>,
-    tcp_peers: Arc<Mutex<Vec<SocketAddr>>>,
-    udp_peers: Arc<Mutex<BTreeSet<SocketAddr>>>,
-    threads: Vec<JoinHandle<anyhow::Result<()>>>,
-}
-
-impl Servers {
-    fn start(wan: &Netns) -> Servers {
-        let stop = Arc::new(AtomicBool::new(false));
-        let tcp_peers = Arc::new(Mutex::new(Vec::new()));
-        let udp_peers = Arc::new(Mutex::new(BTreeSet::new()));
-        let (ready, listening) = std::sync::mpsc::channel();
-        let (stopped, peers, tcp_ready) = (stop.clone(), tcp_peers.clone(), ready.clone());
-        let tcp = wan.spawn(move || {
-            let listener = TcpListener::bind(SocketAddrV4::new(WAN_HOST, TCP_PORT))?;
-            listener.set_nonblocking(true)?;
-            let _ = tcp_ready.send(());
-            while !stopped.load(Ordering::Relaxed) {
-                let (mut stream, peer) = match listener.accept() {
-                    Ok(accepted) => accepted,
-                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(10));
-                        continue;
-                    }
-                    Err(err) => return Err(err.into()),
-                };
-                peers.lock().expect("peers").push(peer);
-                stream.set_nonblocking(false)?;
-                stream.set_read_timeout(Some(Duration::from_millis(200)))?;
-                let mut buffer = [0; 256];
-                while !stopped.load(Ordering::Relaxed) {
-                    match stream.read(&mut buffer) {
-                        Ok(0) => break,
-                        Ok(read) => stream.write_all(&buffer[..read])?,
-                        Err(err)
-                            if matches!(
-                                err.kind(),
-                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                            ) => {}
-                        Err(err) => return Err(err.into()),
-                    }
-                }
-            }
-            Ok(())
-        });
-        let (stopped, peers) = (stop.clone(), udp_peers.clone());
-        let udp = wan.spawn(move || {
-            let socket = UdpSocket::bind(SocketAddrV4::new(WAN_HOST, UDP_PORT))?;
-            socket.set_read_timeout(Some(Duration::from_millis(100)))?;
-            let _ = ready.send(());
-            let mut buffer = [0; 256];
-            while !stopped.load(Ordering::Relaxed) {
-                if let Ok((read, peer)) = socket.recv_from(&mut buffer) {
-                    peers.lock().expect("peers").insert(peer);
-                    socket.send_to(&buffer[..read], peer)?;
-                }
-            }
-            Ok(())
-        });
-        for _ in 0..2 {
-            listening
-                .recv_timeout(Duration::from_secs(5))
-                .expect("servers listening");
-        }
-        Servers {
-            stop,
-            tcp_peers,
-            udp_peers,
-            threads: vec![tcp, udp],
-        }
-    }
-
-    fn stop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads.drain(..) {
-            thread
-                .join()
-                .expect("server thread")
-                .expect("server ran without error");
-        }
-    }
-}
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// The inside host's flows: one TCP connection and one UDP socket, a numbered 16-byte
-/// message every 50 ms each, the echo checked.
-struct Flows {
-    stop: Arc<AtomicBool>,
-    tcp: Progress,
-    udp: Progress,
-    threads: Vec<JoinHandle<anyhow::Result<()>>>,
-}
-
-fn message(number: u64) -> [u8; 16] {
-    let mut message = [0; 16];
-    message[..8].copy_from_slice(b"ha-sync:");
-    message[8..].copy_from_slice(&number.to_be_bytes());
-    message
-}
-
-impl Flows {
-    fn start(lan: &Netns, tcp: bool) -> Flows {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut flows = Flows {
-            stop: stop.clone(),
-            tcp: Progress::default(),
-            udp: Progress::default(),
-            threads: Vec::new(),
-        };
-        if tcp {
-            let (stopped, progress) = (stop.clone(), flows.tcp.clone());
-            flows.threads.push(lan.spawn(move || {
-                let mut stream = TcpStream::connect_timeout(
-                    &SocketAddr::V4(SocketAddrV4::new(WAN_HOST, TCP_PORT)),
-                    Duration::from_secs(5),
-                )?;
-                // Longer than any failover: TCP retransmits meanwhile.
-                stream.set_read_timeout(Some(FAILOVER_BOUND))?;
-                let mut number = 0;
-                while !stopped.load(Ordering::Relaxed) {
-                    stream.write_all(&message(number))?;
-                    let mut echo = [0; 16];
-                    stream.read_exact(&mut echo)?;
-                    anyhow::ensure!(echo == message(number), "echo {number} differs");
-                    progress.record();
-                    number += 1;
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Ok(())
-            }));
-        }
-        let (stopped, progress) = (stop, flows.udp.clone());
-        flows.threads.push(lan.spawn(move || {
-            let socket = UdpSocket::bind("0.0.0.0:0")?;
-            socket.connect(SocketAddrV4::new(WAN_HOST, UDP_PORT))?;
-            socket.set_read_timeout(Some(Duration::from_millis(200)))?;
-            let mut number = 0;
-            while !stopped.load(Ordering::Relaxed) {
-                // Lost during the failover, refused (ICMP) meanwhile: the flow goes on.
-                let _ = socket.send(&message(number));
-                let mut echo = [0; 16];
-                if let Ok(16) = socket.recv(&mut echo)
-                    && echo == message(number)
-                {
-                    progress.record();
-                }
-                number += 1;
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Ok(())
-        }));
-        flows
-    }
-
-    fn stop(&mut self) -> anyhow::Result<()> {
-        self.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads.drain(..) {
-            thread
-                .join()
-                .map_err(|_| anyhow::anyhow!("flow thread panicked"))??;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Flows {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
 
 fn status(gateway: &GatewayProcess) -> serde_json::Value {
     let text = gateway.ask(&["status", "--json"]).expect("status");
@@ -336,8 +108,8 @@ fn established_flows_survive_a_failover_with_their_public_ports() {
         .wait_for_log("Entering BACKUP STATE", Duration::from_secs(10))
         .expect("gw2 backup");
 
-    let mut servers = Servers::start(&lab.wan);
-    let mut flows = Flows::start(&lab.lan, true);
+    let mut servers = EchoServers::start(&lab.wan, TCP_PORT, UDP_PORT).expect("echo servers");
+    let mut flows = LongFlows::start(&lab.lan, TCP_PORT, UDP_PORT);
     let start = Instant::now();
     assert!(
         flows.tcp.wait_for(10, start, Duration::from_secs(10)),
@@ -378,8 +150,8 @@ fn established_flows_survive_a_failover_with_their_public_ports() {
     one_keepalived.kill_hard();
     let tcp_on = flows.tcp.wait_for(20, died, FAILOVER_BOUND);
     let udp_on = flows.udp.wait_for(20, died, FAILOVER_BOUND);
-    let tcp_gap = flows.tcp.longest_gap();
-    let udp_gap = flows.udp.longest_gap();
+    let tcp_gap = flows.tcp.longest_gap_between(died, Instant::now());
+    let udp_gap = flows.udp.longest_gap_between(died, Instant::now());
     let ended = flows.stop();
     assert!(
         tcp_on && udp_on,
@@ -395,13 +167,13 @@ fn established_flows_survive_a_failover_with_their_public_ports() {
     );
     let now = status(&two);
     assert_eq!(now["ha"]["role"], "master", "{now}");
-    servers.stop();
+    servers.stop().expect("echo servers ran without error");
 
     // One TCP connection from the public address, one UDP source throughout: the same
     // public ports before and after.
-    let tcp_peers = servers.tcp_peers.lock().expect("peers").clone();
+    let tcp_peers = servers.tcp_peers();
     assert_eq!(tcp_peers.len(), 1, "{tcp_peers:?}");
-    let udp_peers = servers.udp_peers.lock().expect("peers").clone();
+    let udp_peers = servers.udp_peers();
     assert_eq!(udp_peers.len(), 1, "{udp_peers:?}");
     for peer in tcp_peers.iter().chain(&udp_peers) {
         assert_eq!(peer.ip(), std::net::IpAddr::V4(PUBLIC_VIP), "{peer}");
@@ -431,8 +203,8 @@ fn a_standby_with_another_key_refuses_the_master_and_gets_no_state() {
         .expect("virtual addresses");
     one.ask(&["ha", "master"]).expect("gw1 master");
 
-    let mut servers = Servers::start(&lab.wan);
-    let mut flows = Flows::start(&lab.lan, false);
+    let mut servers = EchoServers::start(&lab.wan, TCP_PORT, UDP_PORT).expect("echo servers");
+    let mut flows = LongFlows::start(&lab.lan, TCP_PORT, UDP_PORT);
     assert!(
         flows.udp.wait_for(
             5,
@@ -448,7 +220,7 @@ fn a_standby_with_another_key_refuses_the_master_and_gets_no_state() {
     // Another round of attempts while the flow goes on.
     std::thread::sleep(Duration::from_secs(1));
     flows.stop().expect("udp flow");
-    servers.stop();
+    servers.stop().expect("echo servers ran without error");
     assert!(!lan_sessions(&one).is_empty());
     assert!(lan_sessions(&two).is_empty(), "{:?}", lan_sessions(&two));
     let (active, standby) = (sync_status(&one), sync_status(&two));
