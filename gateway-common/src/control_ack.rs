@@ -8,9 +8,10 @@
 //! direction's, and its window shrunk by the growth still in flight. The agent writes what
 //! each direction needs into `CONTROL_ACKS` ([`ControlAck`], keyed by the direction's
 //! [`crate::FlowKey`] as its packets arrive) whenever it changes, before the rewritten
-//! segment that changes it leaves; the programs forward such ACKs themselves. Whatever they
-//! cannot map exactly (a number inside a rewrite still unacknowledged, SACK blocks, any
-//! other option) still goes to the agent: the map only ever saves a punt.
+//! segment that changes it leaves; the programs forward such ACKs themselves, SACK blocks
+//! mapped back as the ACK number is. Whatever they cannot map exactly (a number or a SACK
+//! edge inside a rewrite still unacknowledged, any other option or layout) still goes to the
+//! agent: the map only ever saves a punt.
 //!
 //! The rule (`SeqShift::map`) is written here once: the programs apply it, and the agent's
 //! tests check it against the FTP core's own sequence map.
@@ -91,10 +92,37 @@ unsafe impl aya::Pod for ControlAck {}
 pub const MAX_CONTROL_ACKS: u32 = 65536;
 
 /// The TCP header of a pure ACK the programs may forward: no options, or the timestamps in the
-/// layout every stack sends them (NOP, NOP, kind 8, length 10): they pass unchanged.
+/// layout every stack sends them (NOP, NOP, kind 8, length 10), which pass unchanged, and SACK
+/// blocks (below), which are mapped.
 pub const TCP_HEADER_PLAIN: u8 = 5;
-pub const TCP_HEADER_TIMESTAMPS: u8 = 8;
 pub const TIMESTAMPS_OPTION: [u8; 4] = [1, 1, 8, 10];
+
+/// The SACK option (RFC 2018) as stacks lay it out in a pure ACK: NOP, NOP, kind 5, length
+/// 2 + 8 per block, after the timestamps when there are any (Linux's order), ending the header.
+pub const SACK_OPTION_HEAD: [u8; 3] = [1, 1, 5];
+/// Bytes of one SACK block: its left and right edge.
+pub const SACK_BLOCK_LEN: usize = 8;
+/// Blocks a TCP header holds: four alone, three beside timestamps.
+pub const MAX_SACK_BLOCKS: usize = 4;
+
+/// How many SACK blocks follow, if `word` (the option's first four bytes, big-endian) opens a
+/// SACK option in the layout above with a length that is a whole number of blocks.
+#[inline(always)]
+pub const fn sack_blocks(word: u32) -> Option<usize> {
+    let [nop, nop2, kind, len] = word.to_be_bytes();
+    if nop != SACK_OPTION_HEAD[0] || nop2 != SACK_OPTION_HEAD[1] || kind != SACK_OPTION_HEAD[2] {
+        return None;
+    }
+    let len = len as usize;
+    if len < 2 + SACK_BLOCK_LEN || !(len - 2).is_multiple_of(SACK_BLOCK_LEN) {
+        return None;
+    }
+    let blocks = (len - 2) / SACK_BLOCK_LEN;
+    if blocks > MAX_SACK_BLOCKS {
+        return None;
+    }
+    Some(blocks)
+}
 
 /// Flags a forwarded pure ACK may carry: ACK alone (ECE/CWR aside, which pass unchanged).
 #[inline(always)]
@@ -137,6 +165,23 @@ mod tests {
         assert_eq!(shift.map(1), None);
         assert_eq!(shift.map(4), Some(10));
         assert_eq!(shift.map(u32::MAX - 1), None);
+    }
+
+    #[test]
+    fn a_sack_option_counts_its_blocks_and_nothing_else_passes() {
+        let word = |len: u8| u32::from_be_bytes([1, 1, 5, len]);
+        assert_eq!(sack_blocks(word(10)), Some(1));
+        assert_eq!(sack_blocks(word(34)), Some(4));
+        for len in [0, 2, 9, 11, 42, 255] {
+            assert_eq!(sack_blocks(word(len)), None, "length {len}");
+        }
+        assert_eq!(
+            sack_blocks(u32::from_be_bytes([1, 1, 4, 2])),
+            None,
+            "SACK permitted"
+        );
+        assert_eq!(sack_blocks(u32::from_be_bytes([0, 1, 5, 10])), None);
+        assert_eq!(sack_blocks(u32::from_be_bytes([1, 5, 10, 0])), None);
     }
 
     #[test]

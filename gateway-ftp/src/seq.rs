@@ -425,6 +425,7 @@ mod tests {
             base in any::<u32>(),
             acked in 0u64..6000,
             offset in 0u64..6000,
+            width in 1u64..300,
         ) {
             let (mut map, _) = build(base, &triples);
             let acknowledged = map.to_receiver(acked);
@@ -440,6 +441,15 @@ mod tests {
                 && let Some(back) = map.backward_shift().unwrap().map(ack)
             {
                 prop_assert_eq!(back, map.ack_to_sender(ack));
+            }
+            // SACK blocks move as the ACK does (the programs map each edge through the same
+            // shift): a block whose edges both answer is the block the map gives.
+            let right = base.wrapping_add((offset + width) as u32);
+            let shift = map.backward_shift().unwrap();
+            if offset >= acknowledged
+                && let (Some(left), Some(right_back)) = (shift.map(ack), shift.map(right))
+            {
+                prop_assert_eq!(Some((left, right_back)), map.sack_to_sender(ack, right));
             }
             // Past every edit both always answer.
             let past = base.wrapping_add(6000 + 64);

@@ -1,8 +1,8 @@
 //! Pure ACKs of FTP control connections under BPF_PROG_TEST_RUN: with a `CONTROL_ACKS` entry
 //! the programs forward them themselves (addresses translated as the connection's, sequence
 //! number moved by the sender's edits, ACK number moved back by the other direction's, the
-//! window shrunk, timestamps untouched, checksums right), across the 32-bit wrap; everything
-//! they cannot map exactly stays a punt. The frames are built by `etherparse`, never by the
+//! window shrunk, SACK blocks moved back as the ACK, timestamps untouched, checksums right),
+//! across the 32-bit wrap; everything they cannot map exactly stays a punt. The frames are built by `etherparse`, never by the
 //! checksum code under test.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -340,16 +340,132 @@ fn what_is_not_a_plain_pure_ack_still_goes_to_the_agent() {
                     TcpOptionElement::Noop,
                     TcpOptionElement::Noop,
                     TcpOptionElement::SelectiveAcknowledgement((6000, 6100), [None, None, None]),
+                    TcpOptionElement::Noop,
+                    TcpOptionElement::Noop,
+                    TcpOptionElement::Timestamp(1, 2),
                 ],
                 ..ack()
             },
-            "SACK blocks",
+            "SACK blocks before the timestamps (not Linux's order)",
+        );
+        assert_punted(
+            &mut dataplane,
+            hook,
+            &Segment {
+                options: vec![
+                    TcpOptionElement::Noop,
+                    TcpOptionElement::Noop,
+                    TcpOptionElement::Timestamp(1, 2),
+                    TcpOptionElement::Noop,
+                    TcpOptionElement::WindowScale(7),
+                ],
+                ..ack()
+            },
+            "another option",
         );
         assert_punted(
             &mut dataplane,
             hook,
             &Segment::ack(SocketAddrV4::new(CLIENT, 40001), public, 900, 5000, 501),
             "a connection without an entry",
+        );
+    }
+}
+
+/// `ack` with SACK blocks after its timestamps, as Linux lays them out (or alone, without
+/// timestamps, when `timestamps` is false).
+fn with_sack(ack: Segment, blocks: &[(u32, u32)], timestamps: bool) -> Segment {
+    let mut rest = [None; 3];
+    for (slot, block) in rest.iter_mut().zip(&blocks[1..]) {
+        *slot = Some(*block);
+    }
+    let mut options = if timestamps {
+        ack.options.clone()
+    } else {
+        Vec::new()
+    };
+    options.extend([
+        TcpOptionElement::Noop,
+        TcpOptionElement::Noop,
+        TcpOptionElement::SelectiveAcknowledgement(blocks[0], rest),
+    ]);
+    Segment { options, ..ack }
+}
+
+#[test]
+fn sack_blocks_move_back_through_the_edits_across_the_wrap() {
+    let mut dataplane = ftp_dataplane();
+    let client = SocketAddrV4::new(CLIENT, 40002);
+    let public = SocketAddrV4::new(PUBLIC, 21);
+    let server = SocketAddrV4::new(SERVER, 21);
+    // The server's 227 grew by 6 just before the wrap: server numbers u32::MAX - 40 ..
+    // u32::MAX - 10 are u32::MAX - 40 .. u32::MAX - 4 for the client, and everything after
+    // it is 6 further on (past the wrap). The client's ACK and SACK edges map back by 6
+    // past the 227, not at all before it, and not inside it.
+    let from_client = entry(
+        Rewrite::Destination,
+        server,
+        SeqShift::uniform(0),
+        SeqShift {
+            low: u32::MAX - 40,
+            high: u32::MAX - 4,
+            before: 0,
+            after: -6,
+        },
+        0,
+    );
+    dataplane
+        .set_control_ack(key(client, public), from_client)
+        .expect("entry");
+    let ack = |ack: u32| Segment::ack(client, public, 900, ack, 501);
+    let sent = |ack: u32| Segment::ack(client, server, 900, ack, 501);
+    for hook in [Hook::Xdp, Hook::Tc] {
+        assert_forwarded(
+            &mut dataplane,
+            hook,
+            &with_sack(ack(u32::MAX - 4), &[(20, 40)], true),
+            &with_sack(sent(u32::MAX - 10), &[(14, 34)], true),
+            "one block past the wrap",
+        );
+        assert_forwarded(
+            &mut dataplane,
+            hook,
+            &with_sack(
+                ack(u32::MAX - 50),
+                &[(u32::MAX - 2, 10), (u32::MAX - 48, u32::MAX - 45), (60, 70)],
+                true,
+            ),
+            &with_sack(
+                sent(u32::MAX - 50),
+                &[(u32::MAX - 8, 4), (u32::MAX - 48, u32::MAX - 45), (54, 64)],
+                true,
+            ),
+            "three blocks (the most beside timestamps), one before the 227, one across the wrap",
+        );
+        assert_forwarded(
+            &mut dataplane,
+            hook,
+            &with_sack(
+                ack(u32::MAX - 4),
+                &[(100, 110), (120, 130), (140, 150), (160, 170)],
+                false,
+            ),
+            &with_sack(
+                sent(u32::MAX - 10),
+                &[(94, 104), (114, 124), (134, 144), (154, 164)],
+                false,
+            ),
+            "four blocks without timestamps",
+        );
+        assert_punted(
+            &mut dataplane,
+            hook,
+            &with_sack(
+                ack(u32::MAX - 50),
+                &[(20, 40), (u32::MAX - 20, u32::MAX - 8)],
+                true,
+            ),
+            "a block whose edges lie inside the rewritten 227 (the first one maps: nothing is written)",
         );
     }
 }

@@ -5,7 +5,8 @@
 use gateway_common::{
     IPPROTO_TCP, Rewrite,
     control_ack::{
-        ControlAck, TCP_HEADER_PLAIN, TCP_HEADER_TIMESTAMPS, TIMESTAMPS_OPTION, is_pure_ack,
+        ControlAck, SACK_BLOCK_LEN, SeqShift, TCP_HEADER_PLAIN, TIMESTAMPS_OPTION, is_pure_ack,
+        sack_blocks,
     },
     outcome::{Dropped, Translated},
 };
@@ -26,6 +27,8 @@ const TCP_DATA_OFFSET: usize = 12;
 const TCP_FIXED_LEN: usize = 20;
 /// NOP, NOP, kind, length, TSval, TSecr.
 const TIMESTAMPS_LEN: usize = 12;
+/// NOP, NOP, kind, length: what precedes the SACK blocks.
+const SACK_HEAD_LEN: usize = 4;
 
 /// The punted packet forwarded as a pure ACK of its control connection, or `None`: it stays
 /// punted (not a pure ACK, no entry, an option other than timestamps, or a number inside a
@@ -59,22 +62,45 @@ pub(super) fn forward_control_ack<P: Packet>(
     if headers.ip_len as usize != headers.l4 - ETH_LEN + header_words as usize * 4 {
         return None;
     }
+    // The options: none, timestamps, SACK blocks, or timestamps then SACK blocks, as Linux
+    // writes them, ending the header; any other layout stays a punt.
+    let header_len = header_words as usize * 4;
+    if header_words < TCP_HEADER_PLAIN || !packet.make_readable(headers.l4 + header_len) {
+        return None;
+    }
+    let mut options_at = TCP_FIXED_LEN;
     let mut tsval = None;
-    match header_words {
-        TCP_HEADER_PLAIN => {}
-        TCP_HEADER_TIMESTAMPS => {
-            if !packet.make_readable(headers.l4 + TCP_FIXED_LEN + TIMESTAMPS_LEN) {
-                return None;
-            }
-            if word(packet, TCP_FIXED_LEN)? != u32::from_be_bytes(TIMESTAMPS_OPTION) {
-                return None;
-            }
-            tsval = Some(word(packet, TCP_FIXED_LEN + TIMESTAMPS_OPTION.len())?);
-        }
-        _ => return None,
+    if header_len >= TCP_FIXED_LEN + TIMESTAMPS_LEN
+        && word(packet, TCP_FIXED_LEN)? == u32::from_be_bytes(TIMESTAMPS_OPTION)
+    {
+        tsval = Some(word(packet, TCP_FIXED_LEN + TIMESTAMPS_OPTION.len())?);
+        options_at += TIMESTAMPS_LEN;
+    }
+    let mut sack = 0;
+    if options_at < header_len {
+        sack = sack_blocks(word(packet, options_at)?)?;
+        options_at += SACK_HEAD_LEN;
+    }
+    if options_at + sack * SACK_BLOCK_LEN != header_len {
+        return None;
     }
     let new_seq = entry.seq.map(seq)?;
     let new_ack = entry.ack.map(ack)?;
+    // SACK blocks speak of the other direction's stream, as the ACK number does. Mapped
+    // (every edge, or nothing) before anything else is written.
+    if sack > 0 {
+        match map_sack_blocks(
+            packet,
+            headers.l4 + options_at,
+            sack,
+            headers.l4 + TCP_CHECK,
+            &entry.ack,
+        ) {
+            SACK_MAPPED => {}
+            SACK_UNMAPPABLE => return None,
+            _ => return Some(Err(Outcome::Drop(Dropped::RewriteFailed))),
+        }
+    }
     let window = head as u16;
     let new_head = (head & 0xffff_0000) | u32::from(window.saturating_sub(entry.window_shrink));
     let result = rewrite_ack(
@@ -139,4 +165,71 @@ fn rewrite_ack<P: Packet>(
         )?;
     }
     Ok(Translated::ControlAck)
+}
+
+/// [`map_sack_blocks`]'s answers: plain integers (see `icmp_error.rs` on `Option`s returned
+/// from functions that are not inlined).
+const SACK_MAPPED: u32 = 0;
+const SACK_UNMAPPABLE: u32 = 1;
+const SACK_REWRITE_FAILED: u32 = 2;
+
+/// Moves the `blocks` SACK blocks at `at` through `shift`, fixing the checksum at `check_at`:
+/// every edge is mapped first, and only when all of them map is any written
+/// (`SACK_UNMAPPABLE` leaves the packet untouched, for the agent). Not inlined: SACK blocks
+/// come only after a loss, and the caller's frame is full.
+#[inline(never)]
+fn map_sack_blocks<P: Packet>(
+    packet: &mut P,
+    at: usize,
+    blocks: usize,
+    check_at: usize,
+    shift: &SeqShift,
+) -> u32 {
+    let edges = blocks * 2;
+    for edge in 0..MAX_SACK_EDGES {
+        if edge >= edges {
+            break;
+        }
+        match load_edge(packet, at + edge * 4) {
+            Some(position) if shift.map(position).is_some() => {}
+            _ => return SACK_UNMAPPABLE,
+        }
+    }
+    for edge in 0..MAX_SACK_EDGES {
+        if edge >= edges {
+            break;
+        }
+        let offset = at + edge * 4;
+        let Some(position) = load_edge(packet, offset) else {
+            return SACK_REWRITE_FAILED;
+        };
+        let Some(mapped) = shift.map(position) else {
+            return SACK_REWRITE_FAILED;
+        };
+        if mapped != position
+            && packet
+                .rewrite_tcp_word(
+                    offset,
+                    check_at,
+                    position.to_be_bytes(),
+                    mapped.to_be_bytes(),
+                )
+                .is_err()
+        {
+            return SACK_REWRITE_FAILED;
+        }
+    }
+    SACK_MAPPED
+}
+
+/// Edges of the most SACK blocks a header holds.
+const MAX_SACK_EDGES: usize = gateway_common::control_ack::MAX_SACK_BLOCKS * 2;
+
+/// One SACK edge, through the load helper (the blocks sit at a variable offset).
+#[inline(always)]
+fn load_edge<P: Packet>(packet: &P, offset: usize) -> Option<u32> {
+    let mut edge = [0u8; 4];
+    packet
+        .load_bytes(offset as u32, edge.as_mut_ptr(), 4)
+        .then(|| u32::from_be_bytes(edge))
 }
