@@ -13,6 +13,7 @@ pub mod ftp;
 pub mod gateway;
 pub mod ha_flows;
 pub mod ha_lab;
+pub mod ha_nodes;
 pub mod lab;
 pub mod netns;
 pub mod oracle;
@@ -38,6 +39,15 @@ impl TempFile {
 impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A directory (keepalived's files, say), removed with what is in it when dropped.
+pub struct RemoveDir(pub std::path::PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
