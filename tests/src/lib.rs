@@ -8,6 +8,8 @@
 
 pub mod bpffs;
 pub mod capture;
+#[cfg(feature = "dataplane")]
+pub mod dataplane;
 pub mod frame;
 pub mod ftp;
 pub mod gateway;
