@@ -10,9 +10,9 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use aya::programs::{TestRun, TestRunOptions};
-use gateway_tests::{frame::FrameSpec, packet::checksum_error};
+use gateway_tests::{dataplane::masquerading, frame::FrameSpec, packet::checksum_error};
 use gateway_user::{
-    config::{Filtering, Forwarding, Masquerade, Protocol, Publish, Timeouts},
+    config::{Protocol, Publish},
     dataplane::Dataplane,
 };
 
@@ -115,20 +115,7 @@ fn dataplane() -> Dataplane {
             policy: None,
         }])
         .expect("publish");
-    let masquerade = Masquerade {
-        networks: vec!["10.0.0.0/24".parse().expect("prefix")],
-        addresses: vec![PUBLIC],
-        ports: 1024..=65535,
-        filtering: Filtering::AddressDependent,
-    };
-    dataplane
-        .configure_nat(
-            Some(&masquerade),
-            &Timeouts::default(),
-            Forwarding::Kernel,
-            &[],
-        )
-        .expect("configure");
+    masquerading(&mut dataplane, PUBLIC, &[]);
     dataplane
 }
 
@@ -221,20 +208,7 @@ fn punt_tap_cost() {
 fn scale_cost() {
     const CAPACITY: u32 = 1 << 21;
     let mut dataplane = Dataplane::load(false, CAPACITY).expect("load the fast path");
-    let masquerade = Masquerade {
-        networks: vec!["10.0.0.0/24".parse().expect("prefix")],
-        addresses: vec![PUBLIC],
-        ports: 1024..=65535,
-        filtering: Filtering::AddressDependent,
-    };
-    dataplane
-        .configure_nat(
-            Some(&masquerade),
-            &Timeouts::default(),
-            Forwarding::Kernel,
-            &[],
-        )
-        .expect("configure");
+    masquerading(&mut dataplane, PUBLIC, &[]);
     let outbound = FrameSpec::tcp(
         SocketAddrV4::new(SERVER, 41000),
         SocketAddrV4::new(REMOTE, 80),

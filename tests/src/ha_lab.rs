@@ -303,6 +303,16 @@ impl HaLab {
             .map(drop)
     }
 
+    /// Asserts that the inside and outside hosts counted no checksum errors: what the
+    /// gateways translated arrived with its checksums right.
+    pub fn assert_checksums(&self) {
+        for host in [&self.lan, &self.wan] {
+            for (counter, value) in host.checksum_error_counters() {
+                assert_eq!(value, 0, "{}: {counter}", host.name());
+            }
+        }
+    }
+
     /// The `forwarding` sysctl of `node`'s two served interfaces, as its kernel has them.
     pub fn forwarding(&self, node: &Node) -> anyhow::Result<[bool; 2]> {
         let read = |interface: &str| -> anyhow::Result<bool> {

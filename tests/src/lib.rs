@@ -8,11 +8,14 @@
 
 pub mod bpffs;
 pub mod capture;
+#[cfg(feature = "dataplane")]
+pub mod dataplane;
 pub mod frame;
 pub mod ftp;
 pub mod gateway;
 pub mod ha_flows;
 pub mod ha_lab;
+pub mod ha_nodes;
 pub mod lab;
 pub mod netns;
 pub mod oracle;
@@ -38,6 +41,15 @@ impl TempFile {
 impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A directory (keepalived's files, say), removed with what is in it when dropped.
+pub struct RemoveDir(pub std::path::PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -15,10 +15,10 @@ use common::{Hook, TC_ACT_SHOT, XDP_DROP, assert_translates, run};
 use gateway_common::{
     Counter, Endpoint, ExpectationEntry, ExpectationKey, ExpectationKind, IPPROTO_TCP, PuntReason,
 };
-use gateway_tests::{check_environment, frame::FrameSpec};
+use gateway_tests::{check_environment, dataplane::masquerading, frame::FrameSpec};
 use gateway_user::{
     alg::shell::decode,
-    config::{Alg, Filtering, Forwarding, Ipv4Net, Masquerade, Protocol, Publish, Timeouts},
+    config::{Alg, Protocol, Publish},
     dataplane::{Dataplane, monotonic_now_ns},
 };
 
@@ -56,20 +56,7 @@ fn dataplane() -> Dataplane {
             },
         ])
         .expect("publish");
-    let masquerade = Masquerade {
-        networks: vec!["10.0.0.0/24".parse::<Ipv4Net>().unwrap()],
-        addresses: vec![PUBLIC],
-        ports: 1024..=65535,
-        filtering: Filtering::AddressDependent,
-    };
-    dataplane
-        .configure_nat(
-            Some(&masquerade),
-            &Timeouts::default(),
-            Forwarding::Kernel,
-            &[21],
-        )
-        .expect("configure");
+    masquerading(&mut dataplane, PUBLIC, &[21]);
     dataplane
 }
 

@@ -19,16 +19,17 @@
 use std::{
     collections::BTreeSet,
     net::IpAddr,
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use gateway_tests::{
-    TempFile, check_environment,
     gateway::GatewayProcess,
     ha_flows::{EchoServers, LongFlows, short_udp_flows},
-    ha_lab::{HaLab, INSIDE_VIP, Node, PUBLIC_VIP},
-    netns::unique_prefix,
+    ha_lab::PUBLIC_VIP,
+    ha_nodes::{
+        AgentConfig, comparable_sessions, lab_up, promote_by_hand, start_agent,
+        start_keepalived_pair, status, sync_status, wait_in_sync, wait_until,
+    },
 };
 
 const TCP_PORT: u16 = 7020;
@@ -39,89 +40,14 @@ const UDP_PORT: u16 = 7021;
 const FAILOVER_BOUND: Duration = Duration::from_secs(30);
 const KEY: &str = "the pair's shared sync key, failback test, 56 bytes long\n";
 
-fn status(gateway: &GatewayProcess) -> serde_json::Value {
-    let text = gateway.ask(&["status", "--json"]).expect("status");
-    serde_json::from_str(&text).expect("status json")
-}
-
-fn sync_status(gateway: &GatewayProcess) -> serde_json::Value {
-    let status = status(gateway);
-    assert!(status["ha"]["sync"].is_object(), "no ha.sync in {status}");
-    status["ha"]["sync"].clone()
-}
-
-/// A node's session table as `gateway sessions --json` lists it, without what differs
-/// between two nodes holding the same state (idle times, packet and byte counts): protocol,
-/// original and translated tuples, state.
-fn sessions(gateway: &GatewayProcess) -> BTreeSet<[String; 4]> {
-    let text = gateway.ask(&["sessions", "--json"]).expect("sessions");
-    let rows: serde_json::Value = serde_json::from_str(&text).expect("sessions json");
-    rows.as_array()
-        .into_iter()
-        .flatten()
-        .map(|row| ["proto", "original", "translated", "state"].map(|field| row[field].to_string()))
-        .collect()
-}
-
-fn start_gateway(lab: &HaLab, node: &Node) -> (GatewayProcess, [TempFile; 2]) {
-    let key_file = TempFile::write(&format!("{}-gw{}.key", lab.prefix, node.id), KEY);
-    let config = TempFile::write(
-        &format!("{}-gw{}.toml", lab.prefix, node.id),
-        &lab.synced_gateway_config(node, &key_file.0),
-    );
-    let gateway = GatewayProcess::start(&node.netns, &config.0, &[]).expect("gateway");
-    (gateway, [key_file, config])
-}
-
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if done() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{what}: not within {timeout:?}");
-}
-
-/// Waits until `standby` holds a complete copy of `active`'s state: a snapshot applied,
-/// and the same sessions.
-fn wait_in_sync(what: &str, active: &GatewayProcess, standby: &GatewayProcess) {
-    wait_until(what, Duration::from_secs(15), || {
-        sync_status(standby)["in_sync"] == true && sessions(standby) == sessions(active)
-    });
-}
-
-fn assert_checksums(lab: &HaLab) {
-    for host in [&lab.lan, &lab.wan] {
-        for (counter, value) in host.checksum_error_counters() {
-            assert_eq!(value, 0, "{}: {counter}", host.name());
-        }
-    }
-}
-
 #[test]
 fn flows_survive_a_failover_and_the_failback_with_their_public_ports() {
-    check_environment().expect("environment");
-    let prefix = unique_prefix();
-    let lab = HaLab::up(&prefix).expect("ha lab up");
-    let dir = std::env::temp_dir().join(format!("{prefix}-ha"));
-    let _cleanup = RemoveDir(dir.clone());
+    let (lab, dir) = lab_up();
     let [first, second] = &lab.nodes;
-    let (mut one, one_files) = start_gateway(&lab, first);
-    let (two, _two_files) = start_gateway(&lab, second);
-    let mut one_keepalived = lab
-        .start_keepalived(first, &one, 150, &dir)
-        .expect("keepalived");
-    wait_until("gw1 master", Duration::from_secs(15), || {
-        status(&one)["ha"]["role"] == "master"
-    });
-    let mut two_keepalived = lab
-        .start_keepalived(second, &two, 100, &dir)
-        .expect("keepalived");
-    two_keepalived
-        .wait_for_log("Entering BACKUP STATE", Duration::from_secs(10))
-        .expect("gw2 backup");
+    let (mut one, one_files) = start_agent(&lab, first, AgentConfig::Synced(KEY));
+    let (two, _two_files) = start_agent(&lab, second, AgentConfig::Synced(KEY));
+    let [mut one_keepalived, mut two_keepalived] =
+        start_keepalived_pair(&lab, [&one, &two], &dir.0);
     // A standby's interfaces do not forward (its kernel would route what reaches it
     // untranslated); the master's do.
     assert_eq!(lab.forwarding(second).expect("sysctls"), [false, false]);
@@ -155,11 +81,11 @@ fn flows_survive_a_failover_and_the_failback_with_their_public_ports() {
     // nopreempt leaves node 2 master. Node 2 streams to it: a snapshot, then the changes.
     lab.bring_back(first).expect("gw1 back");
     drop(one);
-    let one = GatewayProcess::start(&first.netns, &one_files[1].0, &[]).expect("gw1 again");
+    let one = GatewayProcess::start(&first.netns, &one_files.config.0, &[]).expect("gw1 again");
     assert_eq!(status(&one)["ha"]["role"], "backup");
     assert_eq!(status(&one)["ha"]["attached"], false);
     let one_keepalived = lab
-        .start_keepalived(first, &one, 150, &dir)
+        .start_keepalived(first, &one, 150, &dir.0)
         .expect("keepalived");
     one_keepalived
         .wait_for_log("Entering BACKUP STATE", Duration::from_secs(10))
@@ -193,7 +119,7 @@ fn flows_survive_a_failover_and_the_failback_with_their_public_ports() {
             flows.stop(),
             one.output(),
             one.ask(&["stats"]).unwrap_or_default(),
-            sessions(&one),
+            comparable_sessions(&one),
             one_keepalived.log()
         );
     }
@@ -201,7 +127,7 @@ fn flows_survive_a_failover_and_the_failback_with_their_public_ports() {
     assert_eq!(lab.forwarding(first).expect("sysctls"), [true, true]);
     assert_eq!(lab.forwarding(second).expect("sysctls"), [false, false]);
     let two_keepalived = lab
-        .start_keepalived(second, &two, 100, &dir)
+        .start_keepalived(second, &two, 100, &dir.0)
         .expect("keepalived");
     two_keepalived
         .wait_for_log("Entering BACKUP STATE", Duration::from_secs(10))
@@ -249,26 +175,18 @@ fn flows_survive_a_failover_and_the_failback_with_their_public_ports() {
             "{name}: {sync}"
         );
     }
-    assert_checksums(&lab);
+    lab.assert_checksums();
 }
 
 #[test]
 fn a_standby_restarted_mid_stream_resyncs_and_agrees_with_the_master() {
-    check_environment().expect("environment");
-    let prefix = unique_prefix();
-    let lab = HaLab::up(&prefix).expect("ha lab up");
+    let (lab, _dir) = lab_up();
     let [first, second] = &lab.nodes;
-    let (one, _one_files) = start_gateway(&lab, first);
-    let (mut two, two_files) = start_gateway(&lab, second);
+    let (one, _one_files) = start_agent(&lab, first, AgentConfig::Synced(KEY));
+    let (mut two, two_files) = start_agent(&lab, second, AgentConfig::Synced(KEY));
     // No keepalived: node 1 takes the addresses and is told it is master, as keepalived
     // would; node 2 stays the standby it starts as.
-    first
-        .netns
-        .sh(&format!(
-            "ip addr add {INSIDE_VIP}/24 dev veth-in\nip addr add {PUBLIC_VIP}/24 dev veth-out"
-        ))
-        .expect("virtual addresses");
-    one.ask(&["ha", "master"]).expect("gw1 master");
+    promote_by_hand(first, &one);
     // The pair's first master had no state from its peer: said and counted, not refused.
     let active = sync_status(&one);
     assert_eq!(active["counters"]["promotions_unsynced"], 1, "{active}");
@@ -299,12 +217,12 @@ fn a_standby_restarted_mid_stream_resyncs_and_agrees_with_the_master() {
     short_ports
         .extend(short_udp_flows(&lab.lan, UDP_PORT, 30).expect("short flows while gw2 is away"));
     let restarted = Instant::now();
-    let two = GatewayProcess::start(&second.netns, &two_files[1].0, &[]).expect("gw2 again");
+    let two = GatewayProcess::start(&second.netns, &two_files.config.0, &[]).expect("gw2 again");
     wait_in_sync("gw2 resynced", &one, &two);
     println!(
         "standby restarted: in sync {:.2} s after its agent started ({} sessions)",
         restarted.elapsed().as_secs_f64(),
-        sessions(&one).len()
+        comparable_sessions(&one).len()
     );
     let active = sync_status(&one);
     assert_eq!(active["link"], "sending", "{active}");
@@ -322,23 +240,15 @@ fn a_standby_restarted_mid_stream_resyncs_and_agrees_with_the_master() {
     assert_eq!(standby["counters"]["apply_errors"], 0, "{standby}");
     // The long TCP and UDP flows and the short ones (a port reused by a later call is
     // one flow), two sessions each.
-    let table = sessions(&two);
+    let table = comparable_sessions(&two);
     assert_eq!(table.len(), 2 * (2 + short_ports.len()), "{table:?}");
 
     // Then the stream: flows opened after the snapshot reach the standby too.
     short_ports
         .extend(short_udp_flows(&lab.lan, UDP_PORT, 10).expect("short flows after the resync"));
     wait_in_sync("gw2 follows the stream", &one, &two);
-    assert_eq!(sessions(&two).len(), 2 * (2 + short_ports.len()));
+    assert_eq!(comparable_sessions(&two).len(), 2 * (2 + short_ports.len()));
     flows.stop().expect("flows went on");
     servers.stop().expect("echo servers");
-    assert_checksums(&lab);
-}
-
-struct RemoveDir(PathBuf);
-
-impl Drop for RemoveDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    lab.assert_checksums();
 }

@@ -21,11 +21,14 @@ use std::{
 };
 
 use gateway_tests::{
-    TempFile, check_environment,
+    RemoveDir,
     ftp::{self, FtpServer, Script, ServerKind},
     gateway::GatewayProcess,
-    ha_lab::{HaLab, Keepalived, LAN_HOST, Node, PUBLIC_VIP, WAN_HOST},
-    netns::unique_prefix,
+    ha_lab::{HaLab, Keepalived, LAN_HOST, PUBLIC_VIP, WAN_HOST},
+    ha_nodes::{
+        AgentConfig, AgentFiles, lab_up, session_rows, start_agent, start_keepalived_pair,
+        sync_status, wait_for_role, wait_until,
+    },
     transfer::pattern,
 };
 
@@ -43,52 +46,30 @@ struct Pair {
     lab: HaLab,
     gateways: [GatewayProcess; 2],
     keepalived: [Keepalived; 2],
-    _files: Vec<TempFile>,
+    _files: [AgentFiles; 2],
     _dir: RemoveDir,
 }
 
 impl Pair {
     fn up(published: bool) -> Pair {
-        check_environment().expect("environment");
-        let prefix = unique_prefix();
-        let lab = HaLab::up(&prefix).expect("ha lab up");
-        let dir = std::env::temp_dir().join(format!("{prefix}-ha"));
-        let mut files = Vec::new();
-        let mut start = |node: &Node| {
-            let key_file = TempFile::write(&format!("{prefix}-gw{}.key", node.id), KEY);
-            let text = if published {
-                lab.synced_ftp_gateway_config(node, &key_file.0)
-            } else {
-                lab.synced_gateway_config(node, &key_file.0)
-            };
-            let config = TempFile::write(&format!("{prefix}-gw{}.toml", node.id), &text);
-            let gateway = GatewayProcess::start(&node.netns, &config.0, &[]).expect("gateway");
-            files.extend([key_file, config]);
-            gateway
+        let (lab, dir) = lab_up();
+        let config = if published {
+            AgentConfig::SyncedFtp(KEY)
+        } else {
+            AgentConfig::Synced(KEY)
         };
-        let one = start(&lab.nodes[0]);
-        let two = start(&lab.nodes[1]);
-        let one_keepalived = lab
-            .start_keepalived(&lab.nodes[0], &one, 150, &dir)
-            .expect("keepalived");
-        wait_until("gw1 master", Duration::from_secs(15), || {
-            status(&one)["ha"]["role"] == "master"
-        });
-        let two_keepalived = lab
-            .start_keepalived(&lab.nodes[1], &two, 100, &dir)
-            .expect("keepalived");
-        two_keepalived
-            .wait_for_log("Entering BACKUP STATE", Duration::from_secs(10))
-            .expect("gw2 backup");
+        let (one, one_files) = start_agent(&lab, &lab.nodes[0], config);
+        let (two, two_files) = start_agent(&lab, &lab.nodes[1], config);
+        let keepalived = start_keepalived_pair(&lab, [&one, &two], &dir.0);
         wait_until("the sync link up", Duration::from_secs(10), || {
             sync_status(&one)["link"] == "sending"
         });
         Pair {
             lab,
             gateways: [one, two],
-            keepalived: [one_keepalived, two_keepalived],
-            _files: files,
-            _dir: RemoveDir(dir),
+            keepalived,
+            _files: [one_files, two_files],
+            _dir: dir,
         }
     }
 
@@ -101,11 +82,11 @@ impl Pair {
             || sync_status(two)["alg_sessions_held"].as_u64() >= Some(sessions),
         );
         assert_eq!(
-            ftp_sessions(two).len(),
+            session_rows(two, &["--ftp"]).len(),
             0,
             "a standby's ALG acts on nothing"
         );
-        assert!(ftp_sessions(&self.gateways[0]).len() as u64 >= sessions);
+        assert!(session_rows(&self.gateways[0], &["--ftp"]).len() as u64 >= sessions);
         let active = sync_status(&self.gateways[0]);
         assert!(
             active["counters"]["alg_records_sent"].as_u64() >= Some(sessions)
@@ -129,59 +110,19 @@ impl Pair {
         self.gateways[0].kill_hard().expect("kill -9 the agent");
         self.keepalived[0].kill_hard();
         let two = &self.gateways[1];
-        wait_until("gw2 master", Duration::from_secs(20), || {
-            status(two)["ha"]["role"] == "master"
-        });
+        wait_for_role(two, "master", Duration::from_secs(20));
         println!(
             "gw2 master {:.2} s after gw1 died",
             died.elapsed().as_secs_f64()
         );
         died
     }
-
-    fn assert_checksums(&self) {
-        for host in [&self.lab.lan, &self.lab.wan] {
-            for (counter, value) in host.checksum_error_counters() {
-                assert_eq!(value, 0, "{}: {counter}", host.name());
-            }
-        }
-    }
-}
-
-fn status(gateway: &GatewayProcess) -> serde_json::Value {
-    let text = gateway.ask(&["status", "--json"]).expect("status");
-    serde_json::from_str(&text).expect("status json")
-}
-
-fn sync_status(gateway: &GatewayProcess) -> serde_json::Value {
-    let status = status(gateway);
-    assert!(status["ha"]["sync"].is_object(), "no ha.sync in {status}");
-    status["ha"]["sync"].clone()
 }
 
 fn stats(gateway: &GatewayProcess) -> String {
     gateway
         .ask(&["stats"])
         .unwrap_or_else(|err| err.to_string())
-}
-
-fn ftp_sessions(gateway: &GatewayProcess) -> Vec<serde_json::Value> {
-    let text = gateway
-        .ask(&["sessions", "--ftp", "--json"])
-        .expect("sessions");
-    let rows: serde_json::Value = serde_json::from_str(&text).expect("sessions json");
-    rows.as_array().cloned().unwrap_or_default()
-}
-
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if done() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{what}: not within {timeout:?}");
 }
 
 /// A curl download of `url` into `local` at [`RATE`], `extra` its mode's options; killed if
@@ -294,7 +235,7 @@ fn a_passive_download_and_a_control_session_survive_a_failover() {
     let two = &pair.gateways[1];
     let log = two.output();
     assert!(log.contains("took over the ftp control sessions"), "{log}");
-    assert_eq!(ftp_sessions(two).len(), 2, "{}", log);
+    assert_eq!(session_rows(two, &["--ftp"]).len(), 2, "{}", log);
 
     if let Err(err) = curl.finish() {
         panic!("{err}\n{}\n{}", two.output(), stats(two));
@@ -339,7 +280,7 @@ fn a_passive_download_and_a_control_session_survive_a_failover() {
         counters["alg_records_applied"].as_u64() > Some(0),
         "{counters}"
     );
-    pair.assert_checksums();
+    pair.lab.assert_checksums();
 }
 
 #[test]
@@ -370,7 +311,7 @@ fn an_active_mode_download_of_a_masqueraded_client_survives_a_failover() {
         two.output()
     );
     // The new master's ALG holds curl's session, translated as the old one did.
-    let rows = ftp_sessions(two);
+    let rows = session_rows(two, &["--ftp"]);
     assert!(
         rows.iter().any(|row| row["client"]
             .as_str()
@@ -388,15 +329,7 @@ fn an_active_mode_download_of_a_masqueraded_client_survives_a_failover() {
     let log = server.log();
     let public = PUBLIC_VIP.to_string().replace('.', ",");
     assert!(log.contains(&format!("PORT {public},")), "{log}");
-    pair.assert_checksums();
-}
-
-struct RemoveDir(PathBuf);
-
-impl Drop for RemoveDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    pair.lab.assert_checksums();
 }
 
 struct RemoveFile(PathBuf);

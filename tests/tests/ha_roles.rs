@@ -19,7 +19,6 @@
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream},
-    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -29,10 +28,13 @@ use std::{
 };
 
 use gateway_tests::{
-    TempFile, check_environment,
     gateway::{self, GatewayProcess},
-    ha_lab::{HaLab, Keepalived, LAN_HOST, Node, PUBLIC_VIP, WAN_HOST, notify_script},
-    netns::{Netns, unique_prefix},
+    ha_lab::{HaLab, Keepalived, Node, PUBLIC_VIP, WAN_HOST, notify_script},
+    ha_nodes::{
+        AgentConfig, lab_up, lan_session_rows, role, start_agent, start_keepalived_pair,
+        status as ha_status,
+    },
+    netns::Netns,
 };
 
 const ECHO_PORT: u16 = 7007;
@@ -113,20 +115,6 @@ fn round_trip(lan: &Netns, timeout: Duration) -> anyhow::Result<()> {
     .map_err(|_| anyhow::anyhow!("client thread panicked"))?
 }
 
-fn ha_status(gateway: &GatewayProcess) -> serde_json::Value {
-    let text = gateway.ask(&["status", "--json"]).expect("status");
-    let status: serde_json::Value = serde_json::from_str(&text).expect("status json");
-    assert!(status["ha"].is_object(), "no ha in {text}");
-    status
-}
-
-fn role(gateway: &GatewayProcess) -> String {
-    ha_status(gateway)["ha"]["role"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
 /// Asserts a standby: backup, both interfaces detached.
 fn assert_standby(gateway: &GatewayProcess, name: &str) {
     let status = ha_status(gateway);
@@ -137,42 +125,19 @@ fn assert_standby(gateway: &GatewayProcess, name: &str) {
     }
 }
 
-fn wait_for_role(gateway: &GatewayProcess, wanted: &str, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if role(gateway) == wanted {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!(
-        "not {wanted} within {timeout:?}: {}\n{}",
-        ha_status(gateway),
-        gateway.output()
-    );
-}
-
 struct NodeRun {
     gateway: GatewayProcess,
     keepalived: Option<Keepalived>,
 }
 
+/// `node`'s agent, with the roles and no state sync; its config is read once, at the start.
 fn start_gateway(lab: &HaLab, node: &Node) -> GatewayProcess {
-    // Read once, at the start.
-    let config = TempFile::write(
-        &format!("{}-gw{}.toml", lab.prefix, node.id),
-        &lab.gateway_config(node),
-    );
-    GatewayProcess::start(&node.netns, &config.0, &[]).expect("gateway")
+    start_agent(lab, node, AgentConfig::Roles).0
 }
 
 #[test]
 fn keepalived_picks_the_master_and_the_backup_takes_over() {
-    check_environment().expect("environment");
-    let prefix = unique_prefix();
-    let lab = HaLab::up(&prefix).expect("ha lab up");
-    let dir = std::env::temp_dir().join(format!("{prefix}-ha"));
-    let _cleanup = RemoveDir(dir.clone());
+    let (lab, dir) = lab_up();
     let [first, second] = &lab.nodes;
 
     let mut one = NodeRun {
@@ -189,21 +154,12 @@ fn keepalived_picks_the_master_and_the_backup_takes_over() {
     let text = one.gateway.ask(&["status"]).expect("status");
     assert!(text.contains("ha          node 1 backup"), "{text}");
 
-    // The first keepalived alone: no adverts heard, it takes the addresses.
-    one.keepalived = Some(
-        lab.start_keepalived(first, &one.gateway, 150, &dir)
-            .expect("keepalived"),
-    );
-    wait_for_role(&one.gateway, "master", Duration::from_secs(15));
-    two.keepalived = Some(
-        lab.start_keepalived(second, &two.gateway, 100, &dir)
-            .expect("keepalived"),
-    );
-    if let Some(keepalived) = &two.keepalived {
-        keepalived
-            .wait_for_log("Entering BACKUP STATE", Duration::from_secs(10))
-            .expect("gw2 backup");
-    }
+    // The first keepalived alone: no adverts heard, it takes the addresses; then the
+    // second, backup.
+    let [one_keepalived, two_keepalived] =
+        start_keepalived_pair(&lab, [&one.gateway, &two.gateway], &dir.0);
+    one.keepalived = Some(one_keepalived);
+    two.keepalived = Some(two_keepalived);
     let status = ha_status(&one.gateway);
     assert_eq!(status["ha"]["attached"], true, "{status}");
     assert!(
@@ -288,7 +244,7 @@ fn keepalived_picks_the_master_and_the_backup_takes_over() {
         .expect("node 1 back");
     one.gateway = start_gateway(&lab, first);
     one.keepalived = Some(
-        lab.start_keepalived(first, &one.gateway, 150, &dir)
+        lab.start_keepalived(first, &one.gateway, 150, &dir.0)
             .expect("keepalived"),
     );
     if let Some(keepalived) = &one.keepalived {
@@ -336,11 +292,7 @@ fn keepalived_picks_the_master_and_the_backup_takes_over() {
     round_trip(&lab.lan, Duration::from_secs(5)).expect("attached again");
     assert_translated_by(&two.gateway, &echo);
 
-    for host in [&lab.lan, &lab.wan] {
-        for (counter, value) in host.checksum_error_counters() {
-            assert_eq!(value, 0, "{}: {counter}", host.name());
-        }
-    }
+    lab.assert_checksums();
 }
 
 /// The outside host saw the last connection come from the public address, on a port that
@@ -358,29 +310,11 @@ fn assert_translated_by(gateway: &GatewayProcess, echo: &EchoServer) {
         PUBLIC_VIP,
         "the outside host sees the public address"
     );
-    let text = gateway
-        .ask(&[
-            "sessions",
-            "--json",
-            "--filter",
-            &format!("addr={LAN_HOST}"),
-        ])
-        .expect("sessions");
-    let rows: serde_json::Value = serde_json::from_str(&text).expect("sessions json");
+    let rows = lan_session_rows(gateway);
     let translated = format!("{peer} -> {WAN_HOST}:{ECHO_PORT}");
     assert!(
-        rows.as_array()
-            .into_iter()
-            .flatten()
+        rows.iter()
             .any(|row| row["translated"] == translated.as_str()),
-        "no session translated to {translated} in {text}"
+        "no session translated to {translated} in {rows:?}"
     );
-}
-
-struct RemoveDir(PathBuf);
-
-impl Drop for RemoveDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

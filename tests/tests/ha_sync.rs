@@ -12,18 +12,15 @@
 //! The ALG's FTP control sessions are tested in `ha_ftp.rs`, failback and resync in
 //! `ha_failback.rs`.
 
-use std::{
-    collections::BTreeSet,
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use gateway_tests::{
-    TempFile, check_environment,
-    gateway::GatewayProcess,
     ha_flows::{EchoServers, LongFlows},
-    ha_lab::{HaLab, INSIDE_VIP, LAN_HOST, Node, PUBLIC_VIP},
-    netns::unique_prefix,
+    ha_lab::PUBLIC_VIP,
+    ha_nodes::{
+        AgentConfig, lab_up, lan_sessions, promote_by_hand, start_agent, start_keepalived_pair,
+        status, sync_status, wait_until,
+    },
 };
 
 const TCP_PORT: u16 = 7010;
@@ -35,78 +32,13 @@ const FAILOVER_BOUND: Duration = Duration::from_secs(30);
 const KEY: &str = "the pair's shared sync key, 48 bytes of it here\n";
 const OTHER_KEY: &str = "not the pair's key: another one, long enough too\n";
 
-fn status(gateway: &GatewayProcess) -> serde_json::Value {
-    let text = gateway.ask(&["status", "--json"]).expect("status");
-    serde_json::from_str(&text).expect("status json")
-}
-
-fn sync_status(gateway: &GatewayProcess) -> serde_json::Value {
-    let status = status(gateway);
-    assert!(status["ha"]["sync"].is_object(), "no ha.sync in {status}");
-    status["ha"]["sync"].clone()
-}
-
-/// The inside host's sessions on a node: (original, translated) of each.
-fn lan_sessions(gateway: &GatewayProcess) -> BTreeSet<(String, String)> {
-    let text = gateway
-        .ask(&[
-            "sessions",
-            "--json",
-            "--filter",
-            &format!("addr={LAN_HOST}"),
-        ])
-        .expect("sessions");
-    let rows: serde_json::Value = serde_json::from_str(&text).expect("sessions json");
-    rows.as_array()
-        .into_iter()
-        .flatten()
-        .map(|row| (row["original"].to_string(), row["translated"].to_string()))
-        .collect()
-}
-
-fn start_gateway(lab: &HaLab, node: &Node, key: &str) -> (GatewayProcess, [TempFile; 2]) {
-    let key_file = TempFile::write(&format!("{}-gw{}.key", lab.prefix, node.id), key);
-    let config = TempFile::write(
-        &format!("{}-gw{}.toml", lab.prefix, node.id),
-        &lab.synced_gateway_config(node, &key_file.0),
-    );
-    let gateway = GatewayProcess::start(&node.netns, &config.0, &[]).expect("gateway");
-    (gateway, [key_file, config])
-}
-
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if done() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{what}: not within {timeout:?}");
-}
-
 #[test]
 fn established_flows_survive_a_failover_with_their_public_ports() {
-    check_environment().expect("environment");
-    let prefix = unique_prefix();
-    let lab = HaLab::up(&prefix).expect("ha lab up");
-    let dir = std::env::temp_dir().join(format!("{prefix}-ha"));
-    let _cleanup = RemoveDir(dir.clone());
+    let (lab, dir) = lab_up();
     let [first, second] = &lab.nodes;
-    let (mut one, _one_files) = start_gateway(&lab, first, KEY);
-    let (two, _two_files) = start_gateway(&lab, second, KEY);
-    let mut one_keepalived = lab
-        .start_keepalived(first, &one, 150, &dir)
-        .expect("keepalived");
-    wait_until("gw1 master", Duration::from_secs(15), || {
-        status(&one)["ha"]["role"] == "master"
-    });
-    let two_keepalived = lab
-        .start_keepalived(second, &two, 100, &dir)
-        .expect("keepalived");
-    two_keepalived
-        .wait_for_log("Entering BACKUP STATE", Duration::from_secs(10))
-        .expect("gw2 backup");
+    let (mut one, _one_files) = start_agent(&lab, first, AgentConfig::Synced(KEY));
+    let (two, _two_files) = start_agent(&lab, second, AgentConfig::Synced(KEY));
+    let [mut one_keepalived, two_keepalived] = start_keepalived_pair(&lab, [&one, &two], &dir.0);
 
     let mut servers = EchoServers::start(&lab.wan, TCP_PORT, UDP_PORT).expect("echo servers");
     let mut flows = LongFlows::start(&lab.lan, TCP_PORT, UDP_PORT);
@@ -178,30 +110,18 @@ fn established_flows_survive_a_failover_with_their_public_ports() {
     for peer in tcp_peers.iter().chain(&udp_peers) {
         assert_eq!(peer.ip(), std::net::IpAddr::V4(PUBLIC_VIP), "{peer}");
     }
-    for host in [&lab.lan, &lab.wan] {
-        for (counter, value) in host.checksum_error_counters() {
-            assert_eq!(value, 0, "{}: {counter}", host.name());
-        }
-    }
+    lab.assert_checksums();
 }
 
 #[test]
 fn a_standby_with_another_key_refuses_the_master_and_gets_no_state() {
-    check_environment().expect("environment");
-    let prefix = unique_prefix();
-    let lab = HaLab::up(&prefix).expect("ha lab up");
+    let (lab, _dir) = lab_up();
     let [first, second] = &lab.nodes;
-    let (one, _one_files) = start_gateway(&lab, first, KEY);
-    let (two, _two_files) = start_gateway(&lab, second, OTHER_KEY);
+    let (one, _one_files) = start_agent(&lab, first, AgentConfig::Synced(KEY));
+    let (two, _two_files) = start_agent(&lab, second, AgentConfig::Synced(OTHER_KEY));
     // No keepalived: node 1 takes the addresses and is told it is master, as keepalived
     // would.
-    first
-        .netns
-        .sh(&format!(
-            "ip addr add {INSIDE_VIP}/24 dev veth-in\nip addr add {PUBLIC_VIP}/24 dev veth-out"
-        ))
-        .expect("virtual addresses");
-    one.ask(&["ha", "master"]).expect("gw1 master");
+    promote_by_hand(first, &one);
 
     let mut servers = EchoServers::start(&lab.wan, TCP_PORT, UDP_PORT).expect("echo servers");
     let mut flows = LongFlows::start(&lab.lan, TCP_PORT, UDP_PORT);
@@ -234,17 +154,5 @@ fn a_standby_with_another_key_refuses_the_master_and_gets_no_state() {
         "{}",
         two.output()
     );
-    for host in [&lab.lan, &lab.wan] {
-        for (counter, value) in host.checksum_error_counters() {
-            assert_eq!(value, 0, "{}: {counter}", host.name());
-        }
-    }
-}
-
-struct RemoveDir(PathBuf);
-
-impl Drop for RemoveDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    lab.assert_checksums();
 }

@@ -11,9 +11,9 @@ use std::{
 
 use common::{Hook, TC_ACT_SHOT, XDP_DROP, assert_translates, assert_untouched, pass, run};
 use gateway_common::Counter;
-use gateway_tests::{check_environment, frame::FrameSpec};
+use gateway_tests::{check_environment, dataplane::masquerade, frame::FrameSpec};
 use gateway_user::{
-    config::{Filtering, Forwarding, Ipv4Net, Masquerade, Timeouts},
+    config::{Filtering, Forwarding, Masquerade, Timeouts},
     dataplane::Dataplane,
 };
 
@@ -35,10 +35,9 @@ fn masquerading(
     check_environment().expect("environment");
     let mut dataplane = Dataplane::load(false, 4096).expect("load");
     let masquerade = Masquerade {
-        networks: vec!["10.0.0.0/24".parse::<Ipv4Net>().unwrap()],
-        addresses: vec![PUBLIC],
         ports,
         filtering,
+        ..masquerade(PUBLIC)
     };
     dataplane
         .configure_nat(Some(&masquerade), &timeouts, Forwarding::Kernel, &[])

@@ -16,9 +16,11 @@ use std::{
 
 use common::{Hook, pass, run_from};
 use gateway_common::{Counter, icmp::neighbour};
-use gateway_tests::{check_environment, frame::FrameSpec, netns::Netns, packet};
+use gateway_tests::{
+    check_environment, dataplane::masquerade, frame::FrameSpec, netns::Netns, packet,
+};
 use gateway_user::{
-    config::{Filtering, Forwarding, Ipv4Net, Masquerade, Timeouts},
+    config::{Forwarding, Timeouts},
     dataplane::Dataplane,
 };
 
@@ -66,14 +68,13 @@ fn namespace() -> Netns {
 
 fn masquerading(forwarding: Forwarding) -> Dataplane {
     let mut dataplane = Dataplane::load(false, 4096).expect("load");
-    let masquerade = Masquerade {
-        networks: vec!["10.0.0.0/24".parse::<Ipv4Net>().unwrap()],
-        addresses: vec![PUBLIC],
-        ports: 1024..=65535,
-        filtering: Filtering::AddressDependent,
-    };
     dataplane
-        .configure_nat(Some(&masquerade), &Timeouts::default(), forwarding, &[])
+        .configure_nat(
+            Some(&masquerade(PUBLIC)),
+            &Timeouts::default(),
+            forwarding,
+            &[],
+        )
         .expect("configure");
     dataplane
 }

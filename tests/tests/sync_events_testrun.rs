@@ -16,36 +16,20 @@ use gateway_common::{
     Endpoint, ExpectationEntry, ExpectationKey, ExpectationKind, FlowKey, IPPROTO_TCP, IPPROTO_UDP,
     PeerKey,
 };
-use gateway_tests::{check_environment, frame::FrameSpec};
-use gateway_user::{
-    config::{Filtering, Forwarding, Ipv4Net, Masquerade, Timeouts},
-    dataplane::{
-        Dataplane, monotonic_now_ns,
-        sync::{Changes, SyncedKey},
-    },
+use gateway_tests::{check_environment, dataplane::masquerading, frame::FrameSpec};
+use gateway_user::dataplane::{
+    Dataplane, monotonic_now_ns,
+    sync::{Changes, SyncedKey},
 };
 
 const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 const HOST: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 
-fn masquerading() -> Dataplane {
+fn dataplane() -> Dataplane {
     check_environment().expect("environment");
     let mut dataplane = Dataplane::load(false, 4096).expect("load");
-    let masquerade = Masquerade {
-        networks: vec!["10.0.0.0/24".parse::<Ipv4Net>().unwrap()],
-        addresses: vec![PUBLIC],
-        ports: 1024..=65535,
-        filtering: Filtering::AddressDependent,
-    };
-    dataplane
-        .configure_nat(
-            Some(&masquerade),
-            &Timeouts::default(),
-            Forwarding::Kernel,
-            &[],
-        )
-        .expect("configure");
+    masquerading(&mut dataplane, PUBLIC, &[]);
     dataplane
 }
 
@@ -79,7 +63,7 @@ fn flow_key(src: SocketAddrV4, dst: SocketAddrV4, proto: u8) -> FlowKey {
 #[test]
 fn a_new_connection_names_every_entry_it_creates_and_nothing_more() {
     for hook in [Hook::Xdp, Hook::Tc] {
-        let mut dataplane = masquerading();
+        let mut dataplane = dataplane();
         let inside = SocketAddrV4::new(HOST, 5353);
         let remote = SocketAddrV4::new(REMOTE, 53);
 
@@ -167,7 +151,7 @@ fn a_new_connection_names_every_entry_it_creates_and_nothing_more() {
 #[test]
 fn a_full_ring_is_counted_and_asks_for_a_whole_walk() {
     let hook = Hook::Tc;
-    let mut dataplane = masquerading();
+    let mut dataplane = dataplane();
     dataplane.set_sync_events(true).expect("events on");
     let remote = SocketAddrV4::new(REMOTE, 53);
     // Five events per new flow, 28 bytes each with the ring's header: 8,000 flows are more

@@ -11,13 +11,16 @@
 //! writes here (the ALG's expectations and claims, the sweep's removals) note theirs in
 //! [`SyncChanges`]. [`Dataplane::take_changes`] hands both over.
 
-use aya::maps::MapError;
+use aya::{Pod, maps::MapError};
 use gateway_common::{
     Counter, Endpoint, ExpectationEntry, ExpectationKey, FlowKey, PeerKey, Session, names,
     sync_event::{PrivateEndpoint, PublicEndpoint, SyncEvent, SyncTable},
 };
 
-use super::{Dataplane, DataplaneError, map_error};
+use super::{
+    Dataplane, DataplaneError, map_error,
+    maps::{Maps, Table},
+};
 
 /// Changes the agent made itself, and whether the sync wants them at all.
 #[derive(Debug, Default)]
@@ -92,6 +95,155 @@ impl SyncedEntry {
     }
 }
 
+/// One of the synced tables: its map, its name (for errors), and its variants in
+/// [`SyncedKey`] and [`SyncedEntry`]. What the sync does to an entry is written once, generic
+/// over the table ([`KeyOp`], [`EntryOp`]); [`SyncedKey::on_table`] and
+/// [`SyncedEntry::on_table`] are the one place a key or an entry is matched to its table.
+trait SyncedTable: 'static {
+    type Key: Pod;
+    type Value: Pod;
+    const NAME: &'static str;
+    fn map(maps: &Maps) -> &Table<Self::Key, Self::Value>;
+    fn map_mut(maps: &mut Maps) -> &mut Table<Self::Key, Self::Value>;
+    fn key(key: Self::Key) -> SyncedKey;
+    fn entry(key: Self::Key, value: Self::Value) -> SyncedEntry;
+}
+
+/// Declares a synced table: its marker type, its field in [`Maps`], its key and value types,
+/// its name, and its variant in [`SyncedKey`] and [`SyncedEntry`].
+macro_rules! synced_table {
+    ($table:ident, $field:ident: Table<$key:ty, $value:ty>, $name:expr, $variant:ident) => {
+        struct $table;
+
+        impl SyncedTable for $table {
+            type Key = $key;
+            type Value = $value;
+            const NAME: &'static str = $name;
+            fn map(maps: &Maps) -> &Table<$key, $value> {
+                &maps.$field
+            }
+            fn map_mut(maps: &mut Maps) -> &mut Table<$key, $value> {
+                &mut maps.$field
+            }
+            fn key(key: $key) -> SyncedKey {
+                SyncedKey::$variant(key)
+            }
+            fn entry(key: $key, value: $value) -> SyncedEntry {
+                SyncedEntry::$variant(key, value)
+            }
+        }
+    };
+}
+
+synced_table!(Sessions, sessions: Table<FlowKey, Session>, names::SESSIONS, Session);
+synced_table!(
+    MasqByPrivate,
+    masq_by_private: Table<Endpoint, Endpoint>,
+    names::MASQ_BY_PRIVATE,
+    ByPrivate
+);
+synced_table!(
+    MasqByPublic,
+    masq_by_public: Table<Endpoint, Endpoint>,
+    names::MASQ_BY_PUBLIC,
+    ByPublic
+);
+synced_table!(MasqPeers, masq_peers: Table<PeerKey, u64>, names::MASQ_PEERS, Peer);
+synced_table!(
+    Expectations,
+    expectations: Table<ExpectationKey, ExpectationEntry>,
+    names::EXPECTATIONS,
+    Expectation
+);
+
+/// Something done to the entry a key names, whichever table holds it.
+trait KeyOp {
+    type Output;
+    fn run<T: SyncedTable>(self, key: T::Key) -> Self::Output;
+}
+
+/// Something done with an entry, whichever table it belongs to.
+trait EntryOp {
+    type Output;
+    fn run<T: SyncedTable>(self, key: T::Key, value: T::Value) -> Self::Output;
+}
+
+impl SyncedKey {
+    fn on_table<O: KeyOp>(self, op: O) -> O::Output {
+        match self {
+            SyncedKey::Session(key) => op.run::<Sessions>(key),
+            SyncedKey::ByPrivate(key) => op.run::<MasqByPrivate>(key),
+            SyncedKey::ByPublic(key) => op.run::<MasqByPublic>(key),
+            SyncedKey::Peer(key) => op.run::<MasqPeers>(key),
+            SyncedKey::Expectation(key) => op.run::<Expectations>(key),
+        }
+    }
+}
+
+impl SyncedEntry {
+    fn on_table<O: EntryOp>(self, op: O) -> O::Output {
+        match self {
+            SyncedEntry::Session(key, value) => op.run::<Sessions>(key, value),
+            SyncedEntry::ByPrivate(key, value) => op.run::<MasqByPrivate>(key, value),
+            SyncedEntry::ByPublic(key, value) => op.run::<MasqByPublic>(key, value),
+            SyncedEntry::Peer(key, value) => op.run::<MasqPeers>(key, value),
+            SyncedEntry::Expectation(key, value) => op.run::<Expectations>(key, value),
+        }
+    }
+}
+
+/// The entry as it is now; `None` when it is gone.
+struct Read<'a>(&'a Maps);
+
+impl KeyOp for Read<'_> {
+    type Output = Option<SyncedEntry>;
+    fn run<T: SyncedTable>(self, key: T::Key) -> Option<SyncedEntry> {
+        Some(T::entry(key, T::map(self.0).get(&key, 0).ok()?))
+    }
+}
+
+/// Writes the entry, replacing what is there.
+struct Write<'a>(&'a mut Maps);
+
+impl EntryOp for Write<'_> {
+    type Output = Result<(), DataplaneError>;
+    fn run<T: SyncedTable>(self, key: T::Key, value: T::Value) -> Self::Output {
+        T::map_mut(self.0)
+            .insert(key, value, 0)
+            .map_err(map_error(T::NAME))
+    }
+}
+
+/// Removes the entry; one that is not there is no error.
+struct Remove<'a>(&'a mut Maps);
+
+impl KeyOp for Remove<'_> {
+    type Output = Result<(), DataplaneError>;
+    fn run<T: SyncedTable>(self, key: T::Key) -> Self::Output {
+        match T::map_mut(self.0).remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(MapError::SyscallError(err))
+                if err.io_error.raw_os_error() == Some(rustix::io::Errno::NOENT.raw_os_error()) =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(map_error(T::NAME)(err)),
+        }
+    }
+}
+
+/// The entries of one table; those that vanish under the iteration (the fast path and the
+/// LRU evict) are skipped.
+fn entries<T: SyncedTable>(maps: &Maps) -> impl Iterator<Item = SyncedEntry> + '_ {
+    let entries = T::map(maps).iter().flatten();
+    entries.map(|(key, value)| T::entry(key, value))
+}
+
+/// The keys of one table's entries.
+fn keys<T: SyncedTable>(maps: &Maps) -> impl Iterator<Item = SyncedKey> + '_ {
+    T::map(maps).keys().flatten().map(T::key)
+}
+
 /// The entry an event names, if its table is one this agent knows.
 fn event_key(event: &SyncEvent) -> Option<SyncedKey> {
     Some(match SyncTable::try_from(event.table).ok()? {
@@ -152,115 +304,40 @@ impl Dataplane {
 
     /// The entry `key` names, as it is now; `None` when it is gone.
     pub fn synced_entry(&self, key: SyncedKey) -> Option<SyncedEntry> {
-        let maps = &self.maps;
-        match key {
-            SyncedKey::Session(key) => {
-                Some(SyncedEntry::Session(key, maps.sessions.get(&key, 0).ok()?))
-            }
-            SyncedKey::ByPrivate(key) => Some(SyncedEntry::ByPrivate(
-                key,
-                maps.masq_by_private.get(&key, 0).ok()?,
-            )),
-            SyncedKey::ByPublic(key) => Some(SyncedEntry::ByPublic(
-                key,
-                maps.masq_by_public.get(&key, 0).ok()?,
-            )),
-            SyncedKey::Peer(key) => {
-                Some(SyncedEntry::Peer(key, maps.masq_peers.get(&key, 0).ok()?))
-            }
-            SyncedKey::Expectation(key) => Some(SyncedEntry::Expectation(
-                key,
-                maps.expectations.get(&key, 0).ok()?,
-            )),
-        }
+        key.on_table(Read(&self.maps))
     }
 
     /// Every entry of the synced tables. Entries that vanish under the iteration (the fast
     /// path and the LRU evict) are skipped.
     pub fn synced_entries(&self) -> Vec<SyncedEntry> {
         let maps = &self.maps;
-        let sessions = maps.sessions.iter().flatten();
-        let sessions = sessions.map(|(key, value)| SyncedEntry::Session(key, value));
-        let by_private = maps.masq_by_private.iter().flatten();
-        let by_private = by_private.map(|(key, value)| SyncedEntry::ByPrivate(key, value));
-        let by_public = maps.masq_by_public.iter().flatten();
-        let by_public = by_public.map(|(key, value)| SyncedEntry::ByPublic(key, value));
-        let peers = maps.masq_peers.iter().flatten();
-        let peers = peers.map(|(key, value)| SyncedEntry::Peer(key, value));
-        let expectations = maps.expectations.iter().flatten();
-        let expectations = expectations.map(|(key, value)| SyncedEntry::Expectation(key, value));
         // Claims before the mappings and sessions that name them.
-        by_public
-            .chain(by_private)
-            .chain(peers)
-            .chain(sessions)
-            .chain(expectations)
+        entries::<MasqByPublic>(maps)
+            .chain(entries::<MasqByPrivate>(maps))
+            .chain(entries::<MasqPeers>(maps))
+            .chain(entries::<Sessions>(maps))
+            .chain(entries::<Expectations>(maps))
             .collect()
     }
 
     /// The keys of every entry of the synced tables.
     pub fn synced_keys(&self) -> Vec<SyncedKey> {
         let maps = &self.maps;
-        let sessions = maps.sessions.keys().flatten().map(SyncedKey::Session);
-        let by_private = maps.masq_by_private.keys().flatten();
-        let by_public = maps.masq_by_public.keys().flatten();
-        let peers = maps.masq_peers.keys().flatten().map(SyncedKey::Peer);
-        let expectations = maps.expectations.keys().flatten();
-        sessions
-            .chain(by_private.map(SyncedKey::ByPrivate))
-            .chain(by_public.map(SyncedKey::ByPublic))
-            .chain(peers)
-            .chain(expectations.map(SyncedKey::Expectation))
+        keys::<Sessions>(maps)
+            .chain(keys::<MasqByPrivate>(maps))
+            .chain(keys::<MasqByPublic>(maps))
+            .chain(keys::<MasqPeers>(maps))
+            .chain(keys::<Expectations>(maps))
             .collect()
     }
 
     /// Writes an entry the active node sent (replacing what is there).
     pub fn write_synced(&mut self, entry: SyncedEntry) -> Result<(), DataplaneError> {
-        let maps = &mut self.maps;
-        match entry {
-            SyncedEntry::Session(key, value) => maps
-                .sessions
-                .insert(key, value, 0)
-                .map_err(map_error(names::SESSIONS)),
-            SyncedEntry::ByPrivate(key, value) => maps
-                .masq_by_private
-                .insert(key, value, 0)
-                .map_err(map_error(names::MASQ_BY_PRIVATE)),
-            SyncedEntry::ByPublic(key, value) => maps
-                .masq_by_public
-                .insert(key, value, 0)
-                .map_err(map_error(names::MASQ_BY_PUBLIC)),
-            SyncedEntry::Peer(key, value) => maps
-                .masq_peers
-                .insert(key, value, 0)
-                .map_err(map_error(names::MASQ_PEERS)),
-            SyncedEntry::Expectation(key, value) => maps
-                .expectations
-                .insert(key, value, 0)
-                .map_err(map_error(names::EXPECTATIONS)),
-        }
+        entry.on_table(Write(&mut self.maps))
     }
 
     /// Removes an entry the active node removed; one that is not there is no error.
     pub fn remove_synced(&mut self, key: SyncedKey) -> Result<(), DataplaneError> {
-        let maps = &mut self.maps;
-        let (removed, name) = match key {
-            SyncedKey::Session(key) => (maps.sessions.remove(&key), names::SESSIONS),
-            SyncedKey::ByPrivate(key) => {
-                (maps.masq_by_private.remove(&key), names::MASQ_BY_PRIVATE)
-            }
-            SyncedKey::ByPublic(key) => (maps.masq_by_public.remove(&key), names::MASQ_BY_PUBLIC),
-            SyncedKey::Peer(key) => (maps.masq_peers.remove(&key), names::MASQ_PEERS),
-            SyncedKey::Expectation(key) => (maps.expectations.remove(&key), names::EXPECTATIONS),
-        };
-        match removed {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(MapError::SyscallError(err))
-                if err.io_error.raw_os_error() == Some(rustix::io::Errno::NOENT.raw_os_error()) =>
-            {
-                Ok(())
-            }
-            Err(err) => Err(map_error(name)(err)),
-        }
+        key.on_table(Remove(&mut self.maps))
     }
 }

@@ -5,9 +5,9 @@ use aya::programs::{TestRun, TestRunOptions};
 use gateway_tests::{frame::FrameSpec, packet::checksum_error};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use gateway_tests::check_environment;
+use gateway_tests::{check_environment, dataplane::masquerading};
 use gateway_user::{
-    config::{Alg, Filtering, Forwarding, Ipv4Net, Masquerade, Protocol, Publish, Timeouts},
+    config::{Alg, Protocol, Publish},
     dataplane::Dataplane,
 };
 
@@ -130,19 +130,6 @@ pub fn ftp_dataplane() -> Dataplane {
             policy: None,
         }])
         .expect("publish");
-    let masquerade = Masquerade {
-        networks: vec!["10.0.0.0/24".parse::<Ipv4Net>().unwrap()],
-        addresses: vec![Ipv4Addr::new(203, 0, 113, 1)],
-        ports: 1024..=65535,
-        filtering: Filtering::AddressDependent,
-    };
-    dataplane
-        .configure_nat(
-            Some(&masquerade),
-            &Timeouts::default(),
-            Forwarding::Kernel,
-            &[21],
-        )
-        .expect("configure");
+    masquerading(&mut dataplane, Ipv4Addr::new(203, 0, 113, 1), &[21]);
     dataplane
 }

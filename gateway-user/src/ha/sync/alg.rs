@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    Queued, Shared, lock,
+    link::{Queued, Shared, lock},
     wire::{self, AlgPart, Record},
 };
 use crate::{
