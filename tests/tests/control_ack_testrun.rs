@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 mod common;
 
-use common::{Hook, TC_ACT_SHOT, XDP_DROP, ftp_dataplane, pass, run};
+use common::{Hook, counter, dropped, ftp_dataplane, pass, run};
 use etherparse::{PacketBuilder, TcpOptionElement};
 use gateway_common::{
     Counter, FlowKey, IPPROTO_TCP, Rewrite,
@@ -100,23 +100,6 @@ fn entry(
     }
 }
 
-fn counter(dataplane: &Dataplane, wanted: Counter) -> u64 {
-    dataplane
-        .counters()
-        .expect("counters")
-        .into_iter()
-        .find(|(counter, _)| *counter == wanted)
-        .map(|(_, value)| value)
-        .expect("every counter is listed")
-}
-
-fn punted(hook: Hook) -> u32 {
-    match hook {
-        Hook::Xdp => XDP_DROP,
-        Hook::Tc => TC_ACT_SHOT,
-    }
-}
-
 /// Forwarded as `expected` (frame for frame, checksums recomputed by the oracle).
 fn assert_forwarded(
     dataplane: &mut Dataplane,
@@ -141,7 +124,7 @@ fn assert_punted(dataplane: &mut Dataplane, hook: Hook, input: &Segment, what: &
     let before = counter(dataplane, Counter::AlgAckForwarded);
     let frame = input.build();
     let (verdict, out) = run(dataplane, hook, &frame);
-    assert_eq!(verdict, punted(hook), "{hook:?} {what}: punted");
+    assert_eq!(verdict, dropped(hook), "{hook:?} {what}: punted");
     assert_eq!(out, frame, "{hook:?} {what}: untouched");
     assert_eq!(
         counter(dataplane, Counter::AlgAckForwarded),

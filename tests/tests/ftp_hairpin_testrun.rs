@@ -11,7 +11,7 @@ use std::{
 mod common;
 
 use aya::programs::{TestRun, TestRunOptions};
-use common::{Hook, TC_ACT_SHOT, XDP_DROP, assert_translates, run};
+use common::{Hook, assert_translates, counter, dropped, run};
 use gateway_common::{
     Counter, Endpoint, ExpectationEntry, ExpectationKey, ExpectationKind, IPPROTO_TCP, PuntReason,
 };
@@ -58,22 +58,6 @@ fn dataplane() -> Dataplane {
         .expect("publish");
     masquerading(&mut dataplane, PUBLIC, &[21]);
     dataplane
-}
-
-fn dropped(hook: Hook) -> u32 {
-    match hook {
-        Hook::Xdp => XDP_DROP,
-        Hook::Tc => TC_ACT_SHOT,
-    }
-}
-
-fn counter(dataplane: &Dataplane, wanted: Counter) -> u64 {
-    dataplane
-        .counters()
-        .unwrap()
-        .into_iter()
-        .find(|(counter, _)| *counter == wanted)
-        .map_or(0, |(_, value)| value)
 }
 
 fn syn(spec: FrameSpec) -> FrameSpec {

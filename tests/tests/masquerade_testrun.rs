@@ -9,7 +9,9 @@ use std::{
     time::Duration,
 };
 
-use common::{Hook, TC_ACT_SHOT, XDP_DROP, assert_translates, assert_untouched, pass, run};
+use common::{
+    Hook, TC_ACT_SHOT, XDP_DROP, assert_translates, assert_untouched, counter, pass, run,
+};
 use gateway_common::Counter;
 use gateway_tests::{check_environment, dataplane::masquerade, frame::FrameSpec};
 use gateway_user::{
@@ -50,16 +52,6 @@ fn drop(hook: Hook) -> u32 {
         Hook::Xdp => XDP_DROP,
         Hook::Tc => TC_ACT_SHOT,
     }
-}
-
-fn counter(dataplane: &Dataplane, wanted: Counter) -> u64 {
-    dataplane
-        .counters()
-        .unwrap()
-        .into_iter()
-        .find(|(c, _)| *c == wanted)
-        .unwrap()
-        .1
 }
 
 /// The public port a frame from `src` was given: its source port after translation.

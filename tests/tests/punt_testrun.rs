@@ -7,10 +7,10 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 mod common;
 
 use aya::programs::{TestRun, TestRunOptions};
-use common::{Hook, TC_ACT_SHOT, XDP_DROP, ftp_dataplane, run};
+use common::{Hook, TC_ACT_SHOT, XDP_DROP, counter, dropped, ftp_dataplane, run};
 use gateway_common::{Counter, PuntReason};
 use gateway_tests::{check_environment, frame::FrameSpec};
-use gateway_user::{alg::shell::decode, dataplane::Dataplane};
+use gateway_user::alg::shell::decode;
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
@@ -18,22 +18,6 @@ const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const INSIDE_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
 const OUTSIDE_SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 const ETH_LEN: usize = 14;
-
-fn dropped(hook: Hook) -> u32 {
-    match hook {
-        Hook::Xdp => XDP_DROP,
-        Hook::Tc => TC_ACT_SHOT,
-    }
-}
-
-fn counter(dataplane: &Dataplane, wanted: Counter) -> u64 {
-    dataplane
-        .counters()
-        .unwrap()
-        .into_iter()
-        .find(|(counter, _)| *counter == wanted)
-        .map_or(0, |(_, value)| value)
-}
 
 #[test]
 fn control_packets_go_to_the_ring_whole_and_no_further() {

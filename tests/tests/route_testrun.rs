@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Hook, pass, run_from};
+use common::{Hook, counter, dropped, pass, run_from};
 use gateway_common::{Counter, icmp::neighbour};
 use gateway_tests::{
     check_environment, dataplane::masquerade, frame::FrameSpec, netns::Netns, packet,
@@ -35,9 +35,7 @@ const PROHIBITED: Ipv4Addr = Ipv4Addr::new(10, 0, 10, 9);
 const BLACKHOLE: Ipv4Addr = Ipv4Addr::new(10, 0, 11, 9);
 const UNROUTED: Ipv4Addr = Ipv4Addr::new(10, 0, 12, 9);
 const LOOPBACK_IFINDEX: u32 = 1;
-const XDP_DROP: u32 = 1;
 const XDP_TX: u32 = 3;
-const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
 
 /// The gateway's routes, in a fresh namespace: an inside link (10.0.0.1/24), an outside link
@@ -79,16 +77,6 @@ fn masquerading(forwarding: Forwarding) -> Dataplane {
     dataplane
 }
 
-fn counter(dataplane: &Dataplane, wanted: Counter) -> u64 {
-    dataplane
-        .counters()
-        .unwrap()
-        .into_iter()
-        .find(|(c, _)| *c == wanted)
-        .unwrap()
-        .1
-}
-
 fn run(dataplane: &mut Dataplane, hook: Hook, frame: &[u8]) -> (u32, Vec<u8>) {
     run_from(dataplane, hook, frame, Some(LOOPBACK_IFINDEX))
 }
@@ -97,13 +85,6 @@ fn answered(hook: Hook) -> u32 {
     match hook {
         Hook::Xdp => XDP_TX,
         Hook::Tc => TC_ACT_REDIRECT,
-    }
-}
-
-fn dropped(hook: Hook) -> u32 {
-    match hook {
-        Hook::Xdp => XDP_DROP,
-        Hook::Tc => TC_ACT_SHOT,
     }
 }
 

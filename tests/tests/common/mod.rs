@@ -74,6 +74,26 @@ pub fn pass(hook: Hook) -> u32 {
     }
 }
 
+/// The verdict of a dropped frame (and of a punted one: the ring or the tap has it now).
+pub fn dropped(hook: Hook) -> u32 {
+    match hook {
+        Hook::Xdp => XDP_DROP,
+        Hook::Tc => TC_ACT_SHOT,
+    }
+}
+
+/// The fast path's `wanted` counter, summed over the CPUs; a counter the dataplane does not
+/// list fails the test (a missing one must never read as 0).
+pub fn counter(dataplane: &Dataplane, wanted: gateway_common::Counter) -> u64 {
+    dataplane
+        .counters()
+        .expect("the counters")
+        .into_iter()
+        .find(|(counter, _)| *counter == wanted)
+        .map(|(_, value)| value)
+        .unwrap_or_else(|| panic!("counter {wanted:?} is not listed"))
+}
+
 /// Asserts the frame comes out exactly as `expected` (built from scratch, so its checksums
 /// are the recomputed ones) and is passed on.
 pub fn assert_translates(
