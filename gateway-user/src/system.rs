@@ -161,6 +161,52 @@ pub fn set_realtime_priority(priority: Option<u8>) -> io::Result<()> {
     Ok(())
 }
 
+/// The kernel's CPU latency QoS device: the wake-up latency its requests allow idle CPUs.
+const CPU_LATENCY_QOS: &str = "/dev/cpu_dma_latency";
+
+/// A request on the kernel's CPU latency QoS (`/dev/cpu_dma_latency`): while it is held, no
+/// CPU idles in a state that takes longer than `us` microseconds to wake from (0: idle CPUs
+/// poll instead of halting). The request lives as long as the open file: dropped, or the
+/// process gone (killed too), the kernel withdraws it, so nothing stays on the host.
+#[derive(Debug)]
+pub struct CpuLatencyRequest {
+    file: fs::File,
+    us: u32,
+}
+
+impl CpuLatencyRequest {
+    /// Opens a request for `us` microseconds.
+    pub fn hold(us: u32) -> io::Result<CpuLatencyRequest> {
+        let file = fs::OpenOptions::new().write(true).open(CPU_LATENCY_QOS)?;
+        let mut request = CpuLatencyRequest { file, us };
+        request.update(us)?;
+        Ok(request)
+    }
+
+    /// Changes the request to `us` microseconds.
+    pub fn update(&mut self, us: u32) -> io::Result<()> {
+        use std::io::Write as _;
+        // The device takes the value as a native s32 (or a hex string).
+        let value = i32::try_from(us).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        self.file.write_all(&value.to_ne_bytes())?;
+        self.us = us;
+        Ok(())
+    }
+
+    pub fn us(&self) -> u32 {
+        self.us
+    }
+}
+
+/// The wake-up latency the CPUs are held to now (every process's requests together; the
+/// kernel's "no constraint" is 2,000,000,000 us).
+pub fn cpu_latency_limit() -> io::Result<i32> {
+    use std::io::Read as _;
+    let mut value = [0u8; 4];
+    fs::File::open(CPU_LATENCY_QOS)?.read_exact(&mut value)?;
+    Ok(i32::from_ne_bytes(value))
+}
+
 /// Packets `interface` dropped on transmission, from `/proc/net/dev` (of the caller's network
 /// namespace, unlike `/sys/class/net`, which shows the namespace sysfs was mounted in).
 pub fn tx_dropped(interface: &str) -> Option<u64> {

@@ -1,7 +1,8 @@
 //! What the FTP ALG's punted packets cost the agent, counted (never timed: timings belong to
 //! `cargo xtask bench`): wake-ups and send system calls beside the packets they carried, for
 //! PASV + LIST sessions from parallel curl clients to a published server, with the busy-poll
-//! off and on (the same lab, reloaded); and an idle agent's CPU time after busy-polling.
+//! off and on (the same lab, reloaded); an idle agent's CPU time after busy-polling; and the
+//! CPU wake-up latency request (`[ftp] cpu_wakeup_latency_us`) held while the agent runs.
 
 use std::{
     net::SocketAddrV4,
@@ -27,8 +28,13 @@ const SESSIONS_PER_WORKER: usize = 4;
 
 /// The published server at 203.0.113.1:21 with the ALG, and the busy-poll window.
 fn config(busy_poll_us: u64) -> String {
+    config_with(&format!("busy_poll_us = {busy_poll_us}"))
+}
+
+/// The published server with `ftp` as the `[ftp]` section's keys.
+fn config_with(ftp: &str) -> String {
     format!(
-        "[interfaces]\ninside = \"veth-in\"\noutside = \"veth-out\"\n\n[ftp]\nbusy_poll_us = {busy_poll_us}\n\n[[publish]]\npublic = \"{}:21\"\nprivate = \"{}:21\"\nprotocol = \"tcp\"\nalg = \"ftp\"\n",
+        "[interfaces]\ninside = \"veth-in\"\noutside = \"veth-out\"\n\n[ftp]\n{ftp}\n\n[[publish]]\npublic = \"{}:21\"\nprivate = \"{}:21\"\nprotocol = \"tcp\"\nalg = \"ftp\"\n",
         lab::PUBLIC,
         lab::SERVER,
     )
@@ -140,6 +146,10 @@ struct Setup {
 
 impl Setup {
     fn new(busy_poll_us: u64) -> Setup {
+        Setup::with_config(&config(busy_poll_us))
+    }
+
+    fn with_config(text: &str) -> Setup {
         check_environment().expect("environment");
         let prefix = unique_prefix();
         // Wire-like packets (no offload anywhere): every checksum a host receives is a real one.
@@ -151,7 +161,7 @@ impl Setup {
             },
         )
         .expect("lab up");
-        let config = TempFile::write(&format!("{prefix}-gateway.toml"), &config(busy_poll_us));
+        let config = TempFile::write(&format!("{prefix}-gateway.toml"), text);
         let gateway = GatewayProcess::start(&lab.router, &config.0, &[]).expect("start gateway");
         Setup {
             lab,
@@ -162,7 +172,11 @@ impl Setup {
 
     /// Writes a new busy-poll window into the config and has the agent reload it.
     fn reload(&self, busy_poll_us: u64) {
-        std::fs::write(&self.config.0, config(busy_poll_us)).expect("rewrite config");
+        self.reload_config(&config(busy_poll_us));
+    }
+
+    fn reload_config(&self, text: &str) {
+        std::fs::write(&self.config.0, text).expect("rewrite config");
         self.gateway
             .ask(&["reload"])
             .unwrap_or_else(|err| panic!("reload: {err:#}\n{}", self.gateway.output()));
@@ -324,4 +338,42 @@ fn cpu_ticks(pid: u32) -> u64 {
             .unwrap_or_else(|| panic!("field {n} of {stat}"))
     };
     field(14) + field(15)
+}
+
+/// `[ftp] cpu_wakeup_latency_us`: the kernel's CPU latency limit (all requests together) is
+/// the agent's value while it runs, follows a reload, goes back when the key goes, and goes
+/// back when the agent is killed (the kernel withdraws a dead process's request: nothing is
+/// left on the host).
+#[test]
+fn the_cpu_wakeup_latency_request_lives_with_the_agent() {
+    use gateway_user::system::cpu_latency_limit;
+    let before = cpu_latency_limit().expect("read /dev/cpu_dma_latency");
+    assert!(before > 11, "another request holds the CPUs at {before} us");
+    let held = |us: u32| config_with(&format!("cpu_wakeup_latency_us = {us}"));
+    let mut setup = Setup::with_config(&held(7));
+    assert_eq!(
+        cpu_latency_limit().expect("limit"),
+        7,
+        "{}",
+        setup.gateway.output()
+    );
+    setup.reload_config(&held(11));
+    assert_eq!(cpu_latency_limit().expect("limit"), 11, "reloaded");
+    setup.reload_config(&config(0));
+    assert_eq!(
+        cpu_latency_limit().expect("limit"),
+        before,
+        "the key removed"
+    );
+    setup.reload_config(&held(7));
+    assert_eq!(cpu_latency_limit().expect("limit"), 7, "again");
+    setup.gateway.kill_hard().expect("kill the agent");
+    // What a killed agent leaves of its own: the record of the sysctls it set (in the lab's
+    // namespace, which goes with the lab).
+    let _ = std::fs::remove_file(gateway_user::sysctl::record_path(setup.gateway.socket()));
+    assert_eq!(
+        cpu_latency_limit().expect("limit"),
+        before,
+        "the killed agent's request stayed"
+    );
 }

@@ -128,6 +128,9 @@ pub struct Options {
     pub fastpath_only: bool,
     /// `[ftp] busy_poll_us` for the gateway's FTP runs; the default configuration's without.
     pub busy_poll_us: Option<u64>,
+    /// For the FTP runs, every setup alike: idle CPUs held to this wake-up latency (a PM
+    /// QoS request the bench holds); the host's idle states as they are without.
+    pub cpu_wakeup_latency_us: Option<u32>,
 }
 
 pub fn run(options: &Options) -> anyhow::Result<()> {
@@ -330,7 +333,46 @@ fn machine() -> String {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
-    format!("{cores} cores, {cpu}, Linux {kernel}")
+    format!("{cores} cores, {cpu}, Linux {kernel}, {}", idle_states())
+}
+
+/// How the CPUs idle, which decides what waking a sleeping process costs (in a virtual
+/// machine a halted virtual CPU is woken through the hypervisor).
+fn idle_states() -> String {
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .map(|text| text.trim().to_owned())
+            .ok()
+    };
+    let Some(driver) = read("/sys/devices/system/cpu/cpuidle/current_driver") else {
+        return "no cpuidle driver".to_owned();
+    };
+    let governor = read("/sys/devices/system/cpu/cpuidle/current_governor").unwrap_or_default();
+    let halt_poll = read("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+        .map(|ns| format!(", guest halt-polling {ns} ns"))
+        .unwrap_or_default();
+    format!("cpuidle {driver} ({governor} governor{halt_poll})")
+}
+
+/// A PM QoS request on the CPUs' wake-up latency, held while the value lives (the kernel
+/// withdraws it when the file closes). What `gateway_user::system::CpuLatencyRequest` does:
+/// xtask does not link the agent's library (it builds before the BPF toolchain exists).
+pub(crate) struct CpuLatencyHold {
+    _request: std::fs::File,
+}
+
+impl CpuLatencyHold {
+    pub(crate) fn new(us: u32) -> anyhow::Result<CpuLatencyHold> {
+        use std::io::Write as _;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/cpu_dma_latency")
+            .context("open /dev/cpu_dma_latency")?;
+        let value = i32::try_from(us).context("a wake-up latency beyond i32")?;
+        file.write_all(&value.to_ne_bytes())
+            .context("write /dev/cpu_dma_latency")?;
+        Ok(CpuLatencyHold { _request: file })
+    }
 }
 
 fn report(
@@ -572,6 +614,7 @@ mod tests {
             ha_only: false,
             fastpath_only: false,
             busy_poll_us: None,
+            cpu_wakeup_latency_us: None,
         };
         let report = report(&testrun, &samples, &options).expect("report");
         let xdp = row(&report, Setup::GatewayXdp);
@@ -608,6 +651,7 @@ mod tests {
             ha_only: false,
             fastpath_only: false,
             busy_poll_us: None,
+            cpu_wakeup_latency_us: None,
         };
         let report = report(&[], &samples, &options).expect("report");
         let xdp = row(&report, Setup::GatewayXdp);

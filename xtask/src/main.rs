@@ -61,6 +61,11 @@ enum Task {
         /// otherwise), to measure the setting.
         #[arg(long)]
         busy_poll_us: Option<u64>,
+        /// Holds idle CPUs to this wake-up latency (microseconds, a PM QoS request on
+        /// /dev/cpu_dma_latency, as `[ftp] cpu_wakeup_latency_us` makes) for every setup of
+        /// the FTP runs alike: a machine condition, to measure what wake-ups cost.
+        #[arg(long)]
+        cpu_wakeup_latency_us: Option<u32>,
     },
     /// Load and soak (needs root; bounded in time): thousands of FTP control sessions held
     /// open through the gateway and hundreds of downloads through them, then checks for
@@ -139,6 +144,7 @@ fn main() {
             ha_only,
             fastpath_only,
             busy_poll_us,
+            cpu_wakeup_latency_us,
         } => bench::run(&bench::Options {
             seconds,
             runs: runs.max(1),
@@ -146,6 +152,7 @@ fn main() {
             ha_only,
             fastpath_only,
             busy_poll_us,
+            cpu_wakeup_latency_us,
         }),
         Task::Test { cargo_test_args } => test(&cargo_test_args),
     };

@@ -54,6 +54,7 @@ use crate::{
     management::{Request, Response},
     metrics,
     sysctl::HostSettings,
+    system,
 };
 
 struct Agent {
@@ -77,6 +78,8 @@ struct Agent {
     ha: Option<RoleState>,
     /// With `[ha] key_file`: the state sync with the peer.
     sync: Option<SyncState>,
+    /// With `[ftp] cpu_wakeup_latency_us`: the agent's request on the CPUs' idle states.
+    cpu_latency: Option<system::CpuLatencyRequest>,
 }
 
 struct Signals {

@@ -3,7 +3,10 @@
 
 use anyhow::{anyhow, bail};
 
-use super::{Agent, startup::apply_realtime_priority};
+use super::{
+    Agent,
+    startup::{apply_cpu_wakeup_latency, apply_realtime_priority},
+};
 use crate::{alg::control::AlgSettings, config::Config};
 
 impl Agent {
@@ -37,6 +40,16 @@ impl Agent {
                     "SCHED_FIFO {priority}"
                 ))
             ));
+        }
+        // Then the CPU wake-up latency, which fails only where the device is missing or closed
+        // to the agent (as a start with it would).
+        if let Some(us) = diff.cpu_wakeup_latency_us {
+            apply_cpu_wakeup_latency(&mut self.cpu_latency, us)?;
+            changes.push(
+                us.map_or("no CPU wake-up latency request".to_owned(), |us| {
+                    format!("CPU wake-up latency {us} us")
+                }),
+            );
         }
         if !diff.unpublished.is_empty() {
             self.dataplane.unpublish(&diff.unpublished)?;

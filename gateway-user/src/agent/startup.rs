@@ -185,6 +185,8 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
 
     // The runtime runs on this thread: the ALG's priority is this thread's.
     apply_realtime_priority(config.ftp.realtime_priority)?;
+    let mut cpu_latency = None;
+    apply_cpu_wakeup_latency(&mut cpu_latency, config.ftp.cpu_wakeup_latency_us)?;
     let state_file = dataplane
         .pin_dir()
         .is_some()
@@ -230,6 +232,7 @@ pub fn run(options: &RunOptions) -> anyhow::Result<()> {
             .map(|tap| (tap.name().to_owned(), tap.ifindex())),
         ha,
         sync: None,
+        cpu_latency,
     };
     let result = runtime.block_on(async {
         agent.start_sync()?;
@@ -315,6 +318,32 @@ fn restore_alg(config: &Config, state_file: Option<&Path>, adopted: bool) -> Con
             ControlTable::new(settings, shell::random_seed())
         }
     }
+}
+
+/// `[ftp] cpu_wakeup_latency_us`: the request in `held` changed to `us`, opened, or withdrawn
+/// (`None`). On an error `held` is as it was.
+pub(super) fn apply_cpu_wakeup_latency(
+    held: &mut Option<system::CpuLatencyRequest>,
+    us: Option<u32>,
+) -> anyhow::Result<()> {
+    let Some(us) = us else {
+        *held = None;
+        return Ok(());
+    };
+    let context = || {
+        format!(
+            "ftp.cpu_wakeup_latency_us = {us}: cannot hold a request on /dev/cpu_dma_latency (the kernel's CPU latency QoS; it needs root or write access to the device)"
+        )
+    };
+    match held {
+        Some(request) => request.update(us).with_context(context)?,
+        None => *held = Some(system::CpuLatencyRequest::hold(us).with_context(context)?),
+    }
+    tracing::info!(
+        us,
+        "idle CPUs held to this wake-up latency while the agent runs"
+    );
+    Ok(())
 }
 
 /// `[ftp] realtime_priority` for the calling thread (the one the runtime runs on).

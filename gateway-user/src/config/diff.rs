@@ -43,6 +43,9 @@ pub struct ConfigDiff {
     /// The agent's new scheduling (`Some(None)`: back to the ordinary scheduler); the one
     /// change that can fail on its own, so it is applied first.
     pub realtime_priority: Option<Option<u8>>,
+    /// The wake-up latency the agent asks of idle CPUs, when it changed (`Some(None)`: it
+    /// withdraws its request).
+    pub cpu_wakeup_latency_us: Option<Option<u32>>,
     /// Publishes gone from the new file.
     pub unpublished: Vec<Publish>,
     /// Publishes new in it.
@@ -91,6 +94,9 @@ impl Config {
             restart,
             realtime_priority: (new.ftp.realtime_priority != self.ftp.realtime_priority)
                 .then_some(new.ftp.realtime_priority),
+            cpu_wakeup_latency_us: (new.ftp.cpu_wakeup_latency_us
+                != self.ftp.cpu_wakeup_latency_us)
+                .then_some(new.ftp.cpu_wakeup_latency_us),
             unpublished: missing_from(&self.publish, &new.publish),
             published: missing_from(&new.publish, &self.publish),
             nat: new.masquerade != self.masquerade
@@ -214,5 +220,9 @@ mod tests {
         assert!(faster.alg, "[ftp] changed");
         assert_eq!(priority.diff(&old).realtime_priority, Some(None));
         assert!(!faster.is_empty() && old.diff(&old).realtime_priority.is_none());
+        let polling = config("[ftp]\ncpu_wakeup_latency_us = 0");
+        assert_eq!(old.diff(&polling).cpu_wakeup_latency_us, Some(Some(0)));
+        assert_eq!(polling.diff(&old).cpu_wakeup_latency_us, Some(None));
+        assert!(old.diff(&old).cpu_wakeup_latency_us.is_none());
     }
 }

@@ -164,6 +164,10 @@ pub struct Ftp {
     /// Microseconds the agent keeps polling for punts without sleeping after a batch, while
     /// they keep coming (each batch found opens a new window); 0: it sleeps at once.
     pub busy_poll_us: u64,
+    /// The wake-up latency (microseconds) the agent asks of idle CPUs while it runs (the
+    /// kernel's CPU latency QoS); `None`: it asks nothing. A punt wakes the agent: on a
+    /// CPU that halted when idle, in a virtual machine, that wake-up is most of a punt's time.
+    pub cpu_wakeup_latency_us: Option<u32>,
 }
 
 /// Application-level gateways a publish can name.

@@ -81,6 +81,8 @@ pub(super) fn parse_masquerade(raw: &RawMasquerade) -> Result<Masquerade, String
 /// The longest busy-poll window: past a millisecond, sleeping in epoll costs less than
 /// spinning, and the agent's other work waits that long.
 const MAX_BUSY_POLL_US: i64 = 1000;
+/// One second: a longer wake-up latency constrains no idle state a CPU has.
+const MAX_CPU_WAKEUP_LATENCY_US: i64 = 1_000_000;
 
 pub(super) fn parse_ftp(raw: Option<&RawFtp>, masquerade: bool) -> Result<Ftp, String> {
     let default_ports = if masquerade { vec![21] } else { Vec::new() };
@@ -93,6 +95,7 @@ pub(super) fn parse_ftp(raw: Option<&RawFtp>, masquerade: bool) -> Result<Ftp, S
             realtime_priority: None,
             forward_pure_acks: default_forward_pure_acks(),
             busy_poll_us: default_busy_poll_us() as u64,
+            cpu_wakeup_latency_us: None,
         });
     };
     let policy = match &raw.policy {
@@ -156,6 +159,15 @@ pub(super) fn parse_ftp(raw: Option<&RawFtp>, masquerade: bool) -> Result<Ftp, S
             ));
         }
     };
+    let cpu_wakeup_latency_us = match raw.cpu_wakeup_latency_us {
+        None => None,
+        Some(us @ 0..=MAX_CPU_WAKEUP_LATENCY_US) => Some(us as u32),
+        Some(other) => {
+            return Err(format!(
+                "ftp.cpu_wakeup_latency_us = {other}: expected 0 to {MAX_CPU_WAKEUP_LATENCY_US} microseconds (or no key: the host's idle states as they are)"
+            ));
+        }
+    };
     Ok(Ftp {
         control_ports,
         expectation_timeout: raw.expectation_timeout,
@@ -164,6 +176,7 @@ pub(super) fn parse_ftp(raw: Option<&RawFtp>, masquerade: bool) -> Result<Ftp, S
         realtime_priority,
         forward_pure_acks: raw.forward_pure_acks,
         busy_poll_us,
+        cpu_wakeup_latency_us,
     })
 }
 

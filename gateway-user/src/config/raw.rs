@@ -69,6 +69,7 @@ pub(super) struct RawFtp {
     pub(super) forward_pure_acks: bool,
     #[serde(default = "default_busy_poll_us")]
     pub(super) busy_poll_us: i64,
+    pub(super) cpu_wakeup_latency_us: Option<i64>,
 }
 
 pub(super) fn default_forward_pure_acks() -> bool {

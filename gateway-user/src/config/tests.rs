@@ -135,6 +135,17 @@ fn ftp_alg_settings() {
         assert!(error(&text).contains("ftp.busy_poll_us"), "{wrong}");
     }
 
+    assert_eq!(parse(GOOD).unwrap().ftp.cpu_wakeup_latency_us, None);
+    let awake = format!("{GOOD}\n[ftp]\ncpu_wakeup_latency_us = 0\n");
+    assert_eq!(parse(&awake).unwrap().ftp.cpu_wakeup_latency_us, Some(0));
+    for wrong in ["1000001", "-1"] {
+        let text = awake.replace("= 0", &format!("= {wrong}"));
+        assert!(
+            error(&text).contains("ftp.cpu_wakeup_latency_us"),
+            "{wrong}"
+        );
+    }
+
     let orphan = format!("{GOOD}\n[ftp]\ncontrol_ports = [21]\n");
     assert!(error(&orphan).contains("there is no [masquerade]"));
     let twice = format!("{masq}\n[ftp]\ncontrol_ports = [21, 21]\n");

@@ -134,6 +134,11 @@ const QUIET_SECONDS: u32 = 3;
 
 /// Every FTP configuration, `options.runs` times, alternating: the report's section.
 pub(super) fn run(gateway: &Path, options: &Options) -> anyhow::Result<String> {
+    // For every setup alike, for the whole section.
+    let _wakeup_latency = options
+        .cpu_wakeup_latency_us
+        .map(super::CpuLatencyHold::new)
+        .transpose()?;
     let mut ftp_samples = vec![FtpSamples::default(); FtpSetup::ALL.len()];
     // The agent is profiled in the last gateway run, if perf is there.
     let profile_path = std::env::temp_dir().join(format!("{}-agent.perf", unique_prefix()));
@@ -468,6 +473,12 @@ pub(super) fn report(
             .map(|us| format!(", here with `busy_poll_us = {us}`"))
             .unwrap_or_default(),
     )?;
+    if let Some(us) = options.cpu_wakeup_latency_us {
+        writeln!(
+            out,
+            "Machine condition for every setup alike: idle CPUs held to a wake-up latency of {us} us (a PM QoS request on\n`/dev/cpu_dma_latency` held by the bench, as the gateway's `[ftp] cpu_wakeup_latency_us` does).\n"
+        )?;
+    }
     writeln!(
         out,
         "| setup | sessions/s (range) | vs Linux | 227 transit alone, p50 / p99 us | added alone, p50 / p99 us | 227 transit loaded, p50 / p99 us | added loaded, p50 / p99 us |\n| --- | --- | --- | --- | --- | --- | --- |"

@@ -169,6 +169,7 @@ mod tests {
             ftp_only: false,
             fastpath_only: true,
             busy_poll_us: None,
+            cpu_wakeup_latency_us: None,
             ha_only: false,
         }
     }

@@ -174,6 +174,7 @@ mod tests {
             ftp_only: true,
             fastpath_only: false,
             busy_poll_us: None,
+            cpu_wakeup_latency_us: None,
             ha_only: false,
         }
     }
