@@ -110,7 +110,7 @@ impl GatewayProcess {
             }
             None => netns.command(binary_text),
         };
-        let socket = std::env::temp_dir().join(format!("{}-gateway.sock", netns.name()));
+        let socket = socket_of(netns.name());
         command
             .args(["run", "--config"])
             .arg(config)
@@ -311,6 +311,18 @@ impl Drop for GatewayProcess {
             let _ = self.stop();
         }
     }
+}
+
+/// The management socket of the gateway a test starts in namespace `netns`.
+pub fn socket_of(netns: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("{netns}-gateway.sock"))
+}
+
+/// Where that gateway records the sysctls it set, for its next start to put back (named as
+/// `gateway_user::sysctl::record_path` names it: this library does not link the agent's). An
+/// agent that stops cleanly removes it; a killed one leaves it.
+pub fn sysctl_record_of(netns: &str) -> std::path::PathBuf {
+    socket_of(netns).with_extension("sysctls.json")
 }
 
 #[cfg(test)]

@@ -52,6 +52,14 @@ pub struct Node {
     pub outside: Ipv4Addr,
 }
 
+impl Drop for Node {
+    /// A node whose agent was killed (the failovers) leaves its sysctl record: it goes with
+    /// the node's namespace.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(crate::gateway::sysctl_record_of(self.netns.name()));
+    }
+}
+
 pub struct HaLab {
     pub prefix: String,
     pub lan: Netns,
