@@ -116,6 +116,7 @@ struct Samples {
     softirq_ns: Vec<f64>,
 }
 
+#[derive(Clone, Copy)]
 pub struct Options {
     pub seconds: u32,
     pub runs: usize,
@@ -200,7 +201,16 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         .collect();
 
     let samples = lab_runs::lab_samples(&gateway, options)?;
-    let ftp_report = ftp::run(&gateway, options)?;
+    let mut ftp_report = ftp::run(&gateway, options)?;
+    if options.cpu_wakeup_latency_us.is_none() {
+        // Again with idle CPUs kept from halting, every setup alike: what the wake-ups of
+        // the agent cost on this machine, and what `[ftp] cpu_wakeup_latency_us = 0` buys.
+        let awake = Options {
+            cpu_wakeup_latency_us: Some(0),
+            ..*options
+        };
+        ftp_report.push_str(&ftp::run(&gateway, &awake)?);
+    }
     let ha_report = ha::run(&gateway, options)?;
     println!("bench: concurrency (the soak)");
     let soak = crate::soak::soak(&gateway, 10_000, 1_000, 60)?;

@@ -464,7 +464,13 @@ pub(super) fn report(
     options: &Options,
 ) -> anyhow::Result<String> {
     let mut out = String::new();
-    writeln!(out, "\n## FTP through the ALG\n")?;
+    match options.cpu_wakeup_latency_us {
+        None => writeln!(out, "\n## FTP through the ALG\n")?,
+        Some(us) => writeln!(
+            out,
+            "\n## FTP through the ALG, idle CPUs held to a {us} us wake-up latency\n"
+        )?,
+    }
     writeln!(
         out,
         "A published pyftpdlib (async) at 203.0.113.1:21. Sessions: {FTP_PARALLEL} client workers run complete sessions back to back\n(connect, anonymous login, PASV, LIST over the data connection, QUIT) for {} s, which saturates both CPUs with\nthe client, the server and the gateway together; {} runs per setup, alternating; median and range.\n\nThe 227's transit is measured from captures on both sides: tcpdump (a kernel filter that keeps only 227 replies)\non the server's interface, where the reply leaves, and on the client's, where it arrives; kernel timestamps of\none clock, matched by the client's port. Once with one session at a time ({QUIET_SECONDS} s, alone) and once during the\nsaturating sessions run (loaded). What a gateway adds is its transit minus plain forwarding's.\nLinux: nftables DNAT with the `ftp` conntrack helper assigned explicitly (nf_conntrack_ftp and nf_nat_ftp\nrewrite the 227 in the kernel). The gateway runs as packaged: the agent at real-time priority\n(`[ftp] realtime_priority = 10`){}. A failed session in any run, on any setup, stops the bench: every session\nbelow completed.\n",
