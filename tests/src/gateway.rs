@@ -217,6 +217,14 @@ impl GatewayProcess {
         })
     }
 
+    /// Asserts every one of `counters` is 0 in the exit summary (each must be there).
+    pub fn assert_final_zero(&self, counters: &[&str]) {
+        let output = self.output();
+        for counter in counters {
+            assert_eq!(self.final_counter(counter), 0, "{counter}\n{output}");
+        }
+    }
+
     /// A counter of the running gateway (`gateway stats --json`, fast path or ALG); an error
     /// when the gateway does not list it.
     pub fn counter_now(&self, name: &str) -> anyhow::Result<u64> {

@@ -347,7 +347,7 @@ fn assert_clean(gateway: &GatewayProcess, output: &str, transfers: usize) {
         gateway.final_counter("alg_sessions_opened") > transfers as u64,
         "{output}"
     );
-    for counter in [
+    gateway.assert_final_zero(&[
         "hairpin_created",
         "alg_violations",
         "alg_drop_stream_error",
@@ -357,9 +357,7 @@ fn assert_clean(gateway: &GatewayProcess, output: &str, transfers: usize) {
         "alg_send_failed",
         "alg_expectation_install_failed",
         "alg_punt_ring_packets",
-    ] {
-        assert_eq!(gateway.final_counter(counter), 0, "{counter}\n{output}");
-    }
+    ]);
     assert!(gateway.final_counter("punted") > 0, "{output}");
     assert_eq!(
         gateway.final_counter("alg_punt_tap_packets"),

@@ -239,15 +239,12 @@ fn held_line(hook: Hook) {
         }
     }
     gateway.stop().expect("stop");
-    let output = gateway.output();
-    for counter in [
+    gateway.assert_final_zero(&[
         "alg_violations",
         "alg_drop_stream_error",
         "alg_drop_no_session",
         "drop_punt_failed",
-    ] {
-        assert_eq!(gateway.final_counter(counter), 0, "{counter}\n{output}");
-    }
+    ]);
 }
 
 #[test]

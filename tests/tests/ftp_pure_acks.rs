@@ -75,15 +75,12 @@ fn run(lab: &Lab, prefix: &str, server: &FtpServer, forward: bool) -> Run {
         );
     }
     gateway.stop().expect("stop");
-    let output = gateway.output();
-    for counter in [
+    gateway.assert_final_zero(&[
         "alg_violations",
         "alg_drop_stream_error",
         "alg_drop_no_session",
         "drop_punt_failed",
-    ] {
-        assert_eq!(gateway.final_counter(counter), 0, "{counter}\n{output}");
-    }
+    ]);
     Run {
         punted: gateway.final_counter("punted"),
         forwarded: gateway.final_counter("alg_ack_forwarded"),
