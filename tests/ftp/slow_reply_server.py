@@ -5,43 +5,30 @@ line leaves in a TCP segment of its own (TCP_NODELAY), 0.15 s apart, so that the
 TCP acknowledges each with a pure ACK while the reply lasts. Lines received are appended to
 LOG, as the server's own record of what reached it. Serves sessions one after another.
 """
-import socket
 import sys
 import time
+
+from scripted_server import serve_forever
 
 listen_addr, log_path = sys.argv[1:3]
 HELP_LINES = 8
 
-server = socket.socket()
-server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-server.bind((listen_addr, 21))
-server.listen(4)
-while True:
-    conn, _ = server.accept()
-    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    reader = conn.makefile("rb")
-    conn.sendall(b"220 slow reply server\r\n")
-    while True:
-        line = reader.readline()
-        if not line:
-            break
-        with open(log_path, "a") as log:
-            log.write(line.decode(errors="replace"))
-        verb = line.decode(errors="replace").split(" ")[0].strip().upper()
-        if verb == "USER":
-            conn.sendall(b"331 Password please.\r\n")
-        elif verb == "PASS":
-            conn.sendall(b"230 Logged in.\r\n")
-        elif verb == "HELP":
-            conn.sendall(b"214-Commands, one segment at a time:\r\n")
-            for index in range(HELP_LINES):
-                time.sleep(0.15)
-                conn.sendall(f" line {index} of the help text\r\n".encode())
+
+def answer(conn, verb):
+    if verb == "USER":
+        conn.sendall(b"331 Password please.\r\n")
+    elif verb == "PASS":
+        conn.sendall(b"230 Logged in.\r\n")
+    elif verb == "HELP":
+        conn.sendall(b"214-Commands, one segment at a time:\r\n")
+        for index in range(HELP_LINES):
             time.sleep(0.15)
-            conn.sendall(b"214 End of help.\r\n")
-        elif verb == "QUIT":
-            conn.sendall(b"221 Bye.\r\n")
-            break
-        else:
-            conn.sendall(b"200 OK.\r\n")
-    conn.close()
+            conn.sendall(f" line {index} of the help text\r\n".encode())
+        time.sleep(0.15)
+        conn.sendall(b"214 End of help.\r\n")
+    else:
+        return False
+    return True
+
+
+serve_forever(listen_addr, log_path, b"220 slow reply server\r\n", answer, nodelay=True)
